@@ -1,0 +1,3 @@
+from deltaimg.cli import main
+
+main()

@@ -1,0 +1,163 @@
+"""The command line. Thin: parse, call one function, print its result."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import List, Optional
+
+import click
+import typer
+
+from deltaimg import __version__, keys, report
+from deltaimg.errors import DeltaimgError, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Signed binary-delta bundles that update container images on air-gapped hosts.")
+
+TrustOpt = typer.Option(None, "--trust", help="Public key to trust (repeatable).")
+TrustDirOpt = typer.Option(None, "--trust-dir", help=f"Directory of trusted *.pub keys (default {keys.DEFAULT_TRUST_DIR} when no --trust).")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object for scripts.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def _emit(as_json: bool, data: dict, lines: list[str]) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        for line in lines:
+            print(line)
+
+
+@app.command()
+def keygen(name: str = typer.Argument(..., help="Writes NAME (private, mode 0600) and NAME.pub."),
+           force: bool = typer.Option(False, "--force", help="Overwrite existing files.")) -> None:
+    """Create an Ed25519 signing key pair (passphrase from $DELTAIMG_KEY_PASSPHRASE, if set)."""
+    from deltaimg import signing
+
+    key_id = signing.generate(name, keys.passphrase(), force)
+    print(f"wrote {name} (private, keep it on the build host) and {name}.pub (copy to edge hosts); key id {key_id}")
+
+
+@app.command()
+def make(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oci-archive:FILE, oci:DIR, docker-daemon:REF or a path."),
+         new: str = typer.Argument(..., help="New image, same forms."),
+         output: str = typer.Option(..., "--output", "-o", help="Bundle file to write."),
+         key: str = typer.Option(..., "--key", help="Private signing key (from deltaimg keygen)."),
+         platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when an input holds several."),
+         as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
+    """Compare two images and write one signed bundle with what changed."""
+    from deltaimg import progress
+    from deltaimg.images import open_image
+    from deltaimg.make import make_bundle
+
+    private = keys.signing_key(key)
+    old_image = open_image(old, platform)
+    new_image = open_image(new, platform)
+    total = sum(lyr.compressed_size or (lyr.local[2] if lyr.local else 0) for lyr in new_image.layers)
+    with progress.bar("make", total or None, not (quiet or as_json)) as advance:
+        manifest = make_bundle(old_image, new_image, output, private, advance)
+    lines = [f"{output}: {report.name_of(manifest['base'])} -> {report.name_of(manifest['target'])}",
+             *report.layer_lines(manifest),
+             report.ratio_line(manifest["bundle_size"], manifest["full_image_size"])]
+    _emit(as_json, manifest, lines)
+
+
+def _open(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], quiet: bool):
+    from deltaimg import progress
+    from deltaimg.bundle import open_bundle
+
+    trusted = keys.trusted_keys(trust or [], trust_dir)
+    size = os.path.getsize(bundle) if os.path.isfile(bundle) else None
+    with progress.bar("verify", size, not quiet) as advance:
+        return open_bundle(bundle, trusted, progress=advance)
+
+
+@app.command()
+def verify(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
+           trust_dir: Optional[str] = TrustDirOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
+    """Check a bundle's signature and every payload hash; change nothing."""
+    from deltaimg.apply import read_plan
+
+    opened = _open(bundle, trust, trust_dir, quiet or as_json)
+    read_plan(opened)
+    m = opened.manifest
+    data = {"bundle": bundle, "valid": True, "key_id": opened.signer.key_id if opened.signer else None,
+            "base": m["base"], "target": m["target"]}
+    _emit(as_json, data, [f"{bundle}: OK, signed by key {data['key_id']}; "
+                          f"{report.name_of(m['base'])} -> {report.name_of(m['target'])}"])
+
+
+@app.command()
+def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
+            trust_dir: Optional[str] = TrustDirOpt, as_json: bool = JsonOpt) -> None:
+    """Show what a bundle updates and how; the signature is checked when a trusted key is given."""
+    from deltaimg.bundle import open_bundle, read_header
+
+    manifest_bytes, signature, _, size = read_header(bundle)
+    trusted = keys.trusted_keys(trust or [], trust_dir)
+    if trusted:
+        m = open_bundle(bundle, trusted).manifest
+        checked = "signature and payloads verified"
+    else:
+        from deltaimg.bundle import _parse_manifest
+
+        m = _parse_manifest(manifest_bytes, bundle)
+        checked = "NOT verified (pass --trust KEY.pub to check)"
+    key_id = signature.get("key_id") if isinstance(signature, dict) else None
+    data = {"bundle": bundle, "size": size, "signer_key_id": key_id, "verified": bool(trusted), **m}
+    lines = [f"{bundle}: {report.human_size(size)}, format {m.get('version')}, made by {m.get('tool')} at {m.get('created')}",
+             f"  signed by key {key_id}: {checked}",
+             f"  base:   {report.name_of(m['base'])} ({len(m['base']['diff_ids'])} layers)",
+             f"  target: {report.name_of(m['target'])} created {m['target'].get('created')}",
+             *report.layer_lines(m),
+             "  " + report.ratio_line(size, m.get("full_image_size", 0))]
+    _emit(as_json, data, lines)
+
+
+@app.command()
+def apply(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
+          trust_dir: Optional[str] = TrustDirOpt,
+          base: Optional[str] = typer.Option(None, "--base", help="Base image to rebuild from (archive or layout)."),
+          output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the new image as a docker save archive."),
+          force: bool = typer.Option(False, "--force", help="Overwrite --output."),
+          platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when the base holds several."),
+          as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
+    """Verify a bundle, then rebuild the new image byte-exactly."""
+    from deltaimg.apply import apply_to_archive
+    from deltaimg.images import open_image
+
+    if not (base and output):
+        raise UsageError("give --base IMAGE and --output FILE to rebuild into an archive")
+    opened = _open(bundle, trust, trust_dir, quiet or as_json)
+    base_image = open_image(base, platform)
+    plan = apply_to_archive(opened, base_image, output, force)
+    data = {"bundle": bundle, "output": output, "image_id": plan.target_id, "tags": plan.target_tags,
+            "outcome": "rebuilt"}
+    _emit(as_json, data, [f"{output}: {' '.join(plan.target_tags) or '(untagged)'} {plan.target_id[:19]} rebuilt, "
+                          "every layer matches its diff_id"])
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(f"deltaimg {__version__}")
+
+
+def main() -> None:
+    try:
+        result = app(standalone_mode=False)
+    except DeltaimgError as exc:
+        print(f"deltaimg: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        print("deltaimg: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(UsageError.exit_code)
+    except KeyboardInterrupt:
+        print("deltaimg: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)

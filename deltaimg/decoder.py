@@ -1,0 +1,145 @@
+"""apply's core: rebuild one layer tar from its recipe, the literal stream and the old image."""
+
+from __future__ import annotations
+
+from typing import BinaryIO, Callable
+
+from deltaimg import codec
+from deltaimg.errors import BundleFormatError, IntegrityError
+from deltaimg.layerformat import (
+    DATA_BSDIFF,
+    DATA_LITERAL,
+    DATA_PARTNER,
+    DATA_REF,
+    PART_PRE,
+    PRE_EDITED,
+    PRE_LITERAL,
+    PRE_PARTNER,
+    Chunk,
+    RecordReader,
+    decode_recipe,
+    pack_header,
+    unpack_header,
+)
+from deltaimg.oldcontent import OldContent, OldEntry
+from deltaimg.tarsplit import BLOCK
+
+PIECE = 1 << 20
+MAX_BSDIFF_BYTES = 64 << 20  # a bsdiff record larger than this is not one deltaimg writes
+
+Write = Callable[[bytes], object]
+
+
+class LiteralReader:
+    """The literal stream, decompressed one chunk at a time against its reference spans."""
+
+    def __init__(self, payload: BinaryIO, chunks: list[Chunk], old: OldContent) -> None:
+        self._payload = payload
+        self._chunks = iter(chunks)
+        self._old = old
+        self._buffer = b""
+        self._pos = 0
+
+    def read(self, n: int) -> bytes:
+        parts = []
+        while n > 0:
+            if self._pos >= len(self._buffer):
+                self._load_next()
+            take = self._buffer[self._pos : self._pos + n]
+            self._pos += len(take)
+            n -= len(take)
+            parts.append(take)
+        return b"".join(parts)
+
+    def copy(self, n: int, write: Write) -> None:
+        while n > 0:
+            piece = self.read(min(n, PIECE))
+            write(piece)
+            n -= len(piece)
+
+    def _load_next(self) -> None:
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            raise IntegrityError("a layer delta needs more literal bytes than it carries: the bundle is damaged")
+        frame = self._payload.read(chunk.frame_len)
+        if len(frame) != chunk.frame_len:
+            raise IntegrityError("a layer delta ends early: the bundle is damaged")
+        prefix = b"".join(self._span(span) for span in chunk.spans)
+        self._buffer = codec.decompress(frame, chunk.literal_len, prefix)
+        self._pos = 0
+
+    def _span(self, span) -> bytes:
+        entry = self._old.entry(span.layer, span.index)
+        limit = entry.pre_len if span.part == PART_PRE else entry.size
+        if span.start + span.length > limit:
+            raise BundleFormatError("a layer delta refers past an old entry's end: the bundle is damaged")
+        base = entry.pre_offset if span.part == PART_PRE else entry.data_offset
+        return self._old.read(span.layer, base + span.start, span.length)
+
+    def finish(self) -> None:
+        if self._pos != len(self._buffer) or next(self._chunks, None) is not None:
+            raise IntegrityError("a layer delta carries unused literal bytes: the bundle is damaged")
+        if self._payload.read(1):
+            raise IntegrityError("a layer delta has trailing bytes: the bundle is damaged")
+
+
+def rebuild_layer(payload: BinaryIO, old: OldContent, write: Write) -> None:
+    """Write the layer tar that ``payload`` describes; raises on any inconsistency."""
+    recipe_len, frame_len = unpack_header(payload.read(len(pack_header(0, 0))))
+    recipe = codec.decompress(payload.read(frame_len), recipe_len)
+    chunks, reader = decode_recipe(recipe)
+    literal = LiteralReader(payload, chunks, old)
+    records = RecordReader(reader)
+    while True:
+        record = records.next()
+        partner = old.entry(*record.partner) if record.partner else None
+        _write_pre(record, partner, literal, old, write)
+        if record.trailer:
+            literal.copy(record.size, write)
+            break
+        size = _write_data(record, partner, literal, old, write)
+        pad_len = (-size) % BLOCK
+        write(literal.read(pad_len) if record.pad_literal else bytes(pad_len))
+    if not reader.at_end():
+        raise BundleFormatError("layer recipe has records after its end: the bundle is damaged")
+    literal.finish()
+
+
+def _write_pre(record, partner: OldEntry | None, literal: LiteralReader, old: OldContent, write: Write) -> None:
+    if record.pre_kind == PRE_LITERAL:
+        literal.copy(record.pre_len, write)
+        return
+    assert partner is not None
+    pre = old.read_pre(partner)
+    if record.pre_kind == PRE_PARTNER:
+        write(pre)
+        return
+    edited = bytearray(pre)
+    for offset, length in record.edits:
+        if offset + length > len(edited):
+            raise BundleFormatError("a header edit runs past the header: the bundle is damaged")
+        edited[offset : offset + length] = literal.read(length)
+    write(bytes(edited))
+
+
+def _write_data(record, partner: OldEntry | None, literal: LiteralReader, old: OldContent, write: Write) -> int:
+    """Write the entry's payload and return its size."""
+    if record.data_kind == DATA_LITERAL:
+        literal.copy(record.size, write)
+        return record.size
+    if record.data_kind == DATA_REF:
+        source = old.entry(*record.ref)
+        old.copy_data(source, write)
+        return source.size
+    assert partner is not None
+    if record.data_kind == DATA_PARTNER:
+        old.copy_data(partner, write)
+        return partner.size
+    assert record.data_kind == DATA_BSDIFF
+    lens = record.bsdiff_lens
+    if max(record.size, partner.size, *lens) > MAX_BSDIFF_BYTES:
+        raise BundleFormatError("a binary delta is larger than any deltaimg writes: the bundle is damaged")
+    control, diff, extra = (literal.read(n) for n in lens)
+    new = codec.bspatch(old.read_data(partner), record.size, control, diff, extra)
+    write(new)
+    return record.size

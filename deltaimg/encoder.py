@@ -1,0 +1,372 @@
+"""make's core: encode one new layer tar as a recipe against the old image.
+
+For every tar entry of the new layer, in order:
+
+- its header bytes come from the partner's header (same old path, or a similar one), from the
+  partner's header with a few bytes edited (a rebuild that only moved timestamps), or literally;
+- its payload comes from identical content anywhere in the old image (by sha256), from a bsdiff
+  of the partner, or literally, with the partner in the zstd reference prefix;
+- everything literal goes into one stream, cut into chunks that are zstd-compressed with the
+  old bytes they resemble as reference prefix.
+
+Memory stays bounded: payloads are held in memory only up to ``MEMORY_PAYLOAD_MAX`` (larger
+ones are spilled to the work directory), a bounded number of chunks and bsdiff jobs run at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import tempfile
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable
+
+from deltaimg import codec
+from deltaimg.errors import ImageReadError
+from deltaimg.layerformat import (
+    DATA_BSDIFF,
+    DATA_LITERAL,
+    DATA_PARTNER,
+    DATA_REF,
+    PART_DATA,
+    PART_PRE,
+    PRE_EDITED,
+    PRE_LITERAL,
+    PRE_PARTNER,
+    Chunk,
+    Record,
+    RecordWriter,
+    Span,
+    encode_recipe,
+    pack_header,
+)
+from deltaimg.oldcontent import OldEntry, OldIndex
+from deltaimg.tarsplit import BLOCK, TRAILER, Entry, TarSplitter
+
+CHUNK_LITERAL = 8 << 20  # literal bytes per zstd frame
+REF_BUDGET = 24 << 20  # reference bytes per zstd frame
+PIECE = 1 << 20
+BSDIFF_MIN, BSDIFF_MAX = 256, 8 << 20
+MEMORY_PAYLOAD_MAX = BSDIFF_MAX
+ESTIMATE_LEVEL = 9
+LOOKAHEAD_BYTES = 32 << 20
+MAX_CHUNKS_IN_FLIGHT = 3
+PARTNER_MARGIN = 1 << 20
+
+
+@dataclass
+class LayerStats:
+    """What the encoder did with one layer, for inspect and the benchmark."""
+
+    entries: int = 0
+    files: int = 0
+    identical: int = 0
+    bsdiff: int = 0
+    zstd_delta: int = 0
+    literal: int = 0
+    headers_from_old: int = 0
+    literal_bytes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Part:
+    """A piece of the literal stream: bytes now, bytes later (a future), or a spilled file."""
+
+    data: bytes | Future | str
+    partner: OldEntry | None = None  # reference spans come from this entry's payload
+    spans: list[Span] = field(default_factory=list)
+    fallback: bytes = b""  # a bsdiff candidate's new payload, coded literally if bsdiff loses
+
+    @property
+    def held(self) -> int:
+        return len(self.fallback) + (len(self.data) if isinstance(self.data, bytes) else 0)
+
+
+class LiteralStream:
+    """The literal stream, cut into chunks compressed in parallel against their reference spans."""
+
+    def __init__(self, index: OldIndex, out: BinaryIO, pool: Executor) -> None:
+        self._index = index
+        self._out = out
+        self._pool = pool
+        self.chunks: list[Chunk] = []
+        self._buffer = bytearray()
+        self._spans: list[Span] = []
+        self._span_at: dict[tuple[int, int, int], int] = {}
+        self._prefix_len = 0
+        self._in_flight: collections.deque[tuple[Chunk, Future]] = collections.deque()
+
+    def add(self, data: bytes, spans: list[Span]) -> None:
+        for span in spans:
+            self._add_span(span)
+        self._buffer += data
+        if len(self._buffer) >= CHUNK_LITERAL:
+            self._cut()
+
+    def _add_span(self, span: Span) -> None:
+        key = (span.layer, span.index, span.part)
+        at = self._span_at.get(key)
+        if at is not None:
+            old = self._spans[at]
+            start, end = min(old.start, span.start), max(old.start + old.length, span.start + span.length)
+            grow = (end - start) - old.length
+            if grow > 0 and self._prefix_len + grow <= REF_BUDGET and span.start <= old.start + old.length:
+                self._spans[at] = Span(span.layer, span.index, span.part, start, end - start)
+                self._prefix_len += grow
+            return
+        if span.length and self._prefix_len + span.length <= REF_BUDGET:
+            self._span_at[key] = len(self._spans)
+            self._spans.append(span)
+            self._prefix_len += span.length
+
+    def _cut(self) -> None:
+        if not self._buffer:
+            return
+        chunk = Chunk(literal_len=len(self._buffer), frame_len=0, spans=self._spans)
+        prefix = b"".join(self._read_span(s) for s in chunk.spans)
+        future = self._pool.submit(codec.compress, bytes(self._buffer), prefix)
+        self._in_flight.append((chunk, future))
+        self.chunks.append(chunk)
+        self._buffer = bytearray()
+        self._spans, self._span_at, self._prefix_len = [], {}, 0
+        while len(self._in_flight) > MAX_CHUNKS_IN_FLIGHT:
+            self._write_oldest()
+
+    def _read_span(self, span: Span) -> bytes:
+        entry = self._index.content.entry(span.layer, span.index)
+        base = entry.pre_offset if span.part == PART_PRE else entry.data_offset
+        return self._index.content.read(span.layer, base + span.start, span.length)
+
+    def _write_oldest(self) -> None:
+        chunk, future = self._in_flight.popleft()
+        frame = future.result()
+        chunk.frame_len = len(frame)
+        self._out.write(frame)
+
+    def close(self) -> list[Chunk]:
+        self._cut()
+        while self._in_flight:
+            self._write_oldest()
+        return self.chunks
+
+
+def whole(entry: OldEntry, part: int) -> Span:
+    return Span(entry.layer, entry.index, part, 0, entry.pre_len if part == PART_PRE else entry.size)
+
+
+def partner_window(partner: OldEntry, start: int, end: int, size: int) -> Span:
+    """The part of the partner's payload that lines up with bytes [start, end) of a new payload."""
+    if partner.size <= REF_BUDGET // 2:
+        return whole(partner, PART_DATA)
+    scale = partner.size / max(size, 1)
+    lo = max(0, int(start * scale) - PARTNER_MARGIN)
+    hi = min(partner.size, int(end * scale) + PARTNER_MARGIN)
+    return Span(partner.layer, partner.index, PART_DATA, lo, hi - lo)
+
+
+def choose_delta(old: bytes, new: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """bsdiff's streams when they code smaller than zstd against the old file; else None."""
+    control, diff, extra = codec.bsdiff(old, new)
+    as_bsdiff = len(codec.compress(control + diff + extra, level=ESTIMATE_LEVEL))
+    as_zstd = len(codec.compress(new, prefix=old, level=ESTIMATE_LEVEL))
+    return (control, diff, extra) if as_bsdiff < as_zstd else None
+
+
+def edit_runs(old: bytes, new: bytes) -> list[tuple[int, int]] | None:
+    """Byte runs where ``new`` differs from the same-length ``old``; None when that is no bargain."""
+    if len(old) != len(new):
+        return None
+    runs: list[tuple[int, int]] = []
+    changed = 0
+    for block in range(0, len(new), BLOCK):
+        a, b = old[block : block + BLOCK], new[block : block + BLOCK]
+        if a == b:
+            continue
+        pos = None
+        for i in range(len(b)):
+            if a[i] != b[i]:
+                at = block + i
+                if pos is not None and at - pos[1] < 4:
+                    pos = (pos[0], at + 1)
+                else:
+                    if pos is not None:
+                        runs.append((pos[0], pos[1] - pos[0]))
+                    pos = (at, at + 1)
+        if pos is not None:
+            runs.append((pos[0], pos[1] - pos[0]))
+    changed = sum(length for _, length in runs)
+    return runs if changed + 2 * len(runs) < len(new) // 2 else None
+
+
+class LayerEncoder:
+    """Encodes one new layer; see the module docstring."""
+
+    def __init__(self, index: OldIndex, pool: Executor, workdir: str, progress: Callable[[int], None] | None = None) -> None:
+        self._index = index
+        self._pool = pool
+        self._workdir = workdir
+        self._progress = progress or (lambda n: None)
+        self.stats = LayerStats()
+        self._held = 0  # payload bytes waiting in the pending queue
+
+    def encode(self, layer_stream: BinaryIO, out: BinaryIO) -> LayerStats:
+        """Write the layer's delta payload to ``out``."""
+        with tempfile.TemporaryFile(dir=self._workdir) as frames:
+            literal = LiteralStream(self._index, frames, self._pool)
+            records = RecordWriter()
+            pending: collections.deque[tuple[Record, list[_Part]]] = collections.deque()
+            splitter = TarSplitter(layer_stream)
+            try:
+                for entry in splitter:
+                    self.stats.entries += 1
+                    if entry.typeflag == TRAILER:
+                        self._drain(pending, literal, records, everything=True)
+                        self._emit_trailer(splitter, entry, literal, records)
+                        break
+                    record, parts = self._plan(splitter, entry)
+                    pending.append((record, parts))
+                    self._held += sum(p.held for p in parts)
+                    self._drain(pending, literal, records, everything=False)
+            except EOFError:
+                raise ImageReadError("a layer of the new image is a truncated tar") from None
+            chunks = literal.close()
+            recipe = encode_recipe(chunks, bytes(records.out))
+            frame = codec.compress(recipe)
+            out.write(pack_header(len(recipe), len(frame)))
+            out.write(frame)
+            frames.seek(0)
+            while block := frames.read(PIECE):
+                out.write(block)
+        return self.stats
+
+    # -- deciding ---------------------------------------------------------------------------
+    def _plan(self, splitter: TarSplitter, entry: Entry) -> tuple[Record, list[_Part]]:
+        regular = entry.typeflag in ("0", "\x00", "7")
+        partner = self._index.partner(entry.name, entry.size, regular)
+        record = Record(pre_kind=PRE_LITERAL, data_kind=DATA_LITERAL)
+        parts: list[_Part] = []
+        if partner is not None:
+            record.partner = (partner.layer, partner.index)
+        self._plan_pre(entry, partner, record, parts)
+        if entry.size:
+            self._plan_data(splitter, entry, partner, record, parts)
+        splitter.finish_entry()
+        self._progress(len(entry.pre) + entry.size + entry.pad_len)
+        if entry.pad is not None:
+            record.pad_literal = True
+            parts.append(_Part(entry.pad))
+        return record, parts
+
+    def _plan_pre(self, entry: Entry, partner: OldEntry | None, record: Record, parts: list[_Part]) -> None:
+        if partner is not None:
+            old_pre = self._index.content.read_pre(partner)
+            if old_pre == entry.pre:
+                record.pre_kind = PRE_PARTNER
+                self.stats.headers_from_old += 1
+                return
+            runs = edit_runs(old_pre, entry.pre)
+            if runs is not None:
+                record.pre_kind, record.edits = PRE_EDITED, runs
+                parts.append(_Part(b"".join(entry.pre[o : o + n] for o, n in runs)))
+                self.stats.headers_from_old += 1
+                return
+        record.pre_len = len(entry.pre)
+        parts.append(_Part(entry.pre, spans=[whole(partner, PART_PRE)] if partner else []))
+
+    def _plan_data(self, splitter: TarSplitter, entry: Entry, partner: OldEntry | None, record: Record, parts: list[_Part]) -> None:
+        self.stats.files += 1
+        digest = hashlib.sha256()
+        if entry.size <= MEMORY_PAYLOAD_MAX:
+            payload: bytes | str = b"".join(splitter.payload_chunks())
+            digest.update(payload)  # type: ignore[arg-type]
+        else:
+            payload = self._spill(splitter, digest)
+        same = self._index.by_digest.get(digest.digest()) if entry.is_file else None
+        if same is not None and same.size == entry.size:
+            self.stats.identical += 1
+            if partner is not None and (same.layer, same.index) == (partner.layer, partner.index):
+                record.data_kind = DATA_PARTNER
+            else:
+                record.data_kind, record.ref = DATA_REF, (same.layer, same.index)
+            _discard(payload)
+            return
+        record.size = entry.size
+        usable = partner if partner is not None and partner.is_regular and partner.size else None
+        if usable and isinstance(payload, bytes) and BSDIFF_MIN <= entry.size and usable.size <= BSDIFF_MAX:
+            old = self._index.content.read_data(usable)
+            job = self._pool.submit(choose_delta, old, payload)
+            parts.append(_Part(job, partner=usable, fallback=payload))
+            record.data_kind = DATA_BSDIFF  # settled when emitted: may fall back to literal
+            return
+        self.stats.literal += 1
+        parts.append(_Part(payload, partner=usable))
+
+    def _spill(self, splitter: TarSplitter, digest) -> str:
+        fd, path = tempfile.mkstemp(dir=self._workdir, suffix=".payload")
+        with os.fdopen(fd, "wb") as spill:
+            for chunk in splitter.payload_chunks():
+                digest.update(chunk)
+                spill.write(chunk)
+        return path
+
+    # -- emitting, in layer order -----------------------------------------------------------
+    def _drain(self, pending, literal: LiteralStream, records: RecordWriter, everything: bool) -> None:
+        while pending:
+            record, parts = pending[0]
+            waiting = any(isinstance(p.data, Future) and not p.data.done() for p in parts)
+            if waiting and not everything and self._held < LOOKAHEAD_BYTES and len(pending) < 4096:
+                return
+            pending.popleft()
+            self._held -= sum(p.held for p in parts)
+            for part in parts:
+                self._emit_part(record, part, literal)
+            records.add(record)
+
+    def _emit_part(self, record: Record, part: _Part, literal: LiteralStream) -> None:
+        data = part.data
+        if isinstance(data, Future):
+            streams = data.result()
+            assert part.partner is not None
+            if streams is None:
+                record.data_kind = DATA_LITERAL
+                self.stats.zstd_delta += 1
+                self._add_literal(part.fallback, [whole(part.partner, PART_DATA)], literal)
+            else:
+                record.bsdiff_lens = tuple(len(s) for s in streams)  # type: ignore[assignment]
+                self.stats.bsdiff += 1
+                self._add_literal(b"".join(streams), [whole(part.partner, PART_DATA)], literal)
+        elif isinstance(data, str):
+            self._emit_spilled(data, part.partner, record.size, literal)
+        else:
+            spans = list(part.spans)
+            if part.partner is not None:
+                spans.append(partner_window(part.partner, 0, len(data), len(data)))
+            self._add_literal(data, spans, literal)
+
+    def _add_literal(self, data: bytes, spans: list[Span], literal: LiteralStream) -> None:
+        self.stats.literal_bytes += len(data)
+        literal.add(data, spans)
+
+    def _emit_spilled(self, path: str, partner: OldEntry | None, size: int, literal: LiteralStream) -> None:
+        with open(path, "rb") as spill:
+            done = 0
+            while piece := spill.read(PIECE):
+                spans = [partner_window(partner, done, done + len(piece), size)] if partner else []
+                self._add_literal(piece, spans, literal)
+                done += len(piece)
+        os.unlink(path)
+
+    def _emit_trailer(self, splitter: TarSplitter, entry: Entry, literal: LiteralStream, records: RecordWriter) -> None:
+        for chunk in splitter.payload_chunks():
+            self._add_literal(chunk, [], literal)
+        records.add(Record(pre_kind=PRE_LITERAL, data_kind=DATA_LITERAL, size=entry.size, trailer=True))
+
+
+def _discard(payload: bytes | str) -> None:
+    if isinstance(payload, str):
+        os.unlink(payload)

@@ -1,0 +1,253 @@
+"""The Docker engine adapter: the only module that talks to the Engine API (via the ``docker`` SDK).
+
+deltaimg targets engines on the graphdriver store (Docker 20.10 to 28 with overlay2), where an
+image ID is the sha256 of its config bytes and ``docker load`` skips every layer whose chain ID
+the engine already holds. That last property is what makes thin archives (every layer listed in
+``manifest.json``, only the missing ones present) loadable.
+
+Exports are streamed: ``docker save`` output is read through a streaming tar reader in bounded
+chunks, so neither memory nor disk ever holds the whole export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+from typing import BinaryIO, Iterable, Iterator
+
+import docker
+import docker.errors
+import requests
+
+from deltaimg.errors import EngineError, ImageReadError, IntegrityError
+
+CHUNK = 1 << 20
+MAX_CONFIG_SIZE = 32 << 20  # a config is JSON metadata; anything this big is not one
+# One Engine API call may legitimately stay silent for a while (a slow disk registering a large
+# layer during ``docker load``); the SDK's 60 s default is too tight for edge hosts.
+API_TIMEOUT = 300
+
+
+def connect() -> docker.DockerClient:
+    """A client for the engine named by the environment (``DOCKER_HOST`` etc., else the local socket)."""
+    try:
+        client = docker.from_env(timeout=API_TIMEOUT)
+        client.ping()
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        raise EngineError(
+            f"cannot reach the Docker engine at {host} ({_one_line(exc)}); start dockerd "
+            "(scripts/ensure-docker does) or point DOCKER_HOST at a running engine"
+        ) from None
+    return client
+
+
+def find_image(client: docker.DockerClient, image_id_or_ref: str) -> dict | None:
+    """The engine's inspect data for an image, or None when the engine has no such image."""
+    try:
+        return client.api.inspect_image(image_id_or_ref)
+    except docker.errors.ImageNotFound:
+        return None
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise EngineError(f"cannot inspect image {image_id_or_ref}: {_one_line(exc)}") from None
+
+
+def read_config(client: docker.DockerClient, image_ref: str) -> bytes:
+    """The exact config bytes of an image (the Engine API has no call for them but ``docker save``)."""
+    config_bytes, _ = save_layers(client, image_ref, set(), os.curdir)
+    return config_bytes
+
+
+def save_layers(
+    client: docker.DockerClient, image_ref: str, wanted_diff_ids: set[str], dest_dir: str | os.PathLike
+) -> tuple[bytes, dict[str, str]]:
+    """Stream ``docker save`` of one image; return its exact config bytes and the wanted layers.
+
+    Each wanted layer is written to ``dest_dir/<hex>.tar`` and returned as ``{diff_id: path}``.
+    The legacy export names layers by v1 IDs that cannot be predicted and sorts its files by name
+    (``manifest.json`` comes last), so a layer is only known by hashing it: every ``layer.tar``
+    is streamed into ``dest_dir`` while hashed, and dropped as soon as its digest shows it is not
+    wanted (peak extra disk: the wanted layers plus the largest unwanted one). Files named by
+    their digest (the Docker 25+ ``blobs/sha256/`` form) are skipped unread when not wanted. The
+    read stops, aborting the export, once the config and every wanted layer are in hand.
+    """
+    attrs = find_image(client, image_ref)
+    if attrs is None:
+        raise ImageReadError(f"docker-daemon:{image_ref}: the engine has no such image (see docker images)")
+    image_id = attrs["Id"]
+    layer_ids = set(attrs.get("RootFS", {}).get("Layers") or [])
+    if not wanted_diff_ids <= layer_ids:
+        missing = ", ".join(sorted(wanted_diff_ids - layer_ids))
+        raise ImageReadError(f"docker-daemon:{image_ref}: image {image_id} has no layer {missing}")
+    image_hex = image_id.removeprefix("sha256:")
+    config_names = {f"{image_hex}.json", f"blobs/sha256/{image_hex}"}
+    wanted = {d.removeprefix("sha256:") for d in wanted_diff_ids}
+    config_bytes: bytes | None = None
+    found: dict[str, str] = {}
+    # Exporting by ID, not by name, pins the export to the image inspected above.
+    chunks = client.api.get_image(image_id, chunk_size=CHUNK)
+    try:
+        try:
+            with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK) as archive:
+                for member in archive:
+                    name = member.name.removeprefix("./")
+                    if not member.isfile():
+                        continue
+                    if name in config_names:
+                        config_bytes = _read_config_member(archive, member, image_id)
+                    elif wanted - found.keys() and _may_be_wanted(name, wanted):
+                        _keep_if_wanted(archive, member, wanted, found, dest_dir)
+                    if config_bytes is not None and not wanted - found.keys():
+                        break
+        except (docker.errors.DockerException, requests.RequestException, tarfile.TarError, OSError) as exc:
+            raise EngineError(f"docker save of {image_ref} failed: {_one_line(exc)}") from None
+        finally:
+            chunks.close()
+        if config_bytes is None:
+            raise EngineError(f"docker save of {image_ref} holds no config {image_hex}.json; is the engine 20.10+?")
+        if wanted - found.keys():
+            missing = ", ".join("sha256:" + h for h in sorted(wanted - found.keys()))
+            raise IntegrityError(
+                f"docker save of {image_ref} holds no layer hashing to {missing}; the engine's layer "
+                "store may be damaged (re-pull or reload the image)"
+            )
+    except BaseException:
+        _remove(found.values())
+        raise
+    return config_bytes, {"sha256:" + h: path for h, path in found.items()}
+
+
+def load_archive(client: docker.DockerClient, stream_or_path: BinaryIO | str | os.PathLike) -> list[str]:
+    """``docker load`` an archive (a file path or a binary stream); return what the engine loaded.
+
+    The archive may be thin: the engine skips every layer whose chain ID it already holds, so the
+    layers it holds need not be in the archive. Returns the ``Loaded image`` names the engine
+    reports (``repo:tag``, or ``sha256:...`` for an untagged image).
+    """
+    if isinstance(stream_or_path, (str, os.PathLike)):
+        try:
+            with open(stream_or_path, "rb") as stream:
+                return _load(client, stream, os.fspath(stream_or_path))
+        except OSError as exc:
+            raise EngineError(f"cannot read {os.fspath(stream_or_path)}: {exc.strerror}") from None
+    return _load(client, stream_or_path, "the archive")
+
+
+def tag(client: docker.DockerClient, image_id: str, tags: Iterable[str]) -> None:
+    """Point each ``repo[:tag]`` at ``image_id`` (moving it if it names another image)."""
+    for name in tags:
+        repo, version = docker.utils.parse_repository_tag(name)
+        try:
+            client.api.tag(image_id, repo, version or "latest", force=True)
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise EngineError(f"cannot tag {image_id} as {name}: {_one_line(exc)}") from None
+
+
+def _load(client: docker.DockerClient, stream: BinaryIO, what: str) -> list[str]:
+    # A generator body is sent with chunked encoding in fixed-size reads; handing requests the
+    # file object itself would make it iterate a pipe by "lines" of unbounded length.
+    body = iter(lambda: stream.read(CHUNK), b"")
+    loaded: list[str] = []
+    try:
+        for message in client.api.load_image(body):
+            if message.get("error") or message.get("errorDetail"):
+                detail = message.get("errorDetail") or {}
+                raise EngineError(
+                    f"docker load of {what} failed: {_one_line(detail.get('message') or message['error'])}"
+                    " (a thin archive needs its base image in the engine)"
+                )
+            for line in str(message.get("stream", "")).splitlines():
+                for prefix in ("Loaded image: ", "Loaded image ID: "):
+                    if line.startswith(prefix):
+                        loaded.append(line[len(prefix):].strip())
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise EngineError(f"docker load of {what} failed: {_one_line(exc)}") from None
+    if not loaded:
+        raise EngineError(f"docker load of {what} reported no image; is it a docker save archive?")
+    return loaded
+
+
+def _read_config_member(archive: tarfile.TarFile, member: tarfile.TarInfo, image_id: str) -> bytes:
+    if member.size > MAX_CONFIG_SIZE:
+        raise EngineError(f"the config of {image_id} in docker save is {member.size} bytes; not a config")
+    config_bytes = _extract(archive, member).read()
+    if "sha256:" + hashlib.sha256(config_bytes).hexdigest() != image_id:
+        raise IntegrityError(f"the config docker save gave for {image_id} does not hash to that ID")
+    return config_bytes
+
+
+def _may_be_wanted(name: str, wanted: set[str]) -> bool:
+    """Whether an export member may be a wanted layer: any legacy ``layer.tar``, or a wanted blob."""
+    return name.endswith("/layer.tar") or (name.startswith("blobs/sha256/") and os.path.basename(name) in wanted)
+
+
+def _keep_if_wanted(
+    archive: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    wanted: set[str],
+    found: dict[str, str],
+    dest_dir: str | os.PathLike,
+) -> None:
+    """Stream one layer into ``dest_dir`` while hashing it; keep it only if its digest is wanted."""
+    fd, partial = tempfile.mkstemp(prefix=".partial-", suffix=".tar", dir=dest_dir)
+    digest = hashlib.sha256()
+    source = _extract(archive, member)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := source.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+        hexdigest = digest.hexdigest()
+        if hexdigest in wanted and hexdigest not in found:
+            final = os.path.join(dest_dir, hexdigest + ".tar")
+            os.replace(partial, final)
+            found[hexdigest] = final
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+def _extract(archive: tarfile.TarFile, member: tarfile.TarInfo) -> BinaryIO:
+    source = archive.extractfile(member)
+    assert source is not None  # callers pass regular files only
+    return source
+
+
+def _remove(paths: Iterable[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _one_line(exc: BaseException | str) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return " ".join(str(text).split()) or type(exc).__name__
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks, without copying chunk tails around."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._view = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while not self._view:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._view = memoryview(chunk)
+        size = min(len(buffer), len(self._view))
+        buffer[:size] = self._view[:size]
+        self._view = self._view[size:]
+        return size

@@ -1,0 +1,79 @@
+"""Errors a user can hit, each with its own exit code.
+
+Every error deltaimg raises on purpose is a DeltaimgError: the CLI prints its message on one
+line and exits with its code. Anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+
+class DeltaimgError(Exception):
+    """Base of all user-facing errors; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(DeltaimgError):
+    """The command line or an argument is wrong."""
+
+    exit_code = 2
+
+
+class ImageReadError(DeltaimgError):
+    """An input image (archive, layout, engine image) is missing, malformed or ambiguous."""
+
+    exit_code = 3
+
+
+class KeyFileError(DeltaimgError):
+    """A key file is missing, malformed, or has unsafe permissions."""
+
+    exit_code = 4
+
+
+class BundleFormatError(DeltaimgError):
+    """The bundle file is not a deltaimg bundle, is truncated, or is of an unknown version."""
+
+    exit_code = 10
+
+
+class SignatureError(DeltaimgError):
+    """The bundle is unsigned, signed by an untrusted key, or its signature does not match."""
+
+    exit_code = 11
+
+
+class IntegrityError(DeltaimgError):
+    """A payload or a rebuilt layer does not hash to what the signed manifest says."""
+
+    exit_code = 12
+
+
+class BaseMismatchError(DeltaimgError):
+    """The base image given (or found in the engine) is not the one the bundle was made against."""
+
+    exit_code = 13
+
+
+class OutputError(DeltaimgError):
+    """The output cannot be written (exists, no permission, no space)."""
+
+    exit_code = 14
+
+
+class EngineError(DeltaimgError):
+    """The Docker engine cannot be reached or refused an operation."""
+
+    exit_code = 20
+
+
+class SwapFailedRolledBack(DeltaimgError):
+    """The new containers failed; the old ones were restored and run again."""
+
+    exit_code = 21
+
+
+class SwapFailedNotRolledBack(DeltaimgError):
+    """The swap failed and the rollback failed too: a human must look."""
+
+    exit_code = 22

@@ -1,0 +1,166 @@
+"""Byte access to the files inside an image archive or layout directory.
+
+Archives are read in place: a member of an uncompressed tar is a byte range of the archive
+file, so layers are streamed (or seeked into) without extracting anything.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import posixpath
+import tarfile
+from typing import BinaryIO, Callable
+
+from deltaimg.errors import ImageReadError
+from deltaimg.zstdlib import zstd
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+MAX_METADATA_BYTES = 16 * 1024 * 1024  # manifest.json, index.json, configs
+
+
+class RangeReader(io.RawIOBase):
+    """A read-only view of ``size`` bytes of a file starting at ``offset``."""
+
+    def __init__(self, path: str, offset: int, size: int) -> None:
+        self._file = open(path, "rb")
+        self._start = offset
+        self._size = size
+        self._pos = 0
+        self._file.seek(offset)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        remaining = self._size - self._pos
+        if remaining <= 0:
+            return 0
+        view = memoryview(buffer)[: min(len(buffer), remaining)]
+        n = self._file.readinto(view)
+        if not n:
+            raise ImageReadError(f"{self._file.name}: file is shorter than its index says")
+        self._pos += n
+        return n
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, min(self._size, base + pos))
+        self._file.seek(self._start + self._pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def open_range(path: str, offset: int, size: int) -> BinaryIO:
+    return io.BufferedReader(RangeReader(path, offset, size), buffer_size=1 << 20)
+
+
+class BlobStore:
+    """Files of an image layout by relative path, either in a directory or in a tar archive."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._members: dict[str, tuple[int, int]] | None = None
+        if os.path.isdir(root):
+            return
+        if not os.path.isfile(root):
+            raise ImageReadError(f"{root}: no such file or directory")
+        self._members = _index_tar(root)
+
+    def _resolve(self, name: str) -> str:
+        name = posixpath.normpath(name.lstrip("/"))
+        if name.startswith("../") or name == "..":
+            raise ImageReadError(f"{self.root}: path {name!r} points outside the image")
+        return name
+
+    def exists(self, name: str) -> bool:
+        name = self._resolve(name)
+        if self._members is None:
+            return os.path.isfile(os.path.join(self.root, name))
+        return name in self._members
+
+    def local(self, name: str) -> tuple[str, int, int]:
+        """(file, offset, size) of a stored file."""
+        name = self._resolve(name)
+        if self._members is None:
+            path = os.path.join(self.root, name)
+            if not os.path.isfile(path):
+                raise ImageReadError(f"{self.root}: {name} is missing")
+            return path, 0, os.path.getsize(path)
+        if name not in self._members:
+            raise ImageReadError(f"{self.root}: {name} is missing from the archive")
+        offset, size = self._members[name]
+        return self.root, offset, size
+
+    def open(self, name: str) -> BinaryIO:
+        return open_range(*self.local(name))
+
+    def read_small(self, name: str) -> bytes:
+        path, offset, size = self.local(name)
+        if size > MAX_METADATA_BYTES:
+            raise ImageReadError(f"{self.root}: {name} is {size} bytes, too large for metadata")
+        with open_range(path, offset, size) as f:
+            return f.read()
+
+
+def _index_tar(path: str) -> dict[str, tuple[int, int]]:
+    """Map member names to (data offset, size), following symlinks inside the archive."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic.startswith(GZIP_MAGIC) or magic == ZSTD_MAGIC:
+        raise ImageReadError(
+            f"{path}: the archive itself is compressed; decompress it first "
+            "(deltaimg reads archives in place)"
+        )
+    members: dict[str, tuple[int, int]] = {}
+    links: dict[str, str] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for info in tar:
+                name = posixpath.normpath(info.name.lstrip("/"))
+                if info.isreg():
+                    members[name] = (info.offset_data, info.size)
+                elif info.issym():
+                    links[name] = posixpath.normpath(
+                        posixpath.join(posixpath.dirname(name), info.linkname)
+                    )
+                elif info.islnk():
+                    links[name] = posixpath.normpath(info.linkname.lstrip("/"))
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ImageReadError(f"{path}: not a readable tar archive ({exc})") from None
+    for name, target in links.items():
+        for _ in range(8):  # links to links, bounded
+            if target in links:
+                target = links[target]
+        if target in members:
+            members[name] = members[target]
+    return members
+
+
+def open_decompressed(opener: Callable[[], BinaryIO], what: str) -> BinaryIO:
+    """Open a layer blob as its uncompressed tar, whatever compression it was stored with."""
+    raw = opener()
+    head = raw.peek(4)[:4] if hasattr(raw, "peek") else b""
+    if head.startswith(GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if head == ZSTD_MAGIC:
+        return zstd.ZstdFile(raw, "rb", options={zstd.DecompressionParameter.window_log_max: 31})  # type: ignore[return-value]
+    return raw
+
+
+def is_compressed(path: str, offset: int) -> bool:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        head = f.read(4)
+    return head.startswith(GZIP_MAGIC) or head == ZSTD_MAGIC

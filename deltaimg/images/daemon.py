@@ -1,0 +1,137 @@
+"""``docker-daemon:REF``: an image held by the local Docker engine.
+
+The Engine API hands out an image's exact config bytes and its uncompressed layers only through
+``docker save``, and every ``docker save`` makes the engine export the whole image. So:
+
+* opening the image runs one export to read the config (the layer bytes stream past unstored);
+* the first time a layer is needed, one more export writes the layers (all of them, or those
+  named to :meth:`DaemonImage.fetch`) into a temporary directory the image owns; every later
+  ``Layer.open`` reads its file, and ``Layer.local`` then points at it.
+
+That is two exports and, at worst, a full uncompressed copy of the image on disk, in exchange for
+one simple, exact, bounded-memory path. Reading the engine's store directly would avoid both but
+needs root and ties deltaimg to one storage driver's private layout. Use the image as a context
+manager (or call :meth:`DaemonImage.close`) to remove the directory early; it is removed at
+garbage collection otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import docker
+
+from deltaimg import engine
+from deltaimg.errors import ImageReadError
+from deltaimg.images.base import Image, Layer, config_diff_ids
+
+
+@dataclass
+class DaemonImage(Image):
+    """An :class:`Image` whose layers are exported from the engine on first need."""
+
+    _fetcher: _LayerFetcher | None = field(default=None, repr=False, compare=False)
+
+    def fetch(self, diff_ids: set[str]) -> None:
+        """Export these layers now, in one pass, instead of all layers at the first ``Layer.open``."""
+        assert self._fetcher is not None
+        self._fetcher.fetch(diff_ids)
+
+    def close(self) -> None:
+        """Remove the exported layers; opening a layer afterwards exports it again."""
+        if self._fetcher is not None:
+            self._fetcher.close()
+
+    def __enter__(self) -> DaemonImage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_daemon_image(
+    client: docker.DockerClient | None, ref: str, tmp_dir: str | None = None
+) -> DaemonImage:
+    """Open image ``ref`` (name, name:tag or ID) of the engine; ``client`` None connects from the environment.
+
+    ``tmp_dir`` is where the layer directory is made (default: the system temporary directory).
+    """
+    client = client or engine.connect()
+    source = f"docker-daemon:{ref}"
+    attrs = engine.find_image(client, ref)
+    if attrs is None:
+        raise ImageReadError(f"{source}: the engine has no such image (see docker images)")
+    config_bytes = engine.read_config(client, attrs["Id"])
+    diff_ids = config_diff_ids(config_bytes, source)
+    fetcher = _LayerFetcher(client, attrs["Id"], tmp_dir)
+    fetcher.layers = [Layer(diff_id=d, open=_opener(fetcher, d)) for d in diff_ids]
+    return DaemonImage(
+        config_bytes=config_bytes,
+        layers=list(fetcher.layers),
+        tags=list(attrs.get("RepoTags") or []),
+        source=source,
+        _fetcher=fetcher,
+    )
+
+
+def _opener(fetcher: _LayerFetcher, diff_id: str):
+    return lambda: fetcher.open(diff_id)
+
+
+class _LayerFetcher:
+    """Exports an image's layers into a private directory, once, on first need.
+
+    It outlives the image object as long as one of its layers is referenced, so layers stay
+    readable; the directory goes with the last reference (or at ``close``).
+    """
+
+    def __init__(self, client: docker.DockerClient, image_id: str, tmp_dir: str | None) -> None:
+        self.layers: list[Layer] = []
+        self._client = client
+        self._image_id = image_id
+        self._tmp_dir = tmp_dir
+        self._dir: str | None = None
+        self._cleanup: weakref.finalize | None = None
+        self._paths: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def open(self, diff_id: str) -> BinaryIO:
+        with self._lock:
+            if diff_id not in self._paths:
+                self._fetch_locked({layer.diff_id for layer in self.layers})
+            path = self._paths[diff_id]
+        return open(path, "rb")
+
+    def fetch(self, diff_ids: set[str]) -> None:
+        with self._lock:
+            self._fetch_locked(diff_ids)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._cleanup is not None:
+                self._cleanup()
+            self._cleanup = None
+            self._dir = None
+            self._paths.clear()
+            for layer in self.layers:
+                layer.local = None
+
+    def _fetch_locked(self, diff_ids: set[str]) -> None:
+        missing = diff_ids - self._paths.keys()
+        if not missing:
+            return
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="deltaimg-daemon-", dir=self._tmp_dir)
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+        # By ID, whose config save_layers checks against it: the same image, even if tags moved.
+        _, paths = engine.save_layers(self._client, self._image_id, missing, self._dir)
+        self._paths.update(paths)
+        for layer in self.layers:
+            if layer.diff_id in paths:
+                layer.local = (paths[layer.diff_id], 0, os.path.getsize(paths[layer.diff_id]))

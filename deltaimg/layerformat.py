@@ -1,0 +1,225 @@
+"""The recipe that rebuilds one layer tar: its records and their binary form.
+
+A layer delta payload is::
+
+    u64 recipe length | u64 compressed recipe length | zstd(recipe) | chunk frames...
+
+The recipe lists the chunks of the *literal stream* (every byte the old image could not supply,
+in layer order), then one record per tar entry saying where its header, payload and padding come
+from. Each chunk is one zstd frame whose reference prefix is a list of spans of old content, so
+headers, literals and bsdiff streams are coded in one context with the old bytes they resemble.
+See docs/bundle-format.md.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from deltaimg import varint
+from deltaimg.errors import BundleFormatError
+
+RECIPE_VERSION = 1
+HEADER = struct.Struct(">QQ")
+MAX_RECIPE_BYTES = 512 * 1024 * 1024
+MAX_CHUNK_BYTES = 64 * 1024 * 1024  # literal bytes in one chunk, and reference bytes per chunk
+MAX_SPANS = 1 << 20
+
+# entry record flags
+PRE_LITERAL, PRE_PARTNER, PRE_EDITED = 0, 1, 2
+DATA_LITERAL, DATA_PARTNER, DATA_BSDIFF, DATA_REF = 0, 1, 2, 3
+HAS_PARTNER = 1 << 4
+PAD_LITERAL = 1 << 5
+TRAILER = 1 << 6
+
+PART_PRE, PART_DATA = 0, 1
+
+
+@dataclass(frozen=True)
+class Span:
+    """``length`` bytes from ``start`` in the header (PART_PRE) or payload of old entry (layer, index)."""
+
+    layer: int
+    index: int
+    part: int
+    start: int
+    length: int
+
+
+@dataclass
+class Chunk:
+    literal_len: int
+    frame_len: int
+    spans: list[Span] = field(default_factory=list)
+
+    @property
+    def prefix_len(self) -> int:
+        return sum(span.length for span in self.spans)
+
+
+@dataclass
+class Record:
+    """Where one tar entry's bytes come from. Lengths of literal parts are in the literal stream."""
+
+    pre_kind: int
+    data_kind: int
+    partner: tuple[int, int] | None = None
+    ref: tuple[int, int] | None = None  # DATA_REF: identical content elsewhere in the old image
+    pre_len: int = 0  # PRE_LITERAL
+    edits: list[tuple[int, int]] = field(default_factory=list)  # PRE_EDITED: (offset, length)
+    size: int = 0  # DATA_LITERAL and DATA_BSDIFF: the payload size
+    bsdiff_lens: tuple[int, int, int] = (0, 0, 0)  # control, diff, extra
+    pad_literal: bool = False
+    trailer: bool = False
+
+
+class _Coords:
+    """Old-entry coordinates, delta-coded per layer so runs of neighbours cost one byte."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, int] = {}
+
+    def put(self, out: bytearray, coords: tuple[int, int]) -> None:
+        layer, index = coords
+        varint.put(out, layer)
+        varint.put_signed(out, index - self._last.get(layer, -1) - 1)
+        self._last[layer] = index
+
+    def get(self, reader: varint.Reader) -> tuple[int, int]:
+        layer = reader.get()
+        index = self._last.get(layer, -1) + 1 + reader.get_signed()
+        if index < 0:
+            raise BundleFormatError("layer recipe refers to a negative entry: the bundle is damaged")
+        self._last[layer] = index
+        return layer, index
+
+
+def encode_recipe(chunks: list[Chunk], records: bytes) -> bytes:
+    out = bytearray()
+    varint.put(out, RECIPE_VERSION)
+    varint.put(out, len(chunks))
+    coords = _Coords()
+    for chunk in chunks:
+        varint.put(out, chunk.literal_len)
+        varint.put(out, chunk.frame_len)
+        varint.put(out, len(chunk.spans))
+        for span in chunk.spans:
+            coords.put(out, (span.layer, span.index))
+            varint.put(out, span.part)
+            varint.put(out, span.start)
+            varint.put(out, span.length)
+    return bytes(out) + records
+
+
+class RecordWriter:
+    """Appends entry records to the recipe's byte form."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self._coords = _Coords()
+
+    def add(self, r: Record) -> None:
+        out = self.out
+        flags = r.pre_kind | (r.data_kind << 2)
+        flags |= HAS_PARTNER if r.partner else 0
+        flags |= PAD_LITERAL if r.pad_literal else 0
+        flags |= TRAILER if r.trailer else 0
+        out.append(flags)
+        if r.partner:
+            self._coords.put(out, r.partner)
+        if r.pre_kind == PRE_LITERAL:
+            varint.put(out, r.pre_len)
+        elif r.pre_kind == PRE_EDITED:
+            varint.put(out, len(r.edits))
+            last = 0
+            for offset, length in r.edits:
+                varint.put(out, offset - last)
+                varint.put(out, length)
+                last = offset + length
+        if r.data_kind == DATA_REF:
+            assert r.ref is not None
+            self._coords.put(out, r.ref)
+        elif r.data_kind in (DATA_LITERAL, DATA_BSDIFF):
+            varint.put(out, r.size)
+            if r.data_kind == DATA_BSDIFF:
+                for n in r.bsdiff_lens:
+                    varint.put(out, n)
+
+
+def decode_recipe(data: bytes) -> tuple[list[Chunk], varint.Reader]:
+    """The chunk table, and a reader positioned at the first entry record."""
+    reader = varint.Reader(data)
+    if reader.get() != RECIPE_VERSION:
+        raise BundleFormatError("layer recipe is of an unknown version: upgrade deltaimg")
+    count = reader.get()
+    if count > MAX_SPANS:
+        raise BundleFormatError("layer recipe lists too many chunks: the bundle is damaged")
+    chunks = []
+    coords = _Coords()
+    spans_total = 0
+    for _ in range(count):
+        literal_len, frame_len, n_spans = reader.get(), reader.get(), reader.get()
+        spans_total += n_spans
+        if literal_len > MAX_CHUNK_BYTES or spans_total > MAX_SPANS:
+            raise BundleFormatError("layer recipe has an oversized chunk: the bundle is damaged")
+        spans = []
+        for _ in range(n_spans):
+            layer, index = coords.get(reader)
+            part, start, length = reader.get(), reader.get(), reader.get()
+            if part not in (PART_PRE, PART_DATA):
+                raise BundleFormatError("layer recipe has an invalid span: the bundle is damaged")
+            spans.append(Span(layer, index, part, start, length))
+        chunk = Chunk(literal_len, frame_len, spans)
+        if chunk.prefix_len > MAX_CHUNK_BYTES:
+            raise BundleFormatError("layer recipe has an oversized reference: the bundle is damaged")
+        chunks.append(chunk)
+    return chunks, reader
+
+
+class RecordReader:
+    def __init__(self, reader: varint.Reader) -> None:
+        self._r = reader
+        self._coords = _Coords()
+
+    def next(self) -> Record:
+        r = self._r
+        flags = r.byte()
+        record = Record(pre_kind=flags & 3, data_kind=(flags >> 2) & 3)
+        if flags & ~0x7F or record.pre_kind == 3:
+            raise BundleFormatError("layer recipe has an invalid record: the bundle is damaged")
+        record.pad_literal = bool(flags & PAD_LITERAL)
+        record.trailer = bool(flags & TRAILER)
+        if flags & HAS_PARTNER:
+            record.partner = self._coords.get(r)
+        if record.pre_kind in (PRE_PARTNER, PRE_EDITED) or record.data_kind in (DATA_PARTNER, DATA_BSDIFF):
+            if record.partner is None:
+                raise BundleFormatError("layer recipe uses a partner it does not name: the bundle is damaged")
+        if record.pre_kind == PRE_LITERAL:
+            record.pre_len = r.get()
+        elif record.pre_kind == PRE_EDITED:
+            offset = 0
+            for _ in range(r.get()):
+                offset += r.get()
+                length = r.get()
+                record.edits.append((offset, length))
+                offset += length
+        if record.data_kind == DATA_REF:
+            record.ref = self._coords.get(r)
+        elif record.data_kind in (DATA_LITERAL, DATA_BSDIFF):
+            record.size = r.get()
+            if record.data_kind == DATA_BSDIFF:
+                record.bsdiff_lens = (r.get(), r.get(), r.get())
+        return record
+
+
+def pack_header(recipe_len: int, frame_len: int) -> bytes:
+    return HEADER.pack(recipe_len, frame_len)
+
+
+def unpack_header(data: bytes) -> tuple[int, int]:
+    if len(data) != HEADER.size:
+        raise BundleFormatError("layer delta ends early: the bundle is damaged")
+    recipe_len, frame_len = HEADER.unpack(data)
+    if recipe_len > MAX_RECIPE_BYTES or frame_len > MAX_RECIPE_BYTES:
+        raise BundleFormatError("layer recipe is implausibly large: the bundle is damaged")
+    return recipe_len, frame_len

@@ -1,0 +1,130 @@
+"""``deltaimg make``: compare two images and write one signed bundle."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO, Callable
+
+from deltaimg import __version__
+from deltaimg.bundle import BundleWriter
+from deltaimg.encoder import LayerEncoder
+from deltaimg.errors import ImageReadError
+from deltaimg.images.base import Image
+from deltaimg.oldcontent import OldContent, OldIndex
+
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+class HashingReader:
+    """Passes a stream through while hashing and counting it."""
+
+    def __init__(self, stream: BinaryIO, progress: Callable[[int], None] | None = None) -> None:
+        self._stream = stream
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self._progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self.digest.update(data)
+        self.size += len(data)
+        if self._progress and data:
+            self._progress(len(data))
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def image_summary(image: Image) -> dict:
+    config = image.config
+    return {
+        "image_id": image.config_digest,
+        "diff_ids": image.diff_ids,
+        "tags": image.tags,
+        "created": config.get("created"),
+    }
+
+
+def make_bundle(old: Image, new: Image, output: str, private_key, progress: Callable[[int], None] | None = None) -> dict:
+    """Write the bundle that turns ``old`` into ``new``; returns the signed manifest's summary."""
+    writer = BundleWriter(output)
+    try:
+        with tempfile.TemporaryDirectory(prefix="deltaimg-make-") as workdir, ThreadPoolExecutor(WORKERS) as pool:
+            with OldContent(old, workdir) as content:
+                manifest_layers = _encode_layers(old, new, content, writer, pool, workdir, progress)
+            writer.add_payload("config", lambda w: w.write(new.config_bytes))
+            manifest = {
+                "format": "deltaimg-bundle",
+                "version": 1,
+                "tool": f"deltaimg {__version__}",
+                "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "base": image_summary(old),
+                "target": {**image_summary(new), "config_payload": "config"},
+                "layers": manifest_layers,
+                "full_image_size": len(new.config_bytes) + sum(
+                    layer["size"] for layer in _distinct(manifest_layers)
+                ),
+            }
+            writer.finish(manifest, private_key)
+    except BaseException:
+        writer.abort()
+        raise
+    manifest["bundle_size"] = os.path.getsize(output)
+    return manifest
+
+
+def _distinct(layers: list[dict]) -> list[dict]:
+    seen: dict[str, dict] = {}
+    for layer in layers:
+        seen.setdefault(layer["diff_id"], layer)
+    return list(seen.values())
+
+
+def _encode_layers(old: Image, new: Image, content: OldContent, writer: BundleWriter, pool, workdir: str, progress) -> list[dict]:
+    records: list[dict] = []
+    index: OldIndex | None = None
+    done: dict[str, int] = {}
+    for position, layer in enumerate(new.layers):
+        if layer.diff_id in old.diff_ids:
+            base_layer = old.diff_ids.index(layer.diff_id)
+            records.append({"diff_id": layer.diff_id, "method": "base", "base_layer": base_layer,
+                            "size": content.layer_size(base_layer)})
+            continue
+        if layer.diff_id in done:
+            records.append({**records[done[layer.diff_id]], "method": "repeat", "of": done[layer.diff_id]})
+            continue
+        if index is None:
+            index = OldIndex(content)
+        encoder = LayerEncoder(index, pool, workdir)
+        name = f"layer-{position}"
+        reader_box: list[HashingReader] = []
+
+        def fill(out, layer=layer, encoder=encoder) -> None:
+            with layer.open() as stream:
+                reader = HashingReader(stream, progress)
+                reader_box.append(reader)
+                encoder.encode(reader, out)  # type: ignore[arg-type]
+                reader.drain()
+
+        try:
+            payload = writer.add_payload(name, fill)
+        except (OSError, EOFError) as exc:
+            raise ImageReadError(f"{new.source}: cannot read layer {position} ({exc})") from None
+        reader = reader_box[0]
+        if "sha256:" + reader.digest.hexdigest() != layer.diff_id:
+            raise ImageReadError(
+                f"{new.source}: layer {position} does not hash to its diff_id {layer.diff_id[:19]}; the image is damaged"
+            )
+        done[layer.diff_id] = len(records)
+        records.append({"diff_id": layer.diff_id, "method": "delta", "payload": name, "size": reader.size,
+                        "payload_size": payload["size"], "stats": encoder.stats.as_dict()})
+    return records
+
+
+
