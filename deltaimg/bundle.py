@@ -72,14 +72,15 @@ class BundleWriter:
         self.payloads.append(record)
         return record
 
-    def finish(self, manifest: dict, private_key) -> int:
-        """Sign and write the bundle atomically; returns its size."""
+    def finish(self, manifest: dict, private_key) -> dict:
+        """Sign and write the bundle atomically; returns the manifest as signed."""
         manifest = {**manifest, "payloads": self.payloads, "payload_area": sum(p["size"] for p in self.payloads)}
         manifest_bytes = canonical_json(manifest)
         signature_bytes = canonical_json(signing.sign(private_key, manifest_bytes))
         directory = os.path.dirname(os.path.abspath(self.output))
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".deltaimg-", suffix=".tmp")
         try:
+            os.chmod(tmp, 0o644 & ~_umask())  # a bundle is public; mkstemp makes it private
             with os.fdopen(fd, "wb") as out:
                 out.write(MAGIC + U32.pack(FORMAT_VERSION) + U32.pack(len(manifest_bytes)) + manifest_bytes)
                 out.write(U32.pack(len(signature_bytes)) + signature_bytes)
@@ -95,10 +96,16 @@ class BundleWriter:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             self._spool.close()
-        return os.path.getsize(self.output)
+        return manifest
 
     def abort(self) -> None:
         self._spool.close()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @dataclass

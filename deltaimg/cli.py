@@ -140,6 +140,19 @@ def apply(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optiona
 
 
 @app.command()
+def demo(directory: Optional[str] = typer.Option(None, "--dir", help="Keep the example files here."),
+         as_json: bool = JsonOpt) -> None:
+    """Run keygen, make, verify and apply on a built-in example image pair (no engine needed)."""
+    from deltaimg.example import run_demo
+
+    lines: list[str] = []
+    result = run_demo(directory, lines.append)
+    _emit(as_json, result, lines)
+    if not result["identical"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     print(f"deltaimg {__version__}")

@@ -71,7 +71,7 @@ def make_bundle(old: Image, new: Image, output: str, private_key, progress: Call
                     layer["size"] for layer in _distinct(manifest_layers)
                 ),
             }
-            writer.finish(manifest, private_key)
+            manifest = writer.finish(manifest, private_key)
     except BaseException:
         writer.abort()
         raise

@@ -1,0 +1,102 @@
+"""make then apply rebuilds the very same image: same config bytes, every layer hashing to its diff_id."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from deltaimg.errors import BaseMismatchError, ImageReadError, KeyFileError, OutputError, UsageError
+from tests.conftest import archive_image, assert_same_image, run_cli
+
+
+def test_the_example_pair_round_trips_through_the_command_line(example_pair, example_bundle, keypair, tmp_path):
+    out = tmp_path / "app-1.1.tar"
+    result = run_cli("apply", example_bundle, "--trust", keypair[1], "--base", example_pair[0], "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    new_config, _ = archive_image(example_pair[1])
+    assert_same_image(str(out), new_config)
+    assert "rebuilt" in result.stdout
+
+
+def test_the_bundle_is_far_smaller_than_the_changed_layers(example_pair, example_bundle):
+    _, layers = archive_image(example_pair[1])
+    assert os.path.getsize(example_bundle) * 50 < sum(len(layer) for layer in layers)
+
+
+def test_make_reports_in_json(example_pair, keypair, tmp_path):
+    out = tmp_path / "b.dimg"
+    result = run_cli("make", *example_pair, "-o", str(out), "--key", keypair[0], "--json")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(result.stdout)
+    assert manifest["bundle_size"] == os.path.getsize(out)
+    assert [layer["method"] for layer in manifest["layers"]] == ["delta", "delta"]
+    assert manifest["target"]["tags"] == ["example/app:1.1"]
+
+
+def test_inspect_shows_base_target_signer_and_plan(example_bundle, keypair):
+    result = run_cli("inspect", example_bundle)
+    assert result.returncode == 0, result.stderr
+    assert "example/app:1.0" in result.stdout and "example/app:1.1" in result.stdout
+    assert "NOT verified" in result.stdout and "smaller" in result.stdout
+    verified = run_cli("inspect", example_bundle, "--trust", keypair[1], "--json")
+    assert json.loads(verified.stdout)["verified"] is True
+
+
+def test_an_identical_image_needs_no_layer_payload(example_pair, keypair, tmp_path):
+    out = tmp_path / "same.dimg"
+    result = run_cli("make", example_pair[0], example_pair[0], "-o", str(out), "--key", keypair[0], "--json")
+    manifest = json.loads(result.stdout)
+    assert [layer["method"] for layer in manifest["layers"]] == ["base", "base"]
+    assert [p["name"] for p in manifest["payloads"]] == ["config"]
+
+
+def test_apply_against_the_wrong_base_is_refused_and_writes_nothing(example_pair, keypair, tmp_path):
+    reverse = tmp_path / "reverse.dimg"
+    assert run_cli("make", example_pair[1], example_pair[0], "-o", str(reverse), "--key", keypair[0]).returncode == 0
+    out = tmp_path / "out.tar"
+    result = run_cli("apply", str(reverse), "--trust", keypair[1], "--base", example_pair[0], "-o", str(out))
+    assert result.returncode == BaseMismatchError.exit_code
+    assert "updates image sha256:" in result.stderr and not out.exists()
+
+
+def test_apply_refuses_to_overwrite_unless_forced(example_pair, example_bundle, keypair, tmp_path):
+    out = tmp_path / "exists.tar"
+    out.write_bytes(b"keep me")
+    args = ["apply", example_bundle, "--trust", keypair[1], "--base", example_pair[0], "-o", str(out)]
+    assert run_cli(*args).returncode == OutputError.exit_code
+    assert out.read_bytes() == b"keep me"
+    assert run_cli(*args, "--force").returncode == 0
+
+
+def test_bad_inputs_get_one_line_and_their_own_exit_code(example_pair, keypair, tmp_path):
+    cases = [
+        (("make", "/nonexistent/a.tar", example_pair[1], "-o", str(tmp_path / "x"), "--key", keypair[0]), ImageReadError),
+        (("make", *example_pair, "-o", str(tmp_path / "x"), "--key", "/nonexistent/key"), KeyFileError),
+        (("make", *example_pair, "-o", str(tmp_path / "x"), "--key", keypair[1]), KeyFileError),
+        (("apply", "/nonexistent.dimg", "--trust", keypair[1], "--base", example_pair[0], "-o", str(tmp_path / "y")), None),
+        (("apply", example_pair[0], "--trust", keypair[1]), UsageError),
+        (("make", "docker-archive:" + str(tmp_path), example_pair[1], "-o", str(tmp_path / "x"), "--key", keypair[0]), ImageReadError),
+    ]
+    for args, error in cases:
+        result = run_cli(*args)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, (args, result.stderr)
+        assert result.stderr.strip().count("\n") == 0, result.stderr
+        if error is not None:
+            assert result.returncode == error.exit_code, (args, result.stderr)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_private_key_readable_by_others_is_refused(example_pair, keypair, tmp_path):
+    loose = tmp_path / "loose-key"
+    loose.write_bytes(open(keypair[0], "rb").read())
+    os.chmod(loose, 0o644)
+    result = run_cli("make", *example_pair, "-o", str(tmp_path / "x"), "--key", str(loose))
+    assert result.returncode == KeyFileError.exit_code and "chmod 600" in result.stderr
+
+
+def test_keygen_writes_a_private_key_only_its_owner_can_read(tmp_path):
+    result = run_cli("keygen", str(tmp_path / "k"))
+    assert result.returncode == 0, result.stderr
+    assert os.stat(tmp_path / "k").st_mode & 0o777 == 0o600
+    assert b"PUBLIC KEY" in (tmp_path / "k.pub").read_bytes()
+    assert run_cli("keygen", str(tmp_path / "k")).returncode == OutputError.exit_code
