@@ -1,0 +1,141 @@
+"""Every input form make and apply read, and every tar edge case, round-trips to the same image ID."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from deltaimg import signing
+from deltaimg.apply import apply_to_archive
+from deltaimg.bundle import open_bundle
+from deltaimg.errors import ImageReadError
+from deltaimg.images import open_image
+from deltaimg.make import make_bundle
+from tests import imagefactory as f
+from tests.conftest import assert_same_image, run_cli
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> f.ExamplePair:
+    return f.build_example_pair(tmp_path_factory.mktemp("pair"))
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory) -> f.ImageSpec:
+    return f.build_edge_image(tmp_path_factory.mktemp("edge"))
+
+
+def round_trip(old_ref: str, new_ref: str, keypair, tmp_path: Path, expected_config: bytes, platform=None) -> dict:
+    """make old->new, then apply onto old; the rebuilt archive must be exactly the new image."""
+    bundle_path = str(tmp_path / "b.dimg")
+    manifest = make_bundle(open_image(old_ref, platform), open_image(new_ref, platform), bundle_path,
+                           signing.load_private(keypair[0]))
+    bundle = open_bundle(bundle_path, [signing.load_public(keypair[1])])
+    out = tmp_path / "rebuilt.tar"
+    apply_to_archive(bundle, open_image(old_ref, platform), str(out))
+    assert_same_image(str(out), expected_config)
+    assert open_image(str(out)).config_digest == "sha256:" + hashlib.sha256(expected_config).hexdigest()
+    return manifest
+
+
+def written(images: list[f.WrittenImage]) -> f.WrittenImage:
+    assert len(images) == 1
+    return images[0]
+
+
+@pytest.mark.parametrize("form", ["legacy", "oci"])
+def test_docker_save_archives_both_forms(pair, keypair, tmp_path, form):
+    v1 = written(f.write_docker_archive(tmp_path / "v1.tar", [pair.v1], form=form))
+    v2 = written(f.write_docker_archive(tmp_path / "v2.tar", [pair.v2], form=form))
+    manifest = round_trip(f"docker-archive:{v1.path}", f"docker-archive:{v2.path}", keypair, tmp_path, v2.config_bytes)
+    methods = [layer["method"] for layer in manifest["layers"]]
+    assert methods[0] == "base" and methods[1:] == ["delta"] * 3  # the shared os layer is referenced
+    assert "layer-0" not in {p["name"] for p in manifest["payloads"]}
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+def test_oci_layouts_with_any_layer_compression(pair, keypair, tmp_path, compression):
+    v1 = written(f.write_oci_dir(tmp_path / "v1", [pair.v1], compression=compression))
+    v2 = written(f.write_oci_dir(tmp_path / "v2", [pair.v2], compression=compression))
+    round_trip(f"oci:{v1.path}", f"oci:{v2.path}", keypair, tmp_path, v2.config_bytes)
+
+
+def test_oci_archives_and_mixed_inputs(pair, keypair, tmp_path):
+    v1 = written(f.write_oci_archive(tmp_path / "v1.oci.tar", [pair.v1], compression="gzip"))
+    v2 = written(f.write_docker_archive(tmp_path / "v2.tar", [pair.v2], form="legacy"))
+    round_trip(f"oci-archive:{v1.path}", str(v2.path), keypair, tmp_path, v2.config_bytes)
+
+
+def test_every_tar_edge_case_survives_byte_exactly(pair, edge, keypair, tmp_path):
+    base = written(f.write_docker_archive(tmp_path / "v1.tar", [pair.v1]))
+    target = written(f.write_docker_archive(tmp_path / "edge.tar", [edge]))
+    manifest = round_trip(str(base.path), str(target.path), keypair, tmp_path / "", target.config_bytes)
+    methods = [layer["method"] for layer in manifest["layers"]]
+    assert methods.count("repeat") == 1  # the empty layer appears twice and travels once
+
+
+def test_edge_cases_as_the_old_image_too(edge, keypair, tmp_path):
+    """Deltas whose partners are hardlinks, devices, whiteouts and long or non-ASCII names."""
+    layers = list(edge.layers)
+    changed = f.write_layer(tmp_path / "changed.tar", f.rebuild(f.edge_case_entries()))
+    v1 = written(f.write_docker_archive(tmp_path / "v1.tar", [edge]))
+    v2_spec = dataclasses.replace(edge, layers=[changed, *layers[1:]], tags=["edge:2"])
+    v2 = written(f.write_docker_archive(tmp_path / "v2.tar", [v2_spec]))
+    round_trip(str(v1.path), str(v2.path), keypair, tmp_path, v2.config_bytes)
+
+
+def test_a_rebuild_with_new_timestamps_costs_almost_nothing(pair, keypair, tmp_path):
+    python_layer = pair.layers["python-v1"]
+    v1 = written(f.write_docker_archive(tmp_path / "v1.tar", [f.ImageSpec([python_layer], ["py:1"])]))
+    v2 = written(f.write_docker_archive(tmp_path / "v2.tar", [f.ImageSpec([pair.layers["python-v2"]], ["py:2"])]))
+    manifest = round_trip(str(v1.path), str(v2.path), keypair, tmp_path, v2.config_bytes)
+    layer = manifest["layers"][0]
+    assert layer["stats"]["identical"] == layer["stats"]["files"]
+    assert layer["payload_size"] * 200 < python_layer.size
+
+
+def test_an_archive_with_several_images_needs_a_choice(pair, edge, tmp_path):
+    archive = tmp_path / "both.tar"
+    images = f.write_docker_archive(archive, [pair.v1, pair.v2])
+    with pytest.raises(ImageReadError) as error:
+        open_image(str(archive))
+    for tag in pair.v1.tags + pair.v2.tags:
+        assert tag in str(error.value)
+    chosen = open_image(f"{archive}:{pair.v2.tags[0]}")
+    assert chosen.config_digest == images[1].config_digest
+
+
+def test_a_nested_index_with_two_platforms_is_chosen_by_platform(pair, tmp_path):
+    arm = dataclasses.replace(pair.v1, config={**pair.v1.config, "architecture": "arm64", "variant": "v8"})
+    layout = tmp_path / "multi"
+    images = f.write_oci_dir(layout, [pair.v1, arm], nested_index_ref="app:multi")
+    with pytest.raises(ImageReadError) as error:
+        open_image(f"oci:{layout}")
+    assert "linux/amd64" in str(error.value) and "linux/arm64" in str(error.value)
+    assert open_image(f"oci:{layout}", platform="linux/arm64").config_digest == images[1].config_digest
+    assert open_image(f"oci:{layout}", platform="linux/amd64").config_digest == images[0].config_digest
+
+
+def test_damaged_inputs_to_make_get_clear_errors(pair, keypair, tmp_path):
+    good = written(f.write_docker_archive(tmp_path / "v1.tar", [pair.v1]))
+    layout = written(f.write_oci_dir(tmp_path / "layout", [pair.v2]))
+    index = json.loads((layout.path / "index.json").read_text())
+    manifest_blob = layout.path / "blobs" / "sha256" / index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads(manifest_blob.read_text())
+    changed_layer = layout.path / "blobs" / "sha256" / manifest["layers"][-1]["digest"].split(":")[1]
+    changed_layer.write_bytes(changed_layer.read_bytes()[:-4096])  # no longer hashes to its diff_id
+    result = run_cli("make", str(good.path), f"oci:{layout.path}", "-o", str(tmp_path / "x.dimg"), "--key", keypair[0])
+    assert result.returncode == ImageReadError.exit_code, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.dimg").exists()
+
+    (layout.path / "index.json").write_text("{not json")
+    result = run_cli("make", str(good.path), f"oci:{layout.path}", "-o", str(tmp_path / "x.dimg"), "--key", keypair[0])
+    assert result.returncode == ImageReadError.exit_code and "index.json is not valid JSON" in result.stderr
+
+    (layout.path / "index.json").write_text(json.dumps({"manifests": [{"digest": "sha256:../../../etc/passwd"}]}))
+    result = run_cli("make", str(good.path), f"oci:{layout.path}", "-o", str(tmp_path / "x.dimg"), "--key", keypair[0])
+    assert result.returncode == ImageReadError.exit_code and "Traceback" not in result.stderr
