@@ -19,6 +19,7 @@ from deltaimg.zstdlib import zstd
 LEVEL = 19
 MIN_WINDOW_LOG = 20
 MAX_WINDOW_LOG = 30
+MIN_PREFIX = 8
 
 
 def window_log(total: int) -> int:
@@ -36,17 +37,20 @@ def compress(data: bytes, prefix: bytes = b"", level: int = LEVEL) -> bytes:
         P.checksum_flag: 0,
         P.content_size_flag: 1,
     }
-    zdict = zstd.ZstdDict(prefix, is_raw=True).as_prefix if prefix else None
-    compressor = zstd.ZstdCompressor(options=options, zstd_dict=zdict)
+    compressor = zstd.ZstdCompressor(options=options, zstd_dict=_as_prefix(prefix))
     return compressor.compress(data, mode=zstd.ZstdCompressor.FLUSH_FRAME)
+
+
+def _as_prefix(prefix: bytes):
+    """zstd takes no reference shorter than 8 bytes; both sides then simply use none."""
+    return zstd.ZstdDict(prefix, is_raw=True).as_prefix if len(prefix) >= MIN_PREFIX else None
 
 
 def decompress(frame: bytes, expected_size: int, prefix: bytes = b"") -> bytes:
     """Inverse of :func:`compress`; refuses output beyond ``expected_size``."""
     options = {zstd.DecompressionParameter.window_log_max: window_log(len(prefix) + expected_size)}
-    zdict = zstd.ZstdDict(prefix, is_raw=True).as_prefix if prefix else None
     try:
-        decompressor = zstd.ZstdDecompressor(zstd_dict=zdict, options=options)
+        decompressor = zstd.ZstdDecompressor(zstd_dict=_as_prefix(prefix), options=options)
         data = decompressor.decompress(frame, max_length=expected_size + 1)
     except zstd.ZstdError as exc:
         raise IntegrityError(f"a compressed block does not decode ({exc})") from None
