@@ -119,24 +119,48 @@ def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optio
 @app.command()
 def apply(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
           trust_dir: Optional[str] = TrustDirOpt,
-          base: Optional[str] = typer.Option(None, "--base", help="Base image to rebuild from (archive or layout)."),
-          output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the new image as a docker save archive."),
+          base: Optional[str] = typer.Option(None, "--base", help="Rebuild from this image (archive or layout) instead of the engine."),
+          output: Optional[str] = typer.Option(None, "--output", "-o", help="With --base: write the new image as a docker save archive."),
           force: bool = typer.Option(False, "--force", help="Overwrite --output."),
           platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when the base holds several."),
+          container: Optional[List[str]] = typer.Option(None, "--container", help="Swap only this container (repeatable)."),
+          no_swap: bool = typer.Option(False, "--no-swap", help="Load the new image; touch no container."),
+          grace: float = typer.Option(10.0, "--grace", help="Seconds a container without healthcheck must run before it counts as up."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
           as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
-    """Verify a bundle, then rebuild the new image byte-exactly."""
-    from deltaimg.apply import apply_to_archive
-    from deltaimg.images import open_image
+    """Verify a bundle, rebuild the new image byte-exactly, load it into the engine and swap its containers.
 
-    if not (base and output):
-        raise UsageError("give --base IMAGE and --output FILE to rebuild into an archive")
+    With --base and --output, rebuild into an archive instead and leave the engine alone.
+    """
+    if base or output:
+        if not (base and output):
+            raise UsageError("--base and --output go together (rebuild into an archive); give both or neither")
+        from deltaimg.apply import apply_to_archive
+        from deltaimg.images import open_image
+
+        opened = _open(bundle, trust, trust_dir, quiet or as_json)
+        plan = apply_to_archive(opened, open_image(base, platform), output, force)
+        data = {"bundle": bundle, "output": output, "image_id": plan.target_id, "tags": plan.target_tags,
+                "outcome": "rebuilt"}
+        _emit(as_json, data, [f"{output}: {' '.join(plan.target_tags) or '(untagged)'} {plan.target_id[:19]} "
+                              "rebuilt, every layer matches its diff_id"])
+        return
+    from deltaimg import engine
+    from deltaimg.engineapply import apply_to_engine
+
     opened = _open(bundle, trust, trust_dir, quiet or as_json)
-    base_image = open_image(base, platform)
-    plan = apply_to_archive(opened, base_image, output, force)
-    data = {"bundle": bundle, "output": output, "image_id": plan.target_id, "tags": plan.target_tags,
-            "outcome": "rebuilt"}
-    _emit(as_json, data, [f"{output}: {' '.join(plan.target_tags) or '(untagged)'} {plan.target_id[:19]} rebuilt, "
-                          "every layer matches its diff_id"])
+    client = engine.connect()
+    lines: list[str] = []
+    log = lines.append if as_json else print
+    outcome = apply_to_engine(opened, client, containers=container or None, swap_containers=not no_swap,
+                              grace=grace, dry_run=dry_run, log=log)
+    swapped = [{"name": r.name, "old_container": r.old_container_id, "new_container": r.new_container_id}
+               for r in outcome.swapped]
+    data = {"bundle": bundle, "image_id": outcome.image_id, "loaded": outcome.loaded, "dry_run": dry_run,
+            "containers": swapped, "log": lines, "outcome": "planned" if dry_run else "applied"}
+    _emit(as_json, data, [f"{report.name_of(opened.manifest['target'])}: "
+                          f"{'plan printed, nothing changed' if dry_run else 'in service'}; "
+                          f"{len(swapped)} container(s) {'to swap' if dry_run else 'swapped'}"])
 
 
 @app.command()

@@ -143,3 +143,16 @@ def _write_data(record, partner: OldEntry | None, literal: LiteralReader, old: O
     new = codec.bspatch(old.read_data(partner), record.size, control, diff, extra)
     write(new)
     return record.size
+
+
+def old_layers_used(payload: BinaryIO) -> set[int]:
+    """Which base layers a layer delta reads, from its recipe alone (the chunks are not decoded)."""
+    recipe_len, frame_len = unpack_header(payload.read(len(pack_header(0, 0))))
+    chunks, reader = decode_recipe(codec.decompress(payload.read(frame_len), recipe_len))
+    used = {span.layer for chunk in chunks for span in chunk.spans}
+    records = RecordReader(reader)
+    while True:
+        record = records.next()
+        used.update(coords[0] for coords in (record.partner, record.ref) if coords)
+        if record.trailer:
+            return used

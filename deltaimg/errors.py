@@ -55,6 +55,12 @@ class BaseMismatchError(DeltaimgError):
     exit_code = 13
 
 
+class BaseMissingError(DeltaimgError):
+    """The engine does not have the image the bundle updates."""
+
+    exit_code = 15
+
+
 class OutputError(DeltaimgError):
     """The output cannot be written (exists, no permission, no space)."""
 

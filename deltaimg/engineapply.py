@@ -1,0 +1,130 @@
+"""``deltaimg apply`` into a live engine: verify, rebuild what the engine lacks, load, swap.
+
+1. The bundle has been verified (signature, every payload) by the caller.
+2. The base image must be in the engine, by ID. Only the base layers the bundle reads are
+   exported from the engine (one ``docker save`` pass, layers kept on disk, not in memory).
+3. The target's layers past the prefix it shares with the base are rebuilt into a *thin* archive
+   (the engine already holds the shared prefix, so ``docker load`` skips it), loaded, checked to
+   have the target's image ID, and tagged.
+4. The containers on the base image are swapped onto the target (:mod:`deltaimg.swap`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable
+
+from deltaimg import archivewriter, engine, swap
+from deltaimg.apply import Plan, layer_sources, read_plan
+from deltaimg.bundle import Bundle
+from deltaimg.decoder import old_layers_used
+from deltaimg.errors import BaseMissingError, EngineError, IntegrityError
+from deltaimg.images.base import Image, Layer
+from deltaimg.oldcontent import OldContent
+from deltaimg.report import name_of
+
+
+@dataclass
+class EngineOutcome:
+    image_id: str
+    loaded: bool  # False: the target was already in the engine
+    swapped: list[swap.SwapResult] = field(default_factory=list)
+
+
+def shared_prefix(plan: Plan) -> int:
+    """How many leading layers the target shares with the base (the engine holds their chain)."""
+    count = 0
+    for target, base in zip(plan.layers, plan.base_diff_ids):
+        if target["diff_id"] != base:
+            break
+        count += 1
+    return count
+
+
+def base_layers_needed(bundle: Bundle, plan: Plan) -> set[int]:
+    keep = shared_prefix(plan)
+    needed: set[int] = set()
+    for layer in plan.layers[keep:]:
+        if layer["method"] == "base":
+            needed.add(layer["base_layer"])
+        elif layer["method"] == "delta":
+            with bundle.open_payload(layer["payload"]) as payload:
+                needed |= old_layers_used(payload)
+    return needed
+
+
+def apply_to_engine(bundle: Bundle, client, *, containers: list[str] | None, swap_containers: bool,
+                    grace: float, dry_run: bool, log: Callable[[str], None]) -> EngineOutcome:
+    plan = read_plan(bundle)
+    target_name = name_of(bundle.manifest["target"])
+    present = engine.find_image(client, plan.target_id) is not None
+    if present:
+        log(f"{target_name} is already in the engine; not loading it again")
+    else:
+        _require_base(client, bundle, plan)
+        if dry_run:
+            log(f"would rebuild and load {target_name} from base {name_of(bundle.manifest['base'])}")
+        else:
+            _load_target(client, bundle, plan, log)
+    if not dry_run:
+        engine.tag(client, plan.target_id, plan.target_tags)
+    outcome = EngineOutcome(plan.target_id, loaded=not present and not dry_run)
+    if swap_containers and engine.find_image(client, plan.base_id) is not None:
+        if dry_run and not present:
+            log("then every container on the base image would be swapped onto it")
+        else:
+            outcome.swapped = swap.swap_containers(client, plan.base_id, plan.target_id, names=containers,
+                                                   grace=grace, dry_run=dry_run, log=log)
+    return outcome
+
+
+def _require_base(client, bundle: Bundle, plan: Plan) -> None:
+    if engine.find_image(client, plan.base_id) is not None:
+        return
+    base, target = bundle.manifest["base"], bundle.manifest["target"]
+    repos = {tag.rsplit(":", 1)[0] for tag in base.get("tags") or []}
+    has = []
+    for image in client.api.images():
+        for tag in image.get("RepoTags") or []:
+            if tag.rsplit(":", 1)[0] in repos:
+                has.append(f"{tag} {image['Id'][:19]}")
+    instead = ", ".join(has) if has else "no image of that name"
+    raise BaseMissingError(f"{bundle.path} updates {name_of(base)} -> {name_of(target)}, "
+                           f"but this engine lacks {plan.base_id[:19]} (it has {instead})")
+
+
+def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None]) -> None:
+    needed = base_layers_needed(bundle, plan)
+    keep = shared_prefix(plan)
+    wanted_ids = {plan.base_diff_ids[i] for i in needed}
+    with tempfile.TemporaryDirectory(prefix="deltaimg-engine-") as workdir:
+        _, paths = engine.save_layers(client, plan.base_id, wanted_ids, workdir)
+        base = Image(config_bytes=b"", layers=[_exported(d, paths) for d in plan.base_diff_ids],
+                     source=f"docker-daemon:{plan.base_id[:19]}")
+        archive = os.path.join(workdir, "target.tar")
+        with OldContent(base, workdir) as content, open(archive, "wb") as out:
+            sources = layer_sources(bundle, plan, content)
+            thin = [(d, size, fill if position >= keep else None) for position, (d, size, fill) in enumerate(sources)]
+            archivewriter.write_image(out, plan.target_config, plan.target_tags, thin)
+        for path in paths.values():
+            os.unlink(path)  # the base layers are no longer needed: free the disk before loading
+        log(f"rebuilt {len(plan.layers) - keep} layer(s), every one matching its diff_id; loading")
+        engine.load_archive(client, archive)
+    loaded = engine.find_image(client, plan.target_id)
+    if loaded is None:
+        raise EngineError(f"docker load did not produce image {plan.target_id[:19]}; the engine may use the "
+                          "containerd image store, which deltaimg does not support yet")
+    if loaded["Id"] != plan.target_id:
+        raise IntegrityError(f"the engine loaded {loaded['Id'][:19]}, not {plan.target_id[:19]}")
+
+
+def _exported(diff_id: str, paths: dict[str, str]) -> Layer:
+    path = paths.get(diff_id)
+    if path is None:
+        def unavailable():
+            raise EngineError(f"base layer {diff_id[:19]} was not exported; this is a bug")
+        return Layer(diff_id=diff_id, open=unavailable)
+    size = os.path.getsize(path)
+    return Layer(diff_id=diff_id, open=lambda: open(path, "rb"), local=(path, 0, size))
