@@ -22,24 +22,26 @@ import docker
 import docker.errors
 import requests
 
-from deltaimg.errors import EngineError, ImageReadError, IntegrityError
+from deltaimg.errors import EngineError, ImageReadError, IntegrityError, OutputError
 
 CHUNK = 1 << 20
 MAX_CONFIG_SIZE = 32 << 20  # a config is JSON metadata; anything this big is not one
 # One Engine API call may legitimately stay silent for a while (a slow disk registering a large
 # layer during ``docker load``); the SDK's 60 s default is too tight for edge hosts.
 API_TIMEOUT = 300
+PROBE_TIMEOUT = 15  # an engine that does not answer a ping this fast is not there
 
 
 def connect() -> docker.DockerClient:
     """A client for the engine named by the environment (``DOCKER_HOST`` etc., else the local socket)."""
     try:
-        client = docker.from_env(timeout=API_TIMEOUT)
+        client = docker.from_env(timeout=PROBE_TIMEOUT)
         client.ping()
+        client.api.timeout = API_TIMEOUT
     except (docker.errors.DockerException, requests.RequestException) as exc:
         host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         raise EngineError(
-            f"cannot reach the Docker engine at {host} ({_one_line(exc)}); start dockerd "
+            f"cannot reach the Docker engine at {host} ({one_line(exc)}); start dockerd "
             "(scripts/ensure-docker does) or point DOCKER_HOST at a running engine"
         ) from None
     return client
@@ -52,7 +54,7 @@ def find_image(client: docker.DockerClient, image_id_or_ref: str) -> dict | None
     except docker.errors.ImageNotFound:
         return None
     except (docker.errors.DockerException, requests.RequestException) as exc:
-        raise EngineError(f"cannot inspect image {image_id_or_ref}: {_one_line(exc)}") from None
+        raise EngineError(f"cannot inspect image {image_id_or_ref}: {one_line(exc)}") from None
 
 
 def read_config(client: docker.DockerClient, image_ref: str) -> bytes:
@@ -103,7 +105,7 @@ def save_layers(
                     if config_bytes is not None and not wanted - found.keys():
                         break
         except (docker.errors.DockerException, requests.RequestException, tarfile.TarError, OSError) as exc:
-            raise EngineError(f"docker save of {image_ref} failed: {_one_line(exc)}") from None
+            raise EngineError(f"docker save of {image_ref} failed: {one_line(exc)}") from None
         finally:
             chunks.close()
         if config_bytes is None:
@@ -127,13 +129,15 @@ def load_archive(client: docker.DockerClient, stream_or_path: BinaryIO | str | o
     layers it holds need not be in the archive. Returns the ``Loaded image`` names the engine
     reports (``repo:tag``, or ``sha256:...`` for an untagged image).
     """
-    if isinstance(stream_or_path, (str, os.PathLike)):
-        try:
-            with open(stream_or_path, "rb") as stream:
-                return _load(client, stream, os.fspath(stream_or_path))
-        except OSError as exc:
-            raise EngineError(f"cannot read {os.fspath(stream_or_path)}: {exc.strerror}") from None
-    return _load(client, stream_or_path, "the archive")
+    if not isinstance(stream_or_path, (str, os.PathLike)):
+        return _load(client, stream_or_path, "the archive")
+    path = os.fspath(stream_or_path)
+    try:
+        stream = open(path, "rb")
+    except OSError as exc:
+        raise ImageReadError(f"cannot open {path}: {exc.strerror}") from None
+    with stream:
+        return _load(client, stream, path)
 
 
 def tag(client: docker.DockerClient, image_id: str, tags: Iterable[str]) -> None:
@@ -143,7 +147,7 @@ def tag(client: docker.DockerClient, image_id: str, tags: Iterable[str]) -> None
         try:
             client.api.tag(image_id, repo, version or "latest", force=True)
         except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineError(f"cannot tag {image_id} as {name}: {_one_line(exc)}") from None
+            raise EngineError(f"cannot tag {image_id} as {name}: {one_line(exc)}") from None
 
 
 def _load(client: docker.DockerClient, stream: BinaryIO, what: str) -> list[str]:
@@ -155,16 +159,16 @@ def _load(client: docker.DockerClient, stream: BinaryIO, what: str) -> list[str]
         for message in client.api.load_image(body):
             if message.get("error") or message.get("errorDetail"):
                 detail = message.get("errorDetail") or {}
-                raise EngineError(
-                    f"docker load of {what} failed: {_one_line(detail.get('message') or message['error'])}"
-                    " (a thin archive needs its base image in the engine)"
-                )
+                reason = one_line(detail.get("message") or message["error"])
+                # A missing layer file is what a thin archive whose base the engine lacks gives.
+                hint = "; load its base image first" if "layer.tar: no such file" in reason else ""
+                raise EngineError(f"docker load of {what} failed: {reason}{hint}")
             for line in str(message.get("stream", "")).splitlines():
                 for prefix in ("Loaded image: ", "Loaded image ID: "):
                     if line.startswith(prefix):
                         loaded.append(line[len(prefix):].strip())
-    except (docker.errors.DockerException, requests.RequestException) as exc:
-        raise EngineError(f"docker load of {what} failed: {_one_line(exc)}") from None
+    except (docker.errors.DockerException, OSError) as exc:  # OSError: reading the archive, requests' errors
+        raise EngineError(f"docker load of {what} failed: {one_line(exc)}") from None
     if not loaded:
         raise EngineError(f"docker load of {what} reported no image; is it a docker save archive?")
     return loaded
@@ -192,10 +196,11 @@ def _keep_if_wanted(
     dest_dir: str | os.PathLike,
 ) -> None:
     """Stream one layer into ``dest_dir`` while hashing it; keep it only if its digest is wanted."""
-    fd, partial = tempfile.mkstemp(prefix=".partial-", suffix=".tar", dir=dest_dir)
     digest = hashlib.sha256()
     source = _extract(archive, member)
+    partial = None
     try:
+        fd, partial = tempfile.mkstemp(prefix=".partial-", suffix=".tar", dir=dest_dir)
         with os.fdopen(fd, "wb") as out:
             while chunk := source.read(CHUNK):
                 digest.update(chunk)
@@ -205,8 +210,12 @@ def _keep_if_wanted(
             final = os.path.join(dest_dir, hexdigest + ".tar")
             os.replace(partial, final)
             found[hexdigest] = final
+    except requests.RequestException:  # reading from the engine: an OSError too, but not ours
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write layers into {os.fspath(dest_dir)}: {exc.strerror or exc}") from None
     finally:
-        if os.path.exists(partial):
+        if partial is not None and os.path.exists(partial):
             os.unlink(partial)
 
 
@@ -224,7 +233,8 @@ def _remove(paths: Iterable[str]) -> None:
             pass
 
 
-def _one_line(exc: BaseException | str) -> str:
+def one_line(exc: BaseException | str) -> str:
+    """An error (an SDK exception, an engine message) as one line, for deltaimg's messages."""
     text = getattr(exc, "explanation", None) or str(exc)
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")

@@ -65,3 +65,6 @@ def assert_same_image(rebuilt_archive: str, config_bytes: bytes) -> None:
     assert config == config_bytes
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
     assert ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers] == diff_ids
+
+
+from tests.engine_helpers import docker_client, engine_resources  # noqa: E402,F401  (engine fixtures)

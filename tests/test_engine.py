@@ -1,0 +1,135 @@
+"""The engine adapter and the docker-daemon: image source, against a real engine."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+from deltaimg import engine
+from deltaimg.errors import EngineError, ImageReadError
+from deltaimg.images.daemon import open_daemon_image
+from tests.engine_helpers import docker_client, engine_resources  # noqa: F401
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def test_connect_reports_an_unreachable_engine_on_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no.sock")
+    with pytest.raises(EngineError) as caught:
+        engine.connect()
+    assert "cannot reach the Docker engine" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_find_image(docker_client, engine_resources):
+    image_id = engine_resources.build("find")
+    assert engine.find_image(docker_client, image_id)["Id"] == image_id
+    assert engine.find_image(docker_client, engine_resources.name("absent") + ":test") is None
+
+
+def test_save_layers_gives_exact_config_and_only_wanted_layers(docker_client, engine_resources, tmp_path):
+    image_id = engine_resources.build("save", ["RUN echo two > /two", "RUN echo three > /three"])
+    diff_ids = engine.find_image(docker_client, image_id)["RootFS"]["Layers"]
+    assert len(diff_ids) == 4
+    (tmp_path / "all").mkdir()
+    (tmp_path / "some").mkdir()
+
+    config_bytes, paths = engine.save_layers(docker_client, image_id, set(diff_ids), tmp_path / "all")
+    assert "sha256:" + hashlib.sha256(config_bytes).hexdigest() == image_id
+    assert json.loads(config_bytes)["rootfs"]["diff_ids"] == diff_ids
+    assert set(paths) == set(diff_ids)
+    assert all(sha256_file(path) == diff_id for diff_id, path in paths.items())
+    assert sorted(os.listdir(tmp_path / "all")) == sorted(d[7:] + ".tar" for d in diff_ids)
+
+    wanted = {diff_ids[0], diff_ids[2]}
+    _, paths = engine.save_layers(docker_client, image_id, wanted, tmp_path / "some")
+    assert set(paths) == wanted and all(sha256_file(p) == d for d, p in paths.items())
+    assert sorted(os.listdir(tmp_path / "some")) == sorted(d[7:] + ".tar" for d in wanted)
+
+    assert engine.read_config(docker_client, image_id) == config_bytes
+
+
+def test_save_layers_refuses_a_layer_the_image_lacks(docker_client, engine_resources, tmp_path):
+    image_id = engine_resources.build("lacks")
+    with pytest.raises(ImageReadError, match="has no layer"):
+        engine.save_layers(docker_client, image_id, {"sha256:" + "0" * 64}, tmp_path)
+
+
+def thin_archive(path, config_bytes: bytes, diff_ids: list[str], present: dict[str, str], tag: str) -> None:
+    """A docker-save archive listing every layer but holding only those in ``present``."""
+    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+    layer_names = [f"{d[7:]}/layer.tar" for d in diff_ids]
+    manifest = [{"Config": config_name, "RepoTags": [tag], "Layers": layer_names}]
+    with tarfile.open(path, "w") as archive:
+        for name, data in ((config_name, config_bytes), ("manifest.json", json.dumps(manifest).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for diff_id, name in zip(diff_ids, layer_names):
+            if diff_id in present:
+                archive.add(present[diff_id], arcname=name)
+
+
+def test_load_thin_archive_on_top_of_existing_base(docker_client, engine_resources, tmp_path):
+    base_id = engine_resources.build("base")
+    child_id = engine_resources.build("child", ["RUN echo v2 > /version"], base=base_id)
+    child_tag = engine_resources.name("child") + ":test"
+    diff_ids = engine.find_image(docker_client, child_id)["RootFS"]["Layers"]
+    new_layer = diff_ids[-1]
+    assert new_layer not in engine.find_image(docker_client, base_id)["RootFS"]["Layers"]
+    config_bytes, paths = engine.save_layers(docker_client, child_id, {new_layer}, tmp_path)
+    archive = tmp_path / "thin.tar"
+    thin_archive(archive, config_bytes, diff_ids, paths, child_tag)
+
+    docker_client.api.remove_image(child_id, force=True)
+    assert engine.find_image(docker_client, child_id) is None
+    assert engine.load_archive(docker_client, archive) == [child_tag]
+    assert engine.find_image(docker_client, child_tag)["Id"] == child_id
+
+    # Once more from a stream, and re-tagged by ID.
+    docker_client.api.remove_image(child_id, force=True)
+    with open(archive, "rb") as stream:
+        assert engine.load_archive(docker_client, stream) == [child_tag]
+    other_tag = engine_resources.name("retag") + ":test"
+    engine_resources.images.append(other_tag)
+    engine.tag(docker_client, child_id, [other_tag])
+    assert engine.find_image(docker_client, other_tag)["Id"] == child_id
+
+
+def test_load_archive_without_its_base_fails_with_the_engine_message(docker_client, engine_resources, tmp_path):
+    image_id = engine_resources.build("orphan")
+    config = json.loads(engine.read_config(docker_client, image_id))
+    config["rootfs"]["diff_ids"][0] = "sha256:" + "1" * 64  # a base layer no engine holds
+    archive = tmp_path / "orphan.tar"
+    thin_archive(archive, json.dumps(config).encode(), config["rootfs"]["diff_ids"], {}, "x:y")
+    with pytest.raises(EngineError, match="docker load of .* failed: .*") as caught:
+        engine.load_archive(docker_client, archive)
+    assert "\n" not in str(caught.value)
+
+
+def test_daemon_image_reads_config_and_layers_lazily(docker_client, engine_resources, tmp_path):
+    image_id = engine_resources.build("daemon", ["RUN echo hello > /hello"])
+    tag = engine_resources.name("daemon") + ":test"
+    with open_daemon_image(docker_client, tag, tmp_dir=str(tmp_path)) as image:
+        assert image.config_digest == image_id
+        assert image.tags == [tag]
+        assert image.diff_ids == engine.find_image(docker_client, image_id)["RootFS"]["Layers"]
+        assert [p for p in tmp_path.iterdir() if p.name.startswith("deltaimg-daemon-")] == []
+        for layer in image.layers:
+            with layer.open() as stream:
+                assert "sha256:" + hashlib.sha256(stream.read()).hexdigest() == layer.diff_id
+            assert sha256_file(layer.local[0]) == layer.diff_id
+        workdir = os.path.dirname(image.layers[0].local[0])
+    assert not os.path.exists(workdir)
+    assert all(layer.local is None for layer in image.layers)
