@@ -7,7 +7,7 @@ from typing import BinaryIO, Callable
 from deltaimg import codec
 from deltaimg.errors import BundleFormatError, IntegrityError
 from deltaimg.layerformat import (
-    DATA_BSDIFF,
+    DATA_DELTA,
     DATA_LITERAL,
     DATA_PARTNER,
     DATA_REF,
@@ -15,6 +15,7 @@ from deltaimg.layerformat import (
     PRE_EDITED,
     PRE_LITERAL,
     PRE_PARTNER,
+    SEGMENT_BSDIFF,
     Chunk,
     RecordReader,
     decode_recipe,
@@ -135,13 +136,18 @@ def _write_data(record, partner: OldEntry | None, literal: LiteralReader, old: O
     if record.data_kind == DATA_PARTNER:
         old.copy_data(partner, write)
         return partner.size
-    assert record.data_kind == DATA_BSDIFF
-    lens = record.bsdiff_lens
-    if max(record.size, partner.size, *lens) > MAX_BSDIFF_BYTES:
-        raise BundleFormatError("a binary delta is larger than any deltaimg writes: the bundle is damaged")
-    control, diff, extra = (literal.read(n) for n in lens)
-    new = codec.bspatch(old.read_data(partner), record.size, control, diff, extra)
-    write(new)
+    assert record.data_kind == DATA_DELTA
+    for segment in record.segments:
+        if segment.old_start + segment.old_len > partner.size:
+            raise BundleFormatError("a delta segment refers past its old file's end: the bundle is damaged")
+        if segment.kind != SEGMENT_BSDIFF:
+            literal.copy(segment.new_len, write)
+            continue
+        if max(segment.new_len, segment.old_len, *segment.bsdiff_lens) > MAX_BSDIFF_BYTES:
+            raise BundleFormatError("a binary delta is larger than any deltaimg writes: the bundle is damaged")
+        control, diff, extra = (literal.read(n) for n in segment.bsdiff_lens)
+        old_bytes = old.read_data(partner, segment.old_start, segment.old_len)
+        write(codec.bspatch(old_bytes, segment.new_len, control, diff, extra))
     return record.size
 
 

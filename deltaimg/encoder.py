@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import io
 import os
 import tempfile
 from concurrent.futures import Executor, Future
@@ -26,7 +27,7 @@ from typing import BinaryIO, Callable
 from deltaimg import codec
 from deltaimg.errors import ImageReadError
 from deltaimg.layerformat import (
-    DATA_BSDIFF,
+    DATA_DELTA,
     DATA_LITERAL,
     DATA_PARTNER,
     DATA_REF,
@@ -35,9 +36,12 @@ from deltaimg.layerformat import (
     PRE_EDITED,
     PRE_LITERAL,
     PRE_PARTNER,
+    SEGMENT_BSDIFF,
+    SEGMENT_LITERAL,
     Chunk,
     Record,
     RecordWriter,
+    Segment,
     Span,
     encode_recipe,
     pack_header,
@@ -48,12 +52,15 @@ from deltaimg.tarsplit import BLOCK, TRAILER, Entry, TarSplitter
 CHUNK_LITERAL = 8 << 20  # literal bytes per zstd frame
 REF_BUDGET = 24 << 20  # reference bytes per zstd frame
 PIECE = 1 << 20
-BSDIFF_MIN, BSDIFF_MAX = 256, 8 << 20
-MEMORY_PAYLOAD_MAX = BSDIFF_MAX
+BSDIFF_MIN = 256
+WHOLE_OLD_MAX = 8 << 20  # up to this size the whole partner is the reference; bsdiff needs ~17x it
+SEGMENT = 6 << 20  # larger payloads are coded in segments against the partner's matching region
+SEGMENT_MARGIN = 1 << 20
+SEGMENT_JOBS = 2
+MEMORY_PAYLOAD_MAX = WHOLE_OLD_MAX
 ESTIMATE_LEVEL = 9
 LOOKAHEAD_BYTES = 32 << 20
 MAX_CHUNKS_IN_FLIGHT = 3
-PARTNER_MARGIN = 1 << 20
 
 
 @dataclass
@@ -77,14 +84,22 @@ class LayerStats:
 class _Part:
     """A piece of the literal stream: bytes now, bytes later (a future), or a spilled file."""
 
-    data: bytes | Future | str
+    data: bytes | Future | str | _Segmented
     partner: OldEntry | None = None  # reference spans come from this entry's payload
     spans: list[Span] = field(default_factory=list)
     fallback: bytes = b""  # a bsdiff candidate's new payload, coded literally if bsdiff loses
+    old_len: int = 0  # a bsdiff candidate's reference: the partner's first old_len bytes
 
     @property
     def held(self) -> int:
-        return len(self.fallback) + (len(self.data) if isinstance(self.data, bytes) else 0)
+        return len(self.fallback) + self.old_len + (len(self.data) if isinstance(self.data, bytes) else 0)
+
+
+@dataclass
+class _Segmented:
+    """A payload too large for one bsdiff, coded segment by segment when its turn comes."""
+
+    payload: bytes | str  # the bytes, or the path of the spilled payload
 
 
 class LiteralStream:
@@ -159,14 +174,12 @@ def whole(entry: OldEntry, part: int) -> Span:
     return Span(entry.layer, entry.index, part, 0, entry.pre_len if part == PART_PRE else entry.size)
 
 
-def partner_window(partner: OldEntry, start: int, end: int, size: int) -> Span:
-    """The part of the partner's payload that lines up with bytes [start, end) of a new payload."""
-    if partner.size <= REF_BUDGET // 2:
-        return whole(partner, PART_DATA)
-    scale = partner.size / max(size, 1)
-    lo = max(0, int(start * scale) - PARTNER_MARGIN)
-    hi = min(partner.size, int(end * scale) + PARTNER_MARGIN)
-    return Span(partner.layer, partner.index, PART_DATA, lo, hi - lo)
+def old_region(partner_size: int, start: int, end: int, size: int) -> tuple[int, int]:
+    """The partner's bytes that line up with bytes [start, end) of a new payload of ``size``."""
+    scale = partner_size / max(size, 1)
+    lo = max(0, int(start * scale) - SEGMENT_MARGIN)
+    hi = min(partner_size, int(end * scale) + SEGMENT_MARGIN)
+    return lo, hi
 
 
 def choose_delta(old: bytes, new: bytes) -> tuple[bytes, bytes, bytes] | None:
@@ -297,14 +310,17 @@ class LayerEncoder:
             return
         record.size = entry.size
         usable = partner if partner is not None and partner.is_regular and partner.size else None
-        if usable and isinstance(payload, bytes) and BSDIFF_MIN <= entry.size and usable.size <= BSDIFF_MAX:
+        if usable is None or entry.size < BSDIFF_MIN:
+            self.stats.literal += 1
+            parts.append(_Part(payload, partner=usable))
+            return
+        record.data_kind = DATA_DELTA
+        if isinstance(payload, bytes) and usable.size <= WHOLE_OLD_MAX:
             old = self._index.content.read_data(usable)
             job = self._pool.submit(choose_delta, old, payload)
-            parts.append(_Part(job, partner=usable, fallback=payload))
-            record.data_kind = DATA_BSDIFF  # settled when emitted: may fall back to literal
-            return
-        self.stats.literal += 1
-        parts.append(_Part(payload, partner=usable))
+            parts.append(_Part(job, partner=usable, fallback=payload, old_len=usable.size))
+        else:
+            parts.append(_Part(_Segmented(payload), partner=usable))
 
     def _spill(self, splitter: TarSplitter, digest) -> str:
         fd, path = tempfile.mkstemp(dir=self._workdir, suffix=".payload")
@@ -330,35 +346,61 @@ class LayerEncoder:
     def _emit_part(self, record: Record, part: _Part, literal: LiteralStream) -> None:
         data = part.data
         if isinstance(data, Future):
-            streams = data.result()
             assert part.partner is not None
-            if streams is None:
-                record.data_kind = DATA_LITERAL
-                self.stats.zstd_delta += 1
-                self._add_literal(part.fallback, [whole(part.partner, PART_DATA)], literal)
-            else:
-                record.bsdiff_lens = tuple(len(s) for s in streams)  # type: ignore[assignment]
-                self.stats.bsdiff += 1
-                self._add_literal(b"".join(streams), [whole(part.partner, PART_DATA)], literal)
+            self._emit_segment(record, part.partner, part.fallback, 0, part.old_len, data, literal)
+        elif isinstance(data, _Segmented):
+            assert part.partner is not None
+            self._emit_segmented(record, part.partner, data.payload, literal)
         elif isinstance(data, str):
-            self._emit_spilled(data, part.partner, record.size, literal)
+            self._emit_spilled(data, literal)
         else:
             spans = list(part.spans)
             if part.partner is not None:
-                spans.append(partner_window(part.partner, 0, len(data), len(data)))
+                spans.append(whole(part.partner, PART_DATA))
             self._add_literal(data, spans, literal)
+        if record.data_kind == DATA_DELTA and part.partner is not None:
+            if any(segment.kind == SEGMENT_BSDIFF for segment in record.segments):
+                self.stats.bsdiff += 1
+            else:
+                self.stats.zstd_delta += 1
+
+    def _emit_segment(self, record: Record, partner: OldEntry, new: bytes, old_start: int, old_len: int,
+                      job: Future, literal: LiteralStream) -> None:
+        """Code one segment as bsdiff streams or literally, whichever ``choose_delta`` found smaller."""
+        streams = job.result()
+        span = Span(partner.layer, partner.index, PART_DATA, old_start, old_len)
+        if streams is None:
+            record.segments.append(Segment(SEGMENT_LITERAL, len(new), old_start, old_len))
+            self._add_literal(new, [span], literal)
+        else:
+            lens = (len(streams[0]), len(streams[1]), len(streams[2]))
+            record.segments.append(Segment(SEGMENT_BSDIFF, len(new), old_start, old_len, lens))
+            self._add_literal(b"".join(streams), [span], literal)
+
+    def _emit_segmented(self, record: Record, partner: OldEntry, payload: bytes | str, literal: LiteralStream) -> None:
+        """Segments of a large payload, bsdiffed in parallel a few at a time, emitted in order."""
+        window: collections.deque[tuple[bytes, int, int, Future]] = collections.deque()
+        source = io.BytesIO(payload) if isinstance(payload, bytes) else open(payload, "rb")
+        with source:
+            for start in range(0, record.size, SEGMENT):
+                new = source.read(SEGMENT)
+                lo, hi = old_region(partner.size, start, start + len(new), record.size)
+                old = self._index.content.read_data(partner, lo, hi - lo)
+                window.append((new, lo, hi - lo, self._pool.submit(choose_delta, old, new)))
+                if len(window) >= SEGMENT_JOBS:
+                    self._emit_segment(record, partner, *window.popleft(), literal)
+            while window:
+                self._emit_segment(record, partner, *window.popleft(), literal)
+        _discard(payload)
 
     def _add_literal(self, data: bytes, spans: list[Span], literal: LiteralStream) -> None:
         self.stats.literal_bytes += len(data)
         literal.add(data, spans)
 
-    def _emit_spilled(self, path: str, partner: OldEntry | None, size: int, literal: LiteralStream) -> None:
+    def _emit_spilled(self, path: str, literal: LiteralStream) -> None:
         with open(path, "rb") as spill:
-            done = 0
             while piece := spill.read(PIECE):
-                spans = [partner_window(partner, done, done + len(piece), size)] if partner else []
-                self._add_literal(piece, spans, literal)
-                done += len(piece)
+                self._add_literal(piece, [], literal)
         os.unlink(path)
 
     def _emit_trailer(self, splitter: TarSplitter, entry: Entry, literal: LiteralStream, records: RecordWriter) -> None:

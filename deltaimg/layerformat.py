@@ -24,10 +24,12 @@ HEADER = struct.Struct(">QQ")
 MAX_RECIPE_BYTES = 512 * 1024 * 1024
 MAX_CHUNK_BYTES = 64 * 1024 * 1024  # literal bytes in one chunk, and reference bytes per chunk
 MAX_SPANS = 1 << 20
+MAX_SEGMENTS = 1 << 16
 
 # entry record flags
 PRE_LITERAL, PRE_PARTNER, PRE_EDITED = 0, 1, 2
-DATA_LITERAL, DATA_PARTNER, DATA_BSDIFF, DATA_REF = 0, 1, 2, 3
+DATA_LITERAL, DATA_PARTNER, DATA_DELTA, DATA_REF = 0, 1, 2, 3
+SEGMENT_LITERAL, SEGMENT_BSDIFF = 0, 1
 HAS_PARTNER = 1 << 4
 PAD_LITERAL = 1 << 5
 TRAILER = 1 << 6
@@ -58,6 +60,18 @@ class Chunk:
 
 
 @dataclass
+class Segment:
+    """A piece of a payload coded against the partner: literally (with the partner's bytes
+    ``old_start``..+``old_len`` in the zstd reference) or as bsdiff streams against those bytes."""
+
+    kind: int
+    new_len: int
+    old_start: int
+    old_len: int
+    bsdiff_lens: tuple[int, int, int] = (0, 0, 0)  # control, diff, extra
+
+
+@dataclass
 class Record:
     """Where one tar entry's bytes come from. Lengths of literal parts are in the literal stream."""
 
@@ -67,8 +81,8 @@ class Record:
     ref: tuple[int, int] | None = None  # DATA_REF: identical content elsewhere in the old image
     pre_len: int = 0  # PRE_LITERAL
     edits: list[tuple[int, int]] = field(default_factory=list)  # PRE_EDITED: (offset, length)
-    size: int = 0  # DATA_LITERAL and DATA_BSDIFF: the payload size
-    bsdiff_lens: tuple[int, int, int] = (0, 0, 0)  # control, diff, extra
+    size: int = 0  # DATA_LITERAL and DATA_DELTA: the payload size
+    segments: list[Segment] = field(default_factory=list)  # DATA_DELTA, in payload order
     pad_literal: bool = False
     trailer: bool = False
 
@@ -139,11 +153,16 @@ class RecordWriter:
         if r.data_kind == DATA_REF:
             assert r.ref is not None
             self._coords.put(out, r.ref)
-        elif r.data_kind in (DATA_LITERAL, DATA_BSDIFF):
+        elif r.data_kind == DATA_LITERAL:
             varint.put(out, r.size)
-            if r.data_kind == DATA_BSDIFF:
-                for n in r.bsdiff_lens:
+        elif r.data_kind == DATA_DELTA:
+            varint.put(out, len(r.segments))
+            for segment in r.segments:
+                for n in (segment.kind, segment.new_len, segment.old_start, segment.old_len):
                     varint.put(out, n)
+                if segment.kind == SEGMENT_BSDIFF:
+                    for n in segment.bsdiff_lens:
+                        varint.put(out, n)
 
 
 def decode_recipe(data: bytes) -> tuple[list[Chunk], varint.Reader]:
@@ -191,7 +210,7 @@ class RecordReader:
         record.trailer = bool(flags & TRAILER)
         if flags & HAS_PARTNER:
             record.partner = self._coords.get(r)
-        if record.pre_kind in (PRE_PARTNER, PRE_EDITED) or record.data_kind in (DATA_PARTNER, DATA_BSDIFF):
+        if record.pre_kind in (PRE_PARTNER, PRE_EDITED) or record.data_kind in (DATA_PARTNER, DATA_DELTA):
             if record.partner is None:
                 raise BundleFormatError("layer recipe uses a partner it does not name: the bundle is damaged")
         if record.pre_kind == PRE_LITERAL:
@@ -205,10 +224,20 @@ class RecordReader:
                 offset += length
         if record.data_kind == DATA_REF:
             record.ref = self._coords.get(r)
-        elif record.data_kind in (DATA_LITERAL, DATA_BSDIFF):
+        elif record.data_kind == DATA_LITERAL:
             record.size = r.get()
-            if record.data_kind == DATA_BSDIFF:
-                record.bsdiff_lens = (r.get(), r.get(), r.get())
+        elif record.data_kind == DATA_DELTA:
+            count = r.get()
+            if count > MAX_SEGMENTS:
+                raise BundleFormatError("layer recipe has too many delta segments: the bundle is damaged")
+            for _ in range(count):
+                segment = Segment(r.get(), r.get(), r.get(), r.get())
+                if segment.kind == SEGMENT_BSDIFF:
+                    segment.bsdiff_lens = (r.get(), r.get(), r.get())
+                elif segment.kind != SEGMENT_LITERAL:
+                    raise BundleFormatError("layer recipe has an invalid delta segment: the bundle is damaged")
+                record.segments.append(segment)
+            record.size = sum(segment.new_len for segment in record.segments)
         return record
 
 

@@ -74,7 +74,7 @@ def test_bad_inputs_get_one_line_and_their_own_exit_code(example_pair, keypair, 
         (("make", *example_pair, "-o", str(tmp_path / "x"), "--key", "/nonexistent/key"), KeyFileError),
         (("make", *example_pair, "-o", str(tmp_path / "x"), "--key", keypair[1]), KeyFileError),
         (("apply", "/nonexistent.dimg", "--trust", keypair[1], "--base", example_pair[0], "-o", str(tmp_path / "y")), None),
-        (("apply", example_pair[0], "--trust", keypair[1]), UsageError),
+        (("apply", example_pair[0], "--trust", keypair[1], "--base", example_pair[0]), UsageError),
         (("make", "docker-archive:" + str(tmp_path), example_pair[1], "-o", str(tmp_path / "x"), "--key", keypair[0]), ImageReadError),
     ]
     for args, error in cases:
