@@ -12,13 +12,14 @@ from deltaimg.layerformat import (
     DATA_PARTNER,
     DATA_REF,
     PART_PRE,
-    PRE_EDITED,
+    PRE_EDITED_CHECKSUM,
     PRE_LITERAL,
     PRE_PARTNER,
     SEGMENT_BSDIFF,
     Chunk,
     RecordReader,
     decode_recipe,
+    with_checksum,
     pack_header,
     unpack_header,
 )
@@ -120,6 +121,10 @@ def _write_pre(record, partner: OldEntry | None, literal: LiteralReader, old: Ol
         if offset + length > len(edited):
             raise BundleFormatError("a header edit runs past the header: the bundle is damaged")
         edited[offset : offset + length] = literal.read(length)
+    if record.pre_kind == PRE_EDITED_CHECKSUM:
+        if len(edited) < BLOCK:
+            raise BundleFormatError("a header edit names a header shorter than a block: the bundle is damaged")
+        edited = bytearray(with_checksum(bytes(edited)))
     write(bytes(edited))
 
 

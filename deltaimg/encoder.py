@@ -34,6 +34,7 @@ from deltaimg.layerformat import (
     PART_DATA,
     PART_PRE,
     PRE_EDITED,
+    PRE_EDITED_CHECKSUM,
     PRE_LITERAL,
     PRE_PARTNER,
     SEGMENT_BSDIFF,
@@ -45,6 +46,7 @@ from deltaimg.layerformat import (
     Span,
     encode_recipe,
     pack_header,
+    with_checksum,
 )
 from deltaimg.oldcontent import OldEntry, OldIndex
 from deltaimg.tarsplit import BLOCK, TRAILER, Entry, TarSplitter
@@ -216,6 +218,17 @@ def edit_runs(old: bytes, new: bytes) -> list[tuple[int, int]] | None:
     return runs if changed + 2 * len(runs) < len(new) // 2 else None
 
 
+def _header_edits(old: bytes, new: bytes) -> tuple[int, list[tuple[int, int]] | None]:
+    """How to edit ``old`` into ``new``, leaving out the checksum when the applier can compute it."""
+    if len(new) >= BLOCK and len(old) == len(new) and with_checksum(new) == new:
+        field = slice(len(new) - BLOCK + 148, len(new) - BLOCK + 156)
+        masked = new[: field.start] + old[field] + new[field.stop :]
+        runs = edit_runs(old, masked)
+        if runs is not None:
+            return PRE_EDITED_CHECKSUM, runs
+    return PRE_EDITED, edit_runs(old, new)
+
+
 class LayerEncoder:
     """Encodes one new layer; see the module docstring."""
 
@@ -282,9 +295,9 @@ class LayerEncoder:
                 record.pre_kind = PRE_PARTNER
                 self.stats.headers_from_old += 1
                 return
-            runs = edit_runs(old_pre, entry.pre)
+            kind, runs = _header_edits(old_pre, entry.pre)
             if runs is not None:
-                record.pre_kind, record.edits = PRE_EDITED, runs
+                record.pre_kind, record.edits = kind, runs
                 parts.append(_Part(b"".join(entry.pre[o : o + n] for o, n in runs)))
                 self.stats.headers_from_old += 1
                 return

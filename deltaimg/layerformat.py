@@ -27,7 +27,7 @@ MAX_SPANS = 1 << 20
 MAX_SEGMENTS = 1 << 16
 
 # entry record flags
-PRE_LITERAL, PRE_PARTNER, PRE_EDITED = 0, 1, 2
+PRE_LITERAL, PRE_PARTNER, PRE_EDITED, PRE_EDITED_CHECKSUM = 0, 1, 2, 3
 DATA_LITERAL, DATA_PARTNER, DATA_DELTA, DATA_REF = 0, 1, 2, 3
 SEGMENT_LITERAL, SEGMENT_BSDIFF = 0, 1
 HAS_PARTNER = 1 << 4
@@ -80,7 +80,7 @@ class Record:
     partner: tuple[int, int] | None = None
     ref: tuple[int, int] | None = None  # DATA_REF: identical content elsewhere in the old image
     pre_len: int = 0  # PRE_LITERAL
-    edits: list[tuple[int, int]] = field(default_factory=list)  # PRE_EDITED: (offset, length)
+    edits: list[tuple[int, int]] = field(default_factory=list)  # PRE_EDITED*: (offset, length)
     size: int = 0  # DATA_LITERAL and DATA_DELTA: the payload size
     segments: list[Segment] = field(default_factory=list)  # DATA_DELTA, in payload order
     pad_literal: bool = False
@@ -143,7 +143,7 @@ class RecordWriter:
             self._coords.put(out, r.partner)
         if r.pre_kind == PRE_LITERAL:
             varint.put(out, r.pre_len)
-        elif r.pre_kind == PRE_EDITED:
+        elif r.pre_kind in (PRE_EDITED, PRE_EDITED_CHECKSUM):
             varint.put(out, len(r.edits))
             last = 0
             for offset, length in r.edits:
@@ -204,18 +204,18 @@ class RecordReader:
         r = self._r
         flags = r.byte()
         record = Record(pre_kind=flags & 3, data_kind=(flags >> 2) & 3)
-        if flags & ~0x7F or record.pre_kind == 3:
+        if flags & ~0x7F:
             raise BundleFormatError("layer recipe has an invalid record: the bundle is damaged")
         record.pad_literal = bool(flags & PAD_LITERAL)
         record.trailer = bool(flags & TRAILER)
         if flags & HAS_PARTNER:
             record.partner = self._coords.get(r)
-        if record.pre_kind in (PRE_PARTNER, PRE_EDITED) or record.data_kind in (DATA_PARTNER, DATA_DELTA):
+        if record.pre_kind != PRE_LITERAL or record.data_kind in (DATA_PARTNER, DATA_DELTA):
             if record.partner is None:
                 raise BundleFormatError("layer recipe uses a partner it does not name: the bundle is damaged")
         if record.pre_kind == PRE_LITERAL:
             record.pre_len = r.get()
-        elif record.pre_kind == PRE_EDITED:
+        elif record.pre_kind in (PRE_EDITED, PRE_EDITED_CHECKSUM):
             offset = 0
             for _ in range(r.get()):
                 offset += r.get()
@@ -239,6 +239,15 @@ class RecordReader:
                 record.segments.append(segment)
             record.size = sum(segment.new_len for segment in record.segments)
         return record
+
+
+def with_checksum(header: bytes) -> bytes:
+    """``header`` with the checksum of its last 512-byte block computed as every tar writer does
+    (six octal digits, NUL, space): a rebuild that moves timestamps need not ship checksums."""
+    block = bytearray(header[-512:])
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\x00 " % sum(block)
+    return header[:-512] + bytes(block)
 
 
 def pack_header(recipe_len: int, frame_len: int) -> bytes:

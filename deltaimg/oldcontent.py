@@ -24,7 +24,9 @@ from deltaimg.images.blobs import open_range
 from deltaimg.tarsplit import TRAILER, TarSplitter
 
 COPY_CHUNK = 1 << 20
-_VERSION_RE = re.compile(r"\d+")
+# Version numbers, and the hex hashes wheels put in vendored library names
+# (numpy.libs/libopenblas64_p-r0-0cf96a72.3.23.dev.so), become '#'.
+_VERSION_RE = re.compile(r"[0-9a-f]*[0-9][0-9a-f]*")
 
 
 @dataclass(frozen=True)
@@ -228,4 +230,5 @@ def normalize(name: str) -> str:
 
 
 def version_pattern(path: str) -> str:
+    """``numpy-1.26.3.dist-info/RECORD`` and ``numpy-1.26.4.dist-info/RECORD`` share a pattern."""
     return _VERSION_RE.sub("#", path)
