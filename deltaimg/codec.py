@@ -9,6 +9,7 @@ coded in one context with everything else.
 from __future__ import annotations
 
 import re
+from typing import Iterator
 
 import bsdiff4.core
 
@@ -78,6 +79,12 @@ def bspatch(old: bytes, new_size: int, control: bytes, sparse_diff: bytes, extra
 _NONZERO_RUN = re.compile(rb"[^\x00]+(?:\x00{1,3}[^\x00]+)*")
 
 
+def nonzero_runs(data: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of the runs of non-zero bytes, runs less than 4 zeros apart merged."""
+    for match in _NONZERO_RUN.finditer(data):
+        yield match.start(), match.end()
+
+
 def sparse_encode(diff: bytes) -> bytes:
     """bsdiff's diff stream is mostly zeros: code it as (zeros, length, bytes) runs.
 
@@ -85,11 +92,11 @@ def sparse_encode(diff: bytes) -> bytes:
     """
     out = bytearray()
     last = 0
-    for match in _NONZERO_RUN.finditer(diff):
-        varint.put(out, match.start() - last)
-        varint.put(out, match.end() - match.start())
-        out += match.group()
-        last = match.end()
+    for start, end in nonzero_runs(diff):
+        varint.put(out, start - last)
+        varint.put(out, end - start)
+        out += diff[start:end]
+        last = end
     varint.put(out, len(diff) - last)
     return bytes(out)
 

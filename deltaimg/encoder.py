@@ -22,7 +22,7 @@ import os
 import tempfile
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from deltaimg import codec
 from deltaimg.errors import ImageReadError
@@ -196,24 +196,8 @@ def edit_runs(old: bytes, new: bytes) -> list[tuple[int, int]] | None:
     """Byte runs where ``new`` differs from the same-length ``old``; None when that is no bargain."""
     if len(old) != len(new):
         return None
-    runs: list[tuple[int, int]] = []
-    changed = 0
-    for block in range(0, len(new), BLOCK):
-        a, b = old[block : block + BLOCK], new[block : block + BLOCK]
-        if a == b:
-            continue
-        pos = None
-        for i in range(len(b)):
-            if a[i] != b[i]:
-                at = block + i
-                if pos is not None and at - pos[1] < 4:
-                    pos = (pos[0], at + 1)
-                else:
-                    if pos is not None:
-                        runs.append((pos[0], pos[1] - pos[0]))
-                    pos = (at, at + 1)
-        if pos is not None:
-            runs.append((pos[0], pos[1] - pos[0]))
+    xor = (int.from_bytes(old, "big") ^ int.from_bytes(new, "big")).to_bytes(len(new), "big")
+    runs = [(start, end - start) for start, end in codec.nonzero_runs(xor)]
     changed = sum(length for _, length in runs)
     return runs if changed + 2 * len(runs) < len(new) // 2 else None
 
@@ -232,11 +216,10 @@ def _header_edits(old: bytes, new: bytes) -> tuple[int, list[tuple[int, int]] | 
 class LayerEncoder:
     """Encodes one new layer; see the module docstring."""
 
-    def __init__(self, index: OldIndex, pool: Executor, workdir: str, progress: Callable[[int], None] | None = None) -> None:
+    def __init__(self, index: OldIndex, pool: Executor, workdir: str) -> None:
         self._index = index
         self._pool = pool
         self._workdir = workdir
-        self._progress = progress or (lambda n: None)
         self.stats = LayerStats()
         self._held = 0  # payload bytes waiting in the pending queue
 
@@ -282,7 +265,6 @@ class LayerEncoder:
         if entry.size:
             self._plan_data(splitter, entry, partner, record, parts)
         splitter.finish_entry()
-        self._progress(len(entry.pre) + entry.size + entry.pad_len)
         if entry.pad is not None:
             record.pad_literal = True
             parts.append(_Part(entry.pad))
