@@ -140,6 +140,18 @@ def load_archive(client: docker.DockerClient, stream_or_path: BinaryIO | str | o
         return _load(client, stream, path)
 
 
+def loads_thin_archives(client: docker.DockerClient) -> bool:
+    """Whether the engine's load accepts an archive without the layers it already holds.
+
+    Docker's graphdriver store does; Podman's Docker-compatible API does not.
+    """
+    try:
+        components = client.version().get("Components") or []
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise EngineError(f"cannot ask the engine its version: {one_line(exc)}") from None
+    return not any("podman" in str(c.get("Name", "")).lower() for c in components)
+
+
 def tag(client: docker.DockerClient, image_id: str, tags: Iterable[str]) -> None:
     """Point each ``repo[:tag]`` at ``image_id`` (moving it if it names another image)."""
     for name in tags:
@@ -184,8 +196,13 @@ def _read_config_member(archive: tarfile.TarFile, member: tarfile.TarInfo, image
 
 
 def _may_be_wanted(name: str, wanted: set[str]) -> bool:
-    """Whether an export member may be a wanted layer: any legacy ``layer.tar``, or a wanted blob."""
-    return name.endswith("/layer.tar") or (name.startswith("blobs/sha256/") and os.path.basename(name) in wanted)
+    """Whether an export member may be a wanted layer: any legacy ``layer.tar``, a wanted blob
+    (Docker 25+), or a wanted ``<diff_id hex>.tar`` (Podman's docker-archive)."""
+    if name.endswith("/layer.tar"):
+        return True
+    if name.startswith("blobs/sha256/"):
+        return os.path.basename(name) in wanted
+    return "/" not in name and name.endswith(".tar") and name[: -len(".tar")] in wanted
 
 
 def _keep_if_wanted(

@@ -43,8 +43,8 @@ def shared_prefix(plan: Plan) -> int:
     return count
 
 
-def base_layers_needed(bundle: Bundle, plan: Plan) -> set[int]:
-    keep = shared_prefix(plan)
+def base_layers_needed(bundle: Bundle, plan: Plan, keep: int) -> set[int]:
+    """The base layers that rebuilding the target's layers past the first ``keep`` reads."""
     needed: set[int] = set()
     for layer in plan.layers[keep:]:
         if layer["method"] == "base":
@@ -96,9 +96,9 @@ def _require_base(client, bundle: Bundle, plan: Plan) -> None:
 
 
 def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None]) -> None:
-    needed = base_layers_needed(bundle, plan)
-    keep = shared_prefix(plan)
-    wanted_ids = {plan.base_diff_ids[i] for i in needed}
+    # Podman's load refuses archives that lack any layer file, whatever its store holds.
+    keep = shared_prefix(plan) if engine.loads_thin_archives(client) else 0
+    wanted_ids = {plan.base_diff_ids[i] for i in base_layers_needed(bundle, plan, keep)}
     with tempfile.TemporaryDirectory(prefix="deltaimg-engine-") as workdir:
         _, paths = engine.save_layers(client, plan.base_id, wanted_ids, workdir)
         base = Image(config_bytes=b"", layers=[_exported(d, paths) for d in plan.base_diff_ids],
