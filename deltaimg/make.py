@@ -14,6 +14,7 @@ from deltaimg.bundle import BundleWriter
 from deltaimg.encoder import LayerEncoder
 from deltaimg.errors import ImageReadError
 from deltaimg.images.base import Image
+from deltaimg.images.daemon import DaemonImage
 from deltaimg.oldcontent import OldContent, OldIndex
 
 WORKERS = max(1, min(4, os.cpu_count() or 1))
@@ -90,6 +91,8 @@ def _encode_layers(old: Image, new: Image, content: OldContent, writer: BundleWr
     records: list[dict] = []
     index: OldIndex | None = None
     done: dict[str, int] = {}
+    if isinstance(new, DaemonImage):  # export only the changed layers from the engine, in one pass
+        new.fetch({layer.diff_id for layer in new.layers} - set(old.diff_ids))
     for position, layer in enumerate(new.layers):
         if layer.diff_id in old.diff_ids:
             base_layer = old.diff_ids.index(layer.diff_id)
