@@ -1,0 +1,1 @@
+"""Helpers of scripts/bench: deltaimg against the ways images are shipped today."""
