@@ -16,8 +16,8 @@ from typing import Callable
 from deltaimg import archivewriter
 from deltaimg.bundle import Bundle
 from deltaimg.decoder import rebuild_layer
-from deltaimg.errors import BaseMismatchError, BundleFormatError, IntegrityError, OutputError
-from deltaimg.images.base import Image, config_diff_ids
+from deltaimg.errors import BaseMismatchError, BundleFormatError, ImageReadError, IntegrityError, OutputError
+from deltaimg.images.base import Image, config_diff_ids, is_digest
 from deltaimg.oldcontent import OldContent
 
 MAX_CONFIG = 16 * 1024 * 1024
@@ -37,26 +37,34 @@ class Plan:
 
 def read_plan(bundle: Bundle) -> Plan:
     m = bundle.manifest
-    try:
-        base, target, layers = m["base"], m["target"], m["layers"]
-        config = bundle.read_payload(target["config_payload"], MAX_CONFIG)
-        plan = Plan(base["image_id"], list(base["diff_ids"]), target["image_id"], config,
-                    [t for t in target.get("tags") or [] if isinstance(t, str)], list(layers))
-    except (KeyError, TypeError) as exc:
-        raise BundleFormatError(f"{bundle.path}: the manifest lacks {exc}") from None
+    base, target, layers = m.get("base"), m.get("target"), m.get("layers")
+    if not (isinstance(base, dict) and isinstance(target, dict) and isinstance(layers, list)
+            and all(isinstance(layer, dict) for layer in layers)):
+        raise BundleFormatError(f"{bundle.path}: the manifest lacks its base, target or layers")
+    base_diff_ids, tags = base.get("diff_ids"), target.get("tags") or []
+    if not (is_digest(base.get("image_id")) and isinstance(base_diff_ids, list) and all(map(is_digest, base_diff_ids))):
+        raise BundleFormatError(f"{bundle.path}: the manifest's record of the base image is malformed")
+    if not (isinstance(tags, list) and all(map(_is_tag, tags))):
+        raise BundleFormatError(f"{bundle.path}: the manifest's target tags are malformed")
+    config = bundle.read_payload(target.get("config_payload"), MAX_CONFIG)
+    plan = Plan(base["image_id"], list(base_diff_ids), target.get("image_id"), config, list(tags), list(layers))
     if "sha256:" + hashlib.sha256(config).hexdigest() != plan.target_id:
         raise IntegrityError(f"{bundle.path}: the target config does not match the target image ID")
-    diff_ids = config_diff_ids(config, bundle.path)
+    try:
+        diff_ids = config_diff_ids(config, bundle.path)
+    except ImageReadError as exc:  # the config came in the bundle: the bundle is at fault
+        raise BundleFormatError(str(exc)) from None
     if [layer.get("diff_id") for layer in plan.layers] != diff_ids:
         raise BundleFormatError(f"{bundle.path}: the manifest's layers do not match the target config")
     for position, layer in enumerate(plan.layers):
         method = layer.get("method")
-        ok = isinstance(layer.get("size"), int) and layer["size"] >= 0
+        ok = type(layer.get("size")) is int and layer["size"] >= 0
         if method == "base":
             ok = ok and isinstance(layer.get("base_layer"), int) and 0 <= layer["base_layer"] < len(plan.base_diff_ids) \
                 and plan.base_diff_ids[layer["base_layer"]] == layer["diff_id"]
         elif method == "repeat":
-            ok = ok and isinstance(layer.get("of"), int) and 0 <= layer["of"] < position
+            ok = ok and type(layer.get("of")) is int and 0 <= layer["of"] < position \
+                and plan.layers[layer["of"]]["diff_id"] == layer["diff_id"]
         elif method == "delta":
             ok = ok and isinstance(layer.get("payload"), str)
             bundle.payload(layer.get("payload", ""))
@@ -65,6 +73,11 @@ def read_plan(bundle: Bundle) -> Plan:
         if not ok:
             raise BundleFormatError(f"{bundle.path}: the manifest's layer {position} is malformed")
     return plan
+
+
+def _is_tag(tag: object) -> bool:
+    """A name a bundle may tag its image with: one printable word (it is shown and passed on)."""
+    return isinstance(tag, str) and 0 < len(tag) <= 256 and tag.isprintable() and not any(c.isspace() for c in tag)
 
 
 def check_base(plan: Plan, base: Image, bundle_path: str) -> None:
@@ -113,7 +126,7 @@ def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = Fal
     """Rebuild the bundle's target image as a ``docker save`` archive at ``output``."""
     plan = read_plan(bundle)
     check_base(plan, base, bundle.path)
-    if os.path.exists(output) and not force:
+    if os.path.lexists(output) and not force:  # lexists: a dangling symlink is there too
         raise OutputError(f"{output} exists; choose another path or pass --force")
     directory = os.path.dirname(os.path.abspath(output))
     try:

@@ -7,20 +7,31 @@ Layout (all integers big-endian; see docs/bundle-format.md)::
 
 The signature covers the manifest; the manifest gives every payload's offset, size and sha256
 and the payload area's total size, so one signature covers every byte of the file.
+
+A bundle too large for one file (FAT32 takes at most 4 GiB - 1) is written as parts
+``NAME.001``, ``NAME.002``, ...: the bundle's bytes cut every ``part_size`` bytes, so the first
+part starts with the usual header and ``cat NAME.0* > NAME`` gives an ordinary bundle. The
+manifest's ``split`` record (signed like the rest) gives the part size, the count and the sha256
+of every part but the first (which holds the manifest itself, and is covered by the signature and
+the payload hashes): a missing, truncated, swapped or foreign part is named as such.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import io
 import json
 import os
+import re
 import struct
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from deltaimg import signing
-from deltaimg.errors import BundleFormatError, IntegrityError, OutputError
+from deltaimg.errors import BundleFormatError, BundlePartError, IntegrityError, OutputError, UsageError
+from deltaimg.images.base import too_many_json_values
 from deltaimg.images.blobs import open_range
 
 MAGIC = b"DELTAIMG"
@@ -30,6 +41,23 @@ MAX_MANIFEST = 64 * 1024 * 1024
 MAX_SIGNATURE = 64 * 1024
 MAX_PAYLOADS = 100_000
 COPY_CHUNK = 1 << 20
+MAX_PARTS = 999  # NAME.001 to NAME.999
+MIN_PART_SIZE = 1024
+PART_SUFFIX = re.compile(r"\.(\d{3})$")
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``3900M``, ``4G``, ``512K`` or a plain number of bytes; K, M, G and T are powers of 1024."""
+    match = re.fullmatch(r"(\d+)([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise UsageError(f"{text!r} is not a size; write it like 3900M, 4G or 1048576")
+    return int(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
+
+
+def part_path(stem: str, number: int) -> str:
+    """The file of part ``number`` (from 1) of the split bundle ``stem``."""
+    return f"{stem}.{number:03d}"
 
 
 def canonical_json(value: object) -> bytes:
@@ -52,10 +80,19 @@ class _HashingWriter:
 
 
 class BundleWriter:
-    """Collects payloads in a spool next to the output, then writes the signed bundle."""
+    """Collects payloads in a spool next to the output, then writes the signed bundle.
 
-    def __init__(self, output: str) -> None:
+    With ``split_size``, a bundle larger than that is written as parts (see the module's doc);
+    one that fits is written as one ordinary file. ``paths`` and ``size`` tell what was written.
+    """
+
+    def __init__(self, output: str, split_size: int | None = None) -> None:
+        if split_size is not None and split_size < MIN_PART_SIZE:
+            raise UsageError(f"a split size of {split_size} bytes is too small; give at least {MIN_PART_SIZE}")
         self.output = output
+        self.split_size = split_size
+        self.paths: list[str] = []
+        self.size = 0
         directory = os.path.dirname(os.path.abspath(output))
         try:
             self._spool = tempfile.NamedTemporaryFile(dir=directory, prefix=".deltaimg-", suffix=".spool")
@@ -73,33 +110,116 @@ class BundleWriter:
         return record
 
     def finish(self, manifest: dict, private_key) -> dict:
-        """Sign and write the bundle atomically; returns the manifest as signed."""
+        """Sign and write the bundle (every file complete before any is renamed into place);
+        returns the manifest as signed."""
         manifest = {**manifest, "payloads": self.payloads, "payload_area": sum(p["size"] for p in self.payloads)}
-        manifest_bytes = canonical_json(manifest)
-        signature_bytes = canonical_json(signing.sign(private_key, manifest_bytes))
-        directory = os.path.dirname(os.path.abspath(self.output))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".deltaimg-", suffix=".tmp")
         try:
-            os.chmod(tmp, 0o644 & ~_umask())  # a bundle is public; mkstemp makes it private
-            with os.fdopen(fd, "wb") as out:
-                out.write(MAGIC + U32.pack(FORMAT_VERSION) + U32.pack(len(manifest_bytes)) + manifest_bytes)
-                out.write(U32.pack(len(signature_bytes)) + signature_bytes)
-                self._spool.seek(0)
-                while block := self._spool.read(COPY_CHUNK):
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.output)
-        except OSError as exc:
-            raise OutputError(f"cannot write {self.output}: {exc.strerror}") from None
+            manifest, header = self._signed_header(manifest, private_key)
+            self.size = len(header) + manifest["payload_area"]
+            split = manifest.get("split")
+            if split:
+                cuts = [(start, min(start + split["part_size"], self.size)) for start in range(0, self.size, split["part_size"])]
+                self.paths = [part_path(self.output, number) for number in range(1, len(cuts) + 1)]
+                stale = [self.output, *_parts_after(self.output, len(cuts))]
+            else:
+                cuts, self.paths, stale = [(0, self.size)], [self.output], _parts_after(self.output, 0)
+            self._write(header, cuts, stale)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             self._spool.close()
         return manifest
 
+    def _signed_header(self, manifest: dict, private_key) -> tuple[dict, bytes]:
+        """The manifest as signed and the header bytes (magic to signature) that start the bundle.
+
+        A split record lists the parts' hashes, so its length depends on the number of parts,
+        which depends on the header's length: the count is raised until it fits (hashes are of
+        fixed length, so placeholders give the final length).
+        """
+        if self.split_size is None:
+            return manifest, _frame(manifest, private_key)
+        size, count = self.split_size, 1
+        while True:
+            trial = {**manifest, "split": {"part_size": size, "count": count, "sha256": ["0" * 64] * (count - 1)}}
+            header = _frame(trial, private_key)
+            needed = -(-(len(header) + manifest["payload_area"]) // size)
+            if needed <= count:
+                break
+            count = needed
+        if count == 1:
+            return manifest, _frame(manifest, private_key)  # it fits: an ordinary bundle
+        if len(header) > size:
+            raise UsageError(f"a split size of {size} bytes is smaller than this bundle's header ({len(header)} bytes); "
+                             "give a larger one")
+        if count > MAX_PARTS:
+            raise UsageError(f"a split size of {size} bytes makes {count} parts, more than {MAX_PARTS}; give a larger one")
+        total = len(header) + manifest["payload_area"]
+        hashes = [self._spool_sha256(start - len(header), min(start + size, total) - len(header))
+                  for start in range(size, total, size)]
+        final = {**manifest, "split": {"part_size": size, "count": count, "sha256": hashes}}
+        return final, _frame(final, private_key)
+
+    def _spool_sha256(self, start: int, end: int) -> str:
+        digest = hashlib.sha256()
+        self._spool.seek(start)
+        remaining = end - start
+        while remaining:
+            block = self._spool.read(min(COPY_CHUNK, remaining))
+            digest.update(block)
+            remaining -= len(block)
+        return digest.hexdigest()
+
+    def _write(self, header: bytes, cuts: list[tuple[int, int]], stale: list[str]) -> None:
+        """Write ``header`` + spool cut at ``cuts`` into ``self.paths``, then remove ``stale`` files
+        (the other form of this output left by an earlier make)."""
+        directory = os.path.dirname(os.path.abspath(self.output))
+        temps: list[str] = []
+        try:
+            for start, end in cuts:
+                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".deltaimg-", suffix=".tmp")
+                temps.append(tmp)
+                os.chmod(tmp, 0o644 & ~_umask())  # a bundle is public; mkstemp makes it private
+                with os.fdopen(fd, "wb") as out:
+                    out.write(header[start:end])
+                    self._spool.seek(max(start - len(header), 0))
+                    remaining = end - max(start, len(header))
+                    while remaining > 0:
+                        block = self._spool.read(min(COPY_CHUNK, remaining))
+                        out.write(block)
+                        remaining -= len(block)
+                    out.flush()
+                    os.fsync(out.fileno())
+            for tmp, path in zip(temps, self.paths):
+                os.replace(tmp, path)
+            for path in stale:
+                if os.path.isfile(path):
+                    os.unlink(path)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.output}: {exc.strerror}") from None
+        finally:
+            for tmp in temps:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+
     def abort(self) -> None:
         self._spool.close()
+
+
+def _frame(manifest: dict, private_key) -> bytes:
+    """The bundle's header: magic, version, the manifest and its signature."""
+    manifest_bytes = canonical_json(manifest)
+    signature_bytes = canonical_json(signing.sign(private_key, manifest_bytes))
+    return (MAGIC + U32.pack(FORMAT_VERSION) + U32.pack(len(manifest_bytes)) + manifest_bytes
+            + U32.pack(len(signature_bytes)) + signature_bytes)
+
+
+def _parts_after(stem: str, count: int) -> list[str]:
+    """Part files of ``stem`` numbered above ``count`` that exist (left by an earlier, longer split)."""
+    found = []
+    number = count + 1
+    while number <= MAX_PARTS and os.path.isfile(part_path(stem, number)):
+        found.append(part_path(stem, number))
+        number += 1
+    return found
 
 
 def _umask() -> int:
@@ -112,11 +232,19 @@ def _umask() -> int:
 class Bundle:
     """A bundle whose signature and payload hashes have been checked."""
 
-    path: str
+    path: str  # the file, or a split bundle's first part
     manifest: dict
     signer: signing.TrustedKey | None
     payload_start: int
-    size: int
+    size: int  # of the whole bundle (every part)
+    parts: list[tuple[str, int]] = field(default_factory=list)  # a split bundle's (file, size), in order
+    sha256: str | None = None  # of all the bundle's bytes, in order; set by verify_payloads
+
+    def open_range(self, offset: int, size: int) -> BinaryIO:
+        """``size`` bytes of the bundle from ``offset``, across parts if it is split."""
+        if not self.parts:
+            return open_range(self.path, offset, size)
+        return io.BufferedReader(_PartsReader(self.parts, offset, size), buffer_size=COPY_CHUNK)  # type: ignore[return-value]
 
     def payload(self, name: str) -> dict:
         for record in self.manifest["payloads"]:
@@ -126,7 +254,7 @@ class Bundle:
 
     def open_payload(self, name: str) -> BinaryIO:
         record = self.payload(name)
-        return open_range(self.path, self.payload_start + record["offset"], record["size"])
+        return self.open_range(self.payload_start + record["offset"], record["size"])
 
     def read_payload(self, name: str, limit: int) -> bytes:
         record = self.payload(name)
@@ -166,7 +294,7 @@ def read_header(path: str) -> tuple[bytes, dict | None, int, int]:
     if signature_len:
         try:
             signature = json.loads(signature_bytes)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: brackets nested thousands deep
             signature = None
     return manifest_bytes, signature, 20 + manifest_len + signature_len, size
 
@@ -181,48 +309,222 @@ def open_bundle(path: str, trusted: list[signing.TrustedKey], check_payloads: bo
     signer = signing.verify(signature, manifest_bytes, trusted)
     manifest = _parse_manifest(manifest_bytes, path)
     expected = payload_start + manifest["payload_area"]
-    if size < expected:
+    parts: list[tuple[str, int]] = []
+    if "split" in manifest and size != expected:  # the first part (not the parts joined into one file)
+        parts = _find_parts(path, manifest["split"], expected)
+    elif size < expected:
         raise BundleFormatError(f"{path} is truncated: {size} bytes of the {expected} it should have")
-    if size > expected:
+    elif size > expected:
         raise BundleFormatError(f"{path} has {size - expected} unexpected bytes appended")
-    bundle = Bundle(path, manifest, signer, payload_start, size)
+    bundle = Bundle(path, manifest, signer, payload_start, expected, parts)
     if check_payloads:
         verify_payloads(bundle, progress)
     return bundle
 
 
+def _find_parts(path: str, split: object, total: int) -> list[tuple[str, int]]:
+    """The files of a split bundle whose first part is ``path``, checked against its signed split record."""
+    ok = isinstance(split, dict) and type(split.get("part_size")) is int and split["part_size"] > 0 \
+        and type(split.get("count")) is int and 1 < split["count"] <= MAX_PARTS \
+        and split["count"] == -(-total // split["part_size"]) \
+        and isinstance(split.get("sha256"), list) and len(split["sha256"]) == split["count"] - 1
+    if not ok:
+        raise BundleFormatError(f"{path}: the manifest's split record is malformed")
+    size, count = split["part_size"], split["count"]  # type: ignore[index]
+    if not path.endswith(".001"):
+        raise BundlePartError(f"{path} is the first of {count} parts of a split bundle but is not named *.001, so the "
+                              f"others cannot be found; name the parts NAME.001 to NAME.{count:03d}")
+    stem = path[:-4]
+    names = [part_path(stem, number) for number in range(1, count + 1)]
+    missing = [os.path.basename(name) for name in names if not os.path.isfile(name)]
+    if missing:
+        raise BundlePartError(f"{stem} is split in {count} parts and {', '.join(missing)} "
+                              f"{'is' if len(missing) == 1 else 'are'} missing; copy every part into the same folder")
+    parts = []
+    for index, name in enumerate(names):
+        want, have = min(size, total - index * size), os.path.getsize(name)
+        if have != want:
+            raise BundlePartError(f"{name} is {have} bytes but part {index + 1} of this bundle is {want}: it is "
+                                  "truncated, damaged or from another bundle")
+        parts.append((name, have))
+    return parts
+
+
 def verify_payloads(bundle: Bundle, progress: Callable[[int], None] | None = None) -> None:
-    for record in bundle.manifest["payloads"]:
-        digest = hashlib.sha256()
-        with bundle.open_payload(record["name"]) as f:
-            while block := f.read(COPY_CHUNK):
-                digest.update(block)
-                if progress:
-                    progress(len(block))
-        if digest.hexdigest() != record["sha256"]:
-            raise IntegrityError(f"{bundle.path}: payload {record['name']} does not match its signed sha256; the bundle is damaged")
+    """Read the bundle once, in order, checking every payload against its signed sha256 and every
+    later part of a split bundle against the manifest; sets :attr:`Bundle.sha256`.
+
+    A part that does not match is reported before a payload that does not match inside it: a
+    payload that fails because its part was swapped with another is the part's fault.
+    """
+    records = bundle.manifest["payloads"]
+    split = bundle.manifest.get("split") if bundle.parts else None
+    part_ends = [end for _, end in _cumulative(bundle.parts)] if split else []
+    payload_ends = [bundle.payload_start + r["offset"] + r["size"] for r in records]
+    cuts = sorted({bundle.payload_start, bundle.size, *payload_ends, *part_ends})
+    whole, part_digest, payload_digest = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+    position = record = part = 0
+    pending: IntegrityError | None = None
+    with bundle.open_range(0, bundle.size) as f:
+        for cut in cuts:
+            while position < cut:
+                block = f.read(min(COPY_CHUNK, cut - position))
+                if not block:
+                    raise BundleFormatError(f"{bundle.path} got shorter while it was read")
+                whole.update(block)
+                part_digest.update(block)
+                if position >= bundle.payload_start:
+                    payload_digest.update(block)
+                    if progress:
+                        progress(len(block))
+                position += len(block)
+            while record < len(records) and position >= bundle.payload_start and payload_ends[record] == position:
+                if payload_digest.hexdigest() != records[record]["sha256"]:
+                    error = IntegrityError(f"{bundle.path}: payload {records[record]['name']!r} does not match its "
+                                           "signed sha256; the bundle is damaged")
+                    if not split:
+                        raise error
+                    pending = pending or error
+                record += 1
+                payload_digest = hashlib.sha256()
+            if split and position == part_ends[part]:
+                if part > 0 and part_digest.hexdigest() != split["sha256"][part - 1]:
+                    raise BundlePartError(f"{bundle.parts[part][0]} is not part {part + 1} of this bundle (its sha256 "
+                                          "differs from the signed one): it is damaged, out of order or from another bundle")
+                part, part_digest = part + 1, hashlib.sha256()
+                if pending:
+                    raise pending
+    if pending:
+        raise pending
+    bundle.sha256 = whole.hexdigest()
+
+
+def _cumulative(parts: list[tuple[str, int]]) -> list[tuple[int, int]]:
+    """(start, end) of each part within the bundle."""
+    spans, start = [], 0
+    for _, size in parts:
+        spans.append((start, start + size))
+        start += size
+    return spans
+
+
+class _PartsReader(io.RawIOBase):
+    """A read-only view of ``size`` bytes from ``offset`` of the concatenation of a split bundle's parts."""
+
+    def __init__(self, parts: list[tuple[str, int]], offset: int, size: int) -> None:
+        self._parts = parts
+        self._starts = [start for start, _ in _cumulative(parts)]
+        self._offset = offset
+        self._size = size
+        self._pos = 0
+        self._file: BinaryIO | None = None
+        self._index = -1
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        remaining = self._size - self._pos
+        if remaining <= 0:
+            return 0
+        absolute = self._offset + self._pos
+        index = bisect.bisect_right(self._starts, absolute) - 1
+        name, part_size = self._parts[index]
+        within = absolute - self._starts[index]
+        if index != self._index:
+            if self._file is not None:
+                self._file.close()
+            self._file, self._index = open(name, "rb"), index
+        assert self._file is not None
+        self._file.seek(within)
+        n = self._file.readinto(memoryview(buffer)[: min(len(buffer), remaining, part_size - within)])
+        if not n:
+            raise BundlePartError(f"{name} got shorter after it was checked")
+        self._pos += n
+        return n
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, min(self._size, base + pos))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
+
+
+def bundle_files(paths: list[str]) -> list[str]:
+    """The bundles ``paths`` name, in order: bundle files, first parts of split bundles, and folders
+    (their ``*.dimg`` and ``*.dimg.001`` files, not searched further down).
+
+    ``NAME`` stands for ``NAME.001`` when only the parts exist. A later part named next to its
+    first part (as a shell glob does) is dropped; named alone, it is an error.
+    """
+    found: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            for name in sorted(os.listdir(path)):
+                full = os.path.join(path, name)
+                if not name.startswith(".") and name.endswith((".dimg", ".dimg.001")) and os.path.isfile(full):
+                    found.append(full)
+        elif not os.path.exists(path) and os.path.isfile(part_path(path, 1)):
+            found.append(part_path(path, 1))
+        else:
+            found.append(path)
+    result: list[str] = []
+    for path in found:
+        match = PART_SUFFIX.search(path)
+        if match and match.group(1) != "001" and not _starts_a_bundle(path):
+            if part_path(path[:-4], 1) in found:
+                continue
+            raise BundlePartError(f"{path} is part {int(match.group(1))} of a split bundle; pass its first part "
+                                  f"({os.path.basename(path[:-4])}.001) or its folder")
+        if path not in result:
+            result.append(path)
+    return result
+
+
+def _starts_a_bundle(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
 
 
 def _parse_manifest(data: bytes, path: str) -> dict:
+    if too_many_json_values(data):
+        raise BundleFormatError(f"{path}: the manifest holds more values than any deltaimg writes")
     try:
         manifest = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BundleFormatError(f"{path}: the manifest is not valid JSON") from None
     ok = isinstance(manifest, dict) and manifest.get("format") == "deltaimg-bundle"
     payloads = manifest.get("payloads") if ok else None
     if not ok or not isinstance(payloads, list) or len(payloads) > MAX_PAYLOADS:
         raise BundleFormatError(f"{path}: the manifest is not a deltaimg manifest")
     offset = 0
+    names: set[str] = set()
     for record in payloads:
         if not (
             isinstance(record, dict)
             and isinstance(record.get("name"), str)
-            and record.get("offset") == offset
-            and isinstance(record.get("size"), int)
+            and record["name"] not in names
+            and type(record.get("offset")) is int  # not a float or bool that compares equal
+            and record["offset"] == offset
+            and type(record.get("size")) is int
             and record["size"] >= 0
             and isinstance(record.get("sha256"), str)
         ):
             raise BundleFormatError(f"{path}: the manifest's payload list is malformed")
+        names.add(record["name"])
         offset += record["size"]
     if manifest.get("payload_area") != offset:
         raise BundleFormatError(f"{path}: the manifest's payload sizes do not add up")

@@ -11,7 +11,7 @@ import click
 import typer
 
 from deltaimg import __version__, keys, report
-from deltaimg.errors import DeltaimgError, UsageError
+from deltaimg.errors import DeltaimgError, UsageError, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Signed binary-delta bundles that update container images on air-gapped hosts.")
@@ -20,6 +20,7 @@ TrustOpt = typer.Option(None, "--trust", help="Public key to trust (repeatable).
 TrustDirOpt = typer.Option(None, "--trust-dir", help=f"Directory of trusted *.pub keys (default {keys.DEFAULT_TRUST_DIR} when no --trust).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object for scripts.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+PassphraseFileOpt = typer.Option(None, "--passphrase-file", help=f"File whose first line is the private key's passphrase (mode 0600); else ${keys.PASSPHRASE_ENV}.")
 
 
 def _emit(as_json: bool, data: dict, lines: list[str]) -> None:
@@ -32,11 +33,12 @@ def _emit(as_json: bool, data: dict, lines: list[str]) -> None:
 
 @app.command()
 def keygen(name: str = typer.Argument(..., help="Writes NAME (private, mode 0600) and NAME.pub."),
-           force: bool = typer.Option(False, "--force", help="Overwrite existing files.")) -> None:
-    """Create an Ed25519 signing key pair (passphrase from $DELTAIMG_KEY_PASSPHRASE, if set)."""
+           force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+           passphrase_file: Optional[str] = PassphraseFileOpt) -> None:
+    """Create an Ed25519 signing key pair, protected by a passphrase if one is given."""
     from deltaimg import signing
 
-    key_id = signing.generate(name, keys.passphrase(), force)
+    key_id = signing.generate(name, keys.passphrase(passphrase_file), force)
     print(f"wrote {name} (private, keep it on the build host) and {name}.pub (copy to edge hosts); key id {key_id}")
 
 
@@ -45,22 +47,29 @@ def make(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oc
          new: str = typer.Argument(..., help="New image, same forms."),
          output: str = typer.Option(..., "--output", "-o", help="Bundle file to write."),
          key: str = typer.Option(..., "--key", help="Private signing key (from deltaimg keygen)."),
+         passphrase_file: Optional[str] = PassphraseFileOpt,
          platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when an input holds several."),
+         split_size: Optional[str] = typer.Option(None, "--split-size", help="Write a bundle larger than this (e.g. 3900M for FAT32) as parts OUTPUT.001, .002, ..."),
          as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Compare two images and write one signed bundle with what changed."""
     from deltaimg import progress
+    from deltaimg.bundle import parse_size
     from deltaimg.images import open_image
     from deltaimg.make import make_bundle
 
-    private = keys.signing_key(key)
+    part_size = parse_size(split_size) if split_size is not None else None
+
+    private = keys.signing_key(key, passphrase_file)
     old_image = open_image(old, platform)
     new_image = open_image(new, platform)
-    total = sum(lyr.compressed_size or (lyr.local[2] if lyr.local else 0) for lyr in new_image.layers)
-    with progress.bar("make", total or None, not (quiet or as_json)) as advance:
-        manifest = make_bundle(old_image, new_image, output, private, advance)
-    lines = [f"{output}: {report.name_of(manifest['base'])} -> {report.name_of(manifest['target'])}",
+    total = progress.layer_bytes(lyr for lyr in new_image.layers if lyr.diff_id not in old_image.diff_ids)
+    with progress.bar("make", total, not (quiet or as_json)) as advance:
+        manifest = make_bundle(old_image, new_image, output, private, advance, part_size)
+    written = output if manifest["files"] == [output] else f"{manifest['files'][0]} to {manifest['files'][-1]}"
+    lines = [f"{written}: {report.name_of(manifest['base'])} -> {report.name_of(manifest['target'])}",
              *report.layer_lines(manifest),
-             report.ratio_line(manifest["bundle_size"], manifest["full_image_size"])]
+             report.ratio_line(manifest["bundle_size"], manifest["full_image_size"]),
+             *report.change_lines(manifest["changes"])]
     _emit(as_json, manifest, lines)
 
 
@@ -95,7 +104,7 @@ def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optio
     """Show what a bundle updates and how; the signature is checked when a trusted key is given."""
     from deltaimg.bundle import open_bundle, read_header
 
-    manifest_bytes, signature, _, size = read_header(bundle)
+    manifest_bytes, signature, payload_start, size = read_header(bundle)
     trusted = keys.trusted_keys(trust or [], trust_dir)
     if trusted:
         m = open_bundle(bundle, trusted).manifest
@@ -106,14 +115,28 @@ def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optio
         m = _parse_manifest(manifest_bytes, bundle)
         checked = "NOT verified (pass --trust KEY.pub to check)"
     key_id = signature.get("key_id") if isinstance(signature, dict) else None
-    data = {"bundle": bundle, "size": size, "signer_key_id": key_id, "verified": bool(trusted), **m}
-    lines = [f"{bundle}: {report.human_size(size)}, format {m.get('version')}, made by {m.get('tool')} at {m.get('created')}",
-             f"  signed by key {key_id}: {checked}",
-             f"  base:   {report.name_of(m['base'])} ({len(m['base']['diff_ids'])} layers)",
-             f"  target: {report.name_of(m['target'])} created {m['target'].get('created')}",
-             *report.layer_lines(m),
-             "  " + report.ratio_line(size, m.get("full_image_size", 0))]
+    if "split" in m:  # BUNDLE is the first part; the manifest says how large they are together
+        size = payload_start + m["payload_area"]
+    data, lines = report.inspection(bundle, size, key_id, bool(trusted), checked, m)
     _emit(as_json, data, lines)
+
+
+@app.command()
+def diff(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oci-archive:FILE, oci:DIR, docker-daemon:REF or a path."),
+         new: str = typer.Argument(..., help="New image, same forms."),
+         platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when an input holds several."),
+         limit: int = typer.Option(report.DEFAULT_LIMIT, "--limit", help="Files listed per kind of change (0: all); --json lists all."),
+         as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
+    """Show what differs between two images: layers, files, packages and config."""
+    from deltaimg import progress
+    from deltaimg.imagediff import diff_images
+    from deltaimg.images import open_image
+
+    old_image = open_image(old, platform)
+    new_image = open_image(new, platform)
+    with progress.bar("diff", progress.layer_bytes([*old_image.layers, *new_image.layers]), not (quiet or as_json)) as advance:
+        result = diff_images(old_image, new_image, advance)
+    _emit(as_json, result, report.diff_lines(result, limit))
 
 
 @app.command()
@@ -182,17 +205,22 @@ def version() -> None:
     print(f"deltaimg {__version__}")
 
 
+# typer 0.2x carries its own copy of click: its usage errors and aborts are not click's classes.
+CLICK_ERRORS = (click.ClickException, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))
+ABORTS = (click.exceptions.Abort, typer.Abort)
+
+
 def main() -> None:
     try:
         result = app(standalone_mode=False)
     except DeltaimgError as exc:
-        print(f"deltaimg: error: {exc}", file=sys.stderr)
+        print(f"deltaimg: error: {printable(exc)}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except ABORTS:
         print("deltaimg: interrupted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except CLICK_ERRORS as exc:  # a wrong command line: one line too, with where to look
+        print(f"deltaimg: error: {printable(exc.format_message())} (see deltaimg --help)", file=sys.stderr)
         sys.exit(UsageError.exit_code)
     except KeyboardInterrupt:
         print("deltaimg: interrupted", file=sys.stderr)

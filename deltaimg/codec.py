@@ -21,6 +21,7 @@ LEVEL = 19
 MIN_WINDOW_LOG = 20
 MAX_WINDOW_LOG = 30
 MIN_PREFIX = 8
+DECODE_PIECE = 1 << 20
 
 
 def window_log(total: int) -> int:
@@ -47,12 +48,23 @@ def _as_prefix(prefix: bytes):
     return zstd.ZstdDict(prefix, is_raw=True).as_prefix if len(prefix) >= MIN_PREFIX else None
 
 
-def decompress(frame: bytes, expected_size: int, prefix: bytes = b"") -> bytes:
-    """Inverse of :func:`compress`; refuses output beyond ``expected_size``."""
+def decompress(frame: bytes, expected_size: int, prefix: bytes = b"") -> bytearray:
+    """Inverse of :func:`compress`; refuses output beyond ``expected_size``.
+
+    Decoded in pieces into one buffer: peak memory is about twice ``expected_size`` (zstd's
+    window and the result), not three times (the binding's one-shot call also joins its blocks).
+    """
     options = {zstd.DecompressionParameter.window_log_max: window_log(len(prefix) + expected_size)}
+    data = bytearray()
     try:
         decompressor = zstd.ZstdDecompressor(zstd_dict=_as_prefix(prefix), options=options)
-        data = decompressor.decompress(frame, max_length=expected_size + 1)
+        pending = frame
+        while not decompressor.eof and len(data) <= expected_size:
+            piece = decompressor.decompress(pending, max_length=min(DECODE_PIECE, expected_size + 1 - len(data)))
+            pending = b""
+            if not piece and decompressor.needs_input:
+                break  # the frame ends early
+            data += piece
     except zstd.ZstdError as exc:
         raise IntegrityError(f"a compressed block does not decode ({exc})") from None
     if len(data) != expected_size or not decompressor.eof:

@@ -71,7 +71,7 @@ class LiteralReader:
         self._pos = 0
 
     def _span(self, span) -> bytes:
-        entry = self._old.entry(span.layer, span.index)
+        entry = old_entry(self._old, (span.layer, span.index))
         limit = entry.pre_len if span.part == PART_PRE else entry.size
         if span.start + span.length > limit:
             raise BundleFormatError("a layer delta refers past an old entry's end: the bundle is damaged")
@@ -85,6 +85,16 @@ class LiteralReader:
             raise IntegrityError("a layer delta has trailing bytes: the bundle is damaged")
 
 
+def old_entry(old: OldContent, coords: tuple[int, int]) -> OldEntry:
+    """The old entry a recipe names. The base was checked to be the image the bundle was made
+    against, so naming an entry it lacks is the bundle's fault, not the base's."""
+    layer, index = coords
+    if layer >= len(old.image.layers) or index >= len(old.entries(layer)):
+        raise BundleFormatError(f"a layer delta refers to entry {index} of base layer {layer}, which the "
+                                "base lacks: the bundle is damaged")
+    return old.entry(layer, index)
+
+
 def rebuild_layer(payload: BinaryIO, old: OldContent, write: Write) -> None:
     """Write the layer tar that ``payload`` describes; raises on any inconsistency."""
     recipe_len, frame_len = unpack_header(payload.read(len(pack_header(0, 0))))
@@ -94,7 +104,7 @@ def rebuild_layer(payload: BinaryIO, old: OldContent, write: Write) -> None:
     records = RecordReader(reader)
     while True:
         record = records.next()
-        partner = old.entry(*record.partner) if record.partner else None
+        partner = old_entry(old, record.partner) if record.partner else None
         _write_pre(record, partner, literal, old, write)
         if record.trailer:
             literal.copy(record.size, write)
@@ -134,7 +144,7 @@ def _write_data(record, partner: OldEntry | None, literal: LiteralReader, old: O
         literal.copy(record.size, write)
         return record.size
     if record.data_kind == DATA_REF:
-        source = old.entry(*record.ref)
+        source = old_entry(old, record.ref)
         old.copy_data(source, write)
         return source.size
     assert partner is not None
@@ -150,10 +160,20 @@ def _write_data(record, partner: OldEntry | None, literal: LiteralReader, old: O
             continue
         if max(segment.new_len, segment.old_len, *segment.bsdiff_lens) > MAX_BSDIFF_BYTES:
             raise BundleFormatError("a binary delta is larger than any deltaimg writes: the bundle is damaged")
+        if not bsdiff_fits(segment.new_len, *segment.bsdiff_lens):
+            raise BundleFormatError("a binary delta is larger than the bytes it makes: the bundle is damaged")
         control, diff, extra = (literal.read(n) for n in segment.bsdiff_lens)
         old_bytes = old.read_data(partner, segment.old_start, segment.old_len)
         write(codec.bspatch(old_bytes, segment.new_len, control, diff, extra))
     return record.size
+
+
+def bsdiff_fits(new_len: int, control_len: int, diff_len: int, extra_len: int) -> bool:
+    """Whether bsdiff streams are no larger than bsdiff makes for ``new_len`` bytes: at most one
+    24-byte control triple per byte made (plus one), a diff stream no longer than those bytes
+    (plus the run coding's few bytes), an extra stream no longer than them. So the literal bytes
+    apply reads stay in proportion to the bytes it writes, which the layer's size bounds."""
+    return control_len <= 24 * (new_len + 1) and diff_len <= new_len + 32 and extra_len <= new_len
 
 
 def old_layers_used(payload: BinaryIO) -> set[int]:

@@ -39,6 +39,7 @@ from deltaimg.layerformat import (
     PRE_PARTNER,
     SEGMENT_BSDIFF,
     SEGMENT_LITERAL,
+    MAX_RECIPE_BYTES,
     Chunk,
     Record,
     RecordWriter,
@@ -119,21 +120,40 @@ class LiteralStream:
         self._in_flight: collections.deque[tuple[Chunk, Future]] = collections.deque()
 
     def add(self, data: bytes, spans: list[Span]) -> None:
+        if self._buffer and self._prefix_len + sum(self._growth(span) for span in spans) > REF_BUDGET:
+            self._cut()  # a new chunk rather than bytes coded without the reference they need
         for span in spans:
             self._add_span(span)
         self._buffer += data
         if len(self._buffer) >= CHUNK_LITERAL:
             self._cut()
 
+    def _merged(self, span: Span) -> Span | None:
+        """``span`` joined with the chunk's span of the same old bytes, when they touch."""
+        at = self._span_at.get((span.layer, span.index, span.part))
+        if at is None:
+            return None
+        old = self._spans[at]
+        if span.start > old.start + old.length or old.start > span.start + span.length:
+            return old  # disjoint: the later piece keeps the reference it already has
+        start, end = min(old.start, span.start), max(old.start + old.length, span.start + span.length)
+        return Span(span.layer, span.index, span.part, start, end - start)
+
+    def _growth(self, span: Span) -> int:
+        """How many reference bytes adding ``span`` would cost this chunk."""
+        merged = self._merged(span)
+        if merged is None:
+            return span.length
+        return merged.length - self._spans[self._span_at[(span.layer, span.index, span.part)]].length
+
     def _add_span(self, span: Span) -> None:
         key = (span.layer, span.index, span.part)
-        at = self._span_at.get(key)
-        if at is not None:
-            old = self._spans[at]
-            start, end = min(old.start, span.start), max(old.start + old.length, span.start + span.length)
-            grow = (end - start) - old.length
-            if grow > 0 and self._prefix_len + grow <= REF_BUDGET and span.start <= old.start + old.length:
-                self._spans[at] = Span(span.layer, span.index, span.part, start, end - start)
+        merged = self._merged(span)
+        if merged is not None:
+            at = self._span_at[key]
+            grow = merged.length - self._spans[at].length
+            if self._prefix_len + grow <= REF_BUDGET:
+                self._spans[at] = merged
                 self._prefix_len += grow
             return
         if span.length and self._prefix_len + span.length <= REF_BUDGET:
@@ -181,6 +201,9 @@ def old_region(partner_size: int, start: int, end: int, size: int) -> tuple[int,
     scale = partner_size / max(size, 1)
     lo = max(0, int(start * scale) - SEGMENT_MARGIN)
     hi = min(partner_size, int(end * scale) + SEGMENT_MARGIN)
+    if hi - lo > WHOLE_OLD_MAX:  # a much larger old file: bsdiff's memory is ~17x the region
+        lo = max(0, (lo + hi - WHOLE_OLD_MAX) // 2)
+        hi = min(partner_size, lo + WHOLE_OLD_MAX)
     return lo, hi
 
 
@@ -245,6 +268,9 @@ class LayerEncoder:
                 raise ImageReadError("a layer of the new image is a truncated tar") from None
             chunks = literal.close()
             recipe = encode_recipe(chunks, bytes(records.out))
+            if len(recipe) > MAX_RECIPE_BYTES:  # apply would refuse it: say so now, not on the edge host
+                raise ImageReadError(f"a layer of the new image has {self.stats.entries} entries, more than "
+                                     "a bundle can describe; split it into several layers")
             frame = codec.compress(recipe)
             out.write(pack_header(len(recipe), len(frame)))
             out.write(frame)

@@ -7,6 +7,10 @@
    (the engine already holds the shared prefix, so ``docker load`` skips it), loaded, checked to
    have the target's image ID, and tagged.
 4. The containers on the base image are swapped onto the target (:mod:`deltaimg.swap`).
+
+Everything is written under ``work_dir`` (the state directory's scratch space when run by
+:mod:`deltaimg.unattended`, which empties it at the start of every run, so a killed rebuild
+leaves nothing behind for long).
 """
 
 from __future__ import annotations
@@ -14,13 +18,13 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import BinaryIO, Callable
 
-from deltaimg import archivewriter, engine, swap
+from deltaimg import archivewriter, engine, faults, swap
 from deltaimg.apply import Plan, layer_sources, read_plan
 from deltaimg.bundle import Bundle
 from deltaimg.decoder import old_layers_used
-from deltaimg.errors import BaseMissingError, EngineError, IntegrityError
+from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError
 from deltaimg.images.base import Image, Layer
 from deltaimg.oldcontent import OldContent
 from deltaimg.report import name_of
@@ -43,6 +47,17 @@ def shared_prefix(plan: Plan) -> int:
     return count
 
 
+def layers_to_load(client, plan: Plan) -> int:
+    """How many leading target layers the archive may leave out: those the engine already holds."""
+    # Podman's load refuses archives that lack any layer file, whatever its store holds.
+    return shared_prefix(plan) if engine.loads_thin_archives(client) else 0
+
+
+def rebuild_size(plan: Plan, keep: int) -> int:
+    """Bytes of layers the rebuild writes past the first ``keep`` (each distinct layer once)."""
+    return sum({layer["diff_id"]: layer["size"] for layer in plan.layers[keep:]}.values())
+
+
 def base_layers_needed(bundle: Bundle, plan: Plan, keep: int) -> set[int]:
     """The base layers that rebuilding the target's layers past the first ``keep`` reads."""
     needed: set[int] = set()
@@ -52,22 +67,26 @@ def base_layers_needed(bundle: Bundle, plan: Plan, keep: int) -> set[int]:
         elif layer["method"] == "delta":
             with bundle.open_payload(layer["payload"]) as payload:
                 needed |= old_layers_used(payload)
+    if any(index >= len(plan.base_diff_ids) for index in needed):
+        raise BundleFormatError(f"{bundle.path}: a layer delta refers to base layer {max(needed)}, which the base "
+                                "lacks: the bundle is damaged")
     return needed
 
 
 def apply_to_engine(bundle: Bundle, client, *, containers: list[str] | None, swap_containers: bool,
-                    grace: float, dry_run: bool, log: Callable[[str], None]) -> EngineOutcome:
+                    grace: float, dry_run: bool, log: Callable[[str], None], work_dir: str | None = None,
+                    observer: swap.SwapObserver | None = None) -> EngineOutcome:
     plan = read_plan(bundle)
     target_name = name_of(bundle.manifest["target"])
     present = engine.find_image(client, plan.target_id) is not None
     if present:
         log(f"{target_name} is already in the engine; not loading it again")
     else:
-        _require_base(client, bundle, plan)
+        require_base(client, bundle, plan)
         if dry_run:
             log(f"would rebuild and load {target_name} from base {name_of(bundle.manifest['base'])}")
         else:
-            _load_target(client, bundle, plan, log)
+            _load_target(client, bundle, plan, log, work_dir)
     if not dry_run:
         engine.tag(client, plan.target_id, plan.target_tags)
     outcome = EngineOutcome(plan.target_id, loaded=not present and not dry_run)
@@ -76,11 +95,12 @@ def apply_to_engine(bundle: Bundle, client, *, containers: list[str] | None, swa
             log("then every container on the base image would be swapped onto it")
         else:
             outcome.swapped = swap.swap_containers(client, plan.base_id, plan.target_id, names=containers,
-                                                   grace=grace, dry_run=dry_run, log=log)
+                                                   grace=grace, dry_run=dry_run, log=log, observer=observer)
     return outcome
 
 
-def _require_base(client, bundle: Bundle, plan: Plan) -> None:
+def require_base(client, bundle: Bundle, plan: Plan) -> None:
+    """Raise :class:`BaseMissingError`, saying what the engine has instead, unless it has the base."""
     if engine.find_image(client, plan.base_id) is not None:
         return
     base, target = bundle.manifest["base"], bundle.manifest["target"]
@@ -95,12 +115,12 @@ def _require_base(client, bundle: Bundle, plan: Plan) -> None:
                            f"but this engine lacks {plan.base_id[:19]} (it has {instead})")
 
 
-def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None]) -> None:
-    # Podman's load refuses archives that lack any layer file, whatever its store holds.
-    keep = shared_prefix(plan) if engine.loads_thin_archives(client) else 0
+def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None], work_dir: str | None) -> None:
+    keep = layers_to_load(client, plan)
     wanted_ids = {plan.base_diff_ids[i] for i in base_layers_needed(bundle, plan, keep)}
-    with tempfile.TemporaryDirectory(prefix="deltaimg-engine-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="deltaimg-engine-", dir=work_dir) as workdir:
         _, paths = engine.save_layers(client, plan.base_id, wanted_ids, workdir)
+        faults.killpoint("rebuild")
         base = Image(config_bytes=b"", layers=[_exported(d, paths) for d in plan.base_diff_ids],
                      source=f"docker-daemon:{plan.base_id[:19]}")
         archive = os.path.join(workdir, "target.tar")
@@ -111,7 +131,8 @@ def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None])
         for path in paths.values():
             os.unlink(path)  # the base layers are no longer needed: free the disk before loading
         log(f"rebuilt {len(plan.layers) - keep} layer(s), every one matching its diff_id; loading")
-        engine.load_archive(client, archive)
+        with open(archive, "rb") as stream:
+            engine.load_archive(client, _Upload(stream, os.path.getsize(archive)))
     loaded = engine.find_image(client, plan.target_id)
     if loaded is None:
         raise EngineError(f"docker load did not produce image {plan.target_id[:19]}; the engine may use the "
@@ -128,3 +149,19 @@ def _exported(diff_id: str, paths: dict[str, str]) -> Layer:
         return Layer(diff_id=diff_id, open=unavailable)
     size = os.path.getsize(path)
     return Layer(diff_id=diff_id, open=lambda: open(path, "rb"), local=(path, 0, size))
+
+
+class _Upload:
+    """The archive as ``docker load`` reads it; the crash tests' ``load`` kill point fires half way."""
+
+    def __init__(self, stream: BinaryIO, size: int) -> None:
+        self._stream = stream
+        self._half = size // 2
+        self._sent = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._sent += len(data)
+        if self._sent >= self._half:
+            faults.killpoint("load")
+        return data

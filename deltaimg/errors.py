@@ -83,3 +83,45 @@ class SwapFailedNotRolledBack(DeltaimgError):
     """The swap failed and the rollback failed too: a human must look."""
 
     exit_code = 22
+
+
+class BundlePartError(DeltaimgError):
+    """A part of a split bundle is missing, of the wrong size, out of order or from another bundle."""
+
+    exit_code = 16
+
+
+class RunLockedError(DeltaimgError):
+    """Another deltaimg run holds the state directory's lock."""
+
+    exit_code = 23
+
+
+class DiskSpaceError(DeltaimgError):
+    """Too little free space where the rebuild or the engine will write; nothing was started."""
+
+    exit_code = 24
+
+
+class DowngradeError(DeltaimgError):
+    """The bundle's target is older than what it would replace, and --allow-downgrade was not given."""
+
+    exit_code = 25
+
+
+class PartialChainError(DeltaimgError):
+    """What could be applied was; a later bundle for the same image cannot be reached (a missing link)."""
+
+    exit_code = 26
+
+
+class RecoveryError(DeltaimgError):
+    """An interrupted run left containers that could not be put back in order: a human must look."""
+
+    exit_code = 27
+
+
+def printable(message: object) -> str:
+    """``message`` as one line of printable text. An error may quote what an input holds (a name in
+    an archive's manifest.json, a key id): newlines and terminal escapes in it are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))

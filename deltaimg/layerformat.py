@@ -21,8 +21,11 @@ from deltaimg.errors import BundleFormatError
 
 RECIPE_VERSION = 1
 HEADER = struct.Struct(">QQ")
-MAX_RECIPE_BYTES = 512 * 1024 * 1024
+# A recipe costs a few bytes per tar entry: 128 MiB is tens of millions of entries. Decoding it
+# takes about twice its size in memory, which keeps apply within its budget whatever a bundle says.
+MAX_RECIPE_BYTES = 128 * 1024 * 1024
 MAX_CHUNK_BYTES = 64 * 1024 * 1024  # literal bytes in one chunk, and reference bytes per chunk
+MAX_FRAME_BYTES = MAX_CHUNK_BYTES + (MAX_CHUNK_BYTES >> 8) + (1 << 16)  # zstd's worst case for a chunk
 MAX_SPANS = 1 << 20
 MAX_SEGMENTS = 1 << 16
 
@@ -179,7 +182,7 @@ def decode_recipe(data: bytes) -> tuple[list[Chunk], varint.Reader]:
     for _ in range(count):
         literal_len, frame_len, n_spans = reader.get(), reader.get(), reader.get()
         spans_total += n_spans
-        if literal_len > MAX_CHUNK_BYTES or spans_total > MAX_SPANS:
+        if literal_len > MAX_CHUNK_BYTES or frame_len > MAX_FRAME_BYTES or spans_total > MAX_SPANS:
             raise BundleFormatError("layer recipe has an oversized chunk: the bundle is damaged")
         spans = []
         for _ in range(n_spans):

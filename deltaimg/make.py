@@ -13,6 +13,7 @@ from deltaimg import __version__
 from deltaimg.bundle import BundleWriter
 from deltaimg.encoder import LayerEncoder
 from deltaimg.errors import ImageReadError
+from deltaimg.imagediff import change_summary
 from deltaimg.images.base import Image
 from deltaimg.images.daemon import DaemonImage
 from deltaimg.oldcontent import OldContent, OldIndex
@@ -52,13 +53,15 @@ def image_summary(image: Image) -> dict:
     }
 
 
-def make_bundle(old: Image, new: Image, output: str, private_key, progress: Callable[[int], None] | None = None) -> dict:
+def make_bundle(old: Image, new: Image, output: str, private_key, progress: Callable[[int], None] | None = None,
+                split_size: int | None = None) -> dict:
     """Write the bundle that turns ``old`` into ``new``; returns the signed manifest's summary."""
-    writer = BundleWriter(output)
+    writer = BundleWriter(output, split_size)
     try:
         with tempfile.TemporaryDirectory(prefix="deltaimg-make-") as workdir, ThreadPoolExecutor(WORKERS) as pool:
             with OldContent(old, workdir) as content:
                 manifest_layers = _encode_layers(old, new, content, writer, pool, workdir, progress)
+            changes = change_summary(old, new)  # after encoding: an engine has exported the layers by now
             writer.add_payload("config", lambda w: w.write(new.config_bytes))
             manifest = {
                 "format": "deltaimg-bundle",
@@ -71,12 +74,14 @@ def make_bundle(old: Image, new: Image, output: str, private_key, progress: Call
                 "full_image_size": len(new.config_bytes) + sum(
                     layer["size"] for layer in _distinct(manifest_layers)
                 ),
+                "changes": changes,  # packages and config; optional: bundles made before it lack it
             }
             manifest = writer.finish(manifest, private_key)
     except BaseException:
         writer.abort()
         raise
-    manifest["bundle_size"] = os.path.getsize(output)
+    manifest["bundle_size"] = writer.size
+    manifest["files"] = writer.paths
     return manifest
 
 

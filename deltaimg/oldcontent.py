@@ -118,6 +118,21 @@ class OldContent:
             collected.append(entry)
             yield entry, digest
         self._entries[layer] = collected
+        self._check_in_place(layer)
+
+    def _check_in_place(self, layer: int) -> None:
+        """make encodes against the old layers' bytes: they must be those their diff_ids name. A
+        decompressed layer was checked on the way; one read in place is checked here, once."""
+        source = self.image.layers[layer]
+        if source.local is None:
+            return
+        digest = hashlib.sha256()
+        with open_range(*source.local) as stream:
+            while chunk := stream.read(COPY_CHUNK):
+                digest.update(chunk)
+        if "sha256:" + digest.hexdigest() != source.diff_id:
+            raise ImageReadError(f"{self.image.source}: layer {layer} does not hash to its diff_id "
+                                 f"{source.diff_id[:19]}; the image is damaged")
 
     def _scan(self, layer: int, hash_payloads: bool) -> Iterator[tuple[OldEntry, bytes | None]]:
         path, offset, size = self._local(layer)

@@ -1,6 +1,27 @@
-"""Human-readable lines for what make, verify, inspect and apply did."""
+"""Human-readable lines for what make, verify, inspect, diff and apply did.
+
+Every function here renders the same dicts that ``--json`` prints, so text and JSON never disagree.
+"""
 
 from __future__ import annotations
+
+import json
+import sys
+
+from deltaimg.errors import BundleFormatError
+
+ECOSYSTEM_TITLES = {"deb": "Debian packages", "apk": "Alpine packages", "python": "Python distributions"}
+CHANGE_ORDER = ("upgraded", "downgraded", "changed", "added", "removed")
+DEFAULT_LIMIT = 20
+
+
+def arrow() -> str:
+    """The arrow "→", or "->" where stdout cannot encode it."""
+    try:
+        "→".encode(sys.stdout.encoding or "ascii")
+        return "→"
+    except (UnicodeEncodeError, LookupError):
+        return "->"
 
 
 def human_size(n: float) -> str:
@@ -11,9 +32,19 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def signed_size(n: int) -> str:
+    return ("+" if n >= 0 else "-") + human_size(abs(n))
+
+
 def name_of(image: dict) -> str:
     tags = image.get("tags") or []
     return f"{tags[0] if tags else '(untagged)'} {image['image_id'][:19]}"
+
+
+def image_line(image: dict) -> str:
+    """All tags, the short ID, the layer count and when it was built."""
+    tags = " ".join(image.get("tags") or []) or "(untagged)"
+    return f"{tags} {image['image_id'][:19]}, {len(image['diff_ids'])} layers, created {image.get('created')}"
 
 
 def ratio_line(bundle_size: int, full_size: int) -> str:
@@ -22,20 +53,187 @@ def ratio_line(bundle_size: int, full_size: int) -> str:
             f"(docker save): {ratio:.1f}x smaller")
 
 
+# --------------------------------------------------------------------------- bundles
+
+
+def plan_of(layer: dict) -> str:
+    """How apply gets a layer: referenced (base layer), repeated (an earlier target layer),
+    rebuilt (a delta against the base's content) or shipped (a delta that uses nothing of the base)."""
+    method = layer["method"]
+    if method == "base":
+        return "referenced"
+    if method == "repeat":
+        return "repeated"
+    stats = layer.get("stats") or {}
+    reused = sum(stats.get(key, 0) for key in ("identical", "bsdiff", "zstd_delta", "headers_from_old"))
+    return "shipped" if stats and not reused else "rebuilt"
+
+
 def layer_lines(manifest: dict) -> list[str]:
     lines = []
     for position, layer in enumerate(manifest["layers"]):
-        method = layer["method"]
+        plan = plan_of(layer)
         what = {
-            "base": f"reused from base layer {layer.get('base_layer')}",
-            "repeat": f"same as layer {layer.get('of')}",
-            "delta": f"rebuilt from a {human_size(layer.get('payload_size', 0))} delta",
-        }.get(method, method)
+            "referenced": f"referenced: base layer {layer.get('base_layer')}",
+            "repeated": f"repeated: same as layer {layer.get('of')}",
+            "rebuilt": f"rebuilt from a {human_size(layer.get('payload_size', 0))} delta",
+            "shipped": f"shipped: {human_size(layer.get('payload_size', 0))} of new content",
+        }[plan]
         lines.append(f"  layer {position}: {layer['diff_id'][:19]} {human_size(layer['size'])} {what}")
         stats = layer.get("stats")
-        if stats:
+        if stats and plan == "rebuilt":
             lines.append(
                 "           {files} files: {identical} unchanged, {bsdiff} bsdiff, {zstd_delta} zstd delta, "
                 "{literal} new; {headers_from_old} headers from the old image".format(**stats)
             )
     return lines
+
+
+def payload_bytes(manifest: dict, bundle_size: int) -> dict[str, int]:
+    """Bytes of the bundle by kind: layer deltas, shipped layers, the config, the manifest and signature."""
+    sizes = {"delta": 0, "shipped": 0, "config": 0, "header": bundle_size - manifest.get("payload_area", 0)}
+    config = manifest["target"].get("config_payload")
+    for record in manifest.get("payloads", []):
+        if record["name"] == config:
+            sizes["config"] += record["size"]
+    for layer in manifest["layers"]:
+        if layer["method"] == "delta":
+            sizes["delta" if plan_of(layer) == "rebuilt" else "shipped"] += layer.get("payload_size", 0)
+    return sizes
+
+
+def payload_line(sizes: dict[str, int]) -> str:
+    parts = [f"{human_size(sizes['delta'])} layer deltas"]
+    if sizes["shipped"]:
+        parts.append(f"{human_size(sizes['shipped'])} shipped layers")
+    parts += [f"{human_size(sizes['config'])} config", f"{human_size(sizes['header'])} manifest and signature"]
+    return "payloads: " + ", ".join(parts)
+
+
+def inspection(bundle: str, size: int, key_id: str | None, verified: bool, checked: str,
+               manifest: dict) -> tuple[dict, list[str]]:
+    """``deltaimg inspect``: (the JSON object, the text lines). The section on package and config
+    changes is there when the bundle's manifest has one (bundles made before it have none)."""
+    try:
+        data = {"bundle": bundle, "size": size, "signer_key_id": key_id, "verified": verified, **manifest,
+                "layer_plan": [plan_of(layer) for layer in manifest["layers"]],
+                "payload_bytes": payload_bytes(manifest, size)}
+        lines = [f"{bundle}: {human_size(size)}, format {manifest.get('version')}, "
+                 f"made by {manifest.get('tool')} at {manifest.get('created')}",
+                 f"  signed by key {key_id}: {checked}",
+                 f"  base:   {image_line(manifest['base'])}",
+                 f"  target: {image_line(manifest['target'])}",
+                 *layer_lines(manifest),
+                 "  " + payload_line(data["payload_bytes"]),
+                 "  " + ratio_line(size, manifest.get("full_image_size", 0))]
+        if "changes" in manifest:
+            lines += ["  " + line for line in change_lines(manifest["changes"])]
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise BundleFormatError(f"{bundle}: the manifest is malformed ({exc!r})") from None
+    return data, lines
+
+
+# --------------------------------------------------------------------------- packages and config
+
+
+def package_lines(packages: list[dict], databases: list[str]) -> list[str]:
+    """``packages: 1 upgraded`` then, per ecosystem, ``openssl 3.0.20-1 → 3.0.22-1``."""
+    if not packages:
+        if not databases:
+            return ["packages: no package database found"]
+        return [f"packages: no changes ({', '.join(ECOSYSTEM_TITLES[d] for d in databases)} read)"]
+    counts = [f"{sum(p['change'] == kind for p in packages)} {kind}" for kind in CHANGE_ORDER
+              if any(p["change"] == kind for p in packages)]
+    lines = ["packages: " + ", ".join(counts)]
+    for ecosystem, title in ECOSYSTEM_TITLES.items():
+        mine = [p for p in packages if p["ecosystem"] == ecosystem]
+        if mine:
+            lines.append(f"  {title}:")
+            lines += [f"    {_package(p)}" for p in mine]
+    return lines
+
+
+def _package(change: dict) -> str:
+    if change["change"] == "added":
+        return f"{change['name']} {change['new']} (added)"
+    if change["change"] == "removed":
+        return f"{change['name']} {change['old']} (removed)"
+    note = "" if change["change"] == "upgraded" else f" ({change['change']})"
+    return f"{change['name']} {change['old']} {arrow()} {change['new']}{note}"
+
+
+def config_lines(changes: list[dict]) -> list[str]:
+    """``Env APP_VERSION: "1.0" → "2.0"``, ``Cmd: [...] → [...]``; unset values show as (unset)."""
+    if not changes:
+        return ["config: no changes"]
+    lines = [f"config: {len(changes)} change{'s' if len(changes) != 1 else ''}"]
+    for change in changes:
+        key = change["key"] + (f" {change['name']}" if change["name"] is not None else "")
+        lines.append(f"  {key}: {_value(change['old'])} {arrow()} {_value(change['new'])}")
+    return lines
+
+
+def _value(value: object) -> str:
+    return "(unset)" if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def change_lines(changes: dict) -> list[str]:
+    """The package and config sections of a diff report or of a manifest's ``changes``."""
+    return package_lines(changes["packages"], changes["package_databases"]) + config_lines(changes["config"])
+
+
+# --------------------------------------------------------------------------- diff
+
+
+def _limited(lines: list[str], limit: int, what: str) -> list[str]:
+    if not limit or len(lines) <= limit:
+        return lines
+    return lines[:limit] + [f"  ... and {len(lines) - limit} more {what} (--limit 0 or --json shows all)"]
+
+
+def _file(record: dict, size_key: str = "size") -> str:
+    """A file's size; what other kinds of entry are, with their target."""
+    if record["kind"] == "file":
+        return human_size(record[size_key])
+    return f"({record['kind']} {record['target']})" if record.get("target") else f"({record['kind']})"
+
+
+def diff_lines(report: dict, limit: int = DEFAULT_LIMIT) -> list[str]:
+    """``deltaimg diff`` as text: at most ``limit`` files per list (0: all)."""
+    old, new, summary = report["old"], report["new"], report["summary"]
+    to = arrow()
+    statuses = [layer["status"] for layer in report["layers"]]
+    lines = [
+        f"{name_of(old)} {to} {name_of(new)}",
+        f"layers: {old['layers']} {to} {new['layers']}, {human_size(old['size'])} {to} {human_size(new['size'])}; "
+        f"{statuses.count('reused')} reused, {statuses.count('changed')} changed, {statuses.count('new')} new, "
+        f"{len(report['dropped_layers'])} dropped",
+    ]
+    for layer in report["layers"]:
+        origin = "" if layer["old_index"] is None else f" (old layer {layer['old_index']})"
+        lines.append(f"  {layer['index']} {layer['diff_id'][:19]} {human_size(layer['size'])} {layer['status']}{origin}")
+    for layer in report["dropped_layers"]:
+        lines.append(f"  dropped: old layer {layer['index']} {layer['diff_id'][:19]} {human_size(layer['size'])}")
+    directories = report["directories"]
+    lines.append(
+        f"files: {summary['added']} added ({human_size(summary['added_bytes'])}), "
+        f"{summary['removed']} removed ({human_size(summary['removed_bytes'])}), "
+        f"{summary['modified']} modified ({signed_size(summary['modified_bytes'])}); directories: "
+        f"{len(directories['added'])} added, {len(directories['removed'])} removed, {len(directories['modified'])} modified"
+    )
+    files = report["files"]
+    lines += _limited([f"  + {r['path']} {_file(r)}" + (f", moved from {r['moved_from']}" if "moved_from" in r else "")
+                       for r in files["added"]], limit, "added")
+    lines += _limited([f"  - {r['path']} {_file(r)}" for r in files["removed"]], limit, "removed")
+    lines += _limited([f"  ~ {r['path']} {_modification(r)}" for r in files["modified"]], limit, "modified")
+    return lines + change_lines(report)
+
+
+def _modification(record: dict) -> str:
+    """``6.4 KB (+39 B; content)``, ``(symlink; target /usr/bin/vi → /usr/bin/nano)``."""
+    what = [f"target {record['old_target']} {arrow()} {record['new_target']}" if change == "target" else change
+            for change in record["changes"]]
+    if record["kind"] != "file":
+        return f"({record['kind']}; {', '.join(what)})"
+    delta = record["new_size"] - record["old_size"]
+    return f"{human_size(record['new_size'])} ({', '.join(([signed_size(delta)] if delta else []) + what)})"

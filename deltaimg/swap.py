@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 import docker
 import docker.errors
@@ -71,6 +71,28 @@ class SwapResult:
     stop_timeout: int = DEFAULT_STOP_TIMEOUT
 
 
+class SwapObserver(Protocol):
+    """Told what a swap is about to do and has done, so a journal can record it (deltaimg.journal).
+
+    ``step`` is called with ``begin`` before a container is touched, then after the engine did each
+    of ``stopped`` (only for a running container), ``renamed``, ``created``, ``started`` (idem),
+    ``ready`` (the new container passed its check) and ``removed`` (the old one is gone). An
+    exception from the observer before ``removed`` rolls the container back like any failure.
+    """
+
+    def planned(self, plans: list[SwapResult]) -> None: ...
+
+    def step(self, plan: SwapResult, step: str) -> None: ...
+
+
+class _Silent:
+    def planned(self, plans: list[SwapResult]) -> None:
+        pass
+
+    def step(self, plan: SwapResult, step: str) -> None:
+        pass
+
+
 def swap_containers(
     client: docker.DockerClient,
     old_image_id: str,
@@ -80,6 +102,7 @@ def swap_containers(
     grace: float = 10.0,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
+    observer: SwapObserver | None = None,
 ) -> list[SwapResult]:
     """Recreate the containers of ``old_image_id`` (all of them, or those in ``names``) on ``new_image_id``.
 
@@ -99,10 +122,12 @@ def swap_containers(
         for plan in plans:
             log(_describe(plan, grace))
         return plans
+    observer = observer or _Silent()
+    observer.planned(plans)
     done: list[SwapResult] = []
     for plan in plans:
         try:
-            done.append(_swap_one(client, plan, grace, log))
+            done.append(_swap_one(client, plan, grace, log, observer))
         except (SwapFailedRolledBack, SwapFailedNotRolledBack) as exc:
             if done:
                 swapped = ", ".join(r.name for r in done)
@@ -295,19 +320,23 @@ def _describe(plan: SwapResult, grace: float) -> str:
 
 
 def _swap_one(
-    client: docker.DockerClient, plan: SwapResult, grace: float, log: Callable[[str], None]
+    client: docker.DockerClient, plan: SwapResult, grace: float, log: Callable[[str], None], observer: SwapObserver
 ) -> SwapResult:
     name, old_id = plan.name, plan.old_container_id
     side = name + SIDE_SUFFIX
     renamed = False
     new_id: str | None = None
+    observer.step(plan, "begin")
     try:
         if plan.started:
             log(f"{name}: stopping {_short(old_id)} (up to {plan.stop_timeout} s)")
             client.api.stop(old_id, timeout=plan.stop_timeout)
+            observer.step(plan, "stopped")
         client.api.rename(old_id, side)
         renamed = True
+        observer.step(plan, "renamed")
         new_id = client.api.create_container_from_config(plan.config, name=name)["Id"]
+        observer.step(plan, "created")
         for net, endpoint in plan.networks.items():
             _connect(client, new_id, net, endpoint)
         got = client.api.inspect_container(new_id)["Image"]
@@ -316,7 +345,9 @@ def _swap_one(
         log(f"{name}: created {_short(new_id)} on {plan.config['Image']}")
         if plan.started:
             client.api.start(new_id)
+            observer.step(plan, "started")
             _wait_ready(client, new_id, grace, log, name)
+        observer.step(plan, "ready")
     except (Exception, KeyboardInterrupt) as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _reason(exc)
         log(f"{name}: failed ({reason}); rolling back")
@@ -327,6 +358,7 @@ def _swap_one(
     try:
         client.api.remove_container(old_id, v=False)
         log(f"{name}: removed the old container {_short(old_id)} (volumes kept)")
+        observer.step(plan, "removed")
     except (docker.errors.DockerException, requests.RequestException) as exc:
         log(f"{name}: warning: cannot remove the old container ({engine.one_line(exc)}); run docker rm {side}")
     return dataclasses.replace(plan, new_container_id=new_id)

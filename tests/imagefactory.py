@@ -346,6 +346,40 @@ def python_package(
     return [file(f"{site}/{name}", data, mtime=mtime) for name, data in sorted(files.items())]
 
 
+def _dpkg_stanza(name: str, version: str, status: str) -> str:
+    return (
+        f"Package: {name}\nStatus: {status}\nPriority: optional\nSection: libs\n"
+        f"Installed-Size: {100 + 7 * len(name)}\nMaintainer: Debian Maintainers <debian-devel@lists.debian.org>\n"
+        f"Architecture: amd64\nMulti-Arch: same\nSource: {name}\nVersion: {version}\n"
+        f"Depends: libc6 (>= 2.34)\nConffiles:\n /etc/{name}/{name}.conf 6b4bf8d4d4d6b1b4d0e0e1c1f1a1b1c1\n"
+        f"Description: {name} for deltaimg tests\n Built the way dpkg writes its status file:\n .\n"
+        f" a folded description with an empty line in it.\n"
+    )
+
+
+def dpkg_status(
+    installed: Sequence[tuple[str, str]], *, config_files: Sequence[tuple[str, str]] = (), mtime: int = FIXED_MTIME
+) -> Entry:
+    """``var/lib/dpkg/status`` as dpkg writes it: one stanza per (name, version) in ``installed``,
+    and one per package in ``config_files``, removed but with its conffiles left (not installed)."""
+    stanzas = [_dpkg_stanza(name, version, "install ok installed") for name, version in installed]
+    stanzas += [_dpkg_stanza(name, version, "deinstall ok config-files") for name, version in config_files]
+    stanzas.sort()
+    return file("var/lib/dpkg/status", "\n".join(stanzas).encode(), mtime=mtime)
+
+
+def apk_installed(installed: Sequence[tuple[str, str]], *, mtime: int = FIXED_MTIME) -> Entry:
+    """``lib/apk/db/installed`` as apk writes it: one stanza per (name, version), with its files."""
+    stanzas = [
+        f"C:Q1{_record_hash(name.encode())[:26]}=\nP:{name}\nV:{version}\nA:x86_64\nS:{4096 + len(name)}\n"
+        f"I:{16384 + len(name)}\nT:{name} for deltaimg tests\nU:https://alpinelinux.org\nL:MIT\no:{name}\n"
+        f"m:Alpine Maintainers <alpine-devel@lists.alpinelinux.org>\nt:1700000000\nD:so:libc.musl-x86_64.so.1\n"
+        f"F:usr/bin\nR:{name}\na:0:0:755\nZ:Q1{_record_hash(version.encode())[:26]}=\n"
+        for name, version in installed
+    ]
+    return file("lib/apk/db/installed", "\n".join(stanzas).encode() + b"\n", mtime=mtime)
+
+
 # --------------------------------------------------------------------------- upgrades
 
 
@@ -1301,3 +1335,133 @@ def build_edge_image(workdir: Path) -> ImageSpec:
         empty,
     ]
     return ImageSpec(layers=layers, tags=["deltaimg/edge:1"])
+
+
+# --------------------------------------------------------------------------- package upgrade pair
+
+SITE_PACKAGES = "usr/lib/python3/dist-packages"
+RUN_SH = b"#!/bin/sh\nexec python3 -m app \"$@\"\n"
+DEFAULTS_JSON = go_json({"listen": ":8080", "workers": 4}) + b"\n"
+
+
+@dataclass(frozen=True)
+class PackageUpgradePair:
+    """An OS and application update as an operator carries it to a site.
+
+    v1: os, app-v1. v2: os (the same layer), app-v2 (app-v1 with ``app/main.py`` edited) and
+    upgrade, an upper layer that upgrades packages and changes files:
+
+    * dpkg: openssl 3.0.20-1 -> 3.0.22-1, libc6 2.36-9+deb12u7 -> 2.36-9+deb12u4 (a downgrade),
+      curl removed, libzstd1 added; exim4 stays removed with its conffiles left (never installed);
+    * apk: busybox 1.36.1-r15 -> 1.36.1-r16, musl unchanged;
+    * Python: requests 2.31.0 -> 2.32.0 (the old dist-info whited out, the new one added);
+    * files: ``app/legacy.py`` and the directory ``app/docs`` whited out, ``app/cache`` made opaque
+      and refilled with ``fresh.bin``, ``app/settings/defaults.json`` moved to ``app/config/``,
+      ``app/run.sh`` made executable, the ``etc/alternatives/editor`` symlink retargeted.
+
+    The configs differ in Env, Entrypoint, Cmd, WorkingDir, User, ExposedPorts, Volumes, Labels and
+    Healthcheck. ``entries`` holds each layer's entries by name: os, app-v1, app-v2, upgrade.
+    """
+
+    v1: ImageSpec
+    v2: ImageSpec
+    entries: dict[str, list[Entry]]
+
+
+def _requests_modules(version: str) -> dict[str, bytes]:
+    return {"__init__.py": f'__version__ = "{version}"\n'.encode(), "client.py": (STDLIB / "http" / "client.py").read_bytes()}
+
+
+def _upgrade_pair_os() -> list[Entry]:
+    os_release = b'PRETTY_NAME="deltaimg test OS 12"\nNAME="deltaimg"\nID=deltaimg\nVERSION_ID="12"\n'
+    return complete_tree(
+        [
+            *elf_entries("usr/bin", find_elf_files(0, min_file_bytes=64 << 10)),
+            symlink("bin", "usr/bin"),
+            symlink("etc/alternatives/editor", "/usr/bin/vi"),
+            file("etc/os-release", os_release),
+            dpkg_status([("curl", "7.88.1-10+deb12u5"), ("libc6", "2.36-9+deb12u7"), ("openssl", "3.0.20-1")],
+                        config_files=[("exim4", "4.96-15+deb12u2")]),
+            apk_installed([("busybox", "1.36.1-r15"), ("musl", "1.2.4-r2")]),
+        ]
+    )
+
+
+def _upgrade_pair_app(main: bytes) -> list[Entry]:
+    return complete_tree(
+        [
+            file("app/main.py", main),
+            file("app/legacy.py", (STDLIB / "textwrap.py").read_bytes()),
+            file("app/settings/defaults.json", DEFAULTS_JSON),
+            file("app/run.sh", RUN_SH),
+            file("app/cache/index.bin", (STDLIB / "colorsys.py").read_bytes()),
+            file("app/cache/objects.bin", (STDLIB / "bisect.py").read_bytes()),
+            file("app/docs/README", b"See guide.txt.\n"),
+            file("app/docs/guide.txt", (STDLIB / "this.py").read_bytes()),
+            *python_package(SITE_PACKAGES, "requests", "2.31.0", _requests_modules("2.31.0")),
+        ]
+    )
+
+
+def _upgrade_pair_upper() -> list[Entry]:
+    at = UPGRADE_MTIME
+    return complete_tree(
+        [
+            dpkg_status([("libc6", "2.36-9+deb12u4"), ("libzstd1", "1.5.4+dfsg2-5"), ("openssl", "3.0.22-1")],
+                        config_files=[("exim4", "4.96-15+deb12u2")], mtime=at),
+            apk_installed([("busybox", "1.36.1-r16"), ("musl", "1.2.4-r2")], mtime=at),
+            whiteout(f"{SITE_PACKAGES}/requests-2.31.0.dist-info", mtime=at),
+            *python_package(SITE_PACKAGES, "requests", "2.32.0", _requests_modules("2.32.0"), mtime=at),
+            whiteout("app/legacy.py", mtime=at),
+            whiteout("app/docs", mtime=at),
+            opaque_whiteout("app/cache"),
+            file("app/cache/fresh.bin", b"rebuilt at start-up\n", mtime=at),
+            whiteout("app/settings/defaults.json", mtime=at),
+            file("app/config/defaults.json", DEFAULTS_JSON, mtime=at),
+            file("app/run.sh", RUN_SH, mode=0o755, mtime=at),
+            symlink("etc/alternatives/editor", "/usr/bin/nano", mtime=at),
+        ],
+        mtime=at,
+    )
+
+
+def _upgrade_pair_config(version: str) -> dict[str, Any]:
+    if version == "1.0":
+        config: dict[str, Any] = {
+            "Env": ["PATH=/usr/bin:/bin", "APP_VERSION=1.0", "DEBUG=1"],
+            "Cmd": ["python3", "app/main.py"],
+            "WorkingDir": "/app",
+            "User": "app",
+            "ExposedPorts": {"8080/tcp": {}},
+            "Labels": {"maintainer": "ops@example.com", "org.opencontainers.image.version": "1.0"},
+        }
+    else:
+        config = {
+            "Env": ["PATH=/usr/bin:/bin", "APP_VERSION=1.1", "LOG_LEVEL=info"],
+            "Entrypoint": ["/usr/bin/tini", "--"],
+            "Cmd": ["python3", "-m", "app"],
+            "WorkingDir": "/srv/app",
+            "User": "1000:1000",
+            "ExposedPorts": {"8080/tcp": {}, "8443/tcp": {}},
+            "Volumes": {"/data": {}},
+            "Labels": {"maintainer": "ops@example.com", "org.opencontainers.image.version": "1.1"},
+            "Healthcheck": {"Test": ["CMD", "/usr/bin/curl", "-f", "http://localhost:8080/health"], "Interval": 30000000000},
+        }
+    return {"created": CREATED if version == "1.0" else UPGRADE_CREATED, "config": config}
+
+
+def build_package_upgrade_pair(workdir: Path) -> PackageUpgradePair:
+    """Write the layers of the :class:`PackageUpgradePair` (about 200 KB of real content) into ``workdir``."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    main = (STDLIB / "sched.py").read_bytes()
+    entries = {
+        "os": _upgrade_pair_os(),
+        "app-v1": _upgrade_pair_app(main),
+        "app-v2": _upgrade_pair_app(edit_python(main)),
+        "upgrade": _upgrade_pair_upper(),
+    }
+    layers = {name: write_layer(workdir / f"{name}.tar", members) for name, members in entries.items()}
+    v1 = ImageSpec([layers["os"], layers["app-v1"]], ["deltaimg/shop:1.0"], _upgrade_pair_config("1.0"))
+    v2 = ImageSpec([layers["os"], layers["app-v2"], layers["upgrade"]], ["deltaimg/shop:1.1"], _upgrade_pair_config("1.1"))
+    return PackageUpgradePair(v1, v2, entries)

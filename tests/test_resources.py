@@ -6,26 +6,22 @@ Peak resident memory is read from the kernel's rusage of each command (no wall-c
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests import imagefactory as f
+from tests.memory import measured
 
 IMAGE_BYTES = 160 << 20
 PEAK_LIMIT = 512 << 20  # the issue's budget for any image size
 
 
 def peak_rss(*args: str) -> int:
-    """Run the CLI; return its peak resident set size in bytes."""
-    process = subprocess.Popen([sys.executable, "-m", "deltaimg", *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    assert process.returncode == 0, process.stderr.read().decode() if process.stderr else ""
-    return usage.ru_maxrss * 1024
+    """Run the CLI; return its own peak resident set size in bytes."""
+    outcome = measured(*args)
+    assert outcome.returncode == 0, outcome.stderr
+    return outcome.peak_rss
 
 
 @pytest.fixture(scope="module")

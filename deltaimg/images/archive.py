@@ -10,16 +10,19 @@ from __future__ import annotations
 import json
 
 from deltaimg.errors import ImageReadError
-from deltaimg.images.base import Image, config_diff_ids
+from deltaimg.images.base import Image, config_diff_ids, too_many_json_values
 from deltaimg.images.blobs import BlobStore
 from deltaimg.images.layers import stored_layer
 
 
 def read_docker_archive(store: BlobStore, ref: str | None) -> Image:
     source = store.root
+    data = store.read_small("manifest.json")
+    if too_many_json_values(data):
+        raise ImageReadError(f"{source}: manifest.json holds more values than any image archive's does")
     try:
-        entries = json.loads(store.read_small("manifest.json"))
-    except ValueError as exc:
+        entries = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested thousands deep
         raise ImageReadError(f"{source}: manifest.json is not valid JSON ({exc})") from None
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise ImageReadError(f"{source}: manifest.json lists no images")
@@ -35,8 +38,7 @@ def read_docker_archive(store: BlobStore, ref: str | None) -> Image:
             f"{len(diff_ids)} diff_ids"
         )
     layers = [stored_layer(store, str(name), diff_id) for name, diff_id in zip(layer_names, diff_ids)]
-    tags = [t for t in entry.get("RepoTags") or [] if isinstance(t, str)]
-    return Image(config_bytes=config_bytes, layers=layers, tags=tags, source=source)
+    return Image(config_bytes=config_bytes, layers=layers, tags=_tags(entry), source=source)
 
 
 def _choose(entries: list[dict], ref: str | None, source: str) -> dict:
@@ -48,7 +50,7 @@ def _choose(entries: list[dict], ref: str | None, source: str) -> dict:
             + ", ".join(_describe(e, i) for i, e in enumerate(entries))
         )
     for index, entry in enumerate(entries):
-        tags = entry.get("RepoTags") or []
+        tags = _tags(entry)
         if ref in tags or _normalize(ref) in (_normalize(t) for t in tags) or ref == f"@{index}":
             return entry
     raise ImageReadError(
@@ -57,8 +59,13 @@ def _choose(entries: list[dict], ref: str | None, source: str) -> dict:
     )
 
 
+def _tags(entry: dict) -> list[str]:
+    tags = entry.get("RepoTags")
+    return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+
+
 def _describe(entry: dict, index: int) -> str:
-    tags = entry.get("RepoTags") or []
+    tags = _tags(entry)
     return " ".join(tags) if tags else f"@{index}"
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from deltaimg.errors import ImageReadError
+
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_JSON_VALUES = 1 << 20
 
 
 @dataclass
@@ -50,19 +54,31 @@ class Image:
 
 def parse_config(config_bytes: bytes, source: str) -> dict:
     """Parse an image config and check the parts deltaimg relies on."""
+    if too_many_json_values(config_bytes):
+        raise ImageReadError(f"{source}: image config holds more values than any image config does")
     try:
         config = json.loads(config_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested thousands deep
         raise ImageReadError(f"{source}: image config is not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise ImageReadError(f"{source}: image config is not a JSON object")
     rootfs = config.get("rootfs")
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list) or not all(
-        isinstance(d, str) and d.startswith("sha256:") and len(d) == 71 for d in diff_ids
-    ):
+    if not isinstance(diff_ids, list) or not all(map(is_digest, diff_ids)):
         raise ImageReadError(f"{source}: image config has no valid rootfs.diff_ids")
     return config
+
+
+def is_digest(value: object) -> bool:
+    """``sha256:`` and 64 lowercase hex digits: the only digests deltaimg names files after."""
+    return isinstance(value, str) and DIGEST.fullmatch(value) is not None
+
+
+def too_many_json_values(data: bytes, limit: int = MAX_JSON_VALUES) -> bool:
+    """Whether JSON text may hold more than ``limit`` values. Parsed, a value costs Python up to
+    about 80 bytes, so a few MiB of ``[{},{},...]`` would take gigabytes; every value but a
+    container's first follows a comma, and every container opens with a bracket."""
+    return data.count(b",") + data.count(b"[") + data.count(b"{") > limit
 
 
 def config_diff_ids(config_bytes: bytes, source: str) -> list[str]:

@@ -11,6 +11,7 @@ import io
 import os
 import posixpath
 import tarfile
+import zlib
 from typing import BinaryIO, Callable
 
 from deltaimg.errors import ImageReadError
@@ -19,6 +20,7 @@ from deltaimg.zstdlib import zstd
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAX_METADATA_BYTES = 16 * 1024 * 1024  # manifest.json, index.json, configs
+ZSTD_WINDOW_LOG_MAX = 27  # what `zstd -d` accepts without --long: a 128 MiB window at most
 
 
 class RangeReader(io.RawIOBase):
@@ -72,17 +74,18 @@ class BlobStore:
     def __init__(self, root: str) -> None:
         self.root = root
         self._members: dict[str, tuple[int, int]] | None = None
+        self._links_out: set[str] = set()  # archive members that are links leading out of the archive
         if os.path.isdir(root):
             return
         if not os.path.isfile(root):
             raise ImageReadError(f"{root}: no such file or directory")
-        self._members = _index_tar(root)
+        self._members, self._links_out = _index_tar(root)
 
     def _resolve(self, name: str) -> str:
-        name = posixpath.normpath(name.lstrip("/"))
-        if name.startswith("../") or name == "..":
+        normal = posixpath.normpath(name)
+        if _leaves(normal):
             raise ImageReadError(f"{self.root}: path {name!r} points outside the image")
-        return name
+        return normal
 
     def exists(self, name: str) -> bool:
         name = self._resolve(name)
@@ -97,7 +100,12 @@ class BlobStore:
             path = os.path.join(self.root, name)
             if not os.path.isfile(path):
                 raise ImageReadError(f"{self.root}: {name} is missing")
+            real, root = os.path.realpath(path), os.path.realpath(self.root)
+            if os.path.commonpath([real, root]) != root:
+                raise ImageReadError(f"{self.root}: {name} is a link to {real}, outside the image")
             return path, 0, os.path.getsize(path)
+        if name in self._links_out:
+            raise ImageReadError(f"{self.root}: {name} is a link pointing outside the archive")
         if name not in self._members:
             raise ImageReadError(f"{self.root}: {name} is missing from the archive")
         offset, size = self._members[name]
@@ -114,8 +122,14 @@ class BlobStore:
             return f.read()
 
 
-def _index_tar(path: str) -> dict[str, tuple[int, int]]:
-    """Map member names to (data offset, size), following symlinks inside the archive."""
+def _leaves(name: str) -> bool:
+    """Whether a normalized path leads out of the directory it is relative to."""
+    return name.startswith("/") or name == ".." or name.startswith("../")
+
+
+def _index_tar(path: str) -> tuple[dict[str, tuple[int, int]], set[str]]:
+    """Map member names to (data offset, size), following links inside the archive; and the
+    names of the links that lead out of it (they are never followed)."""
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic.startswith(GZIP_MAGIC) or magic == ZSTD_MAGIC:
@@ -139,13 +153,16 @@ def _index_tar(path: str) -> dict[str, tuple[int, int]]:
                     links[name] = posixpath.normpath(info.linkname.lstrip("/"))
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ImageReadError(f"{path}: not a readable tar archive ({exc})") from None
+    outside = set()
     for name, target in links.items():
         for _ in range(8):  # links to links, bounded
             if target in links:
                 target = links[target]
         if target in members:
             members[name] = members[target]
-    return members
+        elif _leaves(target):
+            outside.add(name)
+    return members, outside
 
 
 def open_decompressed(opener: Callable[[], BinaryIO], what: str) -> BinaryIO:
@@ -153,10 +170,36 @@ def open_decompressed(opener: Callable[[], BinaryIO], what: str) -> BinaryIO:
     raw = opener()
     head = raw.peek(4)[:4] if hasattr(raw, "peek") else b""
     if head.startswith(GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if head == ZSTD_MAGIC:
-        return zstd.ZstdFile(raw, "rb", options={zstd.DecompressionParameter.window_log_max: 31})  # type: ignore[return-value]
-    return raw
+        decoder: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+    elif head == ZSTD_MAGIC:
+        options = {zstd.DecompressionParameter.window_log_max: ZSTD_WINDOW_LOG_MAX}
+        decoder = zstd.ZstdFile(raw, "rb", options=options)  # type: ignore[assignment]
+    else:
+        return raw
+    return io.BufferedReader(_Decoded(decoder, raw, what), buffer_size=1 << 20)  # type: ignore[return-value]
+
+
+class _Decoded(io.RawIOBase):
+    """A decompressing stream whose decoding failures (a damaged blob) are ImageReadError."""
+
+    def __init__(self, decoder: BinaryIO, raw: BinaryIO, what: str) -> None:
+        self._decoder = decoder
+        self._raw = raw
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        try:
+            return self._decoder.readinto(buffer)  # type: ignore[attr-defined]
+        except (OSError, EOFError, zlib.error, zstd.ZstdError) as exc:
+            raise ImageReadError(f"layer blob {self._what} does not decompress ({exc}); the image is damaged") from None
+
+    def close(self) -> None:
+        self._decoder.close()
+        self._raw.close()
+        super().close()
 
 
 def is_compressed(path: str, offset: int) -> bool:

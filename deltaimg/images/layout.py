@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from deltaimg.errors import ImageReadError
-from deltaimg.images.base import Image, config_diff_ids
+from deltaimg.images.base import Image, config_diff_ids, too_many_json_values
 from deltaimg.images.blobs import BlobStore
 from deltaimg.images.layers import stored_layer
 
@@ -15,13 +15,14 @@ INDEX_TYPES = {
 }
 REF_ANNOTATIONS = ("io.containerd.image.name", "org.opencontainers.image.ref.name")
 MAX_NESTING = 4
+MAX_DESCRIPTORS = 1 << 16  # index entries visited in all, so nested indexes cannot multiply without end
 
 
 def read_oci_layout(store: BlobStore, ref: str | None, platform: str | None) -> Image:
     source = store.root
     if not store.exists("index.json"):
         raise ImageReadError(f"{source}: not an OCI layout (no index.json)")
-    candidates = list(_manifests(store, _json(store, "index.json"), {}, 0))
+    candidates = list(_manifests(store, _json(store, "index.json"), {}, 0, [0]))
     chosen = [c for c in candidates if _matches(c, ref, platform)]
     if len(chosen) != 1:
         listing = ", ".join(_describe(c) for c in candidates) or "nothing"
@@ -41,9 +42,12 @@ def read_oci_layout(store: BlobStore, ref: str | None, platform: str | None) -> 
 
 
 def _json(store: BlobStore, name: str) -> dict:
+    data = store.read_small(name)
+    if too_many_json_values(data):
+        raise ImageReadError(f"{store.root}: {name} holds more values than any image layout's JSON does")
     try:
-        value = json.loads(store.read_small(name))
-    except ValueError as exc:
+        value = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested thousands deep
         raise ImageReadError(f"{store.root}: {name} is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise ImageReadError(f"{store.root}: {name} is not a JSON object")
@@ -60,19 +64,28 @@ def _blob(descriptor: object, source: str) -> str:
     return f"blobs/{algorithm}/{hexdigest}"
 
 
-def _manifests(store: BlobStore, index: dict, annotations: dict, depth: int):
-    """Yield every image manifest reachable from an index, with the annotations that name it."""
+def _manifests(store: BlobStore, index: dict, annotations: dict[str, str], depth: int, visited: list[int]):
+    """Yield every image manifest reachable from an index, with the annotations that name it.
+
+    ``visited`` counts the index entries seen so far, across the nesting.
+    """
     if depth > MAX_NESTING:
         raise ImageReadError(f"{store.root}: image indexes nest too deep")
-    for descriptor in index.get("manifests") or []:
+    descriptors = index.get("manifests") or []
+    if not isinstance(descriptors, list):
+        raise ImageReadError(f"{store.root}: an image index's manifests are not a list")
+    for descriptor in descriptors:
         if not isinstance(descriptor, dict):
             continue
-        merged = {**annotations, **(descriptor.get("annotations") or {})}
+        visited[0] += 1
+        if visited[0] > MAX_DESCRIPTORS:
+            raise ImageReadError(f"{store.root}: image indexes list more than {MAX_DESCRIPTORS} entries")
+        merged = {**annotations, **_strings(descriptor.get("annotations"))}
         blob = _json(store, _blob(descriptor, store.root))
-        if descriptor.get("mediaType") in INDEX_TYPES or "manifests" in blob:
-            yield from _manifests(store, blob, merged, depth + 1)
+        if str(descriptor.get("mediaType")) in INDEX_TYPES or "manifests" in blob:
+            yield from _manifests(store, blob, merged, depth + 1, visited)
             continue
-        platform = descriptor.get("platform") or {}
+        platform = _strings(descriptor.get("platform"))
         yield {
             "descriptor": descriptor,
             "manifest": blob,
@@ -82,6 +95,11 @@ def _manifests(store: BlobStore, index: dict, annotations: dict, depth: int):
                 p for p in (platform.get("os"), platform.get("architecture"), platform.get("variant")) if p
             ),
         }
+
+
+def _strings(value: object) -> dict[str, str]:
+    """The string-valued entries of a JSON object (annotations, a platform); nothing else."""
+    return {k: v for k, v in value.items() if isinstance(v, str)} if isinstance(value, dict) else {}
 
 
 def _matches(candidate: dict, ref: str | None, platform: str | None) -> bool:

@@ -1,0 +1,413 @@
+"""What differs between two images: layers, files, packages and config.
+
+Each image is read as the filesystem a container sees: its layers applied in order, a
+``.wh.NAME`` entry deleting ``NAME`` (and everything under it) from the layers below, a
+``.wh..wh..opq`` entry hiding everything the layers below have in its directory. Layers are
+streamed: a file's payload is hashed as it passes and then dropped; only its metadata (kind,
+size, sha256, mode, owner, link target, xattrs) is kept, plus the parsed package list of the few files
+that are package databases (see :mod:`deltaimg.packages`). A layer two images share, or one
+image holds twice, is read once.
+
+Files are compared by content hash, link target, permission bits, owner and extended attributes;
+timestamps are ignored (a rebuild changes every one of them and nothing else).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterable
+
+from deltaimg import packages
+from deltaimg.errors import ImageReadError
+from deltaimg.images.base import Image, Layer
+from deltaimg.tarsplit import BLOCK, EXTENSION_TYPES, TRAILER, TarSplitter, _parse_pax
+
+Progress = Callable[[int], None]
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+XATTR = "SCHILY.xattr."  # the PAX records holding extended attributes
+KINDS = {"0": "file", "\x00": "file", "7": "file", "1": "hardlink", "2": "symlink", "3": "chardev",
+         "4": "blockdev", "5": "dir", "6": "fifo"}
+# Container config keys compared; Env and Labels entry by entry, the others as whole values.
+CONFIG_MAPS = ("Env", "Labels")
+CONFIG_VALUES = ("Entrypoint", "Cmd", "WorkingDir", "User", "ExposedPorts", "Volumes", "Healthcheck", "StopSignal")
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One path of an image's filesystem, without its content."""
+
+    kind: str
+    size: int = 0
+    digest: str = ""  # sha256 of a regular file's content, when read
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    target: str = ""  # a link's target; "major,minor" of a device
+    xattrs: tuple[tuple[str, str], ...] = ()  # extended attributes (file capabilities, SELinux labels)
+    packages: tuple[packages.Package, ...] = ()  # when the file is a package database
+
+
+@dataclass
+class LayerScan:
+    """A layer read once: what it deletes from the layers below, and what it puts on top."""
+
+    size: int = 0
+    whiteouts: list[str] = field(default_factory=list)
+    opaque_dirs: list[str] = field(default_factory=list)
+    entries: list[tuple[str, Node]] = field(default_factory=list)
+
+
+class Filesystem:
+    """The merged view of an image's layers: path (no leading slash) -> :class:`Node`."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self._children: dict[str, set[str]] = {}
+
+    def apply(self, layer: LayerScan) -> None:
+        """Put ``layer`` on top, the way overlayfs and ``docker load`` do."""
+        for path in layer.whiteouts:
+            self._remove(path)
+        for directory in layer.opaque_dirs:
+            for child in list(self._children.get(directory, ())):
+                self._remove(child)
+        for path, node in layer.entries:
+            if node.kind == "hardlink":  # the same inode: the target's content and metadata
+                node = self.nodes.get(node.target, node)
+            replaced = self.nodes.get(path)
+            if replaced is not None and replaced.kind == "dir" and node.kind != "dir":
+                self._remove(path)
+            self.nodes[path] = node
+            self._children.setdefault(posixpath.dirname(path), set()).add(path)
+
+    def _remove(self, path: str) -> None:
+        self.nodes.pop(path, None)
+        self._children.get(posixpath.dirname(path), set()).discard(path)
+        stack = [path]
+        while stack:
+            for child in self._children.pop(stack.pop(), ()):
+                self.nodes.pop(child, None)
+                stack.append(child)
+
+    def packages(self) -> tuple[set[str], list[packages.Package]]:
+        """(ecosystems whose database is present, every package they list)."""
+        databases: set[str] = set()
+        found: list[packages.Package] = []
+        for path, node in self.nodes.items():
+            kind = packages.database_kind(path) if node.kind == "file" else None
+            if kind is not None:
+                databases.add(kind)
+                found.extend(node.packages)
+        return databases, found
+
+
+class _Counting:
+    """A read-only stream that reports how many bytes pass through it."""
+
+    def __init__(self, stream: BinaryIO, progress: Progress | None) -> None:
+        self._stream = stream
+        self._progress = progress
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self.count += len(data)
+        if self._progress is not None and data:
+            self._progress(len(data))
+        return data
+
+    def seekable(self) -> bool:
+        return self._stream.seekable()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position = self._stream.tell()
+        result = self._stream.seek(offset, whence)
+        self.count += result - position
+        return result
+
+
+def _clean(name: str) -> str:
+    path = posixpath.normpath("/" + name).lstrip("/")
+    return "" if path == "." else path
+
+
+def _number(field_bytes: bytes) -> int:
+    """A numeric header field (octal, or GNU base-256); 0 when it holds neither."""
+    if field_bytes[:1] and field_bytes[0] & 0x80:
+        return int.from_bytes(field_bytes[1:], "big")
+    try:
+        return int(field_bytes.replace(b"\0", b" ").strip() or b"0", 8)
+    except ValueError:
+        return 0
+
+
+def _header(pre: bytes) -> tuple[bytes, dict[str, str]]:
+    """The entry's own header block (the one after any PAX or GNU long-name headers) and its PAX records."""
+    position = 0
+    records: dict[str, str] = {}
+    while position + BLOCK < len(pre) and pre[position + 156:position + 157] in EXTENSION_TYPES:
+        size = _number(pre[position + 124:position + 136])
+        if pre[position + 156:position + 157] == b"x":
+            records.update(_parse_pax(pre[position + BLOCK:position + BLOCK + size]))
+        position += BLOCK + size + (-size) % BLOCK
+    return pre[position:position + BLOCK], records
+
+
+def scan_layer(stream: BinaryIO, hash_files: bool, progress: Progress | None = None) -> LayerScan:
+    """Read one layer tar. Regular files are hashed when ``hash_files``; package databases are always parsed."""
+    counting = _Counting(stream, progress)
+    splitter = TarSplitter(counting)  # type: ignore[arg-type]
+    scan = LayerScan()
+    for entry in splitter:
+        path = _clean(entry.name)
+        kind = KINDS.get(entry.typeflag)
+        if entry.typeflag == TRAILER or kind is None or not path:
+            continue
+        parent, base = posixpath.split(path)
+        if base == OPAQUE_MARKER:
+            scan.opaque_dirs.append(parent)
+            continue
+        if base.startswith(WHITEOUT_PREFIX):
+            scan.whiteouts.append(posixpath.join(parent, base[len(WHITEOUT_PREFIX):]))
+            continue
+        header, pax = _header(entry.pre)
+        mode = _number(header[100:108])
+        uid = int(pax["uid"]) if pax.get("uid", "").isdigit() else _number(header[108:116])
+        gid = int(pax["gid"]) if pax.get("gid", "").isdigit() else _number(header[116:124])
+        xattrs = tuple(sorted((k[len(XATTR):], v) for k, v in pax.items() if k.startswith(XATTR)))
+        digest, found, target = "", (), ""
+        if kind == "file":
+            digest, found = _read_file(splitter, path, entry.size, hash_files)
+        elif kind in ("chardev", "blockdev"):
+            target = f"{_number(header[329:337])},{_number(header[337:345])}"
+        elif kind == "symlink":
+            target = entry.linkname
+        elif kind == "hardlink":
+            target = _clean(entry.linkname)
+        size = entry.size if kind == "file" else 0
+        scan.entries.append((path, Node(kind, size, digest, mode, uid, gid, target, xattrs, found)))
+    scan.size = counting.count
+    return scan
+
+
+def _read_file(splitter: TarSplitter, path: str, size: int, hash_files: bool) -> tuple[str, tuple[packages.Package, ...]]:
+    """(sha256 when ``hash_files`` else "", the packages it lists when it is a package database)."""
+    database = packages.database_kind(path) if size <= packages.MAX_DATABASE_BYTES else None
+    if database is None and not hash_files:
+        return "", ()
+    digest = hashlib.sha256()
+    held: list[bytes] = []
+    for chunk in splitter.payload_chunks():
+        digest.update(chunk)
+        if database is not None:
+            held.append(chunk)
+    found = packages.parse_database(database, b"".join(held)) if database is not None else ()
+    return ("sha256:" + digest.hexdigest() if hash_files else ""), found
+
+
+class _Reader:
+    """Reads layers for one or two images; a layer needed again is kept (as metadata) until its last use."""
+
+    def __init__(self, images: Iterable[Image], hash_files: bool, progress: Progress | None) -> None:
+        self._uses = Counter(diff_id for image in images for diff_id in image.diff_ids)
+        self._kept: dict[str, LayerScan] = {}
+        self._hash_files = hash_files
+        self._progress = progress
+
+    def filesystem(self, image: Image) -> tuple[Filesystem, list[int]]:
+        """The image's merged filesystem and the size of each of its layers."""
+        merged = Filesystem()
+        sizes = []
+        for position, layer in enumerate(image.layers):
+            scan = self._scan(image, position, layer)
+            merged.apply(scan)
+            sizes.append(scan.size)
+        return merged, sizes
+
+    def _scan(self, image: Image, position: int, layer: Layer) -> LayerScan:
+        scan = self._kept.pop(layer.diff_id, None)
+        if scan is None:
+            try:
+                with layer.open() as stream:
+                    scan = scan_layer(stream, self._hash_files, self._progress)
+            except (OSError, EOFError) as exc:
+                raise ImageReadError(f"{image.source}: cannot read layer {position} ({exc})") from None
+        self._uses[layer.diff_id] -= 1
+        if self._uses[layer.diff_id] > 0:
+            self._kept[layer.diff_id] = scan
+        return scan
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def _differences(old: Node, new: Node) -> list[str]:
+    if old.kind != new.kind:
+        return ["type"]
+    found = []
+    if (old.size, old.digest) != (new.size, new.digest):
+        found.append("content")
+    if old.target != new.target:
+        found.append("target")
+    if old.mode & 0o7777 != new.mode & 0o7777:
+        found.append("mode")
+    if (old.uid, old.gid) != (new.uid, new.gid):
+        found.append("owner")
+    if old.xattrs != new.xattrs:
+        found.append("xattrs")
+    return found
+
+
+def file_changes(old: Filesystem, new: Filesystem) -> tuple[dict, dict]:
+    """(files, directories): what was added, removed and modified, files largest first.
+
+    Links and devices carry their ``target`` (``old_target``/``new_target`` when it changed). An
+    added file with the same content as a removed one names it in ``moved_from``.
+    """
+    added, removed, modified = [], [], []
+    dirs: dict[str, list] = {"added": [], "removed": [], "modified": []}
+    for path in sorted(old.nodes.keys() | new.nodes.keys()):
+        was, now = old.nodes.get(path), new.nodes.get(path)
+        shown = "/" + path
+        if was is None or now is None:
+            node, side, files = (now, "added", added) if was is None else (was, "removed", removed)
+            if node.kind == "dir":
+                dirs[side].append(shown)
+            else:
+                record = {"path": shown, "kind": node.kind, "size": node.size}
+                files.append(({**record, "target": node.target} if node.target else record, node.digest))
+            continue
+        changes = _differences(was, now)
+        if not changes:
+            continue
+        if was.kind == now.kind == "dir":
+            dirs["modified"].append({"path": shown, "changes": changes})
+        else:
+            record = {"path": shown, "kind": now.kind, "old_size": was.size, "new_size": now.size, "changes": changes}
+            if "target" in changes:
+                record.update(old_target=was.target, new_target=now.target)
+            modified.append(record)
+    _mark_moves(added, removed)
+    files = {
+        "added": sorted((record for record, _ in added), key=lambda r: (-r["size"], r["path"])),
+        "removed": sorted((record for record, _ in removed), key=lambda r: (-r["size"], r["path"])),
+        "modified": sorted(modified, key=lambda r: (-r["new_size"], r["path"])),
+    }
+    return files, dirs
+
+
+def _mark_moves(added: list[tuple[dict, str]], removed: list[tuple[dict, str]]) -> None:
+    sources: dict[str, list[str]] = {}
+    for record, digest in removed:
+        if record["kind"] == "file" and record["size"] > 0:
+            sources.setdefault(digest, []).append(record["path"])
+    for record, digest in added:
+        if record["kind"] == "file" and sources.get(digest):
+            record["moved_from"] = sources[digest].pop(0)
+
+
+def _env(values: object) -> dict[str, str]:
+    pairs = (item.partition("=") for item in values if isinstance(item, str)) if isinstance(values, list) else ()
+    return {name: value for name, _, value in pairs}
+
+
+def _whole(value: object) -> object:
+    """A config value as compared and shown: sets of ports and volumes as sorted lists, empty as None."""
+    if isinstance(value, dict) and all(v in ({}, None) for v in value.values()):
+        value = sorted(value)
+    return value if value not in (None, "", [], {}) else None
+
+
+def config_changes(old: dict, new: dict) -> list[dict]:
+    """Changes between two container configs (an image config's ``config`` object)."""
+    found = []
+    for key in CONFIG_MAPS:
+        was = _env(old.get(key)) if key == "Env" else old.get(key) or {}
+        now = _env(new.get(key)) if key == "Env" else new.get(key) or {}
+        for name in sorted(was.keys() | now.keys()):
+            if was.get(name) != now.get(name):
+                found.append({"key": key, "name": name, "old": was.get(name), "new": now.get(name)})
+    for key in CONFIG_VALUES:
+        was, now = _whole(old.get(key)), _whole(new.get(key))
+        if was != now:
+            found.append({"key": key, "name": None, "old": was, "new": now})
+    return found
+
+
+def _package_report(old: Filesystem, new: Filesystem) -> dict:
+    old_databases, old_packages = old.packages()
+    new_databases, new_packages = new.packages()
+    return {
+        "package_databases": [kind for kind in packages.ECOSYSTEMS if kind in old_databases | new_databases],
+        "packages": [change.as_dict() for change in packages.changes(old_packages, new_packages)],
+    }
+
+
+def _container_config(image: Image) -> dict:
+    config = image.config.get("config")
+    return config if isinstance(config, dict) else {}
+
+
+def change_summary(old: Image, new: Image) -> dict:
+    """Package and config changes only; reads just the package databases' payloads (for make's manifest)."""
+    reader = _Reader([old, new], hash_files=False, progress=None)
+    old_fs, _ = reader.filesystem(old)
+    new_fs, _ = reader.filesystem(new)
+    return {**_package_report(old_fs, new_fs), "config": config_changes(_container_config(old), _container_config(new))}
+
+
+def _image_record(image: Image, sizes: list[int]) -> dict:
+    return {"source": image.source, "image_id": image.config_digest, "tags": image.tags,
+            "created": image.config.get("created"), "layers": len(sizes), "size": sum(sizes)}
+
+
+def _layer_plan(old: Image, new: Image, old_sizes: list[int], new_sizes: list[int]) -> tuple[list[dict], list[dict]]:
+    """Each new layer: reused (the old image has it), changed (it replaces the old layer at its
+    position, which the new image does not reuse) or new; and the old layers dropped outright."""
+    layers = []
+    for position, (diff_id, size) in enumerate(zip(new.diff_ids, new_sizes)):
+        if diff_id in old.diff_ids:
+            status, old_index = "reused", old.diff_ids.index(diff_id)
+        elif position < len(old.diff_ids) and old.diff_ids[position] not in new.diff_ids:
+            status, old_index = "changed", position
+        else:
+            status, old_index = "new", None
+        layers.append({"index": position, "diff_id": diff_id, "size": size, "status": status, "old_index": old_index})
+    accounted = {layer["old_index"] for layer in layers}
+    dropped = [{"index": position, "diff_id": diff_id, "size": size}
+               for position, (diff_id, size) in enumerate(zip(old.diff_ids, old_sizes))
+               if position not in accounted and diff_id not in new.diff_ids]
+    return layers, dropped
+
+
+def diff_images(old: Image, new: Image, progress: Progress | None = None) -> dict:
+    """The whole report ``deltaimg diff`` prints; ``progress`` gets the number of layer bytes read."""
+    reader = _Reader([old, new], hash_files=True, progress=progress)
+    old_fs, old_sizes = reader.filesystem(old)
+    new_fs, new_sizes = reader.filesystem(new)
+    layers, dropped = _layer_plan(old, new, old_sizes, new_sizes)
+    files, directories = file_changes(old_fs, new_fs)
+    return {
+        "old": _image_record(old, old_sizes),
+        "new": _image_record(new, new_sizes),
+        "layers": layers,
+        "dropped_layers": dropped,
+        "files": files,
+        "directories": directories,
+        "summary": {
+            "added": len(files["added"]),
+            "added_bytes": sum(r["size"] for r in files["added"]),
+            "removed": len(files["removed"]),
+            "removed_bytes": sum(r["size"] for r in files["removed"]),
+            "modified": len(files["modified"]),
+            "modified_bytes": sum(r["new_size"] - r["old_size"] for r in files["modified"]),
+        },
+        **_package_report(old_fs, new_fs),
+        "config": config_changes(_container_config(old), _container_config(new)),
+    }
+

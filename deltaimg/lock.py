@@ -1,0 +1,80 @@
+"""One apply at a time per host: an exclusive ``flock`` on ``<state dir>/lock``.
+
+flock is released by the kernel when its holder dies, however it dies, so a run killed with
+``kill -9`` never leaves a stale lock behind. The file itself stays (removing a lock file while
+another process may be opening it is a race); it holds the pid of the run that has it, for the
+message the next run prints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+
+from deltaimg.errors import OutputError, RunLockedError
+
+POLL = 0.2  # seconds between attempts while waiting
+
+
+class RunLock:
+    """``with RunLock(path, wait):`` holds the lock for the block or raises :class:`RunLockedError`."""
+
+    def __init__(self, path: str, wait: float = 0.0) -> None:
+        self.path = path
+        self.wait = wait
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
+        deadline = time.monotonic() + max(self.wait, 0.0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _read_pid(fd)
+                    os.close(fd)
+                    who = f"another deltaimg run (pid {holder})" if holder else "another deltaimg run"
+                    waited = f" after waiting {self.wait:g} s" if self.wait > 0 else ""
+                    raise RunLockedError(f"{who} holds {self.path}{waited}; try again later or pass --wait SECONDS") from None
+                time.sleep(POLL)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def holder(path: str) -> int | None:
+    """The pid of the run holding the lock now (0 if unknown), or None when nobody holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_pid(fd) or 0
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

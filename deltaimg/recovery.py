@@ -1,0 +1,112 @@
+"""Putting the host back in order after a run that was killed (power cut, ``kill -9``, OOM).
+
+Every run starts here, holding the lock, before it looks at any bundle. For each attempt the
+journal shows as begun and never closed, every container whose swap had begun and not finished
+is settled by one deterministic rule, from what the journal says and what the engine shows:
+
+- the new container had passed its check (``ready``): roll forward, remove the old container
+  (it sits under ``<name>-deltaimg-old``) if it is still there;
+- otherwise roll back: remove the new container if one was created (found by the container's
+  name, and only if it runs the bundle's target image: nothing else is ours to remove), give the
+  old one its name back, and start it if it was running before.
+
+Volumes are never removed (``v=False``): the old container's anonymous volumes are the ones the
+new container had reattached. Images are left alone: a target that got loaded stays, and the
+next apply of the same bundle finds it there. Temporary files are the state directory's
+``work/``, which every run empties. Recovery is idempotent: killed half way, it is redone.
+Then the attempt is closed with a ``recovered`` record, and the run goes on; a bundle still
+given is applied again from the start.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import docker
+import docker.errors
+import requests
+
+from deltaimg import engine
+from deltaimg.errors import RecoveryError
+from deltaimg.journal import Attempt, Journal
+from deltaimg.report import name_of
+from deltaimg.swap import SIDE_SUFFIX
+
+Outcome = Callable[[str, dict, str], None]
+
+
+def recover(client: docker.DockerClient, journal: Journal, outcome: Outcome) -> list[dict]:
+    """Settle every interrupted attempt; report each with ``outcome("recovered", record, text)``."""
+    recovered = []
+    for attempt in journal.attempts():
+        if not attempt.interrupted:
+            continue
+        target_id = attempt.begin.get("to", {}).get("image_id", "")
+        actions = [_settle(client, container, attempt, target_id) for container in _touched(attempt)]
+        record = journal.append({"type": "recovered", "id": attempt.id, "outcome": "recovered",
+                                 "bundle": attempt.begin.get("bundle"), "from": attempt.begin.get("from"),
+                                 "to": attempt.begin.get("to"), "containers": actions})
+        event = {key: record[key] for key in ("id", "bundle", "from", "to", "containers")}
+        event["started"] = attempt.begin.get("time")
+        outcome("recovered", event, _describe(attempt, actions))
+        recovered.append(event)
+    return recovered
+
+
+def _touched(attempt: Attempt) -> list[dict]:
+    """The containers whose swap had begun and not finished."""
+    touched = []
+    for container in attempt.containers:
+        steps = attempt.steps.get(str(container.get("name")), set())
+        if "begin" in steps and "done" not in steps:
+            touched.append(container)
+    return touched
+
+
+def _settle(client: docker.DockerClient, container: dict, attempt: Attempt, target_id: str) -> dict:
+    name, old_id = str(container.get("name")), str(container.get("old_container"))
+    ready = "ready" in attempt.steps.get(name, set())
+    by_hand = (f"by hand: keep one container named {name} (docker ps -a --filter name={name}), "
+               f"docker rm the other, docker rename it to {name} if needed and docker start it")
+    try:
+        old = _inspect(client, old_id)
+        holder = _inspect(client, name)
+        if holder is not None and holder["Name"].lstrip("/") != name:
+            holder = None  # the engine matched an ID prefix: no container has that name
+        new = holder if holder is not None and holder["Id"] != old_id else None
+        if new is not None and new["Image"] != target_id:
+            raise RecoveryError(f"{name}: an interrupted update left its old container as {name}{SIDE_SUFFIX}, and the "
+                                f"container now named {name} is not on the update's image; {by_hand}")
+        if old is None:
+            if new is None:
+                raise RecoveryError(f"{name}: an interrupted update left neither the old container {old_id[:12]} nor a "
+                                    f"new one; recreate {name} by hand")
+            return {"name": name, "action": "rolled-forward", "container": new["Id"], "image": new["Image"]}
+        if ready and new is not None:
+            client.api.remove_container(old_id, v=False, force=True)
+            return {"name": name, "action": "rolled-forward", "container": new["Id"], "image": new["Image"]}
+        if new is not None:
+            client.api.remove_container(new["Id"], v=False, force=True)
+        if old["Name"].lstrip("/") != name:
+            client.api.rename(old_id, name)
+        if container.get("started") and not old["State"].get("Running"):
+            client.api.start(old_id)
+        return {"name": name, "action": "rolled-back", "container": old_id, "image": old["Image"]}
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise RecoveryError(f"{name}: cannot settle the update interrupted at {attempt.begin.get('time')} "
+                            f"({engine.one_line(exc)}); {by_hand}") from None
+
+
+def _inspect(client: docker.DockerClient, ref: str) -> dict | None:
+    try:
+        return client.api.inspect_container(ref)
+    except docker.errors.NotFound:
+        return None
+
+
+def _describe(attempt: Attempt, actions: list[dict]) -> str:
+    begin = attempt.begin
+    what = f"{name_of(begin['from'])} -> {name_of(begin['to'])}" if begin.get("from") and begin.get("to") else "an update"
+    settled = "; ".join(f"{a['name']} {'back on its old container' if a['action'] == 'rolled-back' else 'on the new image'}"
+                        for a in actions) or "no container had been touched"
+    return f"recovered the interrupted update {what} (begun {begin.get('time')}): {settled}"

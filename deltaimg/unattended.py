@@ -1,0 +1,379 @@
+"""``deltaimg apply`` into the engine, as an edge host runs it: from cron, a systemd timer, or
+when a USB stick is mounted, with nobody watching. Every start does the right thing:
+
+1. The paths name bundle files, split bundles' first parts, or folders of them.
+2. The state directory's lock is taken (one run at a time; ``--wait`` to queue).
+3. The scratch directory is emptied and every interrupted attempt is recovered
+   (:mod:`deltaimg.recovery`), whatever bundles were given.
+4. Every bundle's signature is checked; those that take this host forward are picked and put in
+   chain order (:mod:`deltaimg.chain`); the others are reported and left alone.
+5. Those are verified in full, and the run is refused before anything changes when one of them
+   was rolled back before (unless ``--retry``), would move a tag back to an older image (unless
+   ``--allow-downgrade``), or the disks are too full (:mod:`deltaimg.diskspace`).
+6. They are applied one after the other (:mod:`deltaimg.engineapply`), each journalled
+   (:mod:`deltaimg.journal`) before it changes anything. The first failure stops the run.
+7. A bundle that would have continued an image this host runs, but cannot be reached (a missing
+   link), ends the run with :class:`PartialChainError`, after everything else is applied.
+
+One bundle file named alone is taken at its word: a bundle for an image this host lacks is an
+error (:class:`BaseMissingError`), and so is one whose target is older than its base, unless
+``--allow-downgrade``. From a folder or a list, such bundles are reported and skipped.
+
+SIGTERM (systemd stopping the service) interrupts like Ctrl-C: a swap in progress rolls back,
+and the attempt is left for the next run's recovery to confirm.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+from dataclasses import dataclass
+from typing import Protocol
+
+import docker
+import docker.errors
+import requests
+
+from deltaimg import chain, diskspace, engine, faults, progress, recovery, signing
+from deltaimg.apply import Plan, read_plan
+from deltaimg.bundle import Bundle, bundle_files, open_bundle, verify_payloads
+from deltaimg.engineapply import apply_to_engine, rebuild_size, require_base, shared_prefix
+from deltaimg.errors import (
+    DeltaimgError,
+    DowngradeError,
+    EngineError,
+    SwapFailedNotRolledBack,
+    SwapFailedRolledBack,
+    PartialChainError,
+    UsageError,
+)
+from deltaimg.journal import Journal, StateDir, new_id
+from deltaimg.lock import RunLock
+from deltaimg.report import name_of
+from deltaimg.swap import SwapResult
+
+
+@dataclass
+class Options:
+    paths: list[str]
+    trusted: list[signing.TrustedKey]
+    state_dir: str
+    wait: float = 0.0
+    containers: list[str] | None = None  # swap only these (None: every container on a base)
+    swap: bool = True
+    grace: float = 10.0
+    dry_run: bool = False
+    allow_downgrade: bool = False
+    retry: bool = False
+    progress_bars: bool = True
+
+
+class Reporter(Protocol):
+    """Where a run's output goes: progress lines, and one record per outcome (see docs/edge-operation.md)."""
+
+    def progress(self, message: str) -> None: ...
+
+    def outcome(self, event: str, record: dict, text: str) -> None: ...
+
+
+def run(options: Options, reporter: Reporter) -> None:
+    files = bundle_files(options.paths)
+    strict = len(options.paths) == 1 and not os.path.isdir(options.paths[0])
+    state = StateDir(options.state_dir)
+    if options.dry_run:  # changes nothing, so it takes no lock and writes no state
+        _Run(options, reporter, state, engine.connect(), strict).plan(files)
+        return
+    state.create()
+    with RunLock(state.lock_path, options.wait), _Termination() as termination:
+        state.clean_work()
+        client = engine.connect()
+        recovery.recover(client, state.journal, reporter.outcome)
+        _Run(options, reporter, state, client, strict, termination).apply(files)
+
+
+class _Termination:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does; ``received`` tells an interrupt from a failure."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __enter__(self) -> _Termination:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+class _Run:
+    def __init__(self, options: Options, reporter: Reporter, state: StateDir, client: docker.DockerClient,
+                 strict: bool, termination: _Termination | None = None) -> None:
+        self.options = options
+        self.reporter = reporter
+        self.state = state
+        self.journal: Journal = state.journal
+        self.client = client
+        self.strict = strict
+        self.termination = termination
+
+    # -- the two ways through
+
+    def apply(self, files: list[str]) -> None:
+        selection = self._select(files)
+        bundles = selection.to_apply
+        plans = self._verify(bundles)
+        self._preflight(bundles, plans)
+        applied: list[Bundle] = []
+        for bundle in bundles:
+            try:
+                self._apply_one(bundle, plans[bundle.path])
+            except DeltaimgError as exc:
+                if not applied:
+                    raise
+                before = ", ".join(f"{b.path} ({name_of(b.manifest['target'])})" for b in applied)
+                raise type(exc)(f"{exc} (applied before it: {before})") from None
+            applied.append(bundle)
+        if selection.gaps:
+            raise PartialChainError("partial chain: " + "; ".join(selection.gaps))
+
+    def plan(self, files: list[str]) -> None:
+        pending = [a for a in self.journal.attempts() if a.interrupted]
+        if pending:
+            self.reporter.progress(f"{len(pending)} interrupted update(s) in {self.journal.path}: the next apply "
+                                   "recovers them first (unless a run is in progress now)")
+        selection = self._select(files)
+        bundles = selection.to_apply
+        plans = self._verify(bundles)
+        self._preflight(bundles, plans)
+        for bundle in bundles:
+            plan = plans[bundle.path]
+            if engine.find_image(self.client, plan.base_id) or engine.find_image(self.client, plan.target_id):
+                apply_to_engine(bundle, self.client, containers=self._names(plan.base_id), swap_containers=self.options.swap,
+                                grace=self.options.grace, dry_run=True, log=self.reporter.progress)
+            else:
+                self.reporter.progress(f"would rebuild and load {name_of(bundle.manifest['target'])} once the bundle "
+                                       f"before it has made {name_of(bundle.manifest['base'])}, then swap the "
+                                       "containers on that")
+            self._outcome("planned", bundle, "nothing changed (dry run)")
+        if selection.gaps:
+            raise PartialChainError("partial chain: " + "; ".join(selection.gaps))
+
+    # -- choosing
+
+    def _select(self, files: list[str]) -> chain.Selection:
+        self._check_container_names()
+        bundles = [open_bundle(path, self.options.trusted, check_payloads=False) for path in files]
+        if not bundles:
+            self.reporter.progress(f"no bundle (*.dimg, *.dimg.001) in {' '.join(self.options.paths)}; nothing to do")
+            return chain.Selection([])
+        host = _EngineHost(self.client, self.options)
+        selection = chain.Selection([self._strict_step(bundles[0], host)]) if self.strict else chain.select(bundles, host)
+        for step in selection.steps:
+            if step.action == "already-applied":
+                self._outcome("already-applied", step.bundle, f"already applied: {step.reason}")
+            elif step.action != chain.APPLY:
+                self._outcome("skipped", step.bundle, f"skipped: {step.reason}", reason=step.action)
+        return selection
+
+    def _strict_step(self, bundle: Bundle, host: _EngineHost) -> chain.Step:
+        base, target = bundle.manifest["base"], bundle.manifest["target"]
+        if host.has_image(target["image_id"]) and not host.containers_on(base["image_id"]):
+            return chain.Step(bundle, "already-applied", f"{name_of(target)} is already in the engine and no "
+                                                         f"container to swap runs {name_of(base)}")
+        if not host.has_image(base["image_id"]):
+            require_base(self.client, bundle, read_plan(bundle))
+        if chain.is_downgrade(bundle) and not self.options.allow_downgrade:
+            raise DowngradeError(f"{bundle.path} goes back from {name_of(base)} (created {base.get('created')}) to the "
+                                 f"older {name_of(target)} (created {target.get('created')}); pass --allow-downgrade "
+                                 "to apply it anyway")
+        return chain.Step(bundle, chain.APPLY)
+
+    def _check_container_names(self) -> None:
+        for name in self.options.containers or []:
+            try:
+                self.client.api.inspect_container(name)
+            except docker.errors.NotFound:
+                raise UsageError(f"no container named {name} (see docker ps -a)") from None
+            except (docker.errors.DockerException, requests.RequestException) as exc:
+                raise EngineError(f"cannot inspect container {name}: {engine.one_line(exc)}") from None
+
+    def _names(self, image_id: str) -> list[str] | None:
+        """The ``--container`` names that run ``image_id`` now; None (every container) without them."""
+        if self.options.containers is None:
+            return None
+        return [name for name in _EngineHost(self.client, self.options).containers_on(image_id)]
+
+    # -- checking
+
+    def _verify(self, bundles: list[Bundle]) -> dict[str, Plan]:
+        def advance(n: int) -> None:
+            bar(n)
+            faults.killpoint("verify")
+
+        with progress.bar("verify", sum(b.size for b in bundles) or None, self.options.progress_bars) as bar:
+            for bundle in bundles:
+                verify_payloads(bundle, advance)
+                self.reporter.progress(f"{bundle.path}: signature and every payload verified (key "
+                                       f"{bundle.signer.key_id if bundle.signer else '?'})")
+        return {bundle.path: read_plan(bundle) for bundle in bundles}
+
+    def _preflight(self, bundles: list[Bundle], plans: dict[str, Plan]) -> None:
+        """Refuse, before anything changes, what the run could not finish or should not do."""
+        if not self.options.retry:
+            self._refuse_rolled_back(bundles)
+        if not self.options.allow_downgrade:
+            for bundle in bundles:
+                self._refuse_tag_downgrade(bundle, plans[bundle.path])
+        thin = engine.loads_thin_archives(self.client) if bundles else True
+        rebuilds = []
+        for bundle in bundles:
+            plan = plans[bundle.path]
+            loaded = engine.find_image(self.client, plan.target_id) is not None
+            rebuilds.append(0 if loaded else rebuild_size(plan, shared_prefix(plan) if thin else 0))
+        if any(rebuilds):
+            diskspace.check(self.state.work_path, self._data_root(), rebuilds, self.reporter.progress)
+
+    def _refuse_rolled_back(self, bundles: list[Bundle]) -> None:
+        last: dict[str, dict] = {}
+        for attempt in self.journal.attempts():
+            digest = (attempt.begin.get("bundle") or {}).get("sha256")
+            if digest and attempt.closed is not None:
+                last[digest] = attempt.closed
+        for bundle in bundles:
+            closed = last.get(bundle.sha256 or "")
+            if closed and closed.get("outcome") == "rolled-back":
+                raise SwapFailedRolledBack(f"{bundle.path} was rolled back at {closed.get('time')} "
+                                           f"({closed.get('message')}); not trying it again: pass --retry once the "
+                                           "cause is fixed")
+
+    def _refuse_tag_downgrade(self, bundle: Bundle, plan: Plan) -> None:
+        target_created = chain.parse_time(bundle.manifest["target"].get("created"))
+        for tag in plan.target_tags:
+            current = engine.find_image(self.client, tag)
+            if current is None or current["Id"] == plan.target_id or target_created is None:
+                continue
+            created = chain.parse_time(current.get("Created"))
+            if created is not None and created > target_created:
+                raise DowngradeError(f"{bundle.path} would move {tag} from {current['Id'][:19]} (created "
+                                     f"{current.get('Created')}) back to the older {plan.target_id[:19]} (created "
+                                     f"{bundle.manifest['target'].get('created')}); pass --allow-downgrade to apply it anyway")
+
+    def _data_root(self) -> str | None:
+        try:
+            return self.client.info().get("DockerRootDir")
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise EngineError(f"cannot ask the engine for its data root: {engine.one_line(exc)}") from None
+
+    # -- applying
+
+    def _apply_one(self, bundle: Bundle, plan: Plan) -> None:
+        names = _EngineHost(self.client, self.options).containers_on(plan.base_id)
+        if engine.find_image(self.client, plan.target_id) is not None and not names:
+            self._outcome("already-applied", bundle, f"already applied: {name_of(bundle.manifest['target'])} is "
+                                                     f"already in the engine and no container to swap runs "
+                                                     f"{name_of(bundle.manifest['base'])}")
+            return
+        attempt = new_id()
+        summary = {"bundle": _bundle_record(bundle), "from": _image_record(bundle.manifest["base"]),
+                   "to": _image_record(bundle.manifest["target"])}
+        self.journal.append({"type": "begin", "id": attempt, "pid": os.getpid(), "containers": names, **summary})
+        recorder = _Recorder(self.journal, attempt)
+        try:
+            outcome = apply_to_engine(bundle, self.client, containers=self._names(plan.base_id),
+                                      swap_containers=self.options.swap, grace=self.options.grace, dry_run=False,
+                                      log=self.reporter.progress, work_dir=self.state.work_path, observer=recorder)
+        except SwapFailedNotRolledBack as exc:
+            self.journal.append({"type": "note", "id": attempt, "message": str(exc)})
+            raise  # the attempt stays open: the next run's recovery finishes what the rollback could not
+        except DeltaimgError as exc:
+            if self.termination is not None and self.termination.received:
+                raise KeyboardInterrupt from None  # stopped, not failed: the next run's recovery confirms
+            failed = "rolled-back" if isinstance(exc, SwapFailedRolledBack) else "failed"
+            self.journal.append({"type": "end", "id": attempt, "outcome": failed, "message": str(exc), "loaded": None,
+                                 "containers": recorder.swapped, **summary})
+            raise
+        swapped = [_swap_record(result) for result in outcome.swapped]
+        self.journal.append({"type": "end", "id": attempt, "outcome": "applied", "loaded": outcome.loaded,
+                             "containers": swapped, **summary})
+        done = f"swapped {', '.join(s['name'] for s in swapped)}" if swapped else "no container to swap"
+        self._outcome("applied", bundle, f"applied: {name_of(bundle.manifest['base'])} -> "
+                                         f"{name_of(bundle.manifest['target'])}; {done}",
+                      image_id=plan.target_id, loaded=outcome.loaded, containers=swapped)
+
+    def _outcome(self, event: str, bundle: Bundle, text: str, **extra: object) -> None:
+        record = {"bundle": _bundle_record(bundle), "from": _image_record(bundle.manifest["base"]),
+                  "to": _image_record(bundle.manifest["target"]), **extra}
+        self.reporter.outcome(event, record, f"{bundle.path}: {text}")
+
+
+class _Recorder:
+    """Journals a swap's progress (deltaimg.swap.SwapObserver) and fires the crash tests' kill points."""
+
+    KILL_AFTER = {"stopped": "stop", "renamed": "rename", "created": "create", "started": "start", "ready": "cleanup"}
+
+    def __init__(self, journal: Journal, attempt: str) -> None:
+        self.journal = journal
+        self.attempt = attempt
+        self.swapped: list[dict] = []
+
+    def planned(self, plans: list[SwapResult]) -> None:
+        containers = [{"name": p.name, "old_container": p.old_container_id, "started": p.started} for p in plans]
+        self.journal.append({"type": "swap", "id": self.attempt, "containers": containers})
+
+    def step(self, plan: SwapResult, step: str) -> None:
+        recorded = {"begin": "begin", "ready": "ready", "removed": "done"}.get(step)
+        if recorded:
+            self.journal.append({"type": "container", "id": self.attempt, "name": plan.name, "step": recorded})
+        if step == "removed":
+            self.swapped.append({"name": plan.name, "old_container": plan.old_container_id})
+        if step in self.KILL_AFTER:
+            faults.killpoint(self.KILL_AFTER[step])
+
+
+class _EngineHost:
+    """The engine as :mod:`deltaimg.chain` sees it: a snapshot of its images and containers."""
+
+    def __init__(self, client: docker.DockerClient, options: Options) -> None:
+        try:
+            self._images = {image["Id"]: image for image in client.api.images(all=True)}
+            self._containers = client.api.containers(all=True)
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise EngineError(f"cannot list the engine's images and containers: {engine.one_line(exc)}") from None
+        self._names = options.containers
+        self._swap = options.swap
+
+    def has_image(self, image_id: str) -> bool:
+        return image_id in self._images
+
+    def containers_on(self, image_id: str) -> list[str]:
+        if not self._swap:
+            return []
+        names = [c["Names"][0].lstrip("/") for c in self._containers if c.get("ImageID") == image_id and c.get("Names")]
+        return [name for name in names if self._names is None or name in self._names]
+
+    def images_in_use(self) -> dict[str, tuple[str | None, list[str]]]:
+        used = {}
+        for container in self._containers:
+            image = self._images.get(container.get("ImageID", ""))
+            if image is not None:
+                created = datetime.datetime.fromtimestamp(image.get("Created", 0), datetime.timezone.utc).isoformat()
+                used[image["Id"]] = (created, [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"])
+        return used
+
+
+def _bundle_record(bundle: Bundle) -> dict:
+    return {"path": bundle.path, "sha256": bundle.sha256, "key_id": bundle.signer.key_id if bundle.signer else None,
+            "parts": len(bundle.parts) or 1}
+
+
+def _image_record(image: dict) -> dict:
+    return {"image_id": image.get("image_id"), "tags": image.get("tags") or [], "created": image.get("created")}
+
+
+def _swap_record(result: SwapResult) -> dict:
+    return {"name": result.name, "old_container": result.old_container_id, "new_container": result.new_container_id}

@@ -1,0 +1,234 @@
+"""Fuzzing the bundle reader and the rebuild: whatever a bundle holds, opening it (open_bundle),
+reading its plan (read_plan), listing the base layers its recipes read (the engine path's
+old_layers_used) and rebuilding the target (apply_to_archive) either works or fails with one of
+deltaimg's own errors; on failure no output and no temporary file is left.
+
+Four kinds of input, from a real bundle of a small pair (bsdiff, zstd deltas, edited headers):
+the file's bytes damaged (the signature then fails: the shallow case), and, signed again with the
+trusted key as a stolen key could, a manifest with one value replaced by arbitrary JSON, a layer
+recipe with damaged bytes or one number replaced, or damaged chunk frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from deltaimg import codec, signing, varint
+from deltaimg import bundle as bundle_format
+from deltaimg import layerformat as lf
+from deltaimg.apply import apply_to_archive, read_plan
+from deltaimg.bundle import open_bundle, read_header
+from deltaimg.decoder import old_layers_used
+from deltaimg.errors import DeltaimgError
+from deltaimg.images import open_image
+from deltaimg.make import make_bundle
+from deltaimg.oldcontent import OldContent
+from tests import imagefactory as f
+from tests.test_fuzz_images import damage, json_values, replace_one_value
+from tests.test_hostile_bundles import write_signed
+
+FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+INTERESTING = [0, 1, 2, 3, 7, 127, 128, 511, 512, 4096, 65535, 1 << 20, (1 << 26) + 1, (1 << 31) - 1, 1 << 40, (1 << 63) - 1]
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A real bundle, its parts, the base it applies to, and the keys."""
+
+    bundle: bytes
+    manifest: dict
+    payloads: dict[str, bytes]
+    base: str
+    private: object
+    trusted: list
+
+    def signed(self, manifest_bytes: bytes, area: bytes) -> bytes:
+        """A bundle of exactly these manifest bytes and payload area, signed by the trusted key."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return write_signed(Path(tmp) / "b.dimg", manifest_bytes, area, self.private).read_bytes()
+
+    def with_payloads(self, payloads: dict[str, bytes]) -> bytes:
+        """The bundle with these payloads instead, its payload table made to match, signed."""
+        table, offset = [], 0
+        for record in self.manifest["payloads"]:
+            data = payloads[record["name"]]
+            table.append({**record, "offset": offset, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+            offset += len(data)
+        manifest = {**self.manifest, "payloads": table, "payload_area": offset}
+        return self.signed(bundle_format.canonical_json(manifest), b"".join(payloads[r["name"]] for r in table))
+
+    @property
+    def payload_area(self) -> bytes:
+        return b"".join(self.payloads[r["name"]] for r in self.manifest["payloads"])
+
+
+def _pair(tmp: Path) -> tuple[str, str]:
+    binary = bytes((i * 7919 + (i >> 9)) % 251 for i in range(40_000))
+    patched = binary[:15_000] + b"\x90" * 300 + binary[15_000:30_000] + binary[30_500:]
+    text = b"".join(b"line %d of the configuration\n" % i for i in range(300))
+    v1 = f.write_layer(tmp / "v1.layer", f.complete_tree([
+        f.file("usr/bin/tool", binary, mode=0o755), f.file("etc/app.conf", text), f.symlink("usr/bin/t", "tool"),
+        f.file("usr/share/doc/README", b"read me\n" * 50), f.file("srv/data.bin", os.urandom(3000))]))
+    v2 = f.write_layer(tmp / "v2.layer", f.complete_tree([
+        f.file("usr/bin/tool", patched, mode=0o755, mtime=f.UPGRADE_MTIME),
+        f.file("etc/app.conf", text.replace(b"line 150", b"LINE 150"), mtime=f.UPGRADE_MTIME),
+        f.symlink("usr/bin/t", "tool"), f.file("usr/share/doc/README", b"read me\n" * 50, mtime=f.UPGRADE_MTIME),
+        f.file("srv/new.txt", b"new file\n")], mtime=f.UPGRADE_MTIME))
+    old = f.write_docker_archive(tmp / "v1.tar", [f.ImageSpec([v1], ["fuzz/app:1"])])[0].path
+    new = f.write_docker_archive(tmp / "v2.tar", [f.ImageSpec([v2], ["fuzz/app:2"])])[0].path
+    return str(old), str(new)
+
+
+@pytest.fixture(scope="module")
+def subject(keypair, tmp_path_factory) -> Subject:
+    tmp = tmp_path_factory.mktemp("fuzz-bundle")
+    old, new = _pair(tmp)
+    path = str(tmp / "b.dimg")
+    private = signing.load_private(keypair[0])
+    manifest = make_bundle(open_image(old), open_image(new), path, private)
+    stats = [layer["stats"] for layer in manifest["layers"] if layer["method"] == "delta"]
+    assert sum(s["bsdiff"] for s in stats) >= 1 and sum(s["headers_from_old"] for s in stats) >= 1
+    manifest_bytes, _, start, _ = read_header(path)
+    data = Path(path).read_bytes()
+    parsed = json.loads(manifest_bytes)
+    payloads = {p["name"]: data[start + p["offset"]: start + p["offset"] + p["size"]] for p in parsed["payloads"]}
+    return Subject(data, parsed, payloads, old, private, [signing.load_public(keypair[1])])
+
+
+def expect_only_own_errors(subject: Subject, bundle: bytes) -> str:
+    """Open, plan, list the base layers read and rebuild; return what happened."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path, out = Path(tmp) / "b.dimg", Path(tmp) / "out" / "new.tar"
+        path.write_bytes(bundle)
+        out.parent.mkdir()
+        try:
+            opened = open_bundle(str(path), subject.trusted)
+            plan = read_plan(opened)
+            for layer in plan.layers:
+                if layer["method"] == "delta":
+                    with opened.open_payload(layer["payload"]) as payload:
+                        old_layers_used(payload)
+            apply_to_archive(opened, open_image(subject.base), str(out))
+        except DeltaimgError as exc:
+            assert os.listdir(out.parent) == [], "a refused bundle left output behind"
+            return f"refused: {type(exc).__name__}"
+        assert out.exists()
+        return "applied"
+
+
+def test_the_untouched_bundle_applies(subject):
+    assert expect_only_own_errors(subject, subject.bundle) == "applied"
+    assert expect_only_own_errors(subject, subject.with_payloads(subject.payloads)) == "applied"  # re-signing is sound
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_damage_to_the_file_gives_a_deltaimg_error_at_worst(subject, data):
+    event(expect_only_own_errors(subject, damage(subject.bundle, data)))
+
+
+@FUZZ
+@given(index=st.integers(0, 10_000), value=json_values)
+def test_any_json_value_anywhere_in_a_signed_manifest_gives_a_deltaimg_error_at_worst(subject, index, value):
+    manifest = replace_one_value(json.loads(json.dumps(subject.manifest)), index, value)
+    event(expect_only_own_errors(subject, subject.signed(json.dumps(manifest).encode(), subject.payload_area)))
+
+
+def _delta_parts(payload: bytes) -> tuple[bytes, bytes]:
+    """(recipe, chunk frames) of a layer delta payload."""
+    recipe_len, frame_len = lf.unpack_header(payload[: lf.HEADER.size])
+    frame = payload[lf.HEADER.size: lf.HEADER.size + frame_len]
+    return bytes(codec.decompress(frame, recipe_len)), payload[lf.HEADER.size + frame_len:]
+
+
+def _delta_payload(recipe: bytes, frames: bytes) -> bytes:
+    frame = codec.compress(recipe, level=1)
+    return lf.pack_header(len(recipe), len(frame)) + frame + frames
+
+
+def _replace_number(recipe: bytes, at: int, value: int) -> bytes:
+    """``recipe`` with the varint starting at ``at`` (or the byte there, if none does) set to ``value``."""
+    reader = varint.Reader(recipe[at:])
+    try:
+        reader.get()
+        end = at + reader.pos
+    except DeltaimgError:
+        end = at + 1
+    out = bytearray()
+    varint.put(out, value)
+    return recipe[:at] + bytes(out) + recipe[end:]
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_damage_to_a_signed_layer_recipe_gives_a_deltaimg_error_at_worst(subject, data):
+    names = sorted(n for n in subject.payloads if n.startswith("layer-"))
+    name = data.draw(st.sampled_from(names), label="payload")
+    recipe, frames = _delta_parts(subject.payloads[name])
+    if data.draw(st.booleans(), label="replace a number"):
+        at = data.draw(st.integers(0, len(recipe) - 1), label="at")
+        recipe = _replace_number(recipe, at, data.draw(st.sampled_from(INTERESTING) | st.integers(0, 1 << 64), label="value"))
+    else:
+        recipe = damage(recipe, data)
+    payloads = {**subject.payloads, name: _delta_payload(recipe, frames)}
+    event(expect_only_own_errors(subject, subject.with_payloads(payloads)))
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_damage_to_signed_chunk_frames_gives_a_deltaimg_error_at_worst(subject, data):
+    names = sorted(n for n in subject.payloads if n.startswith("layer-"))
+    name = data.draw(st.sampled_from(names), label="payload")
+    recipe, frames = _delta_parts(subject.payloads[name])
+    payloads = {**subject.payloads, name: _delta_payload(recipe, damage(frames, data))}
+    event(expect_only_own_errors(subject, subject.with_payloads(payloads)))
+
+
+def _chunks_decoded(subject: Subject, recipe: bytes, frames: bytes) -> tuple[list[lf.Chunk], bytes, list[bytes], list[bytes]]:
+    """(chunk table, record bytes, each chunk's literal bytes, each chunk's reference prefix)."""
+    chunks, reader = lf.decode_recipe(recipe)
+    with tempfile.TemporaryDirectory() as tmp, OldContent(open_image(subject.base), tmp) as old:
+        prefixes = [b"".join(old.read(s.layer, (old.entry(s.layer, s.index).pre_offset if s.part == lf.PART_PRE
+                                                 else old.entry(s.layer, s.index).data_offset) + s.start, s.length)
+                             for s in chunk.spans) for chunk in chunks]
+    literals, at = [], 0
+    for chunk, prefix in zip(chunks, prefixes):
+        literals.append(bytes(codec.decompress(frames[at: at + chunk.frame_len], chunk.literal_len, prefix)))
+        at += chunk.frame_len
+    return chunks, recipe[reader.pos:], literals, prefixes
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_damage_to_a_signed_literal_stream_gives_a_deltaimg_error_at_worst(subject, data):
+    """The literal bytes themselves (headers, new file bytes, bsdiff's control, diff and extra
+    streams) damaged, then compressed again so they decode: what the recipe makes of them."""
+    names = sorted(n for n in subject.payloads if n.startswith("layer-"))
+    name = data.draw(st.sampled_from(names), label="payload")
+    recipe, frames = _delta_parts(subject.payloads[name])
+    chunks, records, literals, prefixes = _chunks_decoded(subject, recipe, frames)
+    which = data.draw(st.integers(0, len(chunks) - 1), label="chunk")
+    literals[which] = damage(literals[which], data)
+    new_frames = [codec.compress(literal, prefix, level=1) for literal, prefix in zip(literals, prefixes)]
+    table = [lf.Chunk(len(literal), len(frame), chunk.spans) for chunk, literal, frame in zip(chunks, literals, new_frames)]
+    payload = _delta_payload(lf.encode_recipe(table, records), b"".join(new_frames))
+    event(expect_only_own_errors(subject, subject.with_payloads({**subject.payloads, name: payload})))
+
+
+@FUZZ
+@given(old=st.binary(max_size=600), new_size=st.integers(0, 2000), control=st.binary(max_size=200),
+       sparse_diff=st.binary(max_size=200), extra=st.binary(max_size=600))
+def test_bspatch_of_arbitrary_streams_makes_the_declared_size_or_a_deltaimg_error(old, new_size, control, sparse_diff, extra):
+    try:
+        assert len(codec.bspatch(old, new_size, control, sparse_diff, extra)) == new_size
+    except DeltaimgError:
+        pass

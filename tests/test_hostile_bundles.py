@@ -1,0 +1,451 @@
+"""A bundle signed by a trusted key can still be hostile (a stolen key, a compromised build host).
+
+Whatever such a bundle asks for, apply ends with one line on stderr and the exit code of what is
+wrong (10: the signed content is malformed or asks for more than deltaimg ever writes; 12: bytes
+do not decode to what was declared), writes nothing, and stays within apply's memory budget
+(measured as the peak RSS of the command). The bundles are forged here: manifest, recipes and
+frames written by hand with deltaimg's own format code, then signed with the trusted test key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from deltaimg import archivewriter, codec, signing
+from deltaimg import bundle as bundle_format
+from deltaimg import layerformat as lf
+from deltaimg.errors import BundleFormatError, IntegrityError, OutputError
+from deltaimg.layerformat import Chunk, Record, RecordWriter, Segment, Span
+from tests.memory import Outcome, measured
+from tests.conftest import run_cli
+
+BUDGET = 512 << 20  # apply's memory budget, as in test_resources.py
+FORMAT, INTEGRITY = BundleFormatError.exit_code, IntegrityError.exit_code
+FAKE_DIFF_ID = "sha256:" + "ab" * 32  # a layer no recipe here rebuilds
+MiB = 1 << 20
+
+# --------------------------------------------------------------------------- forging
+
+
+def layer_tar(files: list[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def image_config(diff_ids: list[str]) -> bytes:
+    return json.dumps({"architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z", "config": {},
+                       "rootfs": {"type": "layers", "diff_ids": diff_ids}}, sort_keys=True).encode()
+
+
+def write_signed(path: Path, manifest_bytes: bytes, payload_area: bytes, private) -> Path:
+    """A bundle file around ``manifest_bytes`` exactly as given, signed by ``private``."""
+    signature = bundle_format.canonical_json(signing.sign(private, manifest_bytes))
+    path.write_bytes(bundle_format.MAGIC + bundle_format.U32.pack(1) + bundle_format.U32.pack(len(manifest_bytes))
+                     + manifest_bytes + bundle_format.U32.pack(len(signature)) + signature + payload_area)
+    return path
+
+
+def forge(path: Path, manifest: dict, payloads: list[tuple[str, bytes]], private) -> Path:
+    """A signed bundle of ``manifest`` plus a correct payload table for ``payloads``."""
+    records, offset = [], 0
+    for name, data in payloads:
+        records.append({"name": name, "offset": offset, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        offset += len(data)
+    manifest = {"payloads": records, "payload_area": offset, **manifest}
+    return write_signed(path, bundle_format.canonical_json(manifest), b"".join(d for _, d in payloads), private)
+
+
+def delta_payload(chunks: list[Chunk], frames: list[bytes], records: list[Record]) -> bytes:
+    """A layer delta payload: the recipe (chunk table and records) and the chunk frames."""
+    writer = RecordWriter()
+    for record in records:
+        writer.add(record)
+    return recipe_payload(lf.encode_recipe(chunks, bytes(writer.out))) + b"".join(frames)
+
+
+def recipe_payload(recipe: bytes) -> bytes:
+    frame = codec.compress(recipe, level=1)
+    return lf.pack_header(len(recipe), len(frame)) + frame
+
+
+def zeros_frame(size: int) -> bytes:
+    return codec.compress(bytes(size), level=1)
+
+
+@dataclass
+class Forger:
+    """A base image archive, and hostile bundles against it signed by the trusted key."""
+
+    dir: Path
+    private: object
+    public: str
+    base_layer: bytes
+    base_archive: str = ""
+    count: int = 0
+    out_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base_config = image_config([digest(self.base_layer)])
+        self.base_archive = str(self.dir / "base.tar")
+        with open(self.base_archive, "wb") as out:
+            archivewriter.write_image(out, self.base_config, ["hostile/app:1"],
+                                      [(digest(self.base_layer), len(self.base_layer), lambda w: w(self.base_layer))])
+        self.out_dir = self.dir / "out"
+        self.out_dir.mkdir()
+
+    def manifest(self, target_config: bytes, layers: list[dict], **changes) -> dict:
+        manifest = {
+            "format": "deltaimg-bundle", "version": 1, "tool": "forged", "created": "2024-01-01T00:00:00Z",
+            "base": {"image_id": digest(self.base_config), "diff_ids": [digest(self.base_layer)],
+                     "tags": ["hostile/app:1"], "created": None},
+            "target": {"image_id": digest(target_config), "diff_ids": json.loads(target_config)["rootfs"]["diff_ids"],
+                       "tags": ["hostile/app:2"], "created": None, "config_payload": "config"},
+            "layers": layers, "full_image_size": 0,
+        }
+        manifest.update(changes)
+        return manifest
+
+    def path(self) -> Path:
+        self.count += 1
+        return self.dir / f"hostile-{self.count}.dimg"
+
+    def delta_bundle(self, payload: bytes, size: int = 4096) -> Path:
+        """One target layer, rebuilt from ``payload``, declared ``size`` bytes."""
+        config = image_config([FAKE_DIFF_ID])
+        layers = [{"diff_id": FAKE_DIFF_ID, "size": size, "method": "delta", "payload": "layer-0"}]
+        return forge(self.path(), self.manifest(config, layers), [("layer-0", payload), ("config", config)], self.private)
+
+
+@pytest.fixture(scope="module")
+def forger(keypair, tmp_path_factory) -> Forger:
+    base_layer = layer_tar([("etc/hosts", b"127.0.0.1 localhost\n" * 40), ("bin/tool", os.urandom(20_000)),
+                            ("srv/readme", b"hello\n")])
+    return Forger(tmp_path_factory.mktemp("hostile"), signing.load_private(keypair[0]), keypair[1], base_layer)
+
+
+def apply_measured(forger: Forger, bundle: Path, output: Path | None = None) -> Outcome:
+    """Run ``deltaimg apply BUNDLE --base BASE -o OUT``."""
+    output = output or forger.out_dir / "new.tar"
+    return measured("apply", str(bundle), "--trust", forger.public, "--base", forger.base_archive, "-o", str(output), "--quiet")
+
+
+def assert_refused(outcome: Outcome, code: int, reason: str, forger: Forger, peak: int = BUDGET) -> None:
+    assert outcome.returncode == code, outcome.stderr
+    assert outcome.stderr.startswith("deltaimg: error: ") and outcome.stderr.count("\n") == 1, outcome.stderr
+    assert reason in outcome.stderr, outcome.stderr
+    assert os.listdir(forger.out_dir) == [], "apply left output or temporary files behind"
+    assert outcome.peak_rss < peak, f"apply peaked at {outcome.peak_rss >> 20} MiB"
+
+
+# --------------------------------------------------------------------------- control
+
+
+def test_control_a_forged_bundle_that_is_honest_applies(forger, tmp_path):
+    """The forging itself is sound: an honest forged bundle (the base's own layer, rebuilt from a
+    literal recipe) applies, so the refusals below are about what the bundles ask for."""
+    layer = forger.base_layer
+    config = image_config([digest(layer)])
+    frame = codec.compress(layer)
+    payload = delta_payload([Chunk(len(layer), len(frame))], [frame],
+                            [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=0, size=len(layer), trailer=True)])
+    layers = [{"diff_id": digest(layer), "size": len(layer), "method": "delta", "payload": "layer-0"}]
+    bundle = forge(forger.path(), forger.manifest(config, layers), [("layer-0", payload), ("config", config)], forger.private)
+    output = tmp_path / "new.tar"
+    outcome = apply_measured(forger, bundle, output=output)
+    assert outcome.returncode == 0, outcome.stderr
+    with tarfile.open(output) as tar:
+        assert tar.extractfile(f"{digest(layer)[7:]}/layer.tar").read() == layer
+
+
+# --------------------------------------------------------------------------- more bytes than declared
+
+
+def test_a_layer_that_decompresses_far_beyond_its_declared_size_is_stopped_while_streaming(forger):
+    chunk = 64 * MiB  # 16 chunks of zeros: 1 GiB of literal bytes from a few KiB of bundle
+    frame = zeros_frame(chunk)
+    payload = delta_payload([Chunk(chunk, len(frame))] * 16, [frame] * 16,
+                            [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=0, size=16 * chunk)])
+    outcome = apply_measured(forger, forger.delta_bundle(payload, size=4096))
+    assert_refused(outcome, INTEGRITY, "rebuilt larger than its recorded 4096 bytes", forger)
+
+
+def test_a_chunk_frame_that_holds_more_than_its_chunk_declares_is_refused(forger):
+    frame = zeros_frame(MiB + MiB // 2)
+    payload = delta_payload([Chunk(MiB, len(frame))], [frame], [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=1)])
+    outcome = apply_measured(forger, forger.delta_bundle(payload))
+    assert_refused(outcome, INTEGRITY, f"not the {MiB} recorded", forger)
+
+
+def test_a_zstd_frame_that_asks_for_a_huge_window_is_refused(forger):
+    # Frame header by hand: no content size, window descriptor 2^31 (exponent 21), one raw block.
+    frame = b"\x28\xb5\x2f\xfd" + bytes([0x00, 21 << 3]) + bytes([0x09, 0, 0]) + b"x"
+    payload = delta_payload([Chunk(1, len(frame))], [frame], [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=1)])
+    outcome = apply_measured(forger, forger.delta_bundle(payload))
+    assert_refused(outcome, INTEGRITY, "too much memory", forger, peak=128 * MiB)
+
+
+def test_a_recipe_as_large_as_allowed_stays_within_the_memory_budget(forger):
+    outcome = apply_measured(forger, forger.delta_bundle(recipe_payload(bytes(lf.MAX_RECIPE_BYTES))))
+    assert_refused(outcome, FORMAT, "unknown version", forger)
+
+
+def test_a_recipe_declared_larger_than_allowed_is_refused_before_decoding(forger):
+    frame = zeros_frame(MiB)
+    payload = lf.HEADER.pack(lf.MAX_RECIPE_BYTES + 1, len(frame)) + frame
+    outcome = apply_measured(forger, forger.delta_bundle(payload))
+    assert_refused(outcome, FORMAT, "implausibly large", forger, peak=128 * MiB)
+
+
+def test_binary_delta_streams_out_of_proportion_to_what_they_make_are_refused_before_decoding(forger):
+    chunk = 64 * MiB
+    frame = zeros_frame(chunk)
+    segment = Segment(lf.SEGMENT_BSDIFF, new_len=0, old_start=0, old_len=10, bsdiff_lens=(chunk, 0, 0))
+    payload = delta_payload([Chunk(chunk, len(frame))], [frame],
+                            [Record(lf.PRE_PARTNER, lf.DATA_DELTA, partner=(0, 1), segments=[segment])])
+    outcome = apply_measured(forger, forger.delta_bundle(payload))
+    assert_refused(outcome, FORMAT, "larger than the bytes it makes", forger, peak=128 * MiB)
+
+
+# --------------------------------------------------------------------------- absurd numbers in recipes
+
+BIG = 1 << 50
+
+
+def _chunked(spans: list[Span]) -> tuple[list[Chunk], list[bytes]]:
+    frame = codec.compress(b"x")
+    return [Chunk(1, len(frame), spans)], [frame]
+
+
+def _one(record: Record) -> bytes:
+    return delta_payload([], [], [record])
+
+
+RECIPES: dict[str, tuple[Callable[[], bytes], int, str]] = {
+    "chunk count": (lambda: recipe_payload(bytes([1]) + b"\xff\xff\xff\xff\xff\xff\x7f"), FORMAT, "too many chunks"),
+    "chunk literal length": (lambda: delta_payload([Chunk(BIG, 9)], [], []), FORMAT, "oversized chunk"),
+    "chunk frame length": (lambda: delta_payload([Chunk(1, BIG)], [], []), FORMAT, "oversized chunk"),
+    "span length": (lambda: delta_payload([Chunk(1, 9, [Span(0, 0, 1, 0, BIG)])], [], []), FORMAT, "oversized reference"),
+    "span layer": (lambda: delta_payload(*_chunked([Span(99, 0, 1, 0, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=1)]),
+                   FORMAT, "base layer 99, which the base lacks"),
+    "span entry": (lambda: delta_payload(*_chunked([Span(0, BIG, 1, 0, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=1)]),
+                   FORMAT, f"entry {BIG} of base layer 0, which the base lacks"),
+    "span start": (lambda: delta_payload(*_chunked([Span(0, 1, 1, BIG, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=1)]),
+                   FORMAT, "refers past an old entry's end"),
+    "partner layer": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_PARTNER, partner=(7, 0))), FORMAT, "base layer 7"),
+    "identical-content entry": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_REF, partner=(0, 0), ref=(0, BIG))),
+                                FORMAT, "which the base lacks"),
+    "header edit past the header": (lambda: _one(Record(lf.PRE_EDITED, lf.DATA_PARTNER, partner=(0, 0), edits=[(BIG, 1)])),
+                                    FORMAT, "runs past the header"),
+    "header edit count": (lambda: recipe_payload(bytes([1, 0, lf.PRE_EDITED | lf.HAS_PARTNER, 0, 0]) + b"\xff\xff\xff\x7f"),
+                          FORMAT, "ends early"),
+    "segment count": (lambda: recipe_payload(bytes([1, 0, (lf.DATA_DELTA << 2) | lf.HAS_PARTNER, 0, 0, 0]) + b"\xff\xff\x7f"),
+                      FORMAT, "too many delta segments"),
+    "binary delta size": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_DELTA, partner=(0, 1),
+                                              segments=[Segment(lf.SEGMENT_BSDIFF, BIG, 0, 10, (1, 1, 1))])),
+                          FORMAT, "larger than any deltaimg writes"),
+    "delta segment past the old file": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_DELTA, partner=(0, 1),
+                                                            segments=[Segment(lf.SEGMENT_LITERAL, 1, BIG, 1)])),
+                                        FORMAT, "refers past its old file's end"),
+    "literal payload size": (lambda: _one(Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=BIG)), INTEGRITY, "needs more literal bytes"),
+    "record flags": (lambda: recipe_payload(bytes([1, 0, 0x80])), FORMAT, "invalid record"),
+    "overlong number": (lambda: recipe_payload(bytes([1]) + b"\xff" * 11), FORMAT, "invalid number"),
+}
+
+
+@pytest.mark.parametrize("case", RECIPES)
+def test_absurd_numbers_in_a_recipe_are_refused(forger, case):
+    make_payload, code, reason = RECIPES[case]
+    outcome = apply_measured(forger, forger.delta_bundle(make_payload()))
+    assert_refused(outcome, code, reason, forger, peak=128 * MiB)
+
+
+# --------------------------------------------------------------------------- absurd manifests
+
+
+def _target(forger: Forger, diff_ids: list[str] | None = None) -> bytes:
+    return image_config(diff_ids if diff_ids is not None else [digest(forger.base_layer)])
+
+
+def _base_layer(forger: Forger, **changes) -> dict:
+    return {"diff_id": digest(forger.base_layer), "size": len(forger.base_layer), "method": "base", "base_layer": 0,
+            **changes}
+
+
+def _signed(forger: Forger, manifest: dict, payloads: list[tuple[str, bytes]] | None = None) -> Path:
+    config = _target(forger)
+    return forge(forger.path(), manifest, payloads if payloads is not None else [("config", config)], forger.private)
+
+
+MANIFESTS: dict[str, tuple[Callable[[Forger], Path], int, str]] = {
+    "nested ten thousand deep": (lambda g: write_signed(g.path(), b"[" * 10_000 + b"]" * 10_000, b"", g.private),
+                                 FORMAT, "not valid JSON"),
+    "too many payloads": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g)]),
+                                            [(f"p{i}", b"") for i in range(bundle_format.MAX_PAYLOADS + 1)]),
+                          FORMAT, "not a deltaimg manifest"),
+    "payload offset as a float": (lambda g: write_signed(g.path(), bundle_format.canonical_json(
+        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "offset": 0.0, "size": 1, "sha256": "x"}],
+         "payload_area": 1}), b"x", g.private), FORMAT, "payload list is malformed"),
+    "two payloads of one name": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g)]),
+                                                   [("config", _target(g)), ("config", b"other")]),
+                                 FORMAT, "payload list is malformed"),
+    "a payload of 2^62 bytes": (lambda g: write_signed(g.path(), bundle_format.canonical_json(
+        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "offset": 0, "size": 1 << 62, "sha256": "x"}],
+         "payload_area": 1 << 62}), b"x", g.private), FORMAT, "truncated"),
+    "layers not a list": (lambda g: _signed(g, g.manifest(_target(g), {"0": _base_layer(g)})), FORMAT, "lacks its base, target or layers"),
+    "base image id not a digest": (lambda g: _signed(g, {**g.manifest(_target(g), [_base_layer(g)]),
+                                                         "base": {"image_id": {"a": 1}, "diff_ids": []}}),
+                                   FORMAT, "record of the base image is malformed"),
+    "base layer id a path": (lambda g: _signed(g, {**g.manifest(_target(g), [_base_layer(g)]),
+                                                   "base": {"image_id": digest(g.base_config), "diff_ids": ["../../x"]}}),
+                             FORMAT, "record of the base image is malformed"),
+    "a tag with a newline": (lambda g: _signed(g, {**g.manifest(_target(g), [_base_layer(g)]),
+                                                   "target": {**g.manifest(_target(g), [])["target"], "tags": ["a\nb"]}}),
+                             FORMAT, "target tags are malformed"),
+    "target layer id a path": (lambda g: forge(g.path(), g.manifest(image_config(["sha256:" + "../" * 21 + "x"]), []),
+                                               [("config", image_config(["sha256:" + "../" * 21 + "x"]))], g.private),
+                               FORMAT, "no valid rootfs.diff_ids"),
+    "layer size negative": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g, size=-1)])), FORMAT, "layer 0 is malformed"),
+    "layer size true": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g, size=True)])), FORMAT, "layer 0 is malformed"),
+    "layer size 2^62": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g, size=1 << 62)])), INTEGRITY,
+                        f"not {1 << 62}"),
+    "base layer out of range": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g, base_layer=5)])),
+                                FORMAT, "layer 0 is malformed"),
+    "a repeat of another layer": (lambda g: forge(g.path(), g.manifest(image_config([digest(g.base_layer), FAKE_DIFF_ID]),
+                                                                       [_base_layer(g), _base_layer(g, diff_id=FAKE_DIFF_ID, method="repeat", of=0)]),
+                                                  [("config", image_config([digest(g.base_layer), FAKE_DIFF_ID]))], g.private),
+                                  FORMAT, "layer 1 is malformed"),
+    "a delta without its payload": (lambda g: forge(g.path(), g.manifest(image_config([FAKE_DIFF_ID]),
+                                                                         [{"diff_id": FAKE_DIFF_ID, "size": 1, "method": "delta", "payload": "nope"}]),
+                                                    [("config", image_config([FAKE_DIFF_ID]))], g.private),
+                                    FORMAT, "names no payload 'nope'"),
+    "a config payload of 17 MiB": (lambda g: forge(g.path(), g.manifest(_target(g), [_base_layer(g)]),
+                                                   [("config", bytes(17 * MiB))], g.private),
+                                   FORMAT, "larger than any deltaimg writes"),
+}
+
+
+@pytest.mark.parametrize("case", MANIFESTS)
+def test_absurd_signed_manifests_are_refused(forger, case):
+    make_bundle, code, reason = MANIFESTS[case]
+    assert_refused(apply_measured(forger, make_bundle(forger)), code, reason, forger)
+
+
+def _values(count: int) -> bytes:
+    """A manifest that is valid JSON and holds ``count`` empty objects (3 bytes each)."""
+    return b'{"format":"deltaimg-bundle","payloads":[],"payload_area":0,"x":[' + b"{}," * (count - 1) + b"{}]}"
+
+
+def test_a_manifest_of_millions_of_values_is_refused_before_parsing(forger):
+    """64 MiB of ``{},`` would take Python some 1.8 GB to parse."""
+    path = write_signed(forger.path(), _values((bundle_format.MAX_MANIFEST - 100) // 3), b"", forger.private)
+    assert_refused(apply_measured(forger, path), FORMAT, "holds more values than any deltaimg writes", forger)
+
+
+def test_inspect_of_an_unverified_manifest_of_millions_of_values_stays_within_the_budget(forger):
+    """inspect without --trust parses what anyone could have written."""
+    path = write_signed(forger.path(), _values((bundle_format.MAX_MANIFEST - 100) // 3), b"", forger.private)
+    outcome = measured("inspect", str(path))
+    assert outcome.returncode == FORMAT and "holds more values" in outcome.stderr, outcome.stderr
+    assert outcome.peak_rss < BUDGET
+
+
+def test_a_manifest_length_beyond_the_limit_is_refused_unread(forger):
+    path = forger.path()
+    path.write_bytes(bundle_format.MAGIC + bundle_format.U32.pack(1) + bundle_format.U32.pack(bundle_format.MAX_MANIFEST + 1)
+                     + bytes(100))
+    assert_refused(apply_measured(forger, path), FORMAT, "bad manifest length", forger, peak=128 * MiB)
+
+
+# --------------------------------------------------------------------------- the wrong target
+
+
+def test_a_base_whose_layer_bytes_were_altered_is_refused_and_nothing_written(forger, tmp_path):
+    """Same config (so the same image ID), other layer bytes: the rebuilt layer cannot match."""
+    layer = forger.base_layer
+    config = image_config([digest(layer)])
+    trailer = layer[layer.rindex(b"hello\n") + 512:]  # the end-of-archive blocks after the last file
+    frame = codec.compress(trailer)
+    payload = delta_payload([Chunk(len(trailer), len(frame))], [frame],
+                            [Record(lf.PRE_PARTNER, lf.DATA_PARTNER, partner=(0, i)) for i in range(3)]
+                            + [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=len(trailer), trailer=True)])
+    bundle = forge(forger.path(), forger.manifest(config, [{"diff_id": digest(layer), "size": len(layer),
+                                                           "method": "delta", "payload": "layer-0"}]),
+                   [("layer-0", payload), ("config", config)], forger.private)
+    damaged = tmp_path / "base-damaged.tar"
+    data = Path(forger.base_archive).read_bytes()
+    at = data.index(b"localhost")
+    damaged.write_bytes(data[:at] + b"LOCALHOST" + data[at + 9:])
+    process = run_cli("apply", str(bundle), "--trust", forger.public, "--base", str(damaged), "-o", str(forger.out_dir / "x.tar"))
+    assert process.returncode == INTEGRITY and "does not hash to its diff_id" in process.stderr, process.stderr
+    assert os.listdir(forger.out_dir) == []
+
+
+# --------------------------------------------------------------------------- where apply writes
+
+
+def test_an_output_that_is_a_dangling_symlink_is_neither_followed_nor_replaced_without_force(forger, example_bundle,
+                                                                                            example_pair, keypair, tmp_path):
+    link, target = tmp_path / "new.tar", tmp_path / "elsewhere" / "planted"
+    (tmp_path / "elsewhere").mkdir()
+    link.symlink_to(target)
+    args = ["apply", example_bundle, "--trust", keypair[1], "--base", example_pair[0], "-o", str(link)]
+    refused = run_cli(*args)
+    assert refused.returncode == OutputError.exit_code and "exists" in refused.stderr
+    assert link.is_symlink() and not target.exists()
+    forced = run_cli(*args, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert not link.is_symlink() and link.is_file() and not target.exists()  # the link was replaced, not followed
+
+
+def test_rebuilt_archives_name_their_members_by_digest_only(example_bundle, example_pair, keypair, tmp_path):
+    out = tmp_path / "new.tar"
+    assert run_cli("apply", example_bundle, "--trust", keypair[1], "--base", example_pair[0], "-o", str(out)).returncode == 0
+    with tarfile.open(out) as tar:
+        for name in tar.getnames():
+            assert not name.startswith("/") and ".." not in name.split("/"), name
+
+
+# --------------------------------------------------------------------------- the engine path
+
+
+def test_a_recipe_naming_a_base_layer_the_engine_image_lacks_changes_nothing(docker_client, engine_resources, keypair, tmp_path):
+    """Against the engine, the base layers a bundle reads are exported first: a reference to a
+    layer the base does not have must be refused as the bundle's fault, with the engine untouched."""
+    base_id = engine_resources.build("base")
+    base = docker_client.api.inspect_image(base_id)
+    diff_ids = base["RootFS"]["Layers"]
+    config = image_config([*diff_ids, FAKE_DIFF_ID])
+    payload = delta_payload([], [], [Record(lf.PRE_PARTNER, lf.DATA_PARTNER, partner=(len(diff_ids) + 5, 0), trailer=True)])
+    layers = [{"diff_id": d, "size": 1, "method": "base", "base_layer": i} for i, d in enumerate(diff_ids)]
+    layers.append({"diff_id": FAKE_DIFF_ID, "size": 4096, "method": "delta", "payload": "layer-x"})
+    manifest = {"format": "deltaimg-bundle", "version": 1, "tool": "forged", "created": "2024-01-01T00:00:00Z",
+                "base": {"image_id": base_id, "diff_ids": diff_ids, "tags": [], "created": None},
+                "target": {"image_id": digest(config), "diff_ids": [*diff_ids, FAKE_DIFF_ID],
+                           "tags": [engine_resources.name("target") + ":test"], "created": None, "config_payload": "config"},
+                "layers": layers, "full_image_size": 0}
+    bundle = forge(tmp_path / "b.dimg", manifest, [("layer-x", payload), ("config", config)],
+                   signing.load_private(keypair[0]))
+    images_before = {i["Id"] for i in docker_client.api.images(all=True, filters={"reference": engine_resources.prefix + "*"})}
+    result = run_cli("apply", str(bundle), "--trust", keypair[1])
+    assert result.returncode == FORMAT and "which the base lacks" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not any(i["Id"] == digest(config) for i in docker_client.api.images(all=True))
+    assert {i["Id"] for i in docker_client.api.images(all=True, filters={"reference": engine_resources.prefix + "*"})} == images_before

@@ -1,0 +1,268 @@
+"""An image archive or layout handed to make may be malformed or malicious.
+
+Whatever it holds (layers missing or not matching their diff_ids, names and links that lead out of
+it, broken or absurd JSON, damaged or oversized compression), make ends with one line and exit
+code 3, reads nothing outside the image, writes no bundle and leaves no temporary file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from deltaimg.errors import ImageReadError
+from tests import imagefactory as f
+from tests.conftest import run_cli
+
+IMAGE_EXIT = ImageReadError.exit_code
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """A good old image, a new one as a legacy archive tree and as an OCI layout directory."""
+    tmp = tmp_path_factory.mktemp("hostile-images")
+    v1 = f.write_layer(tmp / "v1.layer", f.complete_tree([f.file("etc/version", b"1\n"), f.file("srv/app", b"app " * 900)]))
+    v2 = f.write_layer(tmp / "v2.layer", f.complete_tree([f.file("etc/version", b"2\n"), f.file("srv/app", b"app " * 901)]))
+    old = f.write_docker_archive(tmp / "old.tar", [f.ImageSpec([v1], ["hostile/app:1"])])[0].path
+    new = tmp / "new.tar"
+    f.write_docker_archive(new, [f.ImageSpec([v2], ["hostile/app:2"])])
+    tree = tmp / "new-tree"
+    with tarfile.open(new) as tar:
+        tar.extractall(tree, filter="tar")
+    layout = tmp / "new-oci"
+    f.write_oci_dir(layout, [f.ImageSpec([v2], ["2"])], compression="gzip")
+    secret = tmp / "secret"
+    secret.write_bytes(b"the build host's secret\n")
+    return {"old": old, "new": new, "tree": tree, "layout": layout, "secret": secret}
+
+
+def tar_tree(tree: Path, out: Path, extra: Callable[[tarfile.TarFile], None] | None = None) -> Path:
+    """Tar a (possibly edited) archive tree back; ``extra`` may add members."""
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for item in sorted(tree.rglob("*")):
+            tar.add(item, arcname=str(item.relative_to(tree)), recursive=False)
+        if extra:
+            extra(tar)
+    return out
+
+
+def edited_archive(images: dict[str, Path], tmp_path: Path, edit: Callable[[Path, dict], None],
+                   extra: Callable[[tarfile.TarFile], None] | None = None) -> Path:
+    """The new image's archive with its manifest.json edited by ``edit(tree, entry)``."""
+    tree = tmp_path / "tree"
+    shutil.copytree(images["tree"], tree, symlinks=True)
+    manifest = json.loads((tree / "manifest.json").read_bytes())
+    edit(tree, manifest[0])
+    (tree / "manifest.json").write_text(json.dumps(manifest))
+    return tar_tree(tree, tmp_path / "new-edited.tar", extra)
+
+
+def symlink_member(name: str, target: str) -> Callable[[tarfile.TarFile], None]:
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = tarfile.SYMTYPE, target
+        tar.addfile(info)
+    return add
+
+
+def make_refused(images: dict[str, Path], new: str, keypair, tmp_path: Path, reason: str, old: str | None = None) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir(exist_ok=True)
+    result = run_cli("make", old or str(images["old"]), new, "-o", str(out_dir / "b.dimg"), "--key", keypair[0], "--quiet")
+    assert result.returncode == IMAGE_EXIT, result.stderr
+    assert result.stderr.startswith("deltaimg: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert reason in result.stderr, result.stderr
+    assert os.listdir(out_dir) == [], "make left a bundle or a temporary file behind"
+    assert "the build host's secret" not in result.stderr
+
+
+def test_control_the_untouched_images_make_a_bundle(images, keypair, tmp_path):
+    rebuilt = tar_tree(images["tree"], tmp_path / "same.tar")
+    result = run_cli("make", str(images["old"]), str(rebuilt), "-o", str(tmp_path / "b.dimg"), "--key", keypair[0])
+    assert result.returncode == 0, result.stderr
+    result = run_cli("make", str(images["old"]), f"oci:{images['layout']}", "-o", str(tmp_path / "c.dimg"), "--key", keypair[0])
+    assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- missing and mismatching layers
+
+
+def test_a_layer_the_manifest_lists_but_the_archive_lacks(images, keypair, tmp_path):
+    def drop_layer(tree: Path, entry: dict) -> None:
+        (tree / entry["Layers"][0]).unlink()
+    make_refused(images, str(edited_archive(images, tmp_path, drop_layer)), keypair, tmp_path, "missing from the archive")
+
+
+def test_a_layer_whose_bytes_do_not_match_its_diff_id(images, keypair, tmp_path):
+    def alter_layer(tree: Path, entry: dict) -> None:
+        layer = tree / entry["Layers"][0]
+        data = layer.read_bytes()
+        at = data.index(b"app app")
+        layer.write_bytes(data[:at] + b"APP" + data[at + 3:])
+    make_refused(images, str(edited_archive(images, tmp_path, alter_layer)), keypair, tmp_path, "does not hash to its diff_id")
+
+
+def test_an_old_layer_whose_bytes_do_not_match_its_diff_id(images, keypair, tmp_path):
+    """The old image is what the bundle will be checked against on the edge host: make must not
+    encode against bytes that are not the ones its diff_ids name."""
+    tree = tmp_path / "old-tree"
+    with tarfile.open(images["old"]) as tar:
+        tar.extractall(tree, filter="tar")
+    entry = json.loads((tree / "manifest.json").read_bytes())[0]
+    layer = tree / entry["Layers"][0]
+    data = layer.read_bytes()
+    at = data.index(b"app app")
+    layer.write_bytes(data[:at] + b"APP" + data[at + 3:])
+    old = tar_tree(tree, tmp_path / "old-altered.tar")
+    make_refused(images, str(images["new"]), keypair, tmp_path, "does not hash to its diff_id", old=str(old))
+
+
+def test_more_layers_listed_than_the_config_has(images, keypair, tmp_path):
+    def add_layer(tree: Path, entry: dict) -> None:
+        entry["Layers"].append(entry["Layers"][0])
+    make_refused(images, str(edited_archive(images, tmp_path, add_layer)), keypair, tmp_path, "lists 2 layers but the config has 1")
+
+
+def test_a_truncated_layer_tar(images, keypair, tmp_path):
+    def truncate(tree: Path, entry: dict) -> None:
+        layer = tree / entry["Layers"][0]
+        layer.write_bytes(layer.read_bytes()[:700])
+    make_refused(images, str(edited_archive(images, tmp_path, truncate)), keypair, tmp_path, "")
+
+
+# --------------------------------------------------------------------------- names that lead out of the image
+
+
+@pytest.mark.parametrize("name", ["../secret", "../../../../../../etc/passwd", "/etc/passwd", "blobs/../../x"])
+def test_a_manifest_naming_a_path_outside_the_archive(images, keypair, tmp_path, name):
+    def point_out(tree: Path, entry: dict) -> None:
+        entry["Config"] = name
+    make_refused(images, str(edited_archive(images, tmp_path, point_out)), keypair, tmp_path, "points outside the image")
+
+
+@pytest.mark.parametrize("target", ["../../secret", "/etc/passwd", "../../../../../../etc/passwd"])
+def test_a_symlink_in_the_archive_leading_out_of_it(images, keypair, tmp_path, target):
+    def name_link(tree: Path, entry: dict) -> None:
+        entry["Layers"][0] = "sneaky/layer.tar"
+    archive = edited_archive(images, tmp_path, name_link, extra=symlink_member("sneaky/layer.tar", target))
+    make_refused(images, str(archive), keypair, tmp_path, "link pointing outside the archive")
+
+
+def test_a_symlink_in_a_layout_directory_leading_out_of_it(images, keypair, tmp_path):
+    layout = tmp_path / "layout"
+    shutil.copytree(images["layout"], layout, symlinks=True)
+    index = json.loads((layout / "index.json").read_bytes())
+    manifest_blob = layout / "blobs" / "sha256" / index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads(manifest_blob.read_bytes())
+    config = layout / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]
+    config.unlink()
+    config.symlink_to(images["secret"])
+    make_refused(images, f"oci:{layout}", keypair, tmp_path, "outside the image")
+
+
+def test_a_symlink_inside_a_layout_directory_that_stays_inside_is_followed(images, keypair, tmp_path):
+    layout = tmp_path / "layout"
+    shutil.copytree(images["layout"], layout, symlinks=True)
+    index = json.loads((layout / "index.json").read_bytes())
+    (layout / "index.real.json").write_bytes((layout / "index.json").read_bytes())
+    (layout / "index.json").unlink()
+    (layout / "index.json").symlink_to("index.real.json")
+    assert index["manifests"]
+    result = run_cli("make", str(images["old"]), f"oci:{layout}", "-o", str(tmp_path / "b.dimg"), "--key", keypair[0])
+    assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- broken JSON
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b"[" * 100_000 + b"]" * 100_000, b'"a string"', b"[1, 2]",
+                                     b'[{"Config": 5, "Layers": "x"}]', b'[{"Config": "c", "Layers": [], "RepoTags": 7}]',
+                                     b"\xff\xfe"],
+                         ids=["empty", "cut", "nested deep", "a string", "numbers", "wrong types", "tags not a list", "not utf-8"])
+def test_a_broken_manifest_json(images, keypair, tmp_path, content):
+    tree = tmp_path / "tree"
+    shutil.copytree(images["tree"], tree, symlinks=True)
+    (tree / "manifest.json").write_bytes(content)
+    make_refused(images, str(tar_tree(tree, tmp_path / "broken.tar")), keypair, tmp_path, "")
+
+
+def test_a_manifest_json_of_millions_of_values_is_refused_before_parsing(images, keypair, tmp_path):
+    """16 MiB (the metadata limit) of ``{},`` would take Python some 400 MB to parse."""
+    tree = tmp_path / "tree"
+    shutil.copytree(images["tree"], tree, symlinks=True)
+    (tree / "manifest.json").write_bytes(b"[" + b"{}," * (5 << 20) + b"{}]")
+    make_refused(images, str(tar_tree(tree, tmp_path / "wide.tar")), keypair, tmp_path, "holds more values")
+
+
+@pytest.mark.parametrize("content", [b"{", b"[" * 100_000, b'{"rootfs": {"diff_ids": ["sha256:../../etc/passwd"]}}', b"null"],
+                         ids=["cut", "nested deep", "diff_id a path", "null"])
+def test_a_broken_image_config(images, keypair, tmp_path, content):
+    def replace_config(tree: Path, entry: dict) -> None:
+        (tree / entry["Config"]).write_bytes(content)
+    make_refused(images, str(edited_archive(images, tmp_path, replace_config)), keypair, tmp_path, "config")
+
+
+# --------------------------------------------------------------------------- damaged and oversized compression
+
+
+def _layout_with_layer_blob(images: dict[str, Path], tmp_path: Path, blob: bytes) -> Path:
+    """The OCI layout with its (gzip) layer blob's bytes replaced."""
+    layout = tmp_path / "layout"
+    shutil.copytree(images["layout"], layout, symlinks=True)
+    index = json.loads((layout / "index.json").read_bytes())
+    manifest = json.loads((layout / "blobs" / "sha256" / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    (layout / "blobs" / "sha256" / manifest["layers"][0]["digest"].split(":")[1]).write_bytes(blob)
+    return layout
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "cut short", "crc"])
+def test_a_damaged_gzip_layer(images, keypair, tmp_path, damage):
+    good = gzip.compress(b"x" * 100_000)
+    blob = {"flipped byte": good[:40] + bytes([good[40] ^ 0xFF]) + good[41:], "cut short": good[: len(good) // 2],
+            "crc": good[:-8] + bytes(8)}[damage]
+    make_refused(images, f"oci:{_layout_with_layer_blob(images, tmp_path, blob)}", keypair, tmp_path, "")
+
+
+def test_a_zstd_layer_that_asks_for_a_window_beyond_what_zstd_accepts_by_default(images, keypair, tmp_path):
+    # Frame header by hand: no content size, window 2^31, then one raw block: a 2 GiB window.
+    blob = b"\x28\xb5\x2f\xfd" + bytes([0x00, 21 << 3]) + bytes([0x09, 0, 0]) + b"x"
+    launcher = ("import os, subprocess, sys\nchild = subprocess.Popen(sys.argv[1:], stderr=subprocess.PIPE)\n"
+                "err = child.stderr.read()\n_, status, usage = os.wait4(child.pid, 0)\n"
+                "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss, err.decode().strip())\n")
+    layout = _layout_with_layer_blob(images, tmp_path, blob)
+    command = [sys.executable, "-m", "deltaimg", "make", str(images["old"]), f"oci:{layout}", "-o",
+               str(tmp_path / "b.dimg"), "--key", keypair[0], "--quiet"]
+    returncode, peak_kib, message = subprocess.run([sys.executable, "-c", launcher, *command], capture_output=True,
+                                                   text=True, timeout=600).stdout.split(" ", 2)
+    assert int(returncode) == IMAGE_EXIT and "does not decompress" in message, message
+    assert int(peak_kib) < 256 * 1024
+    assert not (tmp_path / "b.dimg").exists()
+
+
+def test_an_archive_that_is_itself_compressed(images, keypair, tmp_path):
+    packed = tmp_path / "new.tar.gz"
+    packed.write_bytes(gzip.compress(images["new"].read_bytes()))
+    make_refused(images, str(packed), keypair, tmp_path, "decompress it first")
+
+
+def test_a_layer_tar_with_absurd_sizes(images, keypair, tmp_path):
+    """A PAX header that says its file is a petabyte: the tar ends long before."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("huge")
+        info.size = 10
+        info.pax_headers = {"size": str(1 << 50)}
+        tar.addfile(info, io.BytesIO(b"0123456789"))
+    def replace_layer(tree: Path, entry: dict) -> None:
+        (tree / entry["Layers"][0]).write_bytes(buffer.getvalue())
+    make_refused(images, str(edited_archive(images, tmp_path, replace_layer)), keypair, tmp_path, "")
