@@ -139,9 +139,13 @@ def diff(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oc
     _emit(as_json, result, report.diff_lines(result, limit))
 
 
+LogFormatOpt = typer.Option("text", "--log-format", help="text: readable lines; json: one JSON object per line (for cron and log collectors).")
+StateDirOpt = typer.Option(None, "--state-dir", help="Journal, lock and scratch space (default $DELTAIMG_STATE_DIR or /var/lib/deltaimg).")
+
+
 @app.command()
-def apply(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
-          trust_dir: Optional[str] = TrustDirOpt,
+def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts of split bundles, or folders of them."),
+          trust: Optional[List[str]] = TrustOpt, trust_dir: Optional[str] = TrustDirOpt,
           base: Optional[str] = typer.Option(None, "--base", help="Rebuild from this image (archive or layout) instead of the engine."),
           output: Optional[str] = typer.Option(None, "--output", "-o", help="With --base: write the new image as a docker save archive."),
           force: bool = typer.Option(False, "--force", help="Overwrite --output."),
@@ -150,40 +154,72 @@ def apply(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optiona
           no_swap: bool = typer.Option(False, "--no-swap", help="Load the new image; touch no container."),
           grace: float = typer.Option(10.0, "--grace", help="Seconds a container without healthcheck must run before it counts as up."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
-          as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
-    """Verify a bundle, rebuild the new image byte-exactly, load it into the engine and swap its containers.
+          state_dir: Optional[str] = StateDirOpt,
+          wait: float = typer.Option(0.0, "--wait", help="Wait up to SECONDS for another run to finish instead of exiting at once."),
+          allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Apply a bundle whose target is older than what it replaces."),
+          retry: bool = typer.Option(False, "--retry", help="Try again a bundle whose last attempt was rolled back."),
+          log_format: str = LogFormatOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
+    """Verify bundles, rebuild the new images byte-exactly, load them into the engine and swap their containers.
 
-    With --base and --output, rebuild into an archive instead and leave the engine alone.
+    Given a folder or several bundles, applies those that take this host forward, in chain order.
+    With --base and --output, rebuilds one bundle into an archive instead and leaves the engine alone.
     """
     if base or output:
         if not (base and output):
             raise UsageError("--base and --output go together (rebuild into an archive); give both or neither")
+        if len(paths) != 1:
+            raise UsageError("--base and --output rebuild one bundle; give exactly one")
         from deltaimg.apply import apply_to_archive
         from deltaimg.images import open_image
 
-        opened = _open(bundle, trust, trust_dir, quiet or as_json)
+        opened = _open(paths[0], trust, trust_dir, quiet or as_json)
         plan = apply_to_archive(opened, open_image(base, platform), output, force)
-        data = {"bundle": bundle, "output": output, "image_id": plan.target_id, "tags": plan.target_tags,
+        data = {"bundle": paths[0], "output": output, "image_id": plan.target_id, "tags": plan.target_tags,
                 "outcome": "rebuilt"}
         _emit(as_json, data, [f"{output}: {' '.join(plan.target_tags) or '(untagged)'} {plan.target_id[:19]} "
                               "rebuilt, every layer matches its diff_id"])
         return
-    from deltaimg import engine
-    from deltaimg.engineapply import apply_to_engine
+    from deltaimg import runlog, unattended
+    from deltaimg.journal import state_dir_path
 
-    opened = _open(bundle, trust, trust_dir, quiet or as_json)
-    client = engine.connect()
-    lines: list[str] = []
-    log = lines.append if as_json else print
-    outcome = apply_to_engine(opened, client, containers=container or None, swap_containers=not no_swap,
-                              grace=grace, dry_run=dry_run, log=log)
-    swapped = [{"name": r.name, "old_container": r.old_container_id, "new_container": r.new_container_id}
-               for r in outcome.swapped]
-    data = {"bundle": bundle, "image_id": outcome.image_id, "loaded": outcome.loaded, "dry_run": dry_run,
-            "containers": swapped, "log": lines, "outcome": "planned" if dry_run else "applied"}
-    _emit(as_json, data, [f"{report.name_of(opened.manifest['target'])}: "
-                          f"{'plan printed, nothing changed' if dry_run else 'in service'}; "
-                          f"{len(swapped)} container(s) {'to swap' if dry_run else 'swapped'}"])
+    reporter = _reporter(log_format, as_json)
+    options = unattended.Options(paths=list(paths), trusted=keys.trusted_keys(trust or [], trust_dir),
+                                 state_dir=state_dir_path(state_dir), wait=wait, containers=container or None,
+                                 swap=not no_swap, grace=grace, dry_run=dry_run, allow_downgrade=allow_downgrade,
+                                 retry=retry, progress_bars=not (quiet or as_json or log_format == "json"))
+    unattended.run(options, reporter)
+    if isinstance(reporter, runlog.Collected):
+        _emit(True, reporter.report(), [])
+
+
+def _reporter(log_format: str, as_json: bool):
+    from deltaimg import runlog
+
+    global _json_lines
+    if log_format not in ("text", "json"):
+        raise UsageError(f"--log-format is text or json, not {log_format!r}")
+    if as_json:
+        return runlog.Collected()
+    _json_lines = log_format == "json"
+    return runlog.JsonLines() if _json_lines else runlog.TextLog()
+
+
+@app.command()
+def status(state_dir: Optional[str] = StateDirOpt,
+           limit: int = typer.Option(20, "--limit", help="Show the last N attempts (0: all)."),
+           as_json: bool = JsonOpt) -> None:
+    """Show what apply did on this host: the journal of every bundle applied, and any run in progress."""
+    from deltaimg.journal import StateDir, state_dir_path
+    from deltaimg.lock import holder
+
+    state = StateDir(state_dir_path(state_dir))
+    if not os.path.isdir(state.path):
+        raise UsageError(f"no state directory {state.path}: nothing was applied on this host yet (or pass --state-dir DIR)")
+    attempts = state.journal.attempts()
+    shown = attempts[-limit:] if limit > 0 else attempts
+    running = holder(state.lock_path)
+    data, lines = report.status(state.path, shown, len(attempts), running)
+    _emit(as_json, data, lines)
 
 
 @app.command()
@@ -210,11 +246,16 @@ CLICK_ERRORS = (click.ClickException, *(c for c in typer.BadParameter.__mro__ if
 ABORTS = (click.exceptions.Abort, typer.Abort)
 
 
+_json_lines = False  # set by apply --log-format json: its failure is logged as a JSON line too
+
+
 def main() -> None:
     try:
         result = app(standalone_mode=False)
     except DeltaimgError as exc:
-        print(f"deltaimg: error: {printable(exc)}", file=sys.stderr)
+        from deltaimg.runlog import write_error
+
+        write_error(str(exc), exc.exit_code, _json_lines)
         sys.exit(exc.exit_code)
     except ABORTS:
         print("deltaimg: interrupted", file=sys.stderr)

@@ -41,7 +41,7 @@ def check(work_dir: str, data_root: str | None, rebuilds: list[int], log: Callab
     data_dev = _device(data_root) if data_root else None
     if data_root and data_dev is None:
         log(f"cannot check the free space of the engine's data root {data_root}: it is not visible from here")
-    if data_dev is not None and data_dev == _device(work_dir):
+    if data_dev is not None and data_dev == _device(_existing(work_dir)):
         _require(work_dir, need_shared, f"{work_dir} (the rebuild's scratch space) and {data_root} "
                  "(the engine's data root, on the same filesystem)")
         return
@@ -54,8 +54,16 @@ def free_bytes(path: str) -> int:
     override = os.environ.get(FREE_ENV)
     if override is not None:
         return int(override)
-    stats = os.statvfs(path)
+    stats = os.statvfs(_existing(path))
     return stats.f_bavail * stats.f_frsize
+
+
+def _existing(path: str) -> str:
+    """``path``, or its nearest ancestor that exists: a dry run checks a state directory it does not create."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
 
 
 def _require(path: str, need: int, where: str) -> None:

@@ -237,3 +237,40 @@ def _modification(record: dict) -> str:
         return f"({record['kind']}; {', '.join(what)})"
     delta = record["new_size"] - record["old_size"]
     return f"{human_size(record['new_size'])} ({', '.join(([signed_size(delta)] if delta else []) + what)})"
+
+
+def status(state_dir: str, attempts: list, total: int, running: int | None) -> tuple[dict, list[str]]:
+    """``deltaimg status``: the journal's attempts (deltaimg.journal.Attempt), newest last."""
+    rows = [_attempt(a) for a in attempts]
+    data = {"state_dir": state_dir, "running": running, "attempts": rows, "total_attempts": total}
+    lines = [f"state directory {state_dir}: {total} update(s) journalled"
+             + (f", the last {len(rows)} shown" if len(rows) < total else "")]
+    if running is not None:
+        lines.append(f"a run is in progress now (pid {running or '?'})")
+    for row in rows:
+        swapped = ", ".join(c.get("name", "?") for c in row["containers"]) or "no container"
+        lines.append(f"{row['time']}  {row['outcome']:<15} {row['from']} {arrow()} {row['to']}  "
+                     f"[{swapped}] key {row['key_id']} {row['bundle']}")
+        if row["message"]:
+            lines.append(f"    {row['message']}")
+    return data, lines
+
+
+def _attempt(attempt) -> dict:
+    begin, closed = attempt.begin, attempt.closed or {}
+    bundle = begin.get("bundle") or {}
+    if attempt.interrupted:
+        outcome = "interrupted"
+    else:
+        outcome = closed.get("outcome") or closed.get("type", "?")
+    return {"id": attempt.id, "time": begin.get("time"), "ended": closed.get("time"), "outcome": outcome,
+            "bundle": bundle.get("path"), "bundle_sha256": bundle.get("sha256"), "key_id": bundle.get("key_id"),
+            "from": _journal_name(begin.get("from")), "to": _journal_name(begin.get("to")),
+            "from_image": (begin.get("from") or {}).get("image_id"), "to_image": (begin.get("to") or {}).get("image_id"),
+            "containers": closed.get("containers") or [], "message": closed.get("message") or "; ".join(attempt.notes)}
+
+
+def _journal_name(image: object) -> str:
+    if not isinstance(image, dict) or not isinstance(image.get("image_id"), str):
+        return "?"
+    return name_of(image)

@@ -14,6 +14,14 @@ import pytest
 from deltaimg import example, signing
 
 
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path, monkeypatch) -> str:
+    """Every test's applies journal and lock in a state directory of their own, never /var/lib/deltaimg."""
+    path = str(tmp_path / "state")
+    monkeypatch.setenv("DELTAIMG_STATE_DIR", path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def keypair(tmp_path_factory) -> tuple[str, str]:
     directory = tmp_path_factory.mktemp("keys")

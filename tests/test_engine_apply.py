@@ -82,7 +82,8 @@ def test_apply_loads_the_new_image_and_swaps_the_container_keeping_everything(
     result = run_cli("apply", bundle, "--trust", keypair[1], "--grace", "2", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["loaded"] is True and [c["name"] for c in report["containers"]] == [res.name("app")]
+    [applied] = [o for o in report["outcomes"] if o["event"] == "applied"]
+    assert applied["loaded"] is True and [c["name"] for c in applied["containers"]] == [res.name("app")]
 
     new = client.api.inspect_container(res.name("app"))
     assert new["Image"] == images["v2"] and new["State"]["Running"]
