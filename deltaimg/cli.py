@@ -7,7 +7,6 @@ import os
 import sys
 from typing import List, Optional
 
-import click
 import typer
 
 from deltaimg import __version__, keys, report
@@ -241,9 +240,9 @@ def version() -> None:
     print(f"deltaimg {__version__}")
 
 
-# typer 0.2x carries its own copy of click: its usage errors and aborts are not click's classes.
-CLICK_ERRORS = (click.ClickException, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))
-ABORTS = (click.exceptions.Abort, typer.Abort)
+# Older typer raises click's own usage errors, typer 0.2x those of the copy of click it carries (and
+# click itself may not be installed): find the class through typer's public one.
+CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 _json_lines = False  # set by apply --log-format json: its failure is logged as a JSON line too
@@ -257,7 +256,7 @@ def main() -> None:
 
         write_error(str(exc), exc.exit_code, _json_lines)
         sys.exit(exc.exit_code)
-    except ABORTS:
+    except typer.Abort:
         print("deltaimg: interrupted", file=sys.stderr)
         sys.exit(130)
     except CLICK_ERRORS as exc:  # a wrong command line: one line too, with where to look
