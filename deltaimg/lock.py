@@ -15,6 +15,9 @@ import time
 from deltaimg.errors import OutputError, RunLockedError
 
 POLL = 0.2  # seconds between attempts while waiting
+# Even without --wait a run tries this long: ``deltaimg status`` holds a shared lock for an instant
+# to see whether a run is in progress, and a run starting in that instant must not be refused.
+SETTLE = 1.0
 
 
 class RunLock:
@@ -30,7 +33,7 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise OutputError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
-        deadline = time.monotonic() + max(self.wait, 0.0)
+        deadline = time.monotonic() + max(self.wait, SETTLE)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
