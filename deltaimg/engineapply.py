@@ -152,7 +152,8 @@ def _exported(diff_id: str, paths: dict[str, str]) -> Layer:
 
 
 class _Upload:
-    """The archive as ``docker load`` reads it; the crash tests' ``load`` kill point fires half way."""
+    """The archive as ``docker load`` reads it; the crash tests' ``load`` kill point fires once at
+    least half of it has gone to the engine (each read comes after the one before was sent)."""
 
     def __init__(self, stream: BinaryIO, size: int) -> None:
         self._stream = stream
@@ -160,8 +161,8 @@ class _Upload:
         self._sent = 0
 
     def read(self, n: int = -1) -> bytes:
+        if self._sent and self._sent >= self._half:
+            faults.killpoint("load")
         data = self._stream.read(n)
         self._sent += len(data)
-        if self._sent >= self._half:
-            faults.killpoint("load")
         return data

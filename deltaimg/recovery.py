@@ -26,7 +26,7 @@ import docker
 import docker.errors
 import requests
 
-from deltaimg import engine
+from deltaimg import engine, faults
 from deltaimg.errors import RecoveryError
 from deltaimg.journal import Attempt, Journal
 from deltaimg.report import name_of
@@ -42,7 +42,10 @@ def recover(client: docker.DockerClient, journal: Journal, outcome: Outcome) -> 
         if not attempt.interrupted:
             continue
         target_id = attempt.begin.get("to", {}).get("image_id", "")
-        actions = [_settle(client, container, attempt, target_id) for container in _touched(attempt)]
+        actions = []
+        for container in _touched(attempt):
+            actions.append(_settle(client, container, attempt, target_id))
+            faults.killpoint("recover")
         record = journal.append({"type": "recovered", "id": attempt.id, "outcome": "recovered",
                                  "bundle": attempt.begin.get("bundle"), "from": attempt.begin.get("from"),
                                  "to": attempt.begin.get("to"), "containers": actions})
