@@ -11,14 +11,13 @@ import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Callable
-
 from deltaimg import archivewriter
 from deltaimg.bundle import Bundle
 from deltaimg.decoder import rebuild_layer
 from deltaimg.errors import BaseMismatchError, BundleFormatError, ImageReadError, IntegrityError, OutputError
 from deltaimg.images.base import Image, config_diff_ids, is_digest
 from deltaimg.oldcontent import OldContent
+from deltaimg.progress import Advance, metered
 
 MAX_CONFIG = 16 * 1024 * 1024
 
@@ -90,40 +89,48 @@ def check_base(plan: Plan, base: Image, bundle_path: str) -> None:
         raise BaseMismatchError(f"{bundle_path}: the base image's layers differ from the bundle's record")
 
 
-def layer_sources(bundle: Bundle, plan: Plan, content: OldContent, wanted: Callable[[str], bool] = lambda d: True):
+def rebuild_size(plan: Plan, keep: int = 0) -> int:
+    """Bytes of layers the rebuild writes past the first ``keep`` (each distinct layer once)."""
+    return sum({layer["diff_id"]: layer["size"] for layer in plan.layers[keep:]}.values())
+
+
+def layer_sources(bundle: Bundle, plan: Plan, content: OldContent, advance: Advance | None = None):
     """(diff_id, size, fill) per target layer, for :func:`archivewriter.write_image`.
 
-    ``fill`` is None for layers not ``wanted`` (an engine that already has them).
+    ``fill`` is None for a layer that repeats an earlier one; each fill tells ``advance`` the
+    number of bytes of every block it writes.
     """
     sources = []
     for layer in plan.layers:
         fill = None
-        if wanted(layer["diff_id"]):
-            if layer["method"] == "base":
-                fill = _copy_base(content, layer["base_layer"])
-            elif layer["method"] == "delta":
-                fill = _rebuild(bundle, layer["payload"], content)
+        if layer["method"] == "base":
+            fill = _copy_base(content, layer["base_layer"], advance)
+        elif layer["method"] == "delta":
+            fill = _rebuild(bundle, layer["payload"], content, advance)
         sources.append((layer["diff_id"], layer["size"], fill))
     return sources
 
 
-def _copy_base(content: OldContent, index: int):
+def _copy_base(content: OldContent, index: int, advance: Advance | None):
     def fill(write) -> None:
+        write = metered(write, advance) if advance else write
         with content.open_layer(index) as f:
             while block := f.read(1 << 20):
                 write(block)
     return fill
 
 
-def _rebuild(bundle: Bundle, payload: str, content: OldContent):
+def _rebuild(bundle: Bundle, payload: str, content: OldContent, advance: Advance | None):
     def fill(write) -> None:
         with bundle.open_payload(payload) as f:
-            rebuild_layer(f, content, write)
+            rebuild_layer(f, content, metered(write, advance) if advance else write)
     return fill
 
 
-def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = False) -> Plan:
-    """Rebuild the bundle's target image as a ``docker save`` archive at ``output``."""
+def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = False,
+                     advance: Advance | None = None) -> Plan:
+    """Rebuild the bundle's target image as a ``docker save`` archive at ``output``; ``advance`` is
+    told the bytes of every layer written (:func:`rebuild_size` in all)."""
     plan = read_plan(bundle)
     check_base(plan, base, bundle.path)
     if os.path.lexists(output) and not force:  # lexists: a dangling symlink is there too
@@ -136,7 +143,7 @@ def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = Fal
     try:
         with tempfile.TemporaryDirectory(prefix="deltaimg-apply-") as workdir, OldContent(base, workdir) as content:
             with os.fdopen(fd, "wb") as out:
-                archivewriter.write_image(out, plan.target_config, plan.target_tags, layer_sources(bundle, plan, content))
+                archivewriter.write_image(out, plan.target_config, plan.target_tags, layer_sources(bundle, plan, content, advance))
                 out.flush()
                 os.fsync(out.fileno())
         os.replace(tmp, output)

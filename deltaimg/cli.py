@@ -168,11 +168,14 @@ def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts
             raise UsageError("--base and --output go together (rebuild into an archive); give both or neither")
         if len(paths) != 1:
             raise UsageError("--base and --output rebuild one bundle; give exactly one")
-        from deltaimg.apply import apply_to_archive
+        from deltaimg import progress
+        from deltaimg.apply import apply_to_archive, read_plan, rebuild_size
         from deltaimg.images import open_image
 
         opened = _open(paths[0], trust, trust_dir, quiet or as_json)
-        plan = apply_to_archive(opened, open_image(base, platform), output, force)
+        base_image = open_image(base, platform)
+        with progress.bar("apply", rebuild_size(read_plan(opened)), not (quiet or as_json)) as advance:
+            plan = apply_to_archive(opened, base_image, output, force, advance)
         data = {"bundle": paths[0], "output": output, "image_id": plan.target_id, "tags": plan.target_tags,
                 "outcome": "rebuilt"}
         _emit(as_json, data, [f"{output}: {' '.join(plan.target_tags) or '(untagged)'} {plan.target_id[:19]} "

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from deltaimg import archivewriter, engine, faults, swap
-from deltaimg.apply import Plan, layer_sources, read_plan
+from deltaimg.apply import Plan, layer_sources, read_plan, rebuild_size
 from deltaimg.bundle import Bundle
 from deltaimg.decoder import old_layers_used
 from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError
 from deltaimg.images.base import Image, Layer
 from deltaimg.oldcontent import OldContent
+from deltaimg.progress import Advance
 from deltaimg.report import name_of
 
 
@@ -53,11 +54,6 @@ def layers_to_load(client, plan: Plan) -> int:
     return shared_prefix(plan) if engine.loads_thin_archives(client) else 0
 
 
-def rebuild_size(plan: Plan, keep: int) -> int:
-    """Bytes of layers the rebuild writes past the first ``keep`` (each distinct layer once)."""
-    return sum({layer["diff_id"]: layer["size"] for layer in plan.layers[keep:]}.values())
-
-
 def base_layers_needed(bundle: Bundle, plan: Plan, keep: int) -> set[int]:
     """The base layers that rebuilding the target's layers past the first ``keep`` reads."""
     needed: set[int] = set()
@@ -75,7 +71,8 @@ def base_layers_needed(bundle: Bundle, plan: Plan, keep: int) -> set[int]:
 
 def apply_to_engine(bundle: Bundle, client, *, containers: list[str] | None, swap_containers: bool,
                     grace: float, dry_run: bool, log: Callable[[str], None], work_dir: str | None = None,
-                    observer: swap.SwapObserver | None = None) -> EngineOutcome:
+                    observer: swap.SwapObserver | None = None, advance: Advance | None = None) -> EngineOutcome:
+    """``advance`` is told the bytes of every layer rebuilt, as they are written."""
     plan = read_plan(bundle)
     target_name = name_of(bundle.manifest["target"])
     present = engine.find_image(client, plan.target_id) is not None
@@ -86,7 +83,7 @@ def apply_to_engine(bundle: Bundle, client, *, containers: list[str] | None, swa
         if dry_run:
             log(f"would rebuild and load {target_name} from base {name_of(bundle.manifest['base'])}")
         else:
-            _load_target(client, bundle, plan, log, work_dir)
+            _load_target(client, bundle, plan, log, work_dir, advance)
     if not dry_run:
         engine.tag(client, plan.target_id, plan.target_tags)
     outcome = EngineOutcome(plan.target_id, loaded=not present and not dry_run)
@@ -115,7 +112,8 @@ def require_base(client, bundle: Bundle, plan: Plan) -> None:
                            f"but this engine lacks {plan.base_id[:19]} (it has {instead})")
 
 
-def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None], work_dir: str | None) -> None:
+def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None], work_dir: str | None,
+                 advance: Advance | None) -> None:
     keep = layers_to_load(client, plan)
     wanted_ids = {plan.base_diff_ids[i] for i in base_layers_needed(bundle, plan, keep)}
     with tempfile.TemporaryDirectory(prefix="deltaimg-engine-", dir=work_dir) as workdir:
@@ -125,7 +123,7 @@ def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None],
                      source=f"docker-daemon:{plan.base_id[:19]}")
         archive = os.path.join(workdir, "target.tar")
         with OldContent(base, workdir) as content, open(archive, "wb") as out:
-            sources = layer_sources(bundle, plan, content)
+            sources = layer_sources(bundle, plan, content, advance)
             thin = [(d, size, fill if position >= keep else None) for position, (d, size, fill) in enumerate(sources)]
             archivewriter.write_image(out, plan.target_config, plan.target_tags, thin)
         for path in paths.values():

@@ -36,9 +36,9 @@ import docker.errors
 import requests
 
 from deltaimg import chain, diskspace, engine, faults, progress, recovery, signing
-from deltaimg.apply import Plan, read_plan
+from deltaimg.apply import Plan, read_plan, rebuild_size
 from deltaimg.bundle import Bundle, bundle_files, open_bundle, verify_payloads
-from deltaimg.engineapply import apply_to_engine, rebuild_size, require_base, shared_prefix
+from deltaimg.engineapply import apply_to_engine, layers_to_load, require_base, shared_prefix
 from deltaimg.errors import (
     DeltaimgError,
     DowngradeError,
@@ -273,20 +273,24 @@ class _Run:
 
     def _apply_one(self, bundle: Bundle, plan: Plan) -> None:
         names = _EngineHost(self.client, self.options).containers_on(plan.base_id)
-        if engine.find_image(self.client, plan.target_id) is not None and not names:
+        loaded = engine.find_image(self.client, plan.target_id) is not None
+        if loaded and not names:
             self._outcome("already-applied", bundle, f"already applied: {name_of(bundle.manifest['target'])} is "
                                                      f"already in the engine and no container to swap runs "
                                                      f"{name_of(bundle.manifest['base'])}")
             return
+        rebuilds = 0 if loaded else rebuild_size(plan, layers_to_load(self.client, plan))
         attempt = new_id()
         summary = {"bundle": _bundle_record(bundle), "from": _image_record(bundle.manifest["base"]),
                    "to": _image_record(bundle.manifest["target"])}
         self.journal.append({"type": "begin", "id": attempt, "pid": os.getpid(), "containers": names, **summary})
         recorder = _Recorder(self.journal, attempt)
         try:
-            outcome = apply_to_engine(bundle, self.client, containers=self._names(plan.base_id),
-                                      swap_containers=self.options.swap, grace=self.options.grace, dry_run=False,
-                                      log=self.reporter.progress, work_dir=self.state.work_path, observer=recorder)
+            with progress.bar("apply", rebuilds, self.options.progress_bars and rebuilds > 0) as advance:
+                outcome = apply_to_engine(bundle, self.client, containers=self._names(plan.base_id),
+                                          swap_containers=self.options.swap, grace=self.options.grace, dry_run=False,
+                                          log=self.reporter.progress, work_dir=self.state.work_path,
+                                          observer=recorder, advance=advance)
         except SwapFailedNotRolledBack as exc:
             self.journal.append({"type": "note", "id": attempt, "message": str(exc)})
             raise  # the attempt stays open: the next run's recovery finishes what the rollback could not

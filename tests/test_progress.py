@@ -103,3 +103,33 @@ def test_on_a_real_terminal_a_bar_is_drawn_and_quiet_silences_it(command, exampl
     drawn = on_terminal(*args)
     assert command in drawn and re.search(r"\d+(\.\d+)? [kMG]?B/s", drawn), drawn
     assert on_terminal(*args, "--quiet") == ""
+
+
+def test_apply_tells_its_progress_callback_every_byte_of_every_layer_it_writes(example_bundle, example_pair, keypair,
+                                                                                tmp_path):
+    from deltaimg.apply import apply_to_archive, read_plan, rebuild_size
+    from deltaimg.bundle import open_bundle
+    from deltaimg.keys import trusted_keys
+    from tests.conftest import archive_image
+
+    bundle = open_bundle(example_bundle, trusted_keys([keypair[1]], None))
+    done: list[int] = []
+    apply_to_archive(bundle, open_image(example_pair[0]), str(tmp_path / "new.tar"), advance=done.append)
+    _, layers = archive_image(str(tmp_path / "new.tar"))
+    assert len(done) > len(layers)  # block by block, not once per layer
+    assert sum(done) == rebuild_size(read_plan(bundle)) == sum(len(layer) for layer in layers)
+
+
+def test_apply_is_silent_on_stderr_when_it_is_not_a_terminal(example_bundle, example_pair, keypair, tmp_path):
+    from tests.conftest import run_cli
+
+    result = run_cli("apply", example_bundle, "--trust", keypair[1], "--base", example_pair[0], "-o", str(tmp_path / "n.tar"))
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_on_a_real_terminal_apply_draws_its_bar_and_quiet_silences_it(example_bundle, example_pair, keypair, tmp_path):
+    args = ["apply", example_bundle, "--trust", keypair[1], "--base", example_pair[0], "-o", str(tmp_path / "n.tar"),
+            "--force"]
+    drawn = on_terminal(*args)
+    assert "apply" in drawn and re.search(r"\d+(\.\d+)? [kMG]?B/s", drawn), drawn
+    assert on_terminal(*args, "--quiet") == ""

@@ -139,7 +139,7 @@ def test_a_chain_in_a_folder_is_applied_in_order_whatever_the_file_names(
     shutil.copy(example_bundle, stick / "c-other-app.dimg")  # for an image this host does not have
 
     result = apply(stick, "--trust", keypair[1])
-    assert result.returncode == 0, result.stderr
+    assert (result.returncode, result.stderr) == (0, "")  # no progress bar without a terminal
     container, image, version = app.running(engine_resources)
     assert (image, version) == (app.ids["3"], "3") and container != before
     assert attempts(state_dir) == [(app.ids["1"], app.ids["2"], "applied"), (app.ids["2"], app.ids["3"], "applied")]
@@ -329,3 +329,25 @@ def test_a_bundle_file_named_alone_for_an_image_the_host_lacks_is_an_error(app, 
     result = apply(example_bundle, "--trust", keypair[1], "--log-format", "json")
     assert result.returncode == 15
     assert json.loads(result.stdout.splitlines()[-1])["exit_code"] == 15
+
+
+def test_the_rebuild_reports_every_byte_it_writes_and_a_terminal_shows_it_as_a_bar(app, keypair, tmp_path):
+    from deltaimg.apply import read_plan, rebuild_size
+    from deltaimg.bundle import open_bundle
+    from deltaimg.engineapply import apply_to_engine, layers_to_load
+    from tests.test_progress import on_terminal
+
+    app.host_has("1")
+    bundle = open_bundle(app.bundles["1", "2"], keys.trusted_keys([keypair[1]], None))
+    done: list[int] = []
+    apply_to_engine(bundle, app.client, containers=None, swap_containers=False, grace=1, dry_run=False,
+                    log=lambda line: None, work_dir=str(tmp_path), advance=done.append)
+    plan = read_plan(bundle)
+    assert app.in_engine("2") and sum(done) == rebuild_size(plan, layers_to_load(app.client, plan)) > 60000
+
+    args = ["apply", app.bundles["1", "2"], "--trust", keypair[1], "--no-swap"]
+    app.host_has("1")
+    assert "apply" in on_terminal(*args)
+    for silent in ("--quiet", "--json", "--log-format=json"):
+        app.host_has("1")
+        assert on_terminal(*args, silent) == "", silent
