@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
 
@@ -248,6 +248,7 @@ def version() -> None:
 CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+INTERRUPTED = 130
 _json_lines = False  # set by apply --log-format json: its failure is logged as a JSON line too
 
 
@@ -259,13 +260,21 @@ def main() -> None:
 
         write_error(str(exc), exc.exit_code, _json_lines)
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("deltaimg: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt):  # older typer lets an interrupt through
+        _interrupted()
     except CLICK_ERRORS as exc:  # a wrong command line: one line too, with where to look
         print(f"deltaimg: error: {printable(exc.format_message())} (see deltaimg --help)", file=sys.stderr)
         sys.exit(UsageError.exit_code)
-    except KeyboardInterrupt:
-        print("deltaimg: interrupted", file=sys.stderr)
-        sys.exit(130)
+    if result == INTERRUPTED:  # typer 0.2x turns an interrupt into Exit(130), and says nothing
+        _interrupted()
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _interrupted() -> NoReturn:
+    """Ctrl-C, or SIGTERM during an apply: one line, and a JSON line too when the run logs them."""
+    if _json_lines:
+        from deltaimg.runlog import JsonLines
+
+        JsonLines().error("interrupted", INTERRUPTED)
+    print("deltaimg: interrupted", file=sys.stderr)
+    sys.exit(INTERRUPTED)

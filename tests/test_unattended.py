@@ -22,6 +22,7 @@ from deltaimg.errors import (
     DowngradeError,
     PartialChainError,
     RunLockedError,
+    SwapFailedRolledBack,
 )
 from deltaimg.journal import Journal
 from deltaimg.lock import RunLock
@@ -37,8 +38,9 @@ VERSIONS = {
     "2": ("1", ["RUN echo 2 > /version && head -c 60000 /dev/urandom > /payload"]),
     "old": ("1", ["RUN echo old > /version"]),
     "3": ("2", ["RUN echo 3 > /version"]),
+    "bad": ("1", ["RUN echo bad > /version", 'HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD ["false"]']),
 }
-EDGES = [("1", "2"), ("2", "3"), ("3", "old")]
+EDGES = [("1", "2"), ("2", "3"), ("3", "old"), ("1", "bad")]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +92,7 @@ class App:
 
     def host_has(self, *versions: str) -> None:
         """The engine holds exactly these versions of the app (children removed before parents)."""
-        for version in ("3", "old", "2", "1"):
+        for version in ("3", "old", "2", "bad", "1"):
             if version not in versions and self.client.api.images(all=True, filters={"reference": self.tag(version)}):
                 self.client.api.remove_image(self.ids[version], force=True)
         for version in versions:
@@ -165,6 +167,45 @@ def test_a_chain_with_a_missing_link_applies_nothing_and_says_what_is_missing(
     assert "partial chain" in result.stderr and "missing" in result.stderr
     assert app.running(engine_resources)[:2] == (before, app.ids["1"])
     assert attempts(state_dir) == []
+
+
+def test_a_dry_run_plans_the_whole_chain_and_changes_nothing(app, engine_resources, keypair, state_dir, tmp_path):
+    app.host_has("1")
+    before = app.start(engine_resources, "1")
+    stick = app.stick(tmp_path / "stick", {"a.dimg": ("2", "3"), "b.dimg": ("1", "2")})
+
+    result = apply(stick, "--trust", keypair[1], "--dry-run")
+    assert result.returncode == 0, result.stderr
+    planned = [line for line in result.stdout.splitlines() if "nothing changed (dry run)" in line]
+    assert [line.split(":")[0] for line in planned] == [str(stick / "b.dimg"), str(stick / "a.dimg")]
+    assert f"would rebuild and load {app.tag('2')}" in result.stdout
+    assert f"would rebuild and load {app.tag('3')}" in result.stdout
+    assert app.running(engine_resources)[:2] == (before, app.ids["1"])
+    assert not app.in_engine("2") and not app.in_engine("3")
+    assert not os.path.exists(state_dir)  # a dry run writes no state
+
+
+def test_a_bundle_rolled_back_once_is_not_tried_again_unless_retry(app, engine_resources, keypair, state_dir):
+    app.host_has("1")
+    before = app.start(engine_resources, "1")
+    bundle = app.bundles["1", "bad"]
+
+    failed = apply(bundle, "--trust", keypair[1])
+    assert failed.returncode == SwapFailedRolledBack.exit_code, failed.stderr
+    assert app.running(engine_resources)[:2] == (before, app.ids["1"])
+    assert attempts(state_dir) == [(app.ids["1"], app.ids["bad"], "rolled-back")]
+
+    again = apply(bundle, "--trust", keypair[1])
+    assert again.returncode == SwapFailedRolledBack.exit_code
+    assert "was rolled back at" in again.stderr and "--retry" in again.stderr
+    assert len(attempts(state_dir)) == 1  # refused before trying
+
+    retried = apply(bundle, "--trust", keypair[1], "--retry")
+    assert retried.returncode == SwapFailedRolledBack.exit_code
+    assert [a[2] for a in attempts(state_dir)] == ["rolled-back", "rolled-back"]
+    assert app.running(engine_resources)[:2] == (before, app.ids["1"])
+    [row] = json.loads(run_cli("status", "--json", "--limit", "1").stdout)["attempts"]
+    assert row["outcome"] == "rolled-back" and row["message"]
 
 
 def test_a_second_run_exits_at_once_while_one_holds_the_lock_or_waits_for_it_with_wait(
@@ -322,6 +363,27 @@ def test_log_format_json_prints_only_json_lines_ending_with_the_error_on_failure
         [(app.ids["1"], app.ids["2"]), (app.ids["2"], app.ids["3"])]
     assert all(a["bundle"]["sha256"] and a["bundle"]["key_id"] for a in applied)
     assert done.stderr == ""
+
+
+def test_stopped_by_systemd_the_run_rolls_back_and_logs_its_end_as_a_json_line(app, engine_resources, keypair):
+    app.host_has("1")
+    before = app.start(engine_resources, "1")
+    process = subprocess.Popen([sys.executable, "-m", "deltaimg", "apply", app.bundles["1", "2"], "--trust", keypair[1],
+                                "--grace", "60", "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(json.loads(line))
+        if "waiting up to 60 s" in lines[-1]["message"]:
+            process.terminate()  # SIGTERM, as systemctl stop sends
+            break
+    lines += [json.loads(line) for line in process.stdout]  # not communicate(): it skips what is buffered
+    err = process.stderr.read()
+    process.wait(timeout=60)
+    assert process.returncode == 130, err
+    assert (lines[-1]["event"], lines[-1]["exit_code"]) == ("error", 130)
+    assert err == "deltaimg: interrupted\n"
+    assert app.running(engine_resources)[:2] == (before, app.ids["1"])
 
 
 def test_a_bundle_file_named_alone_for_an_image_the_host_lacks_is_an_error(app, keypair, example_bundle, tmp_path):
