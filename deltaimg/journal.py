@@ -18,7 +18,8 @@ Each bundle an apply works on is an *attempt* with its own ``id``. Its records, 
 
 An attempt with a ``begin`` and neither ``end`` nor ``recovered`` was interrupted: the next run
 recovers it (deltaimg.recovery) before doing anything else. Records are written whole with one
-``write`` on an ``O_APPEND`` descriptor; a reader skips a line it cannot parse (a torn last line).
+``write`` on an ``O_APPEND`` descriptor; a reader skips a line it cannot parse (a torn last line),
+and a writer that finds the last line torn starts its record on a line of its own.
 """
 
 from __future__ import annotations
@@ -110,8 +111,11 @@ class Journal:
         line = (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
         created = not os.path.exists(self.path)
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line  # a power cut tore the last line: do not glue this record onto it
                 os.write(fd, line)
                 os.fsync(fd)
             finally:

@@ -10,10 +10,11 @@ is settled by one deterministic rule, from what the journal says and what the en
   name, and only if it runs the bundle's target image: nothing else is ours to remove), give the
   old one its name back, and start it if it was running before.
 
-Volumes are never removed (``v=False``): the old container's anonymous volumes are the ones the
-new container had reattached. Images are left alone: a target that got loaded stays, and the
-next apply of the same bundle finds it there. Temporary files are the state directory's
-``work/``, which every run empties. Recovery is idempotent: killed half way, it is redone.
+No volume the old container mounts is removed (``v=False``): its anonymous volumes are the ones
+the new container had reattached. A new container that is removed takes with it only the
+anonymous volumes the engine made for it alone (a ``VOLUME`` only the new image declares).
+Images are left alone: a target that got loaded stays, and the next apply of the same bundle
+finds it there. Temporary files are the state directory's ``work/``, which every run empties. Recovery is idempotent: killed half way, it is redone.
 Then the attempt is closed with a ``recovered`` record, and the run goes on; a bundle still
 given is applied again from the start.
 """
@@ -30,7 +31,7 @@ from deltaimg import engine, faults
 from deltaimg.errors import RecoveryError
 from deltaimg.journal import Attempt, Journal
 from deltaimg.report import name_of
-from deltaimg.swap import SIDE_SUFFIX
+from deltaimg.swap import SIDE_SUFFIX, remove_new_container
 
 Outcome = Callable[[str, dict, str], None]
 
@@ -89,7 +90,7 @@ def _settle(client: docker.DockerClient, container: dict, attempt: Attempt, targ
             client.api.remove_container(old_id, v=False, force=True)
             return {"name": name, "action": "rolled-forward", "container": new["Id"], "image": new["Image"]}
         if new is not None:
-            client.api.remove_container(new["Id"], v=False, force=True)
+            remove_new_container(client, new["Id"], old_id)
         if old["Name"].lstrip("/") != name:
             client.api.rename(old_id, name)
         if container.get("started") and not old["State"].get("Running"):

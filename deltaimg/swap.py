@@ -441,7 +441,7 @@ def _rollback(client: docker.DockerClient, plan: SwapResult, new_id: str | None,
     name, old_id = plan.name, plan.old_container_id
     steps: list[tuple[str, Callable[[], object]]] = []
     if new_id is not None:
-        steps.append(("remove the new container", lambda: client.api.remove_container(new_id, force=True, v=False)))
+        steps.append(("remove the new container", lambda: remove_new_container(client, new_id, old_id)))
     if renamed:
         steps.append((f"rename the old one back to {name}", lambda: client.api.rename(old_id, name)))
     if plan.started:
@@ -457,6 +457,27 @@ def _rollback(client: docker.DockerClient, plan: SwapResult, new_id: str | None,
             f"{name}: swap failed ({reason}) and the rollback failed too ({'; '.join(failures)}); "
             f"by hand: docker rm -f any new {name}, docker rename {_short(old_id)} {name}, docker start {name}"
         )
+
+
+def remove_new_container(client: docker.DockerClient, new_id: str, old_id: str) -> None:
+    """Remove a new container that is not kept, and the anonymous volumes the engine made for it
+    alone (a ``VOLUME`` only the new image declares): they would be left behind, dangling. A
+    volume the old container mounts is never removed, and none is when the old one is gone."""
+    new = client.api.inspect_container(new_id)
+    client.api.remove_container(new_id, force=True, v=False)
+    try:
+        old = client.api.inspect_container(old_id)
+    except docker.errors.NotFound:
+        return
+    kept = {m.get("Name") for m in old.get("Mounts") or []}
+    for mount in new.get("Mounts") or []:
+        if mount.get("Type") != "volume" or mount.get("Name") in kept:
+            continue
+        try:
+            client.api.remove_volume(mount["Name"])
+        except docker.errors.APIError as exc:
+            if exc.status_code not in (404, 409):  # gone already, or in use by another container
+                raise
 
 
 def _reason(exc: BaseException) -> str:
