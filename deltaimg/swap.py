@@ -324,13 +324,15 @@ def _swap_one(
 ) -> SwapResult:
     name, old_id = plan.name, plan.old_container_id
     side = name + SIDE_SUFFIX
-    renamed = False
+    renamed = stopping = False
     new_id: str | None = None
     observer.step(plan, "begin")
     try:
         if plan.started:
             log(f"{name}: stopping {_short(old_id)} (up to {plan.stop_timeout} s)")
+            stopping = True
             client.api.stop(old_id, timeout=plan.stop_timeout)
+            stopping = False
             observer.step(plan, "stopped")
         client.api.rename(old_id, side)
         renamed = True
@@ -351,7 +353,7 @@ def _swap_one(
     except (Exception, KeyboardInterrupt) as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _reason(exc)
         log(f"{name}: failed ({reason}); rolling back")
-        _rollback(client, plan, new_id, renamed, reason)
+        _rollback(client, plan, new_id, renamed, stopping, reason)
         raise SwapFailedRolledBack(
             f"{name}: swap failed ({reason}); the old container is back" + (" and running" if plan.started else "")
         ) from None
@@ -431,12 +433,15 @@ def _last_output(client: docker.DockerClient, container_id: str) -> str:
     return f" (last output: {tail})" if tail else ""
 
 
-def _rollback(client: docker.DockerClient, plan: SwapResult, new_id: str | None, renamed: bool, reason: str) -> None:
+def _rollback(client: docker.DockerClient, plan: SwapResult, new_id: str | None, renamed: bool, stopping: bool,
+              reason: str) -> None:
     """Undo the steps done so far; raise SwapFailedNotRolledBack if any undo fails.
 
     Every step is tried even when one fails, so the old container runs again if at all possible
     (under its side name if it cannot get its own back). A container that was running is started
-    whether or not its stop went through: starting a running container is a no-op.
+    whether or not its stop went through: starting a running container is a no-op. So when the
+    stop call itself was cut short (``stopping``: SIGTERM, a timeout), the engine may still be
+    stopping it: the stop is waited out first, else the container would end up stopped.
     """
     name, old_id = plan.name, plan.old_container_id
     steps: list[tuple[str, Callable[[], object]]] = []
@@ -444,6 +449,8 @@ def _rollback(client: docker.DockerClient, plan: SwapResult, new_id: str | None,
         steps.append(("remove the new container", lambda: remove_new_container(client, new_id, old_id)))
     if renamed:
         steps.append((f"rename the old one back to {name}", lambda: client.api.rename(old_id, name)))
+    if stopping:
+        steps.append(("finish stopping the old one", lambda: client.api.stop(old_id, timeout=plan.stop_timeout)))
     if plan.started:
         steps.append(("start the old one", lambda: client.api.start(old_id)))
     failures = []

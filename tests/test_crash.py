@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -105,9 +106,7 @@ class Host:
 @pytest.fixture
 def host(docker_client, engine_resources, images, state_dir, tmp_path) -> Host:
     client, res = docker_client, engine_resources
-    if client.api.images(filters={"reference": images["tag"]["v2"]}):
-        client.api.remove_image(images["tag"]["v2"])
-    assert not client.api.images(filters={"reference": images["tag"]["v2"]})
+    remove_v2(client, images)
     old, data = {}, {}
     for app in APPS:
         name = res.name(app)
@@ -123,6 +122,13 @@ def host(docker_client, engine_resources, images, state_dir, tmp_path) -> Host:
         run(client, old[name], " && ".join(f"head -c 100000 /dev/urandom > {d}/blob" for d in DATA_DIRS))
         data[name] = checksums(client, old[name])
     return Host(client, res, images, state_dir, old, data, dangling_volumes(client))
+
+
+def remove_v2(client, images: dict) -> None:
+    """The edge host does not have the new image yet: the apply must rebuild and load it."""
+    if client.api.images(filters={"reference": images["tag"]["v2"]}):
+        client.api.remove_image(images["tag"]["v2"])
+    assert not client.api.images(filters={"reference": images["tag"]["v2"]})
 
 
 def dangling_volumes(client) -> set[str]:
@@ -267,28 +273,34 @@ def test_a_run_killed_after_recovering_is_recovered_in_turn(host, bundle, keypai
     assert_converged(host)
 
 
-def test_sigterm_during_a_swap_rolls_back_and_the_next_run_applies(host, bundle, keypair):
-    env = {**os.environ, "DELTAIMG_STATE_DIR": host.state_dir}
-    command = [sys.executable, "-m", "deltaimg", "apply", bundle, "--trust", keypair[1], "--grace", "60"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def terminate_when(bundle: str, trust: str, grace: str, ready: Callable[[], object]) -> tuple[int, str, str]:
+    """Run apply, SIGTERM it (as systemd stops a service) once ``ready()`` is true; its exit code and output."""
+    command = [sys.executable, "-m", "deltaimg", "apply", bundle, "--trust", trust, "--grace", grace]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while True:  # until the first app's new container runs and the apply waits out its grace
-            infos = {name: host.container(name) for name in host.old}
-            cut = [name for name, info in infos.items()
-                   if info is not None and info["Image"] == host.images["v2"] and info["State"]["Running"]]
-            if cut:
-                break
+        while not ready():
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.1)
+            time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 130, (out, err)
     assert "Traceback" not in err
+    return process.returncode, out, err
+
+
+def test_sigterm_during_a_swap_rolls_back_and_the_next_run_applies(host, bundle, keypair):
+    def new_container_up() -> list[str]:  # the first app's new container runs: the apply waits out its grace
+        infos = {name: host.container(name) for name in host.old}
+        return [name for name, info in infos.items()
+                if info is not None and info["Image"] == host.images["v2"] and info["State"]["Running"]]
+
+    code, out, err = terminate_when(bundle, keypair[1], "60", new_container_up)
+    assert code == 130, (out, err)
+    cut = host.swap_order()[0]
     for name in host.old:
         info = host.container(name)
         assert info["Id"] == host.old[name] and info["State"]["Running"] and info["Image"] == host.images["v1"]
@@ -300,7 +312,7 @@ def test_sigterm_during_a_swap_rolls_back_and_the_next_run_applies(host, bundle,
     assert final.returncode == 0, final.stderr
     attempts = host.attempts()
     assert [a.closed["outcome"] for a in attempts] == ["recovered", "applied"]
-    assert [(c["name"], c["action"]) for c in attempts[0].closed["containers"]] == [(cut[0], "rolled-back")]
+    assert [(c["name"], c["action"]) for c in attempts[0].closed["containers"]] == [(cut, "rolled-back")]
     assert_converged(host)
 
 
@@ -313,3 +325,33 @@ def test_a_record_written_after_a_torn_line_is_not_lost(tmp_path):
     journal.append({"type": "recovered", "id": "a1", "outcome": "recovered"})
     [attempt] = journal.attempts()
     assert not attempt.interrupted and attempt.closed["outcome"] == "recovered"
+
+
+def test_sigterm_while_the_old_container_stops_leaves_it_running(docker_client, engine_resources, images, bundle,
+                                                                 keypair, state_dir):
+    """systemd stops deltaimg while the old container takes its time to stop: the rollback must not
+    start it before the engine's stop is through (a no-op on a running container), or it ends stopped."""
+    client, res = docker_client, engine_resources
+    remove_v2(client, images)
+    slow_stop = f"trap 'sleep 3; exit 0' TERM; {SLEEP_FOREVER.split('; ', 1)[1]}"
+    old = client.api.create_container(images["tag"]["v1"], ["sh", "-c", slow_stop], name=res.name("slow"))["Id"]
+    client.api.start(old)
+    journal = Journal(os.path.join(state_dir, JOURNAL))
+    stopping_since: list[float] = []
+
+    def stopping() -> bool:  # half a second after the container's swap began: the engine is stopping it
+        if not stopping_since and any(r.get("step") == "begin" for r in journal.records()):
+            stopping_since.append(time.monotonic())
+        return bool(stopping_since) and time.monotonic() - stopping_since[0] > 0.5
+
+    code, out, err = terminate_when(bundle, keypair[1], "1", stopping)
+    assert code == 130, (out, err)
+    time.sleep(4)  # longer than the container takes to stop
+    info = client.api.inspect_container(res.name("slow"))
+    assert info["Id"] == old and info["State"]["Running"], info["State"]
+
+    final = run_cli("apply", bundle, "--trust", keypair[1], "--grace", GRACE)
+    assert final.returncode == 0, final.stderr
+    assert [a.closed["outcome"] for a in journal.attempts()] == ["recovered", "applied"]
+    info = client.api.inspect_container(res.name("slow"))
+    assert info["Image"] == images["v2"] and info["State"]["Running"]
