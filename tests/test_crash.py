@@ -355,3 +355,29 @@ def test_sigterm_while_the_old_container_stops_leaves_it_running(docker_client, 
     assert [a.closed["outcome"] for a in journal.attempts()] == ["recovered", "applied"]
     info = client.api.inspect_container(res.name("slow"))
     assert info["Image"] == images["v2"] and info["State"]["Running"]
+
+
+def test_a_stopped_container_cut_at_create_stays_stopped_and_keeps_its_volumes(docker_client, engine_resources, images,
+                                                                                bundle, keypair, state_dir):
+    client, res = docker_client, engine_resources
+    remove_v2(client, images)
+    volume = res.name("idle-data")
+    client.api.create_volume(volume)
+    old = client.api.create_container(images["tag"]["v1"], name=res.name("idle"), host_config=client.api.create_host_config(
+        binds={volume: {"bind": "/named", "mode": "rw"}}))["Id"]
+    client.api.start(old)
+    client.api.stop(old, timeout=1)
+    mounts = {m["Destination"]: m["Name"] for m in client.api.inspect_container(old)["Mounts"]}
+
+    killed = run_cli("apply", bundle, "--trust", keypair[1], "--grace", GRACE, env={"DELTAIMG_TEST_KILL_AT": "create"})
+    assert killed.returncode == -signal.SIGKILL
+    final = run_cli("apply", bundle, "--trust", keypair[1], "--grace", GRACE)
+    assert final.returncode == 0, final.stderr
+    attempts = Journal(os.path.join(state_dir, JOURNAL)).attempts()
+    assert [a.closed["outcome"] for a in attempts] == ["recovered", "applied"]
+    assert [c["action"] for c in attempts[0].closed["containers"]] == ["rolled-back"]
+    [found] = client.api.containers(all=True, filters={"name": res.prefix})
+    info = client.api.inspect_container(found["Id"])
+    assert info["Name"] == "/" + res.name("idle") and info["Image"] == images["v2"] and not info["State"]["Running"]
+    kept = {m["Destination"]: m["Name"] for m in info["Mounts"] if m["Destination"] in mounts}
+    assert kept == mounts  # the named volume and the anonymous /anon one, by name
