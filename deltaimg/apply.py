@@ -11,8 +11,9 @@ import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
-from deltaimg import archivewriter
-from deltaimg.bundle import Bundle
+
+from deltaimg import archivewriter, codec
+from deltaimg.bundle import CONFIG_PAYLOAD, Bundle, config_reference
 from deltaimg.decoder import rebuild_layer
 from deltaimg.errors import BaseMismatchError, BundleFormatError, ImageReadError, IntegrityError, OutputError
 from deltaimg.images.base import Image, config_diff_ids, is_digest
@@ -24,14 +25,16 @@ MAX_CONFIG = 16 * 1024 * 1024
 
 @dataclass
 class Plan:
-    """What the signed manifest asks for, checked for consistency."""
+    """What the signed manifest asks for, checked for consistency. ``target_config`` is empty until
+    :func:`load_target_config` decodes it against the base's config."""
 
     base_id: str
     base_diff_ids: list[str]
     target_id: str
-    target_config: bytes
+    target_diff_ids: list[str]
     target_tags: list[str]
-    layers: list[dict]
+    layers: list[dict]  # the manifest's records, each with its "diff_id" (and a repeat's "size")
+    target_config: bytes = b""
 
 
 def read_plan(bundle: Bundle) -> Plan:
@@ -43,35 +46,55 @@ def read_plan(bundle: Bundle) -> Plan:
     base_diff_ids, tags = base.get("diff_ids"), target.get("tags") or []
     if not (is_digest(base.get("image_id")) and isinstance(base_diff_ids, list) and all(map(is_digest, base_diff_ids))):
         raise BundleFormatError(f"{bundle.path}: the manifest's record of the base image is malformed")
+    diff_ids = target.get("diff_ids")
+    if not (is_digest(target.get("image_id")) and isinstance(diff_ids, list) and all(map(is_digest, diff_ids))
+            and len(diff_ids) == len(layers)):
+        raise BundleFormatError(f"{bundle.path}: the manifest's record of the target image is malformed")
     if not (isinstance(tags, list) and all(map(_is_tag, tags))):
         raise BundleFormatError(f"{bundle.path}: the manifest's target tags are malformed")
-    config = bundle.read_payload(target.get("config_payload"), MAX_CONFIG)
-    plan = Plan(base["image_id"], list(base_diff_ids), target.get("image_id"), config, list(tags), list(layers))
+    plan = Plan(base["image_id"], list(base_diff_ids), target["image_id"], list(diff_ids), list(tags),
+                [{**layer, "diff_id": diff_id} for layer, diff_id in zip(layers, diff_ids)])
+    for position, layer in enumerate(plan.layers):
+        method = layer.get("method")
+        if method == "repeat":
+            ok = type(layer.get("of")) is int and 0 <= layer["of"] < position \
+                and plan.layers[layer["of"]]["diff_id"] == layer["diff_id"]
+            if ok:
+                layer["size"] = plan.layers[layer["of"]]["size"]
+        else:
+            ok = type(layer.get("size")) is int and layer["size"] >= 0
+        if method == "base":
+            ok = ok and type(layer.get("base_layer")) is int and 0 <= layer["base_layer"] < len(plan.base_diff_ids) \
+                and plan.base_diff_ids[layer["base_layer"]] == layer["diff_id"]
+        elif method == "delta":
+            ok = ok and isinstance(layer.get("payload"), str) and layer["payload"] != CONFIG_PAYLOAD
+            bundle.payload(layer.get("payload"))
+        elif method != "repeat":
+            ok = False
+        if not ok:
+            raise BundleFormatError(f"{bundle.path}: the manifest's layer {position} is malformed")
+    return plan
+
+
+def load_target_config(bundle: Bundle, plan: Plan, base_config: bytes) -> None:
+    """Decode the target config against ``base_config`` (the base's, checked by its digest) into
+    ``plan.target_config``; it must hash to the target image ID and list the manifest's layers."""
+    if "sha256:" + hashlib.sha256(base_config).hexdigest() != plan.base_id:
+        raise BaseMismatchError(f"{bundle.path}: the base image's config is not that of {plan.base_id[:19]}")
+    frame = bundle.read_payload(CONFIG_PAYLOAD, MAX_CONFIG)
+    try:
+        config = bytes(codec.decompress_at_most(frame, MAX_CONFIG, config_reference(base_config, bundle.manifest)))
+    except IntegrityError as exc:
+        raise IntegrityError(f"{bundle.path}: the target config does not decode: {exc}") from None
     if "sha256:" + hashlib.sha256(config).hexdigest() != plan.target_id:
         raise IntegrityError(f"{bundle.path}: the target config does not match the target image ID")
     try:
         diff_ids = config_diff_ids(config, bundle.path)
     except ImageReadError as exc:  # the config came in the bundle: the bundle is at fault
         raise BundleFormatError(str(exc)) from None
-    if [layer.get("diff_id") for layer in plan.layers] != diff_ids:
+    if diff_ids != plan.target_diff_ids:
         raise BundleFormatError(f"{bundle.path}: the manifest's layers do not match the target config")
-    for position, layer in enumerate(plan.layers):
-        method = layer.get("method")
-        ok = type(layer.get("size")) is int and layer["size"] >= 0
-        if method == "base":
-            ok = ok and isinstance(layer.get("base_layer"), int) and 0 <= layer["base_layer"] < len(plan.base_diff_ids) \
-                and plan.base_diff_ids[layer["base_layer"]] == layer["diff_id"]
-        elif method == "repeat":
-            ok = ok and type(layer.get("of")) is int and 0 <= layer["of"] < position \
-                and plan.layers[layer["of"]]["diff_id"] == layer["diff_id"]
-        elif method == "delta":
-            ok = ok and isinstance(layer.get("payload"), str)
-            bundle.payload(layer.get("payload", ""))
-        else:
-            ok = False
-        if not ok:
-            raise BundleFormatError(f"{bundle.path}: the manifest's layer {position} is malformed")
-    return plan
+    plan.target_config = config
 
 
 def _is_tag(tag: object) -> bool:
@@ -133,6 +156,7 @@ def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = Fal
     told the bytes of every layer written (:func:`rebuild_size` in all)."""
     plan = read_plan(bundle)
     check_base(plan, base, bundle.path)
+    load_target_config(bundle, plan, base.config_bytes)
     if os.path.lexists(output) and not force:  # lexists: a dangling symlink is there too
         raise OutputError(f"{output} exists; choose another path or pass --force")
     directory = os.path.dirname(os.path.abspath(output))

@@ -2,11 +2,11 @@
 
 Layout (all integers big-endian; see docs/bundle-format.md)::
 
-    "DELTAIMG" | u32 format version | u32 manifest length | manifest (JSON)
-               | u32 signature length | signature (JSON) | payload area
+    "DELTAIMG" | u32 format version | u32 manifest length | manifest (zstd frame of JSON)
+               | u32 signature length | signature (key id, Ed25519 signature) | payload area
 
-The signature covers the manifest; the manifest gives every payload's offset, size and sha256
-and the payload area's total size, so one signature covers every byte of the file.
+The signature covers the manifest's stored bytes; the manifest gives every payload's size and
+the sha256 of the whole payload area, so one signature covers every byte of the file.
 
 A bundle too large for one file (FAT32 takes at most 4 GiB - 1) is written as parts
 ``NAME.001``, ``NAME.002``, ...: the bundle's bytes cut every ``part_size`` bytes, so the first
@@ -18,6 +18,7 @@ the payload hashes): a missing, truncated, swapped or foreign part is named as s
 
 from __future__ import annotations
 
+import base64
 import bisect
 import hashlib
 import io
@@ -29,7 +30,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
-from deltaimg import signing
+from deltaimg import codec, signing
 from deltaimg.errors import BundleFormatError, BundlePartError, IntegrityError, OutputError, UsageError
 from deltaimg.images.base import too_many_json_values
 from deltaimg.images.blobs import open_range
@@ -37,8 +38,13 @@ from deltaimg.images.blobs import open_range
 MAGIC = b"DELTAIMG"
 FORMAT_VERSION = 1
 U32 = struct.Struct(">I")
-MAX_MANIFEST = 64 * 1024 * 1024
+MAX_MANIFEST = 64 * 1024 * 1024  # stored (compressed) and decompressed alike
 MAX_SIGNATURE = 64 * 1024
+KEY_ID_BYTES = 8
+SIGNATURE_BYTES = 64
+CONFIG_PAYLOAD = "config"  # the target image config, a zstd delta against the base's (see config_reference)
+# a delta layer's "stats" in the manifest: these counts of what make did, in this order
+STATS_FIELDS = ("entries", "files", "identical", "bsdiff", "zstd_delta", "literal", "headers_from_old", "literal_bytes")
 MAX_PAYLOADS = 100_000
 COPY_CHUNK = 1 << 20
 MAX_PARTS = 999  # NAME.001 to NAME.999
@@ -64,17 +70,58 @@ def canonical_json(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-class _HashingWriter:
-    """Counts and hashes what a payload writer writes into the spool."""
+def encode_manifest(manifest: dict) -> bytes:
+    """The manifest as stored (and signed): one zstd frame of its canonical JSON."""
+    return codec.compress(canonical_json(manifest))
 
-    def __init__(self, spool: BinaryIO) -> None:
+
+def manifest_json(stored: bytes, path: str) -> bytes:
+    """The JSON text of a stored manifest, decoded no further than ``MAX_MANIFEST`` bytes."""
+    try:
+        return bytes(codec.decompress_at_most(stored, MAX_MANIFEST))
+    except IntegrityError as exc:
+        raise BundleFormatError(f"{path}: the manifest does not decompress: {exc}") from None
+
+
+def signature_block(signature: dict) -> bytes:
+    """:func:`signing.sign`'s result as stored: the 8-byte key id, then the 64-byte signature."""
+    return bytes.fromhex(signature["key_id"]) + base64.b64decode(signature["signature"])
+
+
+def parse_signature_block(block: bytes) -> dict | None:
+    """The stored signature in :func:`signing.verify`'s form; None when it has not that shape."""
+    if len(block) != KEY_ID_BYTES + SIGNATURE_BYTES:
+        return None
+    return {"algorithm": "ed25519", "key_id": block[:KEY_ID_BYTES].hex(),
+            "signature": base64.b64encode(block[KEY_ID_BYTES:]).decode()}
+
+
+def config_reference(base_config: bytes, manifest: dict) -> bytes:
+    """What the config payload is compressed against: the base image's config bytes (on the host,
+    checked by its digest), then the target's diff_ids as the manifest lists them (JSON)."""
+    return base_config + canonical_json(manifest["target"]["diff_ids"])
+
+
+def payload_offsets(manifest: dict) -> dict[str, int]:
+    """Each payload's offset in the payload area: they lie back to back in manifest order."""
+    offsets, offset = {}, 0
+    for record in manifest["payloads"]:
+        offsets[record["name"]] = offset
+        offset += record["size"]
+    return offsets
+
+
+class _HashingWriter:
+    """Counts what a payload writer writes into the spool, adding it to the payload area's hash."""
+
+    def __init__(self, spool: BinaryIO, digest) -> None:
         self._spool = spool
+        self._digest = digest
         self.size = 0
-        self.digest = hashlib.sha256()
 
     def write(self, data: bytes) -> int:
         self._spool.write(data)
-        self.digest.update(data)
+        self._digest.update(data)
         self.size += len(data)
         return len(data)
 
@@ -99,20 +146,21 @@ class BundleWriter:
         except OSError as exc:
             raise OutputError(f"cannot write in {directory}: {exc.strerror}") from None
         self.payloads: list[dict] = []
+        self._area_digest = hashlib.sha256()
 
     def add_payload(self, name: str, fill: Callable[[BinaryIO], object]) -> dict:
         """Let ``fill`` write one payload; returns its manifest record."""
-        writer = _HashingWriter(self._spool)
-        offset = sum(p["size"] for p in self.payloads)
+        writer = _HashingWriter(self._spool, self._area_digest)
         fill(writer)  # type: ignore[arg-type]
-        record = {"name": name, "offset": offset, "size": writer.size, "sha256": writer.digest.hexdigest()}
+        record = {"name": name, "size": writer.size}
         self.payloads.append(record)
         return record
 
     def finish(self, manifest: dict, private_key) -> dict:
         """Sign and write the bundle (every file complete before any is renamed into place);
         returns the manifest as signed."""
-        manifest = {**manifest, "payloads": self.payloads, "payload_area": sum(p["size"] for p in self.payloads)}
+        manifest = {**manifest, "payloads": self.payloads, "payload_area": sum(p["size"] for p in self.payloads),
+                    "payload_sha256": self._area_digest.hexdigest()}
         try:
             manifest, header = self._signed_header(manifest, private_key)
             self.size = len(header) + manifest["payload_area"]
@@ -206,8 +254,8 @@ class BundleWriter:
 
 def _frame(manifest: dict, private_key) -> bytes:
     """The bundle's header: magic, version, the manifest and its signature."""
-    manifest_bytes = canonical_json(manifest)
-    signature_bytes = canonical_json(signing.sign(private_key, manifest_bytes))
+    manifest_bytes = encode_manifest(manifest)
+    signature_bytes = signature_block(signing.sign(private_key, manifest_bytes))
     return (MAGIC + U32.pack(FORMAT_VERSION) + U32.pack(len(manifest_bytes)) + manifest_bytes
             + U32.pack(len(signature_bytes)) + signature_bytes)
 
@@ -246,10 +294,12 @@ class Bundle:
             return open_range(self.path, offset, size)
         return io.BufferedReader(_PartsReader(self.parts, offset, size), buffer_size=COPY_CHUNK)  # type: ignore[return-value]
 
-    def payload(self, name: str) -> dict:
+    def payload(self, name: object) -> dict:
+        """The payload record named ``name``, with its ``offset`` in the payload area."""
+        offsets = payload_offsets(self.manifest)
         for record in self.manifest["payloads"]:
             if record["name"] == name:
-                return record
+                return {**record, "offset": offsets[record["name"]]}
         raise BundleFormatError(f"{self.path}: the manifest names no payload {name!r}")
 
     def open_payload(self, name: str) -> BinaryIO:
@@ -257,12 +307,14 @@ class Bundle:
         return self.open_range(self.payload_start + record["offset"], record["size"])
 
     def read_payload(self, name: str, limit: int) -> bytes:
+        """A small payload, read whole. It was verified with the others; what is read here must
+        prove itself again (the config by its digest, which is the target image ID)."""
         record = self.payload(name)
         if record["size"] > limit:
             raise BundleFormatError(f"{self.path}: payload {name} is larger than any deltaimg writes")
         with self.open_payload(name) as f:
             data = f.read()
-        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        if len(data) != record["size"]:
             raise IntegrityError(f"{self.path}: payload {name} changed since it was verified")
         return data
 
@@ -290,13 +342,7 @@ def read_header(path: str) -> tuple[bytes, dict | None, int, int]:
             signature_bytes = f.read(signature_len)
     except OSError as exc:
         raise BundleFormatError(f"cannot read bundle {path}: {exc.strerror}") from None
-    signature = None
-    if signature_len:
-        try:
-            signature = json.loads(signature_bytes)
-        except (ValueError, RecursionError):  # RecursionError: brackets nested thousands deep
-            signature = None
-    return manifest_bytes, signature, 20 + manifest_len + signature_len, size
+    return manifest_bytes, parse_signature_block(signature_bytes), 20 + manifest_len + signature_len, size
 
 
 def open_bundle(path: str, trusted: list[signing.TrustedKey], check_payloads: bool = True,
@@ -351,20 +397,17 @@ def _find_parts(path: str, split: object, total: int) -> list[tuple[str, int]]:
 
 
 def verify_payloads(bundle: Bundle, progress: Callable[[int], None] | None = None) -> None:
-    """Read the bundle once, in order, checking every payload against its signed sha256 and every
-    later part of a split bundle against the manifest; sets :attr:`Bundle.sha256`.
+    """Read the bundle once, in order, checking the payload area against its signed sha256 and
+    every later part of a split bundle against the manifest; sets :attr:`Bundle.sha256`.
 
-    A part that does not match is reported before a payload that does not match inside it: a
-    payload that fails because its part was swapped with another is the part's fault.
+    A part that does not match is reported before the payload area that it spoils: a bundle
+    that fails because a part was swapped with another is the part's fault.
     """
-    records = bundle.manifest["payloads"]
     split = bundle.manifest.get("split") if bundle.parts else None
     part_ends = [end for _, end in _cumulative(bundle.parts)] if split else []
-    payload_ends = [bundle.payload_start + r["offset"] + r["size"] for r in records]
-    cuts = sorted({bundle.payload_start, bundle.size, *payload_ends, *part_ends})
-    whole, part_digest, payload_digest = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
-    position = record = part = 0
-    pending: IntegrityError | None = None
+    cuts = sorted({bundle.payload_start, bundle.size, *part_ends})
+    whole, part_digest, area_digest = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+    position = part = 0
     with bundle.open_range(0, bundle.size) as f:
         for cut in cuts:
             while position < cut:
@@ -374,28 +417,17 @@ def verify_payloads(bundle: Bundle, progress: Callable[[int], None] | None = Non
                 whole.update(block)
                 part_digest.update(block)
                 if position >= bundle.payload_start:
-                    payload_digest.update(block)
+                    area_digest.update(block)
                     if progress:
                         progress(len(block))
                 position += len(block)
-            while record < len(records) and position >= bundle.payload_start and payload_ends[record] == position:
-                if payload_digest.hexdigest() != records[record]["sha256"]:
-                    error = IntegrityError(f"{bundle.path}: payload {records[record]['name']!r} does not match its "
-                                           "signed sha256; the bundle is damaged")
-                    if not split:
-                        raise error
-                    pending = pending or error
-                record += 1
-                payload_digest = hashlib.sha256()
             if split and position == part_ends[part]:
                 if part > 0 and part_digest.hexdigest() != split["sha256"][part - 1]:
                     raise BundlePartError(f"{bundle.parts[part][0]} is not part {part + 1} of this bundle (its sha256 "
                                           "differs from the signed one): it is damaged, out of order or from another bundle")
                 part, part_digest = part + 1, hashlib.sha256()
-                if pending:
-                    raise pending
-    if pending:
-        raise pending
+    if area_digest.hexdigest() != bundle.manifest["payload_sha256"]:
+        raise IntegrityError(f"{bundle.path}: the payloads do not match their signed sha256; the bundle is damaged")
     bundle.sha256 = whole.hexdigest()
 
 
@@ -499,33 +531,31 @@ def _starts_a_bundle(path: str) -> bool:
         return False
 
 
-def _parse_manifest(data: bytes, path: str) -> dict:
+def _parse_manifest(stored: bytes, path: str) -> dict:
+    data = manifest_json(stored, path)
     if too_many_json_values(data):
         raise BundleFormatError(f"{path}: the manifest holds more values than any deltaimg writes")
     try:
         manifest = json.loads(data)
     except (ValueError, RecursionError):
         raise BundleFormatError(f"{path}: the manifest is not valid JSON") from None
-    ok = isinstance(manifest, dict) and manifest.get("format") == "deltaimg-bundle"
-    payloads = manifest.get("payloads") if ok else None
-    if not ok or not isinstance(payloads, list) or len(payloads) > MAX_PAYLOADS:
+    payloads = manifest.get("payloads") if isinstance(manifest, dict) else None
+    if not isinstance(payloads, list) or len(payloads) > MAX_PAYLOADS:
         raise BundleFormatError(f"{path}: the manifest is not a deltaimg manifest")
-    offset = 0
     names: set[str] = set()
     for record in payloads:
         if not (
             isinstance(record, dict)
             and isinstance(record.get("name"), str)
             and record["name"] not in names
-            and type(record.get("offset")) is int  # not a float or bool that compares equal
-            and record["offset"] == offset
-            and type(record.get("size")) is int
+            and type(record.get("size")) is int  # not a float or bool that compares equal
             and record["size"] >= 0
-            and isinstance(record.get("sha256"), str)
         ):
             raise BundleFormatError(f"{path}: the manifest's payload list is malformed")
         names.add(record["name"])
-        offset += record["size"]
-    if manifest.get("payload_area") != offset:
+    if manifest.get("payload_area") != sum(record["size"] for record in payloads):
         raise BundleFormatError(f"{path}: the manifest's payload sizes do not add up")
+    digest = manifest.get("payload_sha256")
+    if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")):
+        raise BundleFormatError(f"{path}: the manifest's payload hash is malformed")
     return manifest

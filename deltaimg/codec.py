@@ -54,24 +54,40 @@ def decompress(frame: bytes, expected_size: int, prefix: bytes = b"") -> bytearr
     Decoded in pieces into one buffer: peak memory is about twice ``expected_size`` (zstd's
     window and the result), not three times (the binding's one-shot call also joins its blocks).
     """
-    options = {zstd.DecompressionParameter.window_log_max: window_log(len(prefix) + expected_size)}
+    data, whole = _decode(frame, expected_size, prefix)
+    if len(data) != expected_size or not whole:
+        raise IntegrityError(
+            f"a compressed block decodes to {len(data)} bytes, not the {expected_size} recorded"
+        )
+    return data
+
+
+def decompress_at_most(frame: bytes, limit: int, prefix: bytes = b"") -> bytearray:
+    """One whole zstd frame of unknown size decoded, refused as soon as it exceeds ``limit``."""
+    data, whole = _decode(frame, limit, prefix)
+    if len(data) > limit:
+        raise IntegrityError(f"a compressed block decodes to more than the {limit} bytes allowed")
+    if not whole:
+        raise IntegrityError("a compressed block is cut short or followed by other bytes")
+    return data
+
+
+def _decode(frame: bytes, limit: int, prefix: bytes) -> tuple[bytearray, bool]:
+    """At most ``limit`` + 1 bytes of ``frame``, and whether it was exactly one whole frame."""
+    options = {zstd.DecompressionParameter.window_log_max: window_log(len(prefix) + limit)}
     data = bytearray()
     try:
         decompressor = zstd.ZstdDecompressor(zstd_dict=_as_prefix(prefix), options=options)
         pending = frame
-        while not decompressor.eof and len(data) <= expected_size:
-            piece = decompressor.decompress(pending, max_length=min(DECODE_PIECE, expected_size + 1 - len(data)))
+        while not decompressor.eof and len(data) <= limit:
+            piece = decompressor.decompress(pending, max_length=min(DECODE_PIECE, limit + 1 - len(data)))
             pending = b""
             if not piece and decompressor.needs_input:
                 break  # the frame ends early
             data += piece
     except zstd.ZstdError as exc:
         raise IntegrityError(f"a compressed block does not decode ({exc})") from None
-    if len(data) != expected_size or not decompressor.eof:
-        raise IntegrityError(
-            f"a compressed block decodes to {len(data)} bytes, not the {expected_size} recorded"
-        )
-    return data
+    return data, decompressor.eof and not decompressor.unused_data
 
 
 def bsdiff(old: bytes, new: bytes) -> tuple[bytes, bytes, bytes]:

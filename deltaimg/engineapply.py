@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from deltaimg import archivewriter, engine, faults, swap
-from deltaimg.apply import Plan, layer_sources, read_plan, rebuild_size
+from deltaimg.apply import Plan, layer_sources, load_target_config, read_plan, rebuild_size
 from deltaimg.bundle import Bundle
 from deltaimg.decoder import old_layers_used
 from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError
@@ -117,7 +117,8 @@ def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None],
     keep = layers_to_load(client, plan)
     wanted_ids = {plan.base_diff_ids[i] for i in base_layers_needed(bundle, plan, keep)}
     with tempfile.TemporaryDirectory(prefix="deltaimg-engine-", dir=work_dir) as workdir:
-        _, paths = engine.save_layers(client, plan.base_id, wanted_ids, workdir)
+        base_config, paths = engine.save_layers(client, plan.base_id, wanted_ids, workdir)
+        load_target_config(bundle, plan, base_config)
         faults.killpoint("rebuild")
         base = Image(config_bytes=b"", layers=[_exported(d, paths) for d in plan.base_diff_ids],
                      source=f"docker-daemon:{plan.base_id[:19]}")

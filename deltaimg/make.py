@@ -9,8 +9,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Callable
 
-from deltaimg import __version__
-from deltaimg.bundle import BundleWriter
+from deltaimg import __version__, codec
+from deltaimg.bundle import CONFIG_PAYLOAD, STATS_FIELDS, BundleWriter, config_reference
 from deltaimg.encoder import LayerEncoder
 from deltaimg.errors import ImageReadError
 from deltaimg.imagediff import change_summary
@@ -60,36 +60,35 @@ def make_bundle(old: Image, new: Image, output: str, private_key, progress: Call
     try:
         with tempfile.TemporaryDirectory(prefix="deltaimg-make-") as workdir, ThreadPoolExecutor(WORKERS) as pool:
             with OldContent(old, workdir) as content:
-                manifest_layers = _encode_layers(old, new, content, writer, pool, workdir, progress)
-            changes = change_summary(old, new)  # after encoding: an engine has exported the layers by now
-            writer.add_payload("config", lambda w: w.write(new.config_bytes))
+                layers = _encode_layers(old, new, content, writer, pool, workdir, progress)
             manifest = {
-                "format": "deltaimg-bundle",
-                "version": 1,
                 "tool": f"deltaimg {__version__}",
                 "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "base": image_summary(old),
-                "target": {**image_summary(new), "config_payload": "config"},
-                "layers": manifest_layers,
-                "full_image_size": len(new.config_bytes) + sum(
-                    layer["size"] for layer in _distinct(manifest_layers)
-                ),
-                "changes": changes,  # packages and config; optional: bundles made before it lack it
+                "target": image_summary(new),
+                "layers": [_stored(layer) for layer in layers],
+                "changes": change_summary(old, new),  # after encoding: an engine has exported the layers by now
             }
+            config = codec.compress(new.config_bytes, prefix=config_reference(old.config_bytes, manifest))
+            writer.add_payload(CONFIG_PAYLOAD, lambda w: w.write(config))
             manifest = writer.finish(manifest, private_key)
     except BaseException:
         writer.abort()
         raise
-    manifest["bundle_size"] = writer.size
-    manifest["files"] = writer.paths
-    return manifest
+    distinct = {layer["diff_id"]: layer["size"] for layer in layers}
+    return {**manifest, "layers": layers, "full_image_size": len(new.config_bytes) + sum(distinct.values()),
+            "bundle_size": writer.size, "files": writer.paths}
 
 
-def _distinct(layers: list[dict]) -> list[dict]:
-    seen: dict[str, dict] = {}
-    for layer in layers:
-        seen.setdefault(layer["diff_id"], layer)
-    return list(seen.values())
+def _stored(layer: dict) -> dict:
+    """A layer's manifest record: what the target's diff_ids and the payload table do not say
+    already (the diff_id, the payload's size), and the encoder's statistics as a list."""
+    if layer["method"] == "repeat":
+        return {"method": "repeat", "of": layer["of"]}
+    stored = {key: value for key, value in layer.items() if key not in ("diff_id", "payload_size", "stats")}
+    if "stats" in layer:
+        stored["stats"] = [layer["stats"][key] for key in STATS_FIELDS]
+    return stored
 
 
 def _encode_layers(old: Image, new: Image, content: OldContent, writer: BundleWriter, pool, workdir: str, progress) -> list[dict]:
@@ -105,7 +104,8 @@ def _encode_layers(old: Image, new: Image, content: OldContent, writer: BundleWr
                             "size": content.layer_size(base_layer)})
             continue
         if layer.diff_id in done:
-            records.append({**records[done[layer.diff_id]], "method": "repeat", "of": done[layer.diff_id]})
+            records.append({"diff_id": layer.diff_id, "method": "repeat", "of": done[layer.diff_id],
+                            "size": records[done[layer.diff_id]]["size"]})
             continue
         if index is None:
             index = OldIndex(content)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
+from deltaimg.bundle import CONFIG_PAYLOAD, FORMAT_VERSION, STATS_FIELDS
 from deltaimg.errors import BundleFormatError
 
 ECOSYSTEM_TITLES = {"deb": "Debian packages", "apk": "Alpine packages", "python": "Python distributions"}
@@ -69,9 +70,32 @@ def plan_of(layer: dict) -> str:
     return "shipped" if stats and not reused else "rebuilt"
 
 
+def manifest_layers(manifest: dict) -> list[dict]:
+    """The manifest's layer records with what it says elsewhere filled in: each layer's diff_id
+    (from the target's), a delta's payload size (from the payload table), its stats as a dict,
+    and a repeated layer's size."""
+    sizes = {record["name"]: record["size"] for record in manifest.get("payloads", [])}
+    layers: list[dict] = []
+    for layer, diff_id in zip(manifest["layers"], manifest["target"]["diff_ids"]):
+        full = {**layer, "diff_id": diff_id}
+        if layer["method"] == "delta":
+            full["payload_size"] = sizes.get(layer.get("payload"), 0)
+            if isinstance(layer.get("stats"), list):
+                full["stats"] = dict(zip(STATS_FIELDS, layer["stats"]))
+        elif layer["method"] == "repeat":
+            full["size"] = layers[layer["of"]]["size"]
+        layers.append(full)
+    return layers
+
+
+def full_image_size(layers: list[dict]) -> int:
+    """The bytes of the image's distinct layers, about what ``docker save`` writes."""
+    return sum({layer["diff_id"]: layer["size"] for layer in layers}.values())
+
+
 def layer_lines(manifest: dict) -> list[str]:
     lines = []
-    for position, layer in enumerate(manifest["layers"]):
+    for position, layer in enumerate(manifest_layers(manifest)):
         plan = plan_of(layer)
         what = {
             "referenced": f"referenced: base layer {layer.get('base_layer')}",
@@ -89,14 +113,13 @@ def layer_lines(manifest: dict) -> list[str]:
     return lines
 
 
-def payload_bytes(manifest: dict, bundle_size: int) -> dict[str, int]:
+def payload_bytes(manifest: dict, layers: list[dict], bundle_size: int) -> dict[str, int]:
     """Bytes of the bundle by kind: layer deltas, shipped layers, the config, the manifest and signature."""
     sizes = {"delta": 0, "shipped": 0, "config": 0, "header": bundle_size - manifest.get("payload_area", 0)}
-    config = manifest["target"].get("config_payload")
     for record in manifest.get("payloads", []):
-        if record["name"] == config:
+        if record["name"] == CONFIG_PAYLOAD:
             sizes["config"] += record["size"]
-    for layer in manifest["layers"]:
+    for layer in layers:
         if layer["method"] == "delta":
             sizes["delta" if plan_of(layer) == "rebuilt" else "shipped"] += layer.get("payload_size", 0)
     return sizes
@@ -115,17 +138,18 @@ def inspection(bundle: str, size: int, key_id: str | None, verified: bool, check
     """``deltaimg inspect``: (the JSON object, the text lines). The section on package and config
     changes is there when the bundle's manifest has one (bundles made before it have none)."""
     try:
+        layers = manifest_layers(manifest)
         data = {"bundle": bundle, "size": size, "signer_key_id": key_id, "verified": verified, **manifest,
-                "layer_plan": [plan_of(layer) for layer in manifest["layers"]],
-                "payload_bytes": payload_bytes(manifest, size)}
-        lines = [f"{bundle}: {human_size(size)}, format {manifest.get('version')}, "
+                "version": FORMAT_VERSION, "layers": layers, "layer_plan": [plan_of(layer) for layer in layers],
+                "payload_bytes": payload_bytes(manifest, layers, size)}
+        lines = [f"{bundle}: {human_size(size)}, format {FORMAT_VERSION}, "
                  f"made by {manifest.get('tool')} at {manifest.get('created')}",
                  f"  signed by key {key_id}: {checked}",
                  f"  base:   {image_line(manifest['base'])}",
                  f"  target: {image_line(manifest['target'])}",
                  *layer_lines(manifest),
                  "  " + payload_line(data["payload_bytes"]),
-                 "  " + ratio_line(size, manifest.get("full_image_size", 0))]
+                 "  " + ratio_line(size, full_image_size(layers))]
         if "changes" in manifest:
             lines += ["  " + line for line in change_lines(manifest["changes"])]
     except (KeyError, TypeError, AttributeError, ValueError) as exc:

@@ -26,7 +26,7 @@ from deltaimg import signing
 from deltaimg.bundle import open_bundle, read_header
 from deltaimg.errors import BundleFormatError, IntegrityError, SignatureError
 from deltaimg.signing import load_public
-from tests.conftest import run_cli
+from tests.conftest import archive_image, run_cli
 
 FORMAT, SIGNATURE, INTEGRITY = BundleFormatError.exit_code, SignatureError.exit_code, IntegrityError.exit_code
 
@@ -46,20 +46,23 @@ class Regions:
         manifest, _, payload_start, _ = read_header(path)
         data = Path(path).read_bytes()
         signature = data[20 + len(manifest):payload_start]
-        return cls(data, len(manifest), signature, payload_start, json.loads(manifest)["payloads"])
+        return cls(data, len(manifest), signature, payload_start, json.loads(bundle_format.manifest_json(manifest, path))["payloads"])
 
     @property
     def signature_at(self) -> int:
         return 16 + self.manifest_len  # the signature length field
 
     def payload_range(self, index: int) -> tuple[int, int]:
-        record = self.payloads[index]
-        start = self.payload_start + record["offset"]
-        return start, start + record["size"]
+        start = self.payload_start + sum(record["size"] for record in self.payloads[:index % len(self.payloads)])
+        return start, start + self.payloads[index]["size"]
 
-    def signature_field(self, key: bytes) -> int:
-        """Offset in the file of the value of ``key`` in the signature JSON."""
-        return self.payload_start - len(self.signature) + self.signature.index(b'"' + key + b'":"') + len(key) + 4
+    @property
+    def key_id_at(self) -> int:
+        return self.payload_start - len(self.signature)
+
+    @property
+    def signature_bytes_at(self) -> int:
+        return self.key_id_at + bundle_format.KEY_ID_BYTES
 
 
 Edit = Callable[[Regions], bytes]
@@ -83,7 +86,7 @@ def resigned(private_path: str, claim_key_id: str | None = None) -> Edit:
         signature = signing.sign(signing.load_private(private_path), manifest)
         if claim_key_id:
             signature["key_id"] = claim_key_id
-        block = bundle_format.canonical_json(signature)
+        block = bundle_format.signature_block(signature)
         return r.data[: r.signature_at] + bundle_format.U32.pack(len(block)) + block + r.data[r.payload_start:]
     return edit
 
@@ -102,14 +105,14 @@ FLIPS: dict[str, tuple[Edit, int, str]] = {
     "manifest, last byte": (flip(lambda r: 15 + r.manifest_len), SIGNATURE, "does not match its contents"),
     "signature length, low byte": (flip(lambda r: r.signature_at + 3), SIGNATURE, "no readable Ed25519 signature"),
     "signature length, high byte": (flip(lambda r: r.signature_at), FORMAT, "bad signature length"),
-    "signature key id": (flip(lambda r: r.signature_field(b"key_id") + 3), SIGNATURE, "not trusted here"),
-    "signature bytes": (flip(lambda r: r.signature_field(b"signature") + 10), SIGNATURE, "does not match its contents"),
-    "signature JSON": (flip(lambda r: r.payload_start - 1), SIGNATURE, "no readable Ed25519 signature"),
-    "payload 0, first byte": (flip(lambda r: r.payload_range(0)[0]), INTEGRITY, "'layer-0' does not match its signed sha256"),
-    "payload 0, middle": (flip(lambda r: sum(r.payload_range(0)) // 2), INTEGRITY, "'layer-0' does not match"),
-    "payload 1, last byte": (flip(lambda r: r.payload_range(1)[1] - 1), INTEGRITY, "'layer-1' does not match"),
-    "config payload": (flip(lambda r: r.payload_range(-1)[0] + 3), INTEGRITY, "'config' does not match"),
-    "the file's last byte": (flip(lambda r: len(r.data) - 1), INTEGRITY, "does not match its signed sha256"),
+    "signature key id": (flip(lambda r: r.key_id_at + 3), SIGNATURE, "not trusted here"),
+    "signature bytes": (flip(lambda r: r.signature_bytes_at + 10), SIGNATURE, "does not match its contents"),
+    "signature, last byte": (flip(lambda r: r.payload_start - 1), SIGNATURE, "does not match its contents"),
+    "payload 0, first byte": (flip(lambda r: r.payload_range(0)[0]), INTEGRITY, "payloads do not match their signed sha256"),
+    "payload 0, middle": (flip(lambda r: sum(r.payload_range(0)) // 2), INTEGRITY, "payloads do not match"),
+    "payload 1, last byte": (flip(lambda r: r.payload_range(1)[1] - 1), INTEGRITY, "payloads do not match"),
+    "config payload": (flip(lambda r: r.payload_range(-1)[0] + 3), INTEGRITY, "payloads do not match"),
+    "the file's last byte": (flip(lambda r: len(r.data) - 1), INTEGRITY, "do not match their signed sha256"),
 }
 
 CUTS: dict[str, Edit] = {
@@ -197,7 +200,7 @@ def test_a_payload_swapped_in_from_another_bundle_with_the_same_size_is_refused(
     assert foreign != mine.data[start:end]
     path = write(tmp_path, mine.data[:start] + foreign + mine.data[end:])
     result = apply_to_archive_cli(path, keypair, example_pair, tmp_path)
-    assert_refused_with_nothing_written(result, INTEGRITY, "'layer-0' does not match its signed sha256", tmp_path)
+    assert_refused_with_nothing_written(result, INTEGRITY, "payloads do not match their signed sha256", tmp_path)
 
 
 def test_a_payload_swapped_in_from_another_bundle_with_another_size_is_refused(
@@ -243,18 +246,19 @@ def test_an_untrusted_signature_claiming_the_trusted_key_id_is_refused(example_b
     assert_refused_with_nothing_written(result, SIGNATURE, f"signature by key {trusted_id} does not match", tmp_path)
 
 
-@pytest.mark.parametrize("block", [b"", b"{}", b'{"algorithm":"none","key_id":"x","signature":""}', b"[[[[" * 4000],
-                         ids=["stripped", "empty object", "algorithm none", "nested deep"])
+@pytest.mark.parametrize("block", [b"", b"{}", bytes(71), bytes(73), b"[[[[" * 4000],
+                         ids=["stripped", "two bytes", "one byte short", "one byte long", "16 KB"])
 def test_a_missing_or_meaningless_signature_is_refused(example_bundle, example_pair, keypair, tmp_path, block):
     path = write(tmp_path, with_signature_block(block)(Regions.of(example_bundle)))
     result = apply_to_archive_cli(path, keypair, example_pair, tmp_path)
     assert_refused_with_nothing_written(result, SIGNATURE, "no readable Ed25519 signature", tmp_path)
 
 
-def test_a_key_id_crafted_to_break_the_error_line_is_not_echoed(example_bundle, example_pair, keypair, other_keypair, tmp_path):
-    path = write(tmp_path, resigned(other_keypair[0], claim_key_id="x\n\x1b[2Jforged")(Regions.of(example_bundle)))
+def test_a_key_id_crafted_to_break_the_error_line_is_shown_as_hex(example_bundle, example_pair, keypair, other_keypair, tmp_path):
+    crafted = "x\n\x1b[2Jfo".encode().hex()  # the stored key id is 8 raw bytes, always shown as 16 hex digits
+    path = write(tmp_path, resigned(other_keypair[0], claim_key_id=crafted)(Regions.of(example_bundle)))
     result = apply_to_archive_cli(path, keypair, example_pair, tmp_path)
-    assert_refused_with_nothing_written(result, SIGNATURE, "signed by key (invalid id), which is not trusted", tmp_path)
+    assert_refused_with_nothing_written(result, SIGNATURE, f"signed by key {crafted}, which is not trusted", tmp_path)
     assert "\x1b" not in result.stderr
 
 
@@ -318,7 +322,7 @@ def engine_state(client, app: dict) -> tuple[frozenset, frozenset]:
     """What apply could change for this bundle: the base and target images (by ID and by the
     bundle's tags) and the containers on either or named for this test, with their state. (Not
     the whole engine: other test runs may share it.)"""
-    manifest = json.loads(read_header(app["bundle"])[0])
+    manifest = json.loads(bundle_format.manifest_json(read_header(app["bundle"])[0], app["bundle"]))
     ids, tags = {app["v1"], app["v2"]}, set(manifest["base"]["tags"] + manifest["target"]["tags"])
     images = frozenset((i["Id"], tuple(sorted(i.get("RepoTags") or []))) for i in client.api.images(all=True)
                        if i["Id"] in ids or tags & set(i.get("RepoTags") or []))
@@ -366,37 +370,44 @@ def audit_script() -> str:
     return section.split("```sh\n", 1)[1].split("\n```", 1)[0]
 
 
-def run_audit(bundle: str, public_key: str, workdir: Path) -> subprocess.CompletedProcess:
+def run_audit(bundle: str, public_key: str, workdir: Path, base: str | None = None) -> subprocess.CompletedProcess:
     shutil.copy(bundle, workdir / "app.dimg")
     shutil.copy(public_key, workdir / "release-key.pub")
+    if base:
+        (workdir / "base-config.json").write_bytes(archive_image(base)[0])
     return subprocess.run(["bash", "-c", "set -o pipefail\n" + audit_script()], cwd=workdir, capture_output=True,
                           text=True, timeout=120)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="the audit recipe uses openssl")
+@pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("zstd") is None, reason="the audit recipe uses openssl, zstd")
 @pytest.mark.parametrize("key_format", ["PEM", "OpenSSH"])
-def test_the_documented_audit_recipe_verifies_a_real_bundle(example_bundle, keypair, tmp_path, key_format):
+def test_the_documented_audit_recipe_verifies_a_real_bundle(example_bundle, example_pair, keypair, tmp_path, key_format):
     public_key = keypair[1]
     if key_format == "OpenSSH":  # the same key as one "ssh-ed25519 AAAA... comment" line
         line = load_public(keypair[1]).public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         public_key = str(tmp_path / "ssh.pub")
         Path(public_key).write_bytes(line + b" release@build-host\n")
-    result = run_audit(example_bundle, public_key, tmp_path)
+    result = run_audit(example_bundle, public_key, tmp_path, base=example_pair[0])
     assert result.returncode == 0, result.stderr
     assert "Signature Verified Successfully" in result.stdout
-    names = [p["name"] for p in Regions.of(example_bundle).payloads]
-    for name in names:
-        assert f"{name} OK" in result.stdout
-    assert "length OK" in result.stdout and "config matches target image_id" in result.stdout
+    assert "length OK" in result.stdout and "payloads OK" in result.stdout
+    assert "config matches target image_id" in result.stdout
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="the audit recipe uses openssl")
+@pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("zstd") is None, reason="the audit recipe uses openssl, zstd")
+def test_the_documented_audit_recipe_without_the_base_config_checks_all_but_the_config(example_bundle, keypair, tmp_path):
+    result = run_audit(example_bundle, keypair[1], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "payloads OK" in result.stdout and "config not checked" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("zstd") is None, reason="the audit recipe uses openssl, zstd")
 @pytest.mark.parametrize("region", ["manifest, middle", "payload 0, middle"])
-def test_the_documented_audit_recipe_catches_tampering(example_bundle, keypair, tmp_path, region):
+def test_the_documented_audit_recipe_catches_tampering(example_bundle, example_pair, keypair, tmp_path, region):
     tampered = tmp_path / "in" / "app.dimg"
     tampered.parent.mkdir()
     tampered.write_bytes(FLIPS[region][0](Regions.of(example_bundle)))
     (tmp_path / "out").mkdir()
-    result = run_audit(str(tampered), keypair[1], tmp_path / "out")
+    result = run_audit(str(tampered), keypair[1], tmp_path / "out", base=example_pair[0])
     assert result.returncode != 0
     assert "Signature Verified Successfully" not in result.stdout or "MISMATCH" in result.stdout

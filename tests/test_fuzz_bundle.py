@@ -58,13 +58,11 @@ class Subject:
 
     def with_payloads(self, payloads: dict[str, bytes]) -> bytes:
         """The bundle with these payloads instead, its payload table made to match, signed."""
-        table, offset = [], 0
-        for record in self.manifest["payloads"]:
-            data = payloads[record["name"]]
-            table.append({**record, "offset": offset, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-            offset += len(data)
-        manifest = {**self.manifest, "payloads": table, "payload_area": offset}
-        return self.signed(bundle_format.canonical_json(manifest), b"".join(payloads[r["name"]] for r in table))
+        area = b"".join(payloads[r["name"]] for r in self.manifest["payloads"])
+        table = [{"name": r["name"], "size": len(payloads[r["name"]])} for r in self.manifest["payloads"]]
+        manifest = {**self.manifest, "payloads": table, "payload_area": len(area),
+                    "payload_sha256": hashlib.sha256(area).hexdigest()}
+        return self.signed(bundle_format.canonical_json(manifest), area)
 
     @property
     def payload_area(self) -> bytes:
@@ -99,8 +97,9 @@ def subject(keypair, tmp_path_factory) -> Subject:
     assert sum(s["bsdiff"] for s in stats) >= 1 and sum(s["headers_from_old"] for s in stats) >= 1
     manifest_bytes, _, start, _ = read_header(path)
     data = Path(path).read_bytes()
-    parsed = json.loads(manifest_bytes)
-    payloads = {p["name"]: data[start + p["offset"]: start + p["offset"] + p["size"]] for p in parsed["payloads"]}
+    parsed = json.loads(bundle_format.manifest_json(manifest_bytes, path))
+    offsets = bundle_format.payload_offsets(parsed)
+    payloads = {p["name"]: data[start + offsets[p["name"]]: start + offsets[p["name"]] + p["size"]] for p in parsed["payloads"]}
     return Subject(data, parsed, payloads, old, private, [signing.load_public(keypair[1])])
 
 

@@ -55,22 +55,26 @@ def image_config(diff_ids: list[str]) -> bytes:
                        "rootfs": {"type": "layers", "diff_ids": diff_ids}}, sort_keys=True).encode()
 
 
-def write_signed(path: Path, manifest_bytes: bytes, payload_area: bytes, private) -> Path:
-    """A bundle file around ``manifest_bytes`` exactly as given, signed by ``private``."""
-    signature = bundle_format.canonical_json(signing.sign(private, manifest_bytes))
-    path.write_bytes(bundle_format.MAGIC + bundle_format.U32.pack(1) + bundle_format.U32.pack(len(manifest_bytes))
-                     + manifest_bytes + bundle_format.U32.pack(len(signature)) + signature + payload_area)
+def write_signed(path: Path, manifest_json: bytes, payload_area: bytes, private) -> Path:
+    """A bundle file around the manifest text ``manifest_json`` exactly as given (compressed as
+    bundles store it), signed by ``private``."""
+    stored = codec.compress(manifest_json, level=1)
+    signature = bundle_format.signature_block(signing.sign(private, stored))
+    path.write_bytes(bundle_format.MAGIC + bundle_format.U32.pack(1) + bundle_format.U32.pack(len(stored))
+                     + stored + bundle_format.U32.pack(len(signature)) + signature + payload_area)
     return path
 
 
-def forge(path: Path, manifest: dict, payloads: list[tuple[str, bytes]], private) -> Path:
-    """A signed bundle of ``manifest`` plus a correct payload table for ``payloads``."""
-    records, offset = [], 0
-    for name, data in payloads:
-        records.append({"name": name, "offset": offset, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-        offset += len(data)
-    manifest = {"payloads": records, "payload_area": offset, **manifest}
-    return write_signed(path, bundle_format.canonical_json(manifest), b"".join(d for _, d in payloads), private)
+def forge(path: Path, manifest: dict, payloads: list[tuple[str, bytes]], private, base_config: bytes | None = None) -> Path:
+    """A signed bundle of ``manifest`` plus a correct payload table for ``payloads``; with
+    ``base_config``, the payload named config is coded against it as make codes it."""
+    if base_config is not None:
+        payloads = [(name, codec.compress(data, prefix=bundle_format.config_reference(base_config, manifest))
+                     if name == bundle_format.CONFIG_PAYLOAD else data) for name, data in payloads]
+    area = b"".join(d for _, d in payloads)
+    manifest = {"payloads": [{"name": name, "size": len(data)} for name, data in payloads], "payload_area": len(area),
+                "payload_sha256": hashlib.sha256(area).hexdigest(), **manifest}
+    return write_signed(path, bundle_format.canonical_json(manifest), area, private)
 
 
 def delta_payload(chunks: list[Chunk], frames: list[bytes], records: list[Record]) -> bytes:
@@ -113,12 +117,12 @@ class Forger:
 
     def manifest(self, target_config: bytes, layers: list[dict], **changes) -> dict:
         manifest = {
-            "format": "deltaimg-bundle", "version": 1, "tool": "forged", "created": "2024-01-01T00:00:00Z",
+            "tool": "forged", "created": "2024-01-01T00:00:00Z",
             "base": {"image_id": digest(self.base_config), "diff_ids": [digest(self.base_layer)],
                      "tags": ["hostile/app:1"], "created": None},
             "target": {"image_id": digest(target_config), "diff_ids": json.loads(target_config)["rootfs"]["diff_ids"],
-                       "tags": ["hostile/app:2"], "created": None, "config_payload": "config"},
-            "layers": layers, "full_image_size": 0,
+                       "tags": ["hostile/app:2"], "created": None},
+            "layers": layers,
         }
         manifest.update(changes)
         return manifest
@@ -131,7 +135,8 @@ class Forger:
         """One target layer, rebuilt from ``payload``, declared ``size`` bytes."""
         config = image_config([FAKE_DIFF_ID])
         layers = [{"diff_id": FAKE_DIFF_ID, "size": size, "method": "delta", "payload": "layer-0"}]
-        return forge(self.path(), self.manifest(config, layers), [("layer-0", payload), ("config", config)], self.private)
+        return forge(self.path(), self.manifest(config, layers), [("layer-0", payload), ("config", config)], self.private,
+                     self.base_config)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +172,8 @@ def test_control_a_forged_bundle_that_is_honest_applies(forger, tmp_path):
     payload = delta_payload([Chunk(len(layer), len(frame))], [frame],
                             [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=0, size=len(layer), trailer=True)])
     layers = [{"diff_id": digest(layer), "size": len(layer), "method": "delta", "payload": "layer-0"}]
-    bundle = forge(forger.path(), forger.manifest(config, layers), [("layer-0", payload), ("config", config)], forger.private)
+    bundle = forge(forger.path(), forger.manifest(config, layers), [("layer-0", payload), ("config", config)], forger.private,
+                   forger.base_config)
     output = tmp_path / "new.tar"
     outcome = apply_measured(forger, bundle, output=output)
     assert outcome.returncode == 0, outcome.stderr
@@ -291,7 +297,8 @@ def _base_layer(forger: Forger, **changes) -> dict:
 
 def _signed(forger: Forger, manifest: dict, payloads: list[tuple[str, bytes]] | None = None) -> Path:
     config = _target(forger)
-    return forge(forger.path(), manifest, payloads if payloads is not None else [("config", config)], forger.private)
+    return forge(forger.path(), manifest, payloads if payloads is not None else [("config", config)], forger.private,
+                 forger.base_config)
 
 
 MANIFESTS: dict[str, tuple[Callable[[Forger], Path], int, str]] = {
@@ -300,15 +307,18 @@ MANIFESTS: dict[str, tuple[Callable[[Forger], Path], int, str]] = {
     "too many payloads": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g)]),
                                             [(f"p{i}", b"") for i in range(bundle_format.MAX_PAYLOADS + 1)]),
                           FORMAT, "not a deltaimg manifest"),
-    "payload offset as a float": (lambda g: write_signed(g.path(), bundle_format.canonical_json(
-        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "offset": 0.0, "size": 1, "sha256": "x"}],
-         "payload_area": 1}), b"x", g.private), FORMAT, "payload list is malformed"),
+    "payload size as a float": (lambda g: write_signed(g.path(), bundle_format.canonical_json(
+        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "size": 1.0}], "payload_area": 1,
+         "payload_sha256": hashlib.sha256(b"x").hexdigest()}), b"x", g.private), FORMAT, "payload list is malformed"),
+    "a payload hash that is not one": (lambda g: write_signed(g.path(), bundle_format.canonical_json(
+        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "size": 1}], "payload_area": 1,
+         "payload_sha256": "../x"}), b"x", g.private), FORMAT, "payload hash is malformed"),
     "two payloads of one name": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g)]),
                                                    [("config", _target(g)), ("config", b"other")]),
                                  FORMAT, "payload list is malformed"),
     "a payload of 2^62 bytes": (lambda g: write_signed(g.path(), bundle_format.canonical_json(
-        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "offset": 0, "size": 1 << 62, "sha256": "x"}],
-         "payload_area": 1 << 62}), b"x", g.private), FORMAT, "truncated"),
+        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "size": 1 << 62}], "payload_area": 1 << 62,
+         "payload_sha256": hashlib.sha256(b"x").hexdigest()}), b"x", g.private), FORMAT, "truncated"),
     "layers not a list": (lambda g: _signed(g, g.manifest(_target(g), {"0": _base_layer(g)})), FORMAT, "lacks its base, target or layers"),
     "base image id not a digest": (lambda g: _signed(g, {**g.manifest(_target(g), [_base_layer(g)]),
                                                          "base": {"image_id": {"a": 1}, "diff_ids": []}}),
@@ -321,7 +331,13 @@ MANIFESTS: dict[str, tuple[Callable[[Forger], Path], int, str]] = {
                              FORMAT, "target tags are malformed"),
     "target layer id a path": (lambda g: forge(g.path(), g.manifest(image_config(["sha256:" + "../" * 21 + "x"]), []),
                                                [("config", image_config(["sha256:" + "../" * 21 + "x"]))], g.private),
-                               FORMAT, "no valid rootfs.diff_ids"),
+                               FORMAT, "record of the target image is malformed"),
+    "a config that is not the target's": (lambda g: forge(g.path(), g.manifest(_target(g), [_base_layer(g)]),
+                                                          [("config", _target(g) + b" ")], g.private, g.base_config),
+                                          INTEGRITY, "does not match the target image ID"),
+    "a config that decompresses beyond 16 MiB": (lambda g: forge(g.path(), g.manifest(_target(g), [_base_layer(g)]),
+                                                                 [("config", bytes(17 * MiB))], g.private, g.base_config),
+                                                 INTEGRITY, "more than the 16777216 bytes allowed"),
     "layer size negative": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g, size=-1)])), FORMAT, "layer 0 is malformed"),
     "layer size true": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g, size=True)])), FORMAT, "layer 0 is malformed"),
     "layer size 2^62": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g, size=1 << 62)])), INTEGRITY,
@@ -330,11 +346,12 @@ MANIFESTS: dict[str, tuple[Callable[[Forger], Path], int, str]] = {
                                 FORMAT, "layer 0 is malformed"),
     "a repeat of another layer": (lambda g: forge(g.path(), g.manifest(image_config([digest(g.base_layer), FAKE_DIFF_ID]),
                                                                        [_base_layer(g), _base_layer(g, diff_id=FAKE_DIFF_ID, method="repeat", of=0)]),
-                                                  [("config", image_config([digest(g.base_layer), FAKE_DIFF_ID]))], g.private),
+                                                  [("config", image_config([digest(g.base_layer), FAKE_DIFF_ID]))], g.private,
+                                                  g.base_config),
                                   FORMAT, "layer 1 is malformed"),
     "a delta without its payload": (lambda g: forge(g.path(), g.manifest(image_config([FAKE_DIFF_ID]),
                                                                          [{"diff_id": FAKE_DIFF_ID, "size": 1, "method": "delta", "payload": "nope"}]),
-                                                    [("config", image_config([FAKE_DIFF_ID]))], g.private),
+                                                    [("config", image_config([FAKE_DIFF_ID]))], g.private, g.base_config),
                                     FORMAT, "names no payload 'nope'"),
     "a config payload of 17 MiB": (lambda g: forge(g.path(), g.manifest(_target(g), [_base_layer(g)]),
                                                    [("config", bytes(17 * MiB))], g.private),
@@ -350,7 +367,7 @@ def test_absurd_signed_manifests_are_refused(forger, case):
 
 def _values(count: int) -> bytes:
     """A manifest that is valid JSON and holds ``count`` empty objects (3 bytes each)."""
-    return b'{"format":"deltaimg-bundle","payloads":[],"payload_area":0,"x":[' + b"{}," * (count - 1) + b"{}]}"
+    return b'{"payloads":[],"payload_area":0,"x":[' + b"{}," * (count - 1) + b"{}]}"
 
 
 def test_a_manifest_of_millions_of_values_is_refused_before_parsing(forger):
@@ -388,7 +405,7 @@ def test_a_base_whose_layer_bytes_were_altered_is_refused_and_nothing_written(fo
                             + [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=len(trailer), trailer=True)])
     bundle = forge(forger.path(), forger.manifest(config, [{"diff_id": digest(layer), "size": len(layer),
                                                            "method": "delta", "payload": "layer-0"}]),
-                   [("layer-0", payload), ("config", config)], forger.private)
+                   [("layer-0", payload), ("config", config)], forger.private, forger.base_config)
     damaged = tmp_path / "base-damaged.tar"
     data = Path(forger.base_archive).read_bytes()
     at = data.index(b"localhost")
@@ -429,6 +446,8 @@ def test_rebuilt_archives_name_their_members_by_digest_only(example_bundle, exam
 def test_a_recipe_naming_a_base_layer_the_engine_image_lacks_changes_nothing(docker_client, engine_resources, keypair, tmp_path):
     """Against the engine, the base layers a bundle reads are exported first: a reference to a
     layer the base does not have must be refused as the bundle's fault, with the engine untouched."""
+    from deltaimg import engine
+
     base_id = engine_resources.build("base")
     base = docker_client.api.inspect_image(base_id)
     diff_ids = base["RootFS"]["Layers"]
@@ -436,13 +455,13 @@ def test_a_recipe_naming_a_base_layer_the_engine_image_lacks_changes_nothing(doc
     payload = delta_payload([], [], [Record(lf.PRE_PARTNER, lf.DATA_PARTNER, partner=(len(diff_ids) + 5, 0), trailer=True)])
     layers = [{"diff_id": d, "size": 1, "method": "base", "base_layer": i} for i, d in enumerate(diff_ids)]
     layers.append({"diff_id": FAKE_DIFF_ID, "size": 4096, "method": "delta", "payload": "layer-x"})
-    manifest = {"format": "deltaimg-bundle", "version": 1, "tool": "forged", "created": "2024-01-01T00:00:00Z",
+    manifest = {"tool": "forged", "created": "2024-01-01T00:00:00Z",
                 "base": {"image_id": base_id, "diff_ids": diff_ids, "tags": [], "created": None},
                 "target": {"image_id": digest(config), "diff_ids": [*diff_ids, FAKE_DIFF_ID],
-                           "tags": [engine_resources.name("target") + ":test"], "created": None, "config_payload": "config"},
-                "layers": layers, "full_image_size": 0}
+                           "tags": [engine_resources.name("target") + ":test"], "created": None},
+                "layers": layers}
     bundle = forge(tmp_path / "b.dimg", manifest, [("layer-x", payload), ("config", config)],
-                   signing.load_private(keypair[0]))
+                   signing.load_private(keypair[0]), engine.read_config(docker_client, base_id))
     images_before = {i["Id"] for i in docker_client.api.images(all=True, filters={"reference": engine_resources.prefix + "*"})}
     result = run_cli("apply", str(bundle), "--trust", keypair[1])
     assert result.returncode == FORMAT and "which the base lacks" in result.stderr, result.stderr
