@@ -332,6 +332,8 @@ def test_a_split_bundle_applies_from_its_first_part_or_its_folder_and_needs_ever
     assert [a[2] for a in attempts(state_dir)] == ["applied", "applied"]
 
     app.host_has("1")
+    later = apply(stick / "app.dimg.002", "--trust", keypair[1])
+    assert later.returncode == BundlePartError.exit_code and "pass its first part (app.dimg.001)" in later.stderr
     third = (stick / "app.dimg.003").read_bytes()
     (stick / "app.dimg.003").write_bytes(third[:-1] + bytes([third[-1] ^ 1]))
     damaged = apply(stick, "--trust", keypair[1])
