@@ -125,8 +125,8 @@ class _Run:
 
     def apply(self, files: list[str]) -> None:
         selection = self._select(files)
-        bundles = selection.to_apply
-        plans = self._verify(bundles)
+        plans = self._verify(selection.to_apply)  # also the sha256 of every bundle's bytes, which the journal knows them by
+        bundles, held = self._hold_back(selection.to_apply)
         self._preflight(bundles, plans)
         applied: list[Bundle] = []
         for bundle in bundles:
@@ -138,8 +138,7 @@ class _Run:
                 before = ", ".join(f"{b.path} ({name_of(b.manifest['target'])})" for b in applied)
                 raise type(exc)(f"{exc} (applied before it: {before})") from None
             applied.append(bundle)
-        if selection.gaps:
-            raise PartialChainError("partial chain: " + "; ".join(selection.gaps))
+        self._finish(selection, held)
 
     def plan(self, files: list[str]) -> None:
         pending = [a for a in self.journal.attempts() if a.interrupted]
@@ -147,8 +146,8 @@ class _Run:
             self.reporter.progress(f"{len(pending)} interrupted update(s) in {self.journal.path}: the next apply "
                                    "recovers them first (unless a run is in progress now)")
         selection = self._select(files)
-        bundles = selection.to_apply
-        plans = self._verify(bundles)
+        plans = self._verify(selection.to_apply)  # also the sha256 of every bundle's bytes, which the journal knows them by
+        bundles, held = self._hold_back(selection.to_apply)
         self._preflight(bundles, plans)
         for bundle in bundles:
             plan = plans[bundle.path]
@@ -160,6 +159,13 @@ class _Run:
                                        f"before it has made {name_of(bundle.manifest['base'])}, then swap the "
                                        "containers on that")
             self._outcome("planned", bundle, "nothing changed (dry run)")
+        self._finish(selection, held)
+
+    def _finish(self, selection: chain.Selection, held: list[str]) -> None:
+        """End a run that did what it could: bundles held back, then missing links, fail it."""
+        if held:
+            raise SwapFailedRolledBack("; ".join(held) + ("; partial chain: " + "; ".join(selection.gaps)
+                                                          if selection.gaps else ""))
         if selection.gaps:
             raise PartialChainError("partial chain: " + "; ".join(selection.gaps))
 
@@ -224,8 +230,6 @@ class _Run:
 
     def _preflight(self, bundles: list[Bundle], plans: dict[str, Plan]) -> None:
         """Refuse, before anything changes, what the run could not finish or should not do."""
-        if not self.options.retry:
-            self._refuse_rolled_back(bundles)
         if not self.options.allow_downgrade:
             for bundle in bundles:
                 self._refuse_tag_downgrade(bundle, plans[bundle.path])
@@ -238,18 +242,33 @@ class _Run:
         if any(rebuilds):
             diskspace.check(self.state.work_path, self._data_root(), rebuilds, self.reporter.progress)
 
-    def _refuse_rolled_back(self, bundles: list[Bundle]) -> None:
+    def _hold_back(self, bundles: list[Bundle]) -> tuple[list[Bundle], list[str]]:
+        """Leave out, unless ``--retry``, each bundle whose last attempt was rolled back and the rest of
+        its chain; the others go ahead, so one failing update does not stall every other one here."""
+        if self.options.retry:
+            return bundles, []
         last: dict[str, dict] = {}
         for attempt in self.journal.attempts():
             digest = (attempt.begin.get("bundle") or {}).get("sha256")
             if digest and attempt.closed is not None:
                 last[digest] = attempt.closed
-        for bundle in bundles:
+        kept: list[Bundle] = []
+        held: list[str] = []
+        blocked: set[str] = set()  # images a held bundle would have made
+        for bundle in bundles:  # in chain order
             closed = last.get(bundle.sha256 or "")
             if closed and closed.get("outcome") == "rolled-back":
-                raise SwapFailedRolledBack(f"{bundle.path} was rolled back at {closed.get('time')} "
-                                           f"({closed.get('message')}); not trying it again: pass --retry once the "
-                                           "cause is fixed")
+                message = (f"{bundle.path} was rolled back at {closed.get('time')} ({closed.get('message')}); not "
+                           "trying it again: pass --retry once the cause is fixed")
+            elif bundle.manifest["base"]["image_id"] in blocked:
+                message = f"{bundle.path} waits for the update before it in its chain, which was rolled back"
+            else:
+                kept.append(bundle)
+                continue
+            blocked.add(bundle.manifest["target"]["image_id"])
+            held.append(message)
+            self._outcome("held-back", bundle, f"held back: {message}")
+        return kept, held
 
     def _refuse_tag_downgrade(self, bundle: Bundle, plan: Plan) -> None:
         target_created = chain.parse_time(bundle.manifest["target"].get("created"))

@@ -208,6 +208,29 @@ def test_a_bundle_rolled_back_once_is_not_tried_again_unless_retry(app, engine_r
     assert row["outcome"] == "rolled-back" and row["message"]
 
 
+def test_a_bundle_held_back_after_a_rollback_does_not_stall_the_other_updates_on_the_stick(
+        app, engine_resources, keypair, example_pair, example_bundle, state_dir, tmp_path):
+    app.host_has("1")
+    before = app.start(engine_resources, "1")
+    assert apply(app.bundles["1", "bad"], "--trust", keypair[1]).returncode == SwapFailedRolledBack.exit_code
+    stick = app.stick(tmp_path / "stick", {"app.dimg": ("1", "bad")})
+    shutil.copy(example_bundle, stick / "example.dimg")
+    with open(example_pair[0], "rb") as archive:  # the host runs the example's 1.0 too
+        app.client.api.load_image(archive.read())
+    try:
+        result = apply(stick, "--trust", keypair[1])
+        assert result.returncode == SwapFailedRolledBack.exit_code, result.stderr
+        assert f"{stick / 'app.dimg'}: held back: " in result.stdout and "--retry" in result.stderr
+        assert f"{stick / 'example.dimg'}: applied" in result.stdout
+        assert app.client.api.images(filters={"reference": "example/app:1.1"})
+        assert app.running(engine_resources)[:2] == (before, app.ids["1"])
+        assert [a[2] for a in attempts(state_dir)] == ["rolled-back", "applied"]
+    finally:
+        for tag in ("example/app:1.1", "example/app:1.0"):
+            if app.client.api.images(filters={"reference": tag}):
+                app.client.api.remove_image(tag, force=True)
+
+
 def test_a_second_run_exits_at_once_while_one_holds_the_lock_or_waits_for_it_with_wait(
         app, keypair, state_dir):
     app.host_has("1")
