@@ -48,6 +48,7 @@ STATS_FIELDS = ("entries", "files", "identical", "bsdiff", "zstd_delta", "litera
 MAX_PAYLOADS = 100_000
 COPY_CHUNK = 1 << 20
 MAX_PARTS = 999  # NAME.001 to NAME.999
+SPLIT_HEADER_SLACK = 256  # room for the part hashes' effect on the compressed manifest's length
 MIN_PART_SIZE = 1024
 PART_SUFFIX = re.compile(r"\.(\d{3})$")
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -89,11 +90,12 @@ def signature_block(signature: dict) -> bytes:
 
 
 def parse_signature_block(block: bytes) -> dict | None:
-    """The stored signature in :func:`signing.verify`'s form; None when it has not that shape."""
-    if len(block) != KEY_ID_BYTES + SIGNATURE_BYTES:
+    """The stored signature in :func:`signing.verify`'s form; None when it has not that shape
+    (the key id, the signature, then nothing but the zeros a split bundle may pad its header with)."""
+    if len(block) < KEY_ID_BYTES + SIGNATURE_BYTES or block[KEY_ID_BYTES + SIGNATURE_BYTES:].strip(b"\0"):
         return None
     return {"algorithm": "ed25519", "key_id": block[:KEY_ID_BYTES].hex(),
-            "signature": base64.b64encode(block[KEY_ID_BYTES:]).decode()}
+            "signature": base64.b64encode(block[KEY_ID_BYTES:KEY_ID_BYTES + SIGNATURE_BYTES]).decode()}
 
 
 def config_reference(base_config: bytes, manifest: dict) -> bytes:
@@ -179,32 +181,31 @@ class BundleWriter:
     def _signed_header(self, manifest: dict, private_key) -> tuple[dict, bytes]:
         """The manifest as signed and the header bytes (magic to signature) that start the bundle.
 
-        A split record lists the parts' hashes, so its length depends on the number of parts,
-        which depends on the header's length: the count is raised until it fits (hashes are of
-        fixed length, so placeholders give the final length).
+        A split record lists the parts' hashes, which depend on where the parts start, that is on
+        the header's length, which (the manifest being compressed) depends on the hashes. So the
+        length is chosen first, with room to spare, the hashes computed for it, and the signature
+        block padded with zeros to make the header exactly that long.
         """
-        if self.split_size is None:
-            return manifest, _frame(manifest, private_key)
-        size, count = self.split_size, 1
+        area = manifest["payload_area"]
+        header = _frame(manifest, private_key)
+        if self.split_size is None or len(header) + area <= self.split_size:
+            return manifest, header  # it fits: an ordinary bundle
+        size, length = self.split_size, len(header) + SPLIT_HEADER_SLACK
         while True:
-            trial = {**manifest, "split": {"part_size": size, "count": count, "sha256": ["0" * 64] * (count - 1)}}
-            header = _frame(trial, private_key)
-            needed = -(-(len(header) + manifest["payload_area"]) // size)
-            if needed <= count:
-                break
-            count = needed
-        if count == 1:
-            return manifest, _frame(manifest, private_key)  # it fits: an ordinary bundle
-        if len(header) > size:
-            raise UsageError(f"a split size of {size} bytes is smaller than this bundle's header ({len(header)} bytes); "
-                             "give a larger one")
-        if count > MAX_PARTS:
-            raise UsageError(f"a split size of {size} bytes makes {count} parts, more than {MAX_PARTS}; give a larger one")
-        total = len(header) + manifest["payload_area"]
-        hashes = [self._spool_sha256(start - len(header), min(start + size, total) - len(header))
-                  for start in range(size, total, size)]
-        final = {**manifest, "split": {"part_size": size, "count": count, "sha256": hashes}}
-        return final, _frame(final, private_key)
+            if length > size:
+                raise UsageError(f"a split size of {size} bytes is smaller than this bundle's header ({length} "
+                                 "bytes); give a larger one")
+            total = length + area
+            count = -(-total // size)
+            if count > MAX_PARTS:
+                raise UsageError(f"a split size of {size} bytes makes {count} parts, more than {MAX_PARTS}; give a larger one")
+            hashes = [self._spool_sha256(start - length, min(start + size, total) - length)
+                      for start in range(size, total, size)]
+            final = {**manifest, "split": {"part_size": size, "count": count, "sha256": hashes}}
+            header = _frame(final, private_key)
+            if len(header) <= length:
+                return final, _frame(final, private_key, pad=length - len(header))
+            length = len(header) + SPLIT_HEADER_SLACK
 
     def _spool_sha256(self, start: int, end: int) -> str:
         digest = hashlib.sha256()
@@ -252,10 +253,10 @@ class BundleWriter:
         self._spool.close()
 
 
-def _frame(manifest: dict, private_key) -> bytes:
-    """The bundle's header: magic, version, the manifest and its signature."""
+def _frame(manifest: dict, private_key, pad: int = 0) -> bytes:
+    """The bundle's header: magic, version, the manifest and its signature (then ``pad`` zeros)."""
     manifest_bytes = encode_manifest(manifest)
-    signature_bytes = signature_block(signing.sign(private_key, manifest_bytes))
+    signature_bytes = signature_block(signing.sign(private_key, manifest_bytes)) + bytes(pad)
     return (MAGIC + U32.pack(FORMAT_VERSION) + U32.pack(len(manifest_bytes)) + manifest_bytes
             + U32.pack(len(signature_bytes)) + signature_bytes)
 

@@ -127,7 +127,7 @@ def test_a_split_bundle_is_inspected_from_its_first_part_with_the_size_of_all_pa
     old = f.write_docker_archive(tmp_path / "a.tar", [pair.v1])[0].path
     new = f.write_docker_archive(tmp_path / "b.tar", [pair.v2])[0].path
     stem = tmp_path / "shop.dimg"
-    assert run_cli("make", str(old), str(new), "-o", str(stem), "--key", keypair[0], "--split-size", "1500").returncode == 0
+    assert run_cli("make", str(old), str(new), "-o", str(stem), "--key", keypair[0], "--split-size", "1800").returncode == 0
     parts = sorted(tmp_path.glob("shop.dimg.0*"))
     assert len(parts) >= 2
     data = json.loads(run_cli("inspect", str(parts[0]), "--json").stdout)
