@@ -50,7 +50,7 @@ from deltaimg.layerformat import (
     with_checksum,
 )
 from deltaimg.oldcontent import OldEntry, OldIndex
-from deltaimg.tarsplit import BLOCK, TRAILER, Entry, TarSplitter
+from deltaimg.tarsplit import BLOCK, REGULAR_TYPES, TRAILER, Entry, TarSplitter
 
 CHUNK_LITERAL = 8 << 20  # literal bytes per zstd frame
 REF_BUDGET = 24 << 20  # reference bytes per zstd frame
@@ -281,7 +281,7 @@ class LayerEncoder:
 
     # -- deciding ---------------------------------------------------------------------------
     def _plan(self, splitter: TarSplitter, entry: Entry) -> tuple[Record, list[_Part]]:
-        regular = entry.typeflag in ("0", "\x00", "7")
+        regular = entry.typeflag in REGULAR_TYPES
         partner = self._index.partner(entry.name, entry.size, regular)
         record = Record(pre_kind=PRE_LITERAL, data_kind=DATA_LITERAL)
         parts: list[_Part] = []

@@ -21,7 +21,7 @@ from typing import BinaryIO, Iterator
 from deltaimg.errors import ImageReadError
 from deltaimg.images.base import Image
 from deltaimg.images.blobs import open_range
-from deltaimg.tarsplit import TRAILER, TarSplitter
+from deltaimg.tarsplit import REGULAR_TYPES, TRAILER, TarSplitter
 
 COPY_CHUNK = 1 << 20
 # Version numbers, and the hex hashes wheels put in vendored library names
@@ -45,7 +45,7 @@ class OldEntry:
 
     @property
     def is_regular(self) -> bool:
-        return self.typeflag in ("0", "\x00", "7")
+        return self.typeflag in REGULAR_TYPES
 
 
 class OldContent:

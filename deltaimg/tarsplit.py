@@ -23,6 +23,7 @@ EXTENSION_TYPES = {b"x", b"g", b"L", b"K"}
 HEADER_ONLY_TYPES = {b"1", b"2", b"3", b"4", b"5", b"6"}  # as Go's archive/tar reads them
 MAX_EXTENSION_BYTES = 1 << 20  # PAX/GNU long-name records larger than this are not headers
 READ_CHUNK = 1 << 20
+REGULAR_TYPES = ("0", "\x00", "7")  # regular file (old and new typeflag) and contiguous file
 
 
 @dataclass
@@ -39,16 +40,12 @@ class Entry:
     linkname: str = ""
 
     @property
-    def data_offset(self) -> int:
-        return self.offset + len(self.pre)
-
-    @property
     def pad_len(self) -> int:
         return 0 if self.typeflag == TRAILER else (-self.size) % BLOCK
 
     @property
     def is_file(self) -> bool:
-        return self.typeflag in ("0", "\x00", "7") and self.size > 0
+        return self.typeflag in REGULAR_TYPES and self.size > 0
 
 
 class TarSplitter:

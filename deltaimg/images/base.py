@@ -26,7 +26,6 @@ class Layer:
     diff_id: str
     open: Callable[[], BinaryIO]
     local: tuple[str, int, int] | None = None  # (path, offset, size) of the uncompressed tar
-    compressed_size: int | None = None
 
 
 @dataclass
