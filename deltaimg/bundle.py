@@ -6,7 +6,9 @@ Layout (all integers big-endian; see docs/bundle-format.md)::
                | u32 signature length | signature (key id, Ed25519 signature) | payload area
 
 The signature covers the manifest's stored bytes; the manifest gives every payload's size and
-the sha256 of the whole payload area, so one signature covers every byte of the file.
+sha256, so one signature covers every byte of the file. The manifest is compressed against a
+fixed raw-content zstd dictionary shipped with deltaimg (``manifest.dict``: its keys and common
+strings), which is part of the format.
 
 A bundle too large for one file (FAT32 takes at most 4 GiB - 1) is written as parts
 ``NAME.001``, ``NAME.002``, ...: the bundle's bytes cut every ``part_size`` bytes, so the first
@@ -42,7 +44,7 @@ MAX_MANIFEST = 64 * 1024 * 1024  # stored (compressed) and decompressed alike
 MAX_SIGNATURE = 64 * 1024
 KEY_ID_BYTES = 8
 SIGNATURE_BYTES = 64
-CONFIG_PAYLOAD = "config"  # the target image config, a zstd delta against the base's (see config_reference)
+CONFIG_PAYLOAD = "config"  # the target image config, a zstd delta against the base image's config bytes
 # a delta layer's "stats" in the manifest: these counts of what make did, in this order
 STATS_FIELDS = ("entries", "files", "identical", "bsdiff", "zstd_delta", "literal", "headers_from_old", "literal_bytes")
 MAX_PAYLOADS = 100_000
@@ -51,6 +53,10 @@ MAX_PARTS = 999  # NAME.001 to NAME.999
 SPLIT_HEADER_SLACK = 256  # room for the part hashes' effect on the compressed manifest's length
 MIN_PART_SIZE = 1024
 PART_SUFFIX = re.compile(r"\.(\d{3})$")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+MANIFEST_DICTIONARY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "manifest.dict")
+with open(MANIFEST_DICTIONARY_FILE, "rb") as _f:
+    MANIFEST_DICTIONARY = _f.read()  # part of the format: changing it changes every bundle
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -72,14 +78,15 @@ def canonical_json(value: object) -> bytes:
 
 
 def encode_manifest(manifest: dict) -> bytes:
-    """The manifest as stored (and signed): one zstd frame of its canonical JSON."""
-    return codec.compress(canonical_json(manifest))
+    """The manifest as stored (and signed): one zstd frame of its canonical JSON, compressed
+    against the raw-content dictionary :data:`MANIFEST_DICTIONARY`."""
+    return codec.compress(canonical_json(manifest), dictionary=MANIFEST_DICTIONARY)
 
 
 def manifest_json(stored: bytes, path: str) -> bytes:
     """The JSON text of a stored manifest, decoded no further than ``MAX_MANIFEST`` bytes."""
     try:
-        return bytes(codec.decompress_at_most(stored, MAX_MANIFEST))
+        return bytes(codec.decompress_at_most(stored, MAX_MANIFEST, dictionary=MANIFEST_DICTIONARY))
     except IntegrityError as exc:
         raise BundleFormatError(f"{path}: the manifest does not decompress: {exc}") from None
 
@@ -98,10 +105,9 @@ def parse_signature_block(block: bytes) -> dict | None:
             "signature": base64.b64encode(block[KEY_ID_BYTES:KEY_ID_BYTES + SIGNATURE_BYTES]).decode()}
 
 
-def config_reference(base_config: bytes, manifest: dict) -> bytes:
-    """What the config payload is compressed against: the base image's config bytes (on the host,
-    checked by its digest), then the target's diff_ids as the manifest lists them (JSON)."""
-    return base_config + canonical_json(manifest["target"]["diff_ids"])
+def payload_area(manifest: dict) -> int:
+    """The payload area's size: the payloads lie back to back in manifest order."""
+    return sum(record["size"] for record in manifest["payloads"])
 
 
 def payload_offsets(manifest: dict) -> dict[str, int]:
@@ -114,11 +120,11 @@ def payload_offsets(manifest: dict) -> dict[str, int]:
 
 
 class _HashingWriter:
-    """Counts what a payload writer writes into the spool, adding it to the payload area's hash."""
+    """Counts and hashes what a payload writer writes into the spool."""
 
-    def __init__(self, spool: BinaryIO, digest) -> None:
+    def __init__(self, spool: BinaryIO) -> None:
         self._spool = spool
-        self._digest = digest
+        self._digest = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes) -> int:
@@ -148,24 +154,22 @@ class BundleWriter:
         except OSError as exc:
             raise OutputError(f"cannot write in {directory}: {exc.strerror}") from None
         self.payloads: list[dict] = []
-        self._area_digest = hashlib.sha256()
 
     def add_payload(self, name: str, fill: Callable[[BinaryIO], object]) -> dict:
         """Let ``fill`` write one payload; returns its manifest record."""
-        writer = _HashingWriter(self._spool, self._area_digest)
+        writer = _HashingWriter(self._spool)
         fill(writer)  # type: ignore[arg-type]
-        record = {"name": name, "size": writer.size}
+        record = {"name": name, "sha256": writer._digest.hexdigest(), "size": writer.size}
         self.payloads.append(record)
         return record
 
     def finish(self, manifest: dict, private_key) -> dict:
         """Sign and write the bundle (every file complete before any is renamed into place);
         returns the manifest as signed."""
-        manifest = {**manifest, "payloads": self.payloads, "payload_area": sum(p["size"] for p in self.payloads),
-                    "payload_sha256": self._area_digest.hexdigest()}
+        manifest = {**manifest, "payloads": self.payloads}
         try:
             manifest, header = self._signed_header(manifest, private_key)
-            self.size = len(header) + manifest["payload_area"]
+            self.size = len(header) + payload_area(manifest)
             split = manifest.get("split")
             if split:
                 cuts = [(start, min(start + split["part_size"], self.size)) for start in range(0, self.size, split["part_size"])]
@@ -186,7 +190,7 @@ class BundleWriter:
         length is chosen first, with room to spare, the hashes computed for it, and the signature
         block padded with zeros to make the header exactly that long.
         """
-        area = manifest["payload_area"]
+        area = payload_area(manifest)
         header = _frame(manifest, private_key)
         if self.split_size is None or len(header) + area <= self.split_size:
             return manifest, header  # it fits: an ordinary bundle
@@ -355,7 +359,7 @@ def open_bundle(path: str, trusted: list[signing.TrustedKey], check_payloads: bo
     manifest_bytes, signature, payload_start, size = read_header(path)
     signer = signing.verify(signature, manifest_bytes, trusted)
     manifest = _parse_manifest(manifest_bytes, path)
-    expected = payload_start + manifest["payload_area"]
+    expected = payload_start + payload_area(manifest)
     parts: list[tuple[str, int]] = []
     if "split" in manifest and size != expected:  # the first part (not the parts joined into one file)
         parts = _find_parts(path, manifest["split"], expected)
@@ -398,17 +402,24 @@ def _find_parts(path: str, split: object, total: int) -> list[tuple[str, int]]:
 
 
 def verify_payloads(bundle: Bundle, progress: Callable[[int], None] | None = None) -> None:
-    """Read the bundle once, in order, checking the payload area against its signed sha256 and
-    every later part of a split bundle against the manifest; sets :attr:`Bundle.sha256`.
+    """Read the bundle once, in order, checking every payload against its signed sha256 and every
+    later part of a split bundle against the manifest; sets :attr:`Bundle.sha256`.
 
-    A part that does not match is reported before the payload area that it spoils: a bundle
-    that fails because a part was swapped with another is the part's fault.
+    A part that does not match is reported before any payload that it spoils: a bundle that fails
+    because a part was swapped with another is the part's fault. Otherwise the first payload that
+    does not match is named.
     """
     split = bundle.manifest.get("split") if bundle.parts else None
     part_ends = [end for _, end in _cumulative(bundle.parts)] if split else []
-    cuts = sorted({bundle.payload_start, bundle.size, *part_ends})
-    whole, part_digest, area_digest = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
-    position = part = 0
+    records = bundle.manifest["payloads"]
+    payload_ends, end = [], bundle.payload_start
+    for record in records:
+        end += record["size"]
+        payload_ends.append(end)
+    cuts = sorted({bundle.payload_start, bundle.size, *part_ends, *payload_ends})
+    whole, part_digest, payload_digest = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+    position = part = index = 0
+    failed: str | None = None
     with bundle.open_range(0, bundle.size) as f:
         for cut in cuts:
             while position < cut:
@@ -418,17 +429,21 @@ def verify_payloads(bundle: Bundle, progress: Callable[[int], None] | None = Non
                 whole.update(block)
                 part_digest.update(block)
                 if position >= bundle.payload_start:
-                    area_digest.update(block)
+                    payload_digest.update(block)
                     if progress:
                         progress(len(block))
                 position += len(block)
+            while index < len(records) and position == payload_ends[index]:  # empty payloads end here too
+                if failed is None and payload_digest.hexdigest() != records[index]["sha256"]:
+                    failed = records[index]["name"]
+                index, payload_digest = index + 1, hashlib.sha256()
             if split and position == part_ends[part]:
                 if part > 0 and part_digest.hexdigest() != split["sha256"][part - 1]:
                     raise BundlePartError(f"{bundle.parts[part][0]} is not part {part + 1} of this bundle (its sha256 "
                                           "differs from the signed one): it is damaged, out of order or from another bundle")
                 part, part_digest = part + 1, hashlib.sha256()
-    if area_digest.hexdigest() != bundle.manifest["payload_sha256"]:
-        raise IntegrityError(f"{bundle.path}: the payloads do not match their signed sha256; the bundle is damaged")
+    if failed is not None:
+        raise IntegrityError(f"{bundle.path}: payload {failed} does not match its signed sha256; the bundle is damaged")
     bundle.sha256 = whole.hexdigest()
 
 
@@ -553,10 +568,8 @@ def _parse_manifest(stored: bytes, path: str) -> dict:
             and record["size"] >= 0
         ):
             raise BundleFormatError(f"{path}: the manifest's payload list is malformed")
+        digest = record.get("sha256")
+        if not (isinstance(digest, str) and SHA256_HEX.fullmatch(digest)):
+            raise BundleFormatError(f"{path}: the manifest's payload hash is malformed (payload {record['name']})")
         names.add(record["name"])
-    if manifest.get("payload_area") != sum(record["size"] for record in payloads):
-        raise BundleFormatError(f"{path}: the manifest's payload sizes do not add up")
-    digest = manifest.get("payload_sha256")
-    if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")):
-        raise BundleFormatError(f"{path}: the manifest's payload hash is malformed")
     return manifest

@@ -101,7 +101,7 @@ def verify(bundle: str = typer.Argument(..., help="Bundle file."), trust: Option
 def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
             trust_dir: Optional[str] = TrustDirOpt, as_json: bool = JsonOpt) -> None:
     """Show what a bundle updates and how; the signature is checked when a trusted key is given."""
-    from deltaimg.bundle import open_bundle, read_header
+    from deltaimg.bundle import open_bundle, payload_area, read_header
 
     manifest_bytes, signature, payload_start, size = read_header(bundle)
     trusted = keys.trusted_keys(trust or [], trust_dir)
@@ -115,7 +115,7 @@ def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optio
         checked = "NOT verified (pass --trust KEY.pub to check)"
     key_id = signature.get("key_id") if isinstance(signature, dict) else None
     if "split" in m:  # BUNDLE is the first part; the manifest says how large they are together
-        size = payload_start + m["payload_area"]
+        size = payload_start + payload_area(m)
     data, lines = report.inspection(bundle, size, key_id, bool(trusted), checked, m)
     _emit(as_json, data, lines)
 

@@ -29,8 +29,9 @@ def window_log(total: int) -> int:
     return max(MIN_WINDOW_LOG, min(MAX_WINDOW_LOG, max(total, 1).bit_length() + 1))
 
 
-def compress(data: bytes, prefix: bytes = b"", level: int = LEVEL) -> bytes:
-    """One zstd frame of ``data``, which may refer back to ``prefix`` (as ``zstd --patch-from``)."""
+def compress(data: bytes, prefix: bytes = b"", level: int = LEVEL, dictionary: bytes = b"") -> bytes:
+    """One zstd frame of ``data``, which may refer back to ``prefix`` (as ``zstd --patch-from``) or
+    to the raw-content ``dictionary`` (as ``zstd -D``; the frame names no dictionary ID)."""
     P = zstd.CompressionParameter
     options = {
         P.compression_level: level,
@@ -38,13 +39,18 @@ def compress(data: bytes, prefix: bytes = b"", level: int = LEVEL) -> bytes:
         P.enable_long_distance_matching: 1,
         P.checksum_flag: 0,
         P.content_size_flag: 1,
+        P.dict_id_flag: 0,
     }
-    compressor = zstd.ZstdCompressor(options=options, zstd_dict=_as_prefix(prefix))
+    compressor = zstd.ZstdCompressor(options=options, zstd_dict=_reference(prefix, dictionary))
     return compressor.compress(data, mode=zstd.ZstdCompressor.FLUSH_FRAME)
 
 
-def _as_prefix(prefix: bytes):
-    """zstd takes no reference shorter than 8 bytes; both sides then simply use none."""
+def _reference(prefix: bytes, dictionary: bytes = b""):
+    """The prefix, or the raw-content dictionary (one at most). zstd takes no reference shorter
+    than 8 bytes; both sides then simply use none."""
+    if dictionary:
+        assert not prefix and len(dictionary) >= MIN_PREFIX
+        return zstd.ZstdDict(dictionary, is_raw=True)
     return zstd.ZstdDict(prefix, is_raw=True).as_prefix if len(prefix) >= MIN_PREFIX else None
 
 
@@ -62,9 +68,9 @@ def decompress(frame: bytes, expected_size: int, prefix: bytes = b"") -> bytearr
     return data
 
 
-def decompress_at_most(frame: bytes, limit: int, prefix: bytes = b"") -> bytearray:
+def decompress_at_most(frame: bytes, limit: int, prefix: bytes = b"", dictionary: bytes = b"") -> bytearray:
     """One whole zstd frame of unknown size decoded, refused as soon as it exceeds ``limit``."""
-    data, whole = _decode(frame, limit, prefix)
+    data, whole = _decode(frame, limit, prefix, dictionary)
     if len(data) > limit:
         raise IntegrityError(f"a compressed block decodes to more than the {limit} bytes allowed")
     if not whole:
@@ -72,12 +78,12 @@ def decompress_at_most(frame: bytes, limit: int, prefix: bytes = b"") -> bytearr
     return data
 
 
-def _decode(frame: bytes, limit: int, prefix: bytes) -> tuple[bytearray, bool]:
+def _decode(frame: bytes, limit: int, prefix: bytes, dictionary: bytes = b"") -> tuple[bytearray, bool]:
     """At most ``limit`` + 1 bytes of ``frame``, and whether it was exactly one whole frame."""
     options = {zstd.DecompressionParameter.window_log_max: window_log(len(prefix) + limit)}
     data = bytearray()
     try:
-        decompressor = zstd.ZstdDecompressor(zstd_dict=_as_prefix(prefix), options=options)
+        decompressor = zstd.ZstdDecompressor(zstd_dict=_reference(prefix, dictionary), options=options)
         pending = frame
         while not decompressor.eof and len(data) <= limit:
             piece = decompressor.decompress(pending, max_length=min(DECODE_PIECE, limit + 1 - len(data)))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from deltaimg import archivewriter, engine, faults, swap
-from deltaimg.apply import Plan, layer_sources, load_target_config, read_plan, rebuild_size
+from deltaimg.apply import Plan, bind_base, layer_sources, load_target_config, read_plan, rebuild_size
 from deltaimg.bundle import Bundle
 from deltaimg.decoder import old_layers_used
 from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError
@@ -39,10 +39,11 @@ class EngineOutcome:
 
 
 def shared_prefix(plan: Plan) -> int:
-    """How many leading layers the target shares with the base (the engine holds their chain)."""
+    """How many leading layers the target shares with the base (the engine holds their chain):
+    target layer *i* is base layer *i* (checked against both configs before anything is loaded)."""
     count = 0
-    for target, base in zip(plan.layers, plan.base_diff_ids):
-        if target["diff_id"] != base:
+    for position, layer in enumerate(plan.layers):
+        if layer["method"] != "base" or layer["base_layer"] != position:
             break
         count += 1
     return count
@@ -114,6 +115,11 @@ def require_base(client, bundle: Bundle, plan: Plan) -> None:
 
 def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None], work_dir: str | None,
                  advance: Advance | None) -> None:
+    attrs = engine.find_image(client, plan.base_id)
+    layers = (attrs or {}).get("RootFS", {}).get("Layers")
+    if not isinstance(layers, list):
+        raise EngineError(f"the engine does not list the layers of {plan.base_id[:19]}")
+    bind_base(bundle, plan, layers)  # the engine's record of the base's config; checked against it below
     keep = layers_to_load(client, plan)
     wanted_ids = {plan.base_diff_ids[i] for i in base_layers_needed(bundle, plan, keep)}
     with tempfile.TemporaryDirectory(prefix="deltaimg-engine-", dir=work_dir) as workdir:

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Callable
 
 from deltaimg import __version__, codec
-from deltaimg.bundle import CONFIG_PAYLOAD, STATS_FIELDS, BundleWriter, config_reference
+from deltaimg.bundle import CONFIG_PAYLOAD, STATS_FIELDS, BundleWriter
 from deltaimg.encoder import LayerEncoder
 from deltaimg.errors import ImageReadError
 from deltaimg.imagediff import change_summary
@@ -44,10 +44,11 @@ class HashingReader:
 
 
 def image_summary(image: Image) -> dict:
+    """An image as the manifest names it. Its diff_ids are left out: the base's are in the base
+    config (on the applying host, checked by its digest), the target's in the config payload."""
     config = image.config
     return {
         "image_id": image.config_digest,
-        "diff_ids": image.diff_ids,
         "tags": image.tags,
         "created": config.get("created"),
     }
@@ -69,7 +70,7 @@ def make_bundle(old: Image, new: Image, output: str, private_key, progress: Call
                 "layers": [_stored(layer) for layer in layers],
                 "changes": change_summary(old, new),  # after encoding: an engine has exported the layers by now
             }
-            config = codec.compress(new.config_bytes, prefix=config_reference(old.config_bytes, manifest))
+            config = codec.compress(new.config_bytes, prefix=old.config_bytes)
             writer.add_payload(CONFIG_PAYLOAD, lambda w: w.write(config))
             manifest = writer.finish(manifest, private_key)
     except BaseException:

@@ -42,10 +42,11 @@ def name_of(image: dict) -> str:
     return f"{tags[0] if tags else '(untagged)'} {image['image_id'][:19]}"
 
 
-def image_line(image: dict) -> str:
-    """All tags, the short ID, the layer count and when it was built."""
+def image_line(image: dict, layers: int | None = None) -> str:
+    """All tags, the short ID, the layer count (when known) and when it was built."""
     tags = " ".join(image.get("tags") or []) or "(untagged)"
-    return f"{tags} {image['image_id'][:19]}, {len(image['diff_ids'])} layers, created {image.get('created')}"
+    count = f", {layers} layers" if layers is not None else ""
+    return f"{tags} {image['image_id'][:19]}{count}, created {image.get('created')}"
 
 
 def ratio_line(bundle_size: int, full_size: int) -> str:
@@ -71,15 +72,15 @@ def plan_of(layer: dict) -> str:
 
 
 def manifest_layers(manifest: dict) -> list[dict]:
-    """The manifest's layer records with what it says elsewhere filled in: each layer's diff_id
-    (from the target's), a delta's payload size (from the payload table), its stats as a dict,
-    and a repeated layer's size."""
+    """The manifest's layer records with what it says elsewhere filled in: a delta's payload size
+    (from the payload table), its stats as a dict, and a repeated layer's size. The manifest names
+    no diff_ids (they are in the image configs); make's own summary has them."""
     sizes = {record["name"]: record["size"] for record in manifest.get("payloads", [])}
     layers: list[dict] = []
-    for layer, diff_id in zip(manifest["layers"], manifest["target"]["diff_ids"]):
-        full = {**layer, "diff_id": diff_id}
+    for layer in manifest["layers"]:
+        full = dict(layer)
         if layer["method"] == "delta":
-            full["payload_size"] = sizes.get(layer.get("payload"), 0)
+            full.setdefault("payload_size", sizes.get(layer.get("payload"), 0))
             if isinstance(layer.get("stats"), list):
                 full["stats"] = dict(zip(STATS_FIELDS, layer["stats"]))
         elif layer["method"] == "repeat":
@@ -90,7 +91,9 @@ def manifest_layers(manifest: dict) -> list[dict]:
 
 def full_image_size(layers: list[dict]) -> int:
     """The bytes of the image's distinct layers, about what ``docker save`` writes."""
-    return sum({layer["diff_id"]: layer["size"] for layer in layers}.values())
+    from deltaimg.apply import layer_key
+
+    return sum({layer_key(position, layer): layer["size"] for position, layer in enumerate(layers)}.values())
 
 
 def layer_lines(manifest: dict) -> list[str]:
@@ -103,7 +106,8 @@ def layer_lines(manifest: dict) -> list[str]:
             "rebuilt": f"rebuilt from a {human_size(layer.get('payload_size', 0))} delta",
             "shipped": f"shipped: {human_size(layer.get('payload_size', 0))} of new content",
         }[plan]
-        lines.append(f"  layer {position}: {layer['diff_id'][:19]} {human_size(layer['size'])} {what}")
+        diff_id = f"{layer['diff_id'][:19]} " if "diff_id" in layer else ""
+        lines.append(f"  layer {position}: {diff_id}{human_size(layer['size'])} {what}")
         stats = layer.get("stats")
         if stats and plan == "rebuilt":
             lines.append(
@@ -115,7 +119,8 @@ def layer_lines(manifest: dict) -> list[str]:
 
 def payload_bytes(manifest: dict, layers: list[dict], bundle_size: int) -> dict[str, int]:
     """Bytes of the bundle by kind: layer deltas, shipped layers, the config, the manifest and signature."""
-    sizes = {"delta": 0, "shipped": 0, "config": 0, "header": bundle_size - manifest.get("payload_area", 0)}
+    area = sum(record["size"] for record in manifest.get("payloads", []))
+    sizes = {"delta": 0, "shipped": 0, "config": 0, "header": bundle_size - area}
     for record in manifest.get("payloads", []):
         if record["name"] == CONFIG_PAYLOAD:
             sizes["config"] += record["size"]
@@ -146,7 +151,7 @@ def inspection(bundle: str, size: int, key_id: str | None, verified: bool, check
                  f"made by {manifest.get('tool')} at {manifest.get('created')}",
                  f"  signed by key {key_id}: {checked}",
                  f"  base:   {image_line(manifest['base'])}",
-                 f"  target: {image_line(manifest['target'])}",
+                 f"  target: {image_line(manifest['target'], len(layers))}",
                  *layer_lines(manifest),
                  "  " + payload_line(data["payload_bytes"]),
                  "  " + ratio_line(size, full_image_size(layers))]

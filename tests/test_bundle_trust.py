@@ -109,11 +109,11 @@ FLIPS: dict[str, tuple[Edit, int, str]] = {
     "signature key id": (flip(lambda r: r.key_id_at + 3), SIGNATURE, "not trusted here"),
     "signature bytes": (flip(lambda r: r.signature_bytes_at + 10), SIGNATURE, "does not match its contents"),
     "signature, last byte": (flip(lambda r: r.payload_start - 1), SIGNATURE, "does not match its contents"),
-    "payload 0, first byte": (flip(lambda r: r.payload_range(0)[0]), INTEGRITY, "payloads do not match their signed sha256"),
-    "payload 0, middle": (flip(lambda r: sum(r.payload_range(0)) // 2), INTEGRITY, "payloads do not match"),
-    "payload 1, last byte": (flip(lambda r: r.payload_range(1)[1] - 1), INTEGRITY, "payloads do not match"),
-    "config payload": (flip(lambda r: r.payload_range(-1)[0] + 3), INTEGRITY, "payloads do not match"),
-    "the file's last byte": (flip(lambda r: len(r.data) - 1), INTEGRITY, "do not match their signed sha256"),
+    "payload 0, first byte": (flip(lambda r: r.payload_range(0)[0]), INTEGRITY, "payload layer-0 does not match its signed sha256"),
+    "payload 0, middle": (flip(lambda r: sum(r.payload_range(0)) // 2), INTEGRITY, "payload layer-0 does not match"),
+    "payload 1, last byte": (flip(lambda r: r.payload_range(1)[1] - 1), INTEGRITY, "payload layer-1 does not match"),
+    "config payload": (flip(lambda r: r.payload_range(-1)[0] + 3), INTEGRITY, "payload config does not match"),
+    "the file's last byte": (flip(lambda r: len(r.data) - 1), INTEGRITY, "payload config does not match its signed sha256"),
 }
 
 CUTS: dict[str, Edit] = {
@@ -201,7 +201,7 @@ def test_a_payload_swapped_in_from_another_bundle_with_the_same_size_is_refused(
     assert foreign != mine.data[start:end]
     path = write(tmp_path, mine.data[:start] + foreign + mine.data[end:])
     result = apply_to_archive_cli(path, keypair, example_pair, tmp_path)
-    assert_refused_with_nothing_written(result, INTEGRITY, "payloads do not match their signed sha256", tmp_path)
+    assert_refused_with_nothing_written(result, INTEGRITY, "payload layer-0 does not match its signed sha256", tmp_path)
 
 
 def test_a_payload_swapped_in_from_another_bundle_with_another_size_is_refused(

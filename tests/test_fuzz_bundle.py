@@ -59,9 +59,9 @@ class Subject:
     def with_payloads(self, payloads: dict[str, bytes]) -> bytes:
         """The bundle with these payloads instead, its payload table made to match, signed."""
         area = b"".join(payloads[r["name"]] for r in self.manifest["payloads"])
-        table = [{"name": r["name"], "size": len(payloads[r["name"]])} for r in self.manifest["payloads"]]
-        manifest = {**self.manifest, "payloads": table, "payload_area": len(area),
-                    "payload_sha256": hashlib.sha256(area).hexdigest()}
+        table = [{"name": r["name"], "sha256": hashlib.sha256(payloads[r["name"]]).hexdigest(),
+                  "size": len(payloads[r["name"]])} for r in self.manifest["payloads"]]
+        manifest = {**self.manifest, "payloads": table}
         return self.signed(bundle_format.canonical_json(manifest), area)
 
     @property

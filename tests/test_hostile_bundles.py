@@ -58,7 +58,7 @@ def image_config(diff_ids: list[str]) -> bytes:
 def write_signed(path: Path, manifest_json: bytes, payload_area: bytes, private) -> Path:
     """A bundle file around the manifest text ``manifest_json`` exactly as given (compressed as
     bundles store it), signed by ``private``."""
-    stored = codec.compress(manifest_json, level=1)
+    stored = codec.compress(manifest_json, level=1, dictionary=bundle_format.MANIFEST_DICTIONARY)
     signature = bundle_format.signature_block(signing.sign(private, stored))
     path.write_bytes(bundle_format.MAGIC + bundle_format.U32.pack(1) + bundle_format.U32.pack(len(stored))
                      + stored + bundle_format.U32.pack(len(signature)) + signature + payload_area)
@@ -69,11 +69,11 @@ def forge(path: Path, manifest: dict, payloads: list[tuple[str, bytes]], private
     """A signed bundle of ``manifest`` plus a correct payload table for ``payloads``; with
     ``base_config``, the payload named config is coded against it as make codes it."""
     if base_config is not None:
-        payloads = [(name, codec.compress(data, prefix=bundle_format.config_reference(base_config, manifest))
-                     if name == bundle_format.CONFIG_PAYLOAD else data) for name, data in payloads]
+        payloads = [(name, codec.compress(data, prefix=base_config) if name == bundle_format.CONFIG_PAYLOAD else data)
+                    for name, data in payloads]
     area = b"".join(d for _, d in payloads)
-    manifest = {"payloads": [{"name": name, "size": len(data)} for name, data in payloads], "payload_area": len(area),
-                "payload_sha256": hashlib.sha256(area).hexdigest(), **manifest}
+    manifest = {"payloads": [{"name": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                             for name, data in payloads], **manifest}
     return write_signed(path, bundle_format.canonical_json(manifest), area, private)
 
 
@@ -118,10 +118,8 @@ class Forger:
     def manifest(self, target_config: bytes, layers: list[dict], **changes) -> dict:
         manifest = {
             "tool": "forged", "created": "2024-01-01T00:00:00Z",
-            "base": {"image_id": digest(self.base_config), "diff_ids": [digest(self.base_layer)],
-                     "tags": ["hostile/app:1"], "created": None},
-            "target": {"image_id": digest(target_config), "diff_ids": json.loads(target_config)["rootfs"]["diff_ids"],
-                       "tags": ["hostile/app:2"], "created": None},
+            "base": {"image_id": digest(self.base_config), "tags": ["hostile/app:1"], "created": None},
+            "target": {"image_id": digest(target_config), "tags": ["hostile/app:2"], "created": None},
             "layers": layers,
         }
         manifest.update(changes)
@@ -308,30 +306,42 @@ MANIFESTS: dict[str, tuple[Callable[[Forger], Path], int, str]] = {
                                             [(f"p{i}", b"") for i in range(bundle_format.MAX_PAYLOADS + 1)]),
                           FORMAT, "not a deltaimg manifest"),
     "payload size as a float": (lambda g: write_signed(g.path(), bundle_format.canonical_json(
-        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "size": 1.0}], "payload_area": 1,
-         "payload_sha256": hashlib.sha256(b"x").hexdigest()}), b"x", g.private), FORMAT, "payload list is malformed"),
+        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "sha256": hashlib.sha256(b"x").hexdigest(), "size": 1.0}]}),
+        b"x", g.private), FORMAT, "payload list is malformed"),
     "a payload hash that is not one": (lambda g: write_signed(g.path(), bundle_format.canonical_json(
-        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "size": 1}], "payload_area": 1,
-         "payload_sha256": "../x"}), b"x", g.private), FORMAT, "payload hash is malformed"),
+        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "sha256": "../x", "size": 1}]}), b"x", g.private),
+        FORMAT, "payload hash is malformed (payload config)"),
+    "a payload without its hash": (lambda g: write_signed(g.path(), bundle_format.canonical_json(
+        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "size": 1}]}), b"x", g.private),
+        FORMAT, "payload hash is malformed (payload config)"),
     "two payloads of one name": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g)]),
                                                    [("config", _target(g)), ("config", b"other")]),
                                  FORMAT, "payload list is malformed"),
     "a payload of 2^62 bytes": (lambda g: write_signed(g.path(), bundle_format.canonical_json(
-        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "size": 1 << 62}], "payload_area": 1 << 62,
-         "payload_sha256": hashlib.sha256(b"x").hexdigest()}), b"x", g.private), FORMAT, "truncated"),
+        {**g.manifest(_target(g), []), "payloads": [{"name": "config", "sha256": hashlib.sha256(b"x").hexdigest(),
+                                                      "size": 1 << 62}]}), b"x", g.private), FORMAT, "truncated"),
     "layers not a list": (lambda g: _signed(g, g.manifest(_target(g), {"0": _base_layer(g)})), FORMAT, "lacks its base, target or layers"),
     "base image id not a digest": (lambda g: _signed(g, {**g.manifest(_target(g), [_base_layer(g)]),
-                                                         "base": {"image_id": {"a": 1}, "diff_ids": []}}),
+                                                         "base": {"image_id": {"a": 1}}}),
                                    FORMAT, "record of the base image is malformed"),
-    "base layer id a path": (lambda g: _signed(g, {**g.manifest(_target(g), [_base_layer(g)]),
-                                                   "base": {"image_id": digest(g.base_config), "diff_ids": ["../../x"]}}),
-                             FORMAT, "record of the base image is malformed"),
+    "target image id a path": (lambda g: _signed(g, {**g.manifest(_target(g), [_base_layer(g)]),
+                                                     "target": {"image_id": "sha256:" + "../" * 21 + "x"}}),
+                               FORMAT, "record of the target image is malformed"),
+    "a base layer the target config does not list there": (
+        lambda g: forge(g.path(), g.manifest(image_config([FAKE_DIFF_ID]), [_base_layer(g)]),
+                        [("config", image_config([FAKE_DIFF_ID]))], g.private, g.base_config),
+        FORMAT, "layers do not match the target config"),
+    "fewer layers than the target config lists": (
+        lambda g: forge(g.path(), g.manifest(image_config([digest(g.base_layer)] * 2), [_base_layer(g)]),
+                        [("config", image_config([digest(g.base_layer)] * 2))], g.private, g.base_config),
+        FORMAT, "layers do not match the target config"),
     "a tag with a newline": (lambda g: _signed(g, {**g.manifest(_target(g), [_base_layer(g)]),
                                                    "target": {**g.manifest(_target(g), [])["target"], "tags": ["a\nb"]}}),
                              FORMAT, "target tags are malformed"),
     "target layer id a path": (lambda g: forge(g.path(), g.manifest(image_config(["sha256:" + "../" * 21 + "x"]), []),
-                                               [("config", image_config(["sha256:" + "../" * 21 + "x"]))], g.private),
-                               FORMAT, "record of the target image is malformed"),
+                                               [("config", image_config(["sha256:" + "../" * 21 + "x"]))], g.private,
+                                               g.base_config),
+                               FORMAT, "no valid rootfs.diff_ids"),
     "a config that is not the target's": (lambda g: forge(g.path(), g.manifest(_target(g), [_base_layer(g)]),
                                                           [("config", _target(g) + b" ")], g.private, g.base_config),
                                           INTEGRITY, "does not match the target image ID"),
@@ -367,7 +377,7 @@ def test_absurd_signed_manifests_are_refused(forger, case):
 
 def _values(count: int) -> bytes:
     """A manifest that is valid JSON and holds ``count`` empty objects (3 bytes each)."""
-    return b'{"payloads":[],"payload_area":0,"x":[' + b"{}," * (count - 1) + b"{}]}"
+    return b'{"payloads":[],"x":[' + b"{}," * (count - 1) + b"{}]}"
 
 
 def test_a_manifest_of_millions_of_values_is_refused_before_parsing(forger):
@@ -456,9 +466,8 @@ def test_a_recipe_naming_a_base_layer_the_engine_image_lacks_changes_nothing(doc
     layers = [{"diff_id": d, "size": 1, "method": "base", "base_layer": i} for i, d in enumerate(diff_ids)]
     layers.append({"diff_id": FAKE_DIFF_ID, "size": 4096, "method": "delta", "payload": "layer-x"})
     manifest = {"tool": "forged", "created": "2024-01-01T00:00:00Z",
-                "base": {"image_id": base_id, "diff_ids": diff_ids, "tags": [], "created": None},
-                "target": {"image_id": digest(config), "diff_ids": [*diff_ids, FAKE_DIFF_ID],
-                           "tags": [engine_resources.name("target") + ":test"], "created": None},
+                "base": {"image_id": base_id, "tags": [], "created": None},
+                "target": {"image_id": digest(config), "tags": [engine_resources.name("target") + ":test"], "created": None},
                 "layers": layers}
     bundle = forge(tmp_path / "b.dimg", manifest, [("layer-x", payload), ("config", config)],
                    signing.load_private(keypair[0]), engine.read_config(docker_client, base_id))

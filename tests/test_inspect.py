@@ -68,7 +68,7 @@ def test_inspect_shows_base_target_signer_plan_payloads_and_ratio(made, pair, ke
     lines = run_cli("inspect", bundle).stdout.splitlines()
     base, target = manifest["base"]["image_id"][:19], manifest["target"]["image_id"][:19]
     assert lines[1] == f"  signed by key {data['signer_key_id']}: NOT verified (pass --trust KEY.pub to check)"
-    assert lines[2] == f"  base:   deltaimg/shop:1.0 {base}, 2 layers, created {f.CREATED}"
+    assert lines[2] == f"  base:   deltaimg/shop:1.0 {base}, created {f.CREATED}"
     assert lines[3] == f"  target: deltaimg/shop:1.1 {target}, 3 layers, created {f.UPGRADE_CREATED}"
     assert lines[4].startswith("  layer 0: ") and lines[4].endswith(" referenced: base layer 0")
     assert " rebuilt from a " in lines[5] and lines[6].strip().startswith("15 files: 14 unchanged")
