@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from deltaimg import archivewriter, codec
 from deltaimg.bundle import CONFIG_PAYLOAD, Bundle
 from deltaimg.decoder import rebuild_layer
-from deltaimg.errors import BaseMismatchError, BundleFormatError, ImageReadError, IntegrityError, OutputError
+from deltaimg.errors import WRITE_FAILURES, BaseMismatchError, BundleFormatError, ImageReadError, IntegrityError, OutputError
 from deltaimg.images.base import Image, config_diff_ids, is_digest
 from deltaimg.oldcontent import OldContent
 from deltaimg.progress import Advance, metered
@@ -208,13 +208,15 @@ def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = Fal
     except OSError as exc:
         raise OutputError(f"cannot write in {directory}: {exc.strerror}") from None
     try:
-        with tempfile.TemporaryDirectory(prefix="deltaimg-apply-") as workdir, OldContent(base, workdir) as content:
-            with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb") as out:
+            with tempfile.TemporaryDirectory(prefix="deltaimg-apply-") as workdir, OldContent(base, workdir) as content:
                 archivewriter.write_image(out, plan.target_config, plan.target_tags, layer_sources(bundle, plan, content, advance))
-                out.flush()
-                os.fsync(out.fileno())
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, output)
     except OSError as exc:
+        if exc.errno not in WRITE_FAILURES and exc.filename != tmp:
+            raise ImageReadError(f"cannot rebuild {output} from the base image {base.source}: {exc.strerror}") from None
         raise OutputError(f"cannot write {output}: {exc.strerror}") from None
     finally:
         if os.path.exists(tmp):

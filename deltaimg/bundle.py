@@ -35,7 +35,6 @@ from typing import BinaryIO, Callable
 from deltaimg import codec, signing
 from deltaimg.errors import BundleFormatError, BundlePartError, IntegrityError, OutputError, UsageError
 from deltaimg.images.base import too_many_json_values
-from deltaimg.images.blobs import open_range
 
 MAGIC = b"DELTAIMG"
 FORMAT_VERSION = 1
@@ -128,7 +127,11 @@ class _HashingWriter:
         self.size = 0
 
     def write(self, data: bytes) -> int:
-        self._spool.write(data)
+        try:
+            self._spool.write(data)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self._spool.name}: {exc.strerror}; free some space there and run "
+                              "again") from None
         self._digest.update(data)
         self.size += len(data)
         return len(data)
@@ -295,9 +298,8 @@ class Bundle:
 
     def open_range(self, offset: int, size: int) -> BinaryIO:
         """``size`` bytes of the bundle from ``offset``, across parts if it is split."""
-        if not self.parts:
-            return open_range(self.path, offset, size)
-        return io.BufferedReader(_PartsReader(self.parts, offset, size), buffer_size=COPY_CHUNK)  # type: ignore[return-value]
+        parts = self.parts or [(self.path, self.size)]
+        return io.BufferedReader(_PartsReader(parts, offset, size), buffer_size=COPY_CHUNK)  # type: ignore[return-value]
 
     def payload(self, name: object) -> dict:
         """The payload record named ``name``, with its ``offset`` in the payload area."""
@@ -482,13 +484,17 @@ class _PartsReader(io.RawIOBase):
         index = bisect.bisect_right(self._starts, absolute) - 1
         name, part_size = self._parts[index]
         within = absolute - self._starts[index]
-        if index != self._index:
-            if self._file is not None:
-                self._file.close()
-            self._file, self._index = open(name, "rb"), index
-        assert self._file is not None
-        self._file.seek(within)
-        n = self._file.readinto(memoryview(buffer)[: min(len(buffer), remaining, part_size - within)])
+        try:
+            if index != self._index:
+                if self._file is not None:
+                    self._file.close()
+                self._file, self._index = open(name, "rb"), index
+            assert self._file is not None
+            self._file.seek(within)
+            n = self._file.readinto(memoryview(buffer)[: min(len(buffer), remaining, part_size - within)])
+        except OSError as exc:  # a stick pulled out, a part renamed since the bundle was opened
+            raise BundleFormatError(f"cannot read {name}: {exc.strerror or exc}; nothing was changed by this "
+                                    "read, run again once the bundle is back") from None
         if not n:
             raise BundlePartError(f"{name} got shorter after it was checked")
         self._pos += n

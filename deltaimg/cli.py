@@ -72,12 +72,22 @@ def make(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oc
     _emit(as_json, manifest, lines)
 
 
+def _one_bundle(path: str) -> str:
+    """The bundle file ``path`` names: itself, or ``PATH.001`` when only a split bundle's parts exist."""
+    from deltaimg.bundle import bundle_files
+
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a folder; name one bundle file (apply takes folders)")
+    return bundle_files([path])[0]
+
+
 def _open(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], quiet: bool):
     from deltaimg import progress
     from deltaimg.bundle import open_bundle
 
     trusted = keys.trusted_keys(trust or [], trust_dir)
-    size = os.path.getsize(bundle) if os.path.isfile(bundle) else None
+    bundle = _one_bundle(bundle)
+    size = os.path.getsize(bundle) if os.path.isfile(bundle) and not bundle.endswith(".001") else None
     with progress.bar("verify", size, not quiet) as advance:
         return open_bundle(bundle, trusted, progress=advance)
 
@@ -103,6 +113,7 @@ def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optio
     """Show what a bundle updates and how; the signature is checked when a trusted key is given."""
     from deltaimg.bundle import open_bundle, payload_area, read_header
 
+    bundle = _one_bundle(bundle)
     manifest_bytes, signature, payload_start, size = read_header(bundle)
     trusted = keys.trusted_keys(trust or [], trust_dir)
     if trusted:

@@ -57,6 +57,14 @@ def find_image(client: docker.DockerClient, image_id_or_ref: str) -> dict | None
         raise EngineError(f"cannot inspect image {image_id_or_ref}: {one_line(exc)}") from None
 
 
+def tagged_images(client: docker.DockerClient) -> list[dict]:
+    """The engine's tagged images (the list ``docker images`` shows)."""
+    try:
+        return client.api.images()
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise EngineError(f"cannot list the engine's images: {one_line(exc)}") from None
+
+
 def read_config(client: docker.DockerClient, image_ref: str) -> bytes:
     """The exact config bytes of an image (the Engine API has no call for them but ``docker save``)."""
     config_bytes, _ = save_layers(client, image_ref, set(), os.curdir)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from deltaimg import archivewriter, engine, faults, swap
-from deltaimg.apply import Plan, bind_base, layer_sources, load_target_config, read_plan, rebuild_size
+from deltaimg.apply import Plan, bind_base, layer_sources, load_target_config, read_plan
 from deltaimg.bundle import Bundle
 from deltaimg.decoder import old_layers_used
 from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError
@@ -104,7 +104,7 @@ def require_base(client, bundle: Bundle, plan: Plan) -> None:
     base, target = bundle.manifest["base"], bundle.manifest["target"]
     repos = {tag.rsplit(":", 1)[0] for tag in base.get("tags") or []}
     has = []
-    for image in client.api.images():
+    for image in engine.tagged_images(client):
         for tag in image.get("RepoTags") or []:
             if tag.rsplit(":", 1)[0] in repos:
                 has.append(f"{tag} {image['Id'][:19]}")

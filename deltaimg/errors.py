@@ -6,6 +6,10 @@ line and exits with its code. Anything else escaping is a bug.
 
 from __future__ import annotations
 
+import errno
+
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # errors of writing, never of reading
+
 
 class DeltaimgError(Exception):
     """Base of all user-facing errors; ``exit_code`` is what the CLI exits with."""

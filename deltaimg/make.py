@@ -12,7 +12,7 @@ from typing import BinaryIO, Callable
 from deltaimg import __version__, codec
 from deltaimg.bundle import CONFIG_PAYLOAD, STATS_FIELDS, BundleWriter
 from deltaimg.encoder import LayerEncoder
-from deltaimg.errors import ImageReadError
+from deltaimg.errors import WRITE_FAILURES, ImageReadError, OutputError
 from deltaimg.imagediff import change_summary
 from deltaimg.images.base import Image
 from deltaimg.images.daemon import DaemonImage
@@ -123,7 +123,12 @@ def _encode_layers(old: Image, new: Image, content: OldContent, writer: BundleWr
 
         try:
             payload = writer.add_payload(name, fill)
-        except (OSError, EOFError) as exc:
+        except OSError as exc:
+            if exc.errno in WRITE_FAILURES:  # the bundle's spool or the encoder's scratch files, not the image
+                raise OutputError(f"cannot write {writer.output} or its scratch files: {exc.strerror}; free some "
+                                  "space there (or in $TMPDIR) and run again") from None
+            raise ImageReadError(f"{new.source}: cannot read layer {position} ({exc})") from None
+        except EOFError as exc:
             raise ImageReadError(f"{new.source}: cannot read layer {position} ({exc})") from None
         reader = reader_box[0]
         if "sha256:" + reader.digest.hexdigest() != layer.diff_id:

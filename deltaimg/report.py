@@ -84,6 +84,8 @@ def manifest_layers(manifest: dict) -> list[dict]:
             if isinstance(layer.get("stats"), list):
                 full["stats"] = dict(zip(STATS_FIELDS, layer["stats"]))
         elif layer["method"] == "repeat":
+            if not 0 <= layer["of"] < len(layers):
+                raise ValueError(f"layer {len(layers)} repeats layer {layer['of']}, which is not before it")
             full["size"] = layers[layer["of"]]["size"]
         layers.append(full)
     return layers
@@ -157,7 +159,7 @@ def inspection(bundle: str, size: int, key_id: str | None, verified: bool, check
                  "  " + ratio_line(size, full_image_size(layers))]
         if "changes" in manifest:
             lines += ["  " + line for line in change_lines(manifest["changes"])]
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+    except (LookupError, TypeError, AttributeError, ValueError) as exc:
         raise BundleFormatError(f"{bundle}: the manifest is malformed ({exc!r})") from None
     return data, lines
 

@@ -412,3 +412,25 @@ def test_the_documented_audit_recipe_catches_tampering(example_bundle, example_p
     result = run_audit(str(tampered), keypair[1], tmp_path / "out", base=example_pair[0])
     assert result.returncode != 0
     assert "Signature Verified Successfully" not in result.stdout or "MISMATCH" in result.stdout
+
+
+def test_a_part_that_goes_away_while_the_bundle_is_read_is_one_clear_error(example_pair, keypair, tmp_path):
+    """An edge host reads a stick: a part can vanish (stick pulled) between opening and verifying."""
+    made = run_cli("make", *example_pair, "-o", str(tmp_path / "split.dimg"), "--key", keypair[0], "--split-size", "1K")
+    assert made.returncode == 0, made.stderr
+    opened = open_bundle(str(tmp_path / "split.dimg.001"), [load_public(keypair[1])], check_payloads=False)
+    last = opened.parts[-1][0]
+    os.rename(last, last + ".gone")
+    with pytest.raises(BundleFormatError, match=f"cannot read {last}: No such file"):
+        bundle_format.verify_payloads(opened)
+
+
+def test_verify_and_inspect_take_a_split_bundle_by_its_name_as_apply_does(example_pair, keypair, tmp_path):
+    made = run_cli("make", *example_pair, "-o", str(tmp_path / "split.dimg"), "--key", keypair[0], "--split-size", "1K")
+    assert made.returncode == 0, made.stderr
+    assert not (tmp_path / "split.dimg").exists() and (tmp_path / "split.dimg.002").exists()
+    for command in ("verify", "inspect"):
+        result = run_cli(command, str(tmp_path / "split.dimg"), "--trust", keypair[1])
+        assert result.returncode == 0, result.stderr
+    folder = run_cli("verify", str(tmp_path), "--trust", keypair[1])
+    assert folder.returncode == 2 and "is a folder" in folder.stderr

@@ -359,6 +359,11 @@ MANIFESTS: dict[str, tuple[Callable[[Forger], Path], int, str]] = {
                                                   [("config", image_config([digest(g.base_layer), FAKE_DIFF_ID]))], g.private,
                                                   g.base_config),
                                   FORMAT, "layer 1 is malformed"),
+    "a repeat of a layer after it": (lambda g: forge(g.path(), g.manifest(image_config([digest(g.base_layer)] * 2),
+                                                                          [_base_layer(g), _base_layer(g, method="repeat", of=5)]),
+                                                     [("config", image_config([digest(g.base_layer)] * 2))], g.private,
+                                                     g.base_config),
+                                     FORMAT, "layer 1 is malformed"),
     "a delta without its payload": (lambda g: forge(g.path(), g.manifest(image_config([FAKE_DIFF_ID]),
                                                                          [{"diff_id": FAKE_DIFF_ID, "size": 1, "method": "delta", "payload": "nope"}]),
                                                     [("config", image_config([FAKE_DIFF_ID]))], g.private, g.base_config),
@@ -373,6 +378,16 @@ MANIFESTS: dict[str, tuple[Callable[[Forger], Path], int, str]] = {
 def test_absurd_signed_manifests_are_refused(forger, case):
     make_bundle, code, reason = MANIFESTS[case]
     assert_refused(apply_measured(forger, make_bundle(forger)), code, reason, forger)
+
+
+@pytest.mark.parametrize("case", MANIFESTS)
+def test_inspect_without_a_trusted_key_reports_absurd_manifests_in_one_line(forger, case):
+    """inspect without --trust reads what anyone could have written: it shows it or says in one line
+    why it cannot, never a traceback."""
+    make_bundle, _, _ = MANIFESTS[case]
+    result = run_cli("inspect", str(make_bundle(forger)))
+    assert result.returncode in (0, FORMAT), result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") <= 1, result.stderr
 
 
 def _values(count: int) -> bytes:

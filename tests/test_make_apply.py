@@ -100,3 +100,24 @@ def test_keygen_writes_a_private_key_only_its_owner_can_read(tmp_path):
     assert os.stat(tmp_path / "k").st_mode & 0o777 == 0o600
     assert b"PUBLIC KEY" in (tmp_path / "k.pub").read_bytes()
     assert run_cli("keygen", str(tmp_path / "k")).returncode == OutputError.exit_code
+
+
+def test_a_full_disk_while_make_writes_is_an_output_error_not_a_damaged_image(example_pair, keypair, tmp_path, monkeypatch):
+    import errno
+
+    from deltaimg import bundle, keys
+    from deltaimg.images import open_image
+    from deltaimg.make import make_bundle
+
+    def full(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bundle._HashingWriter, "write", full)
+    output = tmp_path / "out.dimg"
+    try:
+        make_bundle(open_image(example_pair[0]), open_image(example_pair[1]), str(output), keys.signing_key(keypair[0], None))
+    except OutputError as exc:
+        assert "No space left on device" in str(exc) and str(output) in str(exc)
+    else:
+        raise AssertionError("make wrote a bundle on a full disk")
+    assert not output.exists()
