@@ -233,7 +233,7 @@ class BundleWriter:
             for start, end in cuts:
                 fd, tmp = tempfile.mkstemp(dir=directory, prefix=".deltaimg-", suffix=".tmp")
                 temps.append(tmp)
-                os.chmod(tmp, 0o644 & ~_umask())  # a bundle is public; mkstemp makes it private
+                os.chmod(tmp, signing.public_file_mode())  # a bundle is public; mkstemp makes it private
                 with os.fdopen(fd, "wb") as out:
                     out.write(header[start:end])
                     self._spool.seek(max(start - len(header), 0))
@@ -276,12 +276,6 @@ def _parts_after(stem: str, count: int) -> list[str]:
         found.append(part_path(stem, number))
         number += 1
     return found
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @dataclass

@@ -53,7 +53,7 @@ def generate(path: str, passphrase: bytes | None = None, force: bool = False) ->
     public_pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _write_new(path + ".pub", public_pem, 0o644 & ~_umask(), force)
+    _write_new(path + ".pub", public_pem, public_file_mode(), force)
     try:
         _write_new(path, pem, 0o600, force)
     except OutputError:
@@ -79,10 +79,11 @@ def _write_new(path: str, data: bytes, mode: int, force: bool) -> None:
         raise OutputError(f"cannot write key {path}: {exc.strerror}") from None
 
 
-def _umask() -> int:
+def public_file_mode() -> int:
+    """0644 less the process's umask: what a plain ``open`` would give a file anyone may read."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o644 & ~mask
 
 
 def read_protected_file(path: str, what: str) -> bytes:

@@ -39,7 +39,7 @@ def split_reference(reference: str) -> tuple[str | None, str, str | None]:
     return transport, rest, None
 
 
-def open_image(reference: str, platform: str | None = None, docker_client=None) -> Image:
+def open_image(reference: str, platform: str | None = None) -> Image:
     """Open an image from any supported reference."""
     transport, path, ref = split_reference(reference)
     if transport == "docker-daemon":
@@ -47,7 +47,7 @@ def open_image(reference: str, platform: str | None = None, docker_client=None) 
             raise UsageError("docker-daemon: needs an image name or ID, e.g. docker-daemon:app:1.0")
         from deltaimg.images.daemon import open_daemon_image
 
-        return open_daemon_image(docker_client, ref)
+        return open_daemon_image(None, ref)
     if not os.path.exists(path):
         raise ImageReadError(
             f"{path}: no such file or directory (expected a docker save archive, an OCI layout, "
