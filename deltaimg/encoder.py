@@ -22,7 +22,7 @@ import os
 import tempfile
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from deltaimg import codec
 from deltaimg.errors import ImageReadError
@@ -320,8 +320,8 @@ class LayerEncoder:
             digest.update(payload)  # type: ignore[arg-type]
         else:
             payload = self._spill(splitter, digest)
-        same = self._index.by_digest.get(digest.digest()) if entry.is_file else None
-        if same is not None and same.size == entry.size:
+        same = _same_content(self._index, entry, digest.digest())
+        if same is not None:
             self.stats.identical += 1
             if partner is not None and (same.layer, same.index) == (partner.layer, partner.index):
                 record.data_kind = DATA_PARTNER
@@ -330,7 +330,7 @@ class LayerEncoder:
             _discard(payload)
             return
         record.size = entry.size
-        usable = partner if partner is not None and partner.is_regular and partner.size else None
+        usable = _usable(partner)
         if usable is None or entry.size < BSDIFF_MIN:
             self.stats.literal += 1
             parts.append(_Part(payload, partner=usable))
@@ -428,6 +428,41 @@ class LayerEncoder:
         for chunk in splitter.payload_chunks():
             self._add_literal(chunk, [], literal)
         records.add(Record(pre_kind=PRE_LITERAL, data_kind=DATA_LITERAL, size=entry.size, trailer=True))
+
+
+def old_reads(index: OldIndex, layer_stream: BinaryIO) -> Iterator[tuple[int, int, int]]:
+    """The ``(layer, offset, length)`` ranges of the old image that :meth:`LayerEncoder.encode`
+    reads to encode this new layer, by the same rules: each partner's header, and the partner's
+    payload unless the new payload is found whole in the old image."""
+    splitter = TarSplitter(layer_stream)
+    try:
+        for entry in splitter:
+            if entry.typeflag == TRAILER:
+                return
+            partner = index.partner(entry.name, entry.size, entry.typeflag in REGULAR_TYPES)
+            if partner is None:
+                continue
+            yield partner.layer, partner.pre_offset, partner.pre_len
+            usable = _usable(partner)
+            if entry.size and usable is not None:
+                digest = hashlib.sha256()
+                for chunk in splitter.payload_chunks():
+                    digest.update(chunk)
+                if _same_content(index, entry, digest.digest()) is None:
+                    yield usable.layer, usable.data_offset, usable.size
+    except EOFError:
+        raise ImageReadError("a layer of the new image is a truncated tar") from None
+
+
+def _usable(partner: OldEntry | None) -> OldEntry | None:
+    """The partner, if its payload can be a delta's reference."""
+    return partner if partner is not None and partner.is_regular and partner.size else None
+
+
+def _same_content(index: OldIndex, entry: Entry, digest: bytes) -> OldEntry | None:
+    """An old file with exactly this (regular) entry's payload."""
+    same = index.by_digest.get(digest) if entry.is_file else None
+    return same if same is not None and same.size == entry.size else None
 
 
 def _discard(payload: bytes | str) -> None:

@@ -23,6 +23,7 @@ import docker.errors
 import requests
 
 from deltaimg.errors import EngineError, ImageReadError, IntegrityError, OutputError
+from deltaimg.images.blobs import HashingReader
 
 CHUNK = 1 << 20
 MAX_CONFIG_SIZE = 32 << 20  # a config is JSON metadata; anything this big is not one
@@ -128,6 +129,73 @@ def save_layers(
         _remove(found.values())
         raise
     return config_bytes, {"sha256:" + h: path for h, path in found.items()}
+
+
+def export_layers(
+    client: docker.DockerClient, image_id: str, wanted_diff_ids: set[str], names: dict[str, str]
+) -> Iterator[tuple[str, BinaryIO]]:
+    """Stream ``docker save`` of image ``image_id`` and yield each wanted layer once as
+    ``(diff_id, stream of its tar)``, in the order of the export, storing nothing.
+
+    Read each stream before asking for the next: what the caller leaves unread is read here, and
+    the layer must hash to its diff_id or :class:`IntegrityError` ends the export. A legacy
+    export names its ``layer.tar`` files by IDs that say nothing of their content: ``names`` maps
+    those member names to the digests found by hashing them. It is filled in on the way, and a
+    wanted layer that was not yet in it costs one more export; keep it for the next call on the
+    same image. The read stops, aborting the export, once every wanted layer went by.
+    """
+    wanted = {d.removeprefix("sha256:") for d in wanted_diff_ids}
+    seen: set[str] = set()
+    for _ in range(2):
+        learned = False
+        chunks = client.api.get_image(image_id, chunk_size=CHUNK)
+        try:
+            with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK) as archive:
+                for member in archive:
+                    name = member.name.removeprefix("./")
+                    if not wanted - seen:
+                        break
+                    if not member.isfile() or not _may_be_wanted(name, wanted - seen):
+                        continue
+                    reader = HashingReader(_EngineStream(_extract(archive, member), image_id))
+                    if name.endswith("/layer.tar") and name not in names:
+                        reader.drain()
+                        names[name], learned = reader.digest.hexdigest(), True
+                        continue
+                    hexdigest = names.get(name) or os.path.basename(name).removesuffix(".tar")
+                    if hexdigest not in wanted or hexdigest in seen:
+                        continue
+                    yield "sha256:" + hexdigest, reader  # type: ignore[misc]
+                    reader.drain()
+                    if reader.digest.hexdigest() != hexdigest:
+                        raise IntegrityError(f"docker save of {image_id} gave a layer {hexdigest[:12]} that does not "
+                                             "hash to it; the engine's layer store may be damaged")
+                    seen.add(hexdigest)
+        except (docker.errors.DockerException, requests.RequestException, tarfile.TarError) as exc:
+            raise EngineError(f"docker save of {image_id} failed: {one_line(exc)}") from None
+        finally:
+            chunks.close()
+        if not learned:
+            break
+    if wanted - seen:
+        missing = ", ".join("sha256:" + h for h in sorted(wanted - seen))
+        raise IntegrityError(f"docker save of {image_id} holds no layer hashing to {missing}; the engine's "
+                             "layer store may be damaged (re-pull or reload the image)")
+
+
+class _EngineStream:
+    """A member of an export being read: a failed read from the engine is an :class:`EngineError`
+    wherever the caller reads it."""
+
+    def __init__(self, stream: BinaryIO, image_id: str) -> None:
+        self._stream = stream
+        self._image_id = image_id
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._stream.read(n)
+        except (docker.errors.DockerException, requests.RequestException, tarfile.TarError) as exc:
+            raise EngineError(f"docker save of {self._image_id} failed: {one_line(exc)}") from None
 
 
 def load_archive(client: docker.DockerClient, stream_or_path: BinaryIO | str | os.PathLike) -> list[str]:

@@ -22,7 +22,7 @@ from typing import BinaryIO, Callable, Iterable
 
 from deltaimg import packages
 from deltaimg.errors import ImageReadError
-from deltaimg.images.base import Image, Layer
+from deltaimg.images.base import Image
 from deltaimg.tarsplit import BLOCK, EXTENSION_TYPES, TRAILER, TarSplitter, _parse_pax
 
 Progress = Callable[[int], None]
@@ -221,26 +221,26 @@ class _Reader:
 
     def filesystem(self, image: Image) -> tuple[Filesystem, list[int]]:
         """The image's merged filesystem and the size of each of its layers."""
+        self._read(image, set(image.diff_ids) - self._kept.keys())
         merged = Filesystem()
         sizes = []
-        for position, layer in enumerate(image.layers):
-            scan = self._scan(image, position, layer)
+        for layer in image.layers:
+            scan = self._kept[layer.diff_id]
+            self._uses[layer.diff_id] -= 1
+            if not self._uses[layer.diff_id]:
+                del self._kept[layer.diff_id]
             merged.apply(scan)
             sizes.append(scan.size)
         return merged, sizes
 
-    def _scan(self, image: Image, position: int, layer: Layer) -> LayerScan:
-        scan = self._kept.pop(layer.diff_id, None)
-        if scan is None:
-            try:
-                with layer.open() as stream:
-                    scan = scan_layer(stream, self._hash_files, self._progress)
-            except (OSError, EOFError) as exc:
-                raise ImageReadError(f"{image.source}: cannot read layer {position} ({exc})") from None
-        self._uses[layer.diff_id] -= 1
-        if self._uses[layer.diff_id] > 0:
-            self._kept[layer.diff_id] = scan
-        return scan
+    def _read(self, image: Image, diff_ids: set[str]) -> None:
+        """Scan these layers (in one pass, for an engine's image)."""
+        try:
+            for diff_id, stream in image.layer_streams(diff_ids):
+                self._kept[diff_id] = scan_layer(stream, self._hash_files, self._progress)
+        except (OSError, EOFError) as exc:
+            unread = [p for p, d in enumerate(image.diff_ids) if d in diff_ids and d not in self._kept]
+            raise ImageReadError(f"{image.source}: cannot read layer {unread[0] if unread else '?'} ({exc})") from None
 
 
 # --------------------------------------------------------------------------- comparing

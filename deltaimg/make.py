@@ -3,44 +3,22 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Callable
+from typing import Callable, Iterator
 
 from deltaimg import __version__, codec
 from deltaimg.bundle import CONFIG_PAYLOAD, STATS_FIELDS, BundleWriter
-from deltaimg.encoder import LayerEncoder
+from deltaimg.encoder import LayerEncoder, old_reads
 from deltaimg.errors import WRITE_FAILURES, ImageReadError, OutputError
 from deltaimg.imagediff import change_summary
 from deltaimg.images.base import Image
+from deltaimg.images.blobs import HashingReader
 from deltaimg.images.daemon import DaemonImage
 from deltaimg.oldcontent import OldContent, OldIndex
 
 WORKERS = max(1, min(4, os.cpu_count() or 1))
-
-
-class HashingReader:
-    """Passes a stream through while hashing and counting it."""
-
-    def __init__(self, stream: BinaryIO, progress: Callable[[int], None] | None = None) -> None:
-        self._stream = stream
-        self.digest = hashlib.sha256()
-        self.size = 0
-        self._progress = progress
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        self.digest.update(data)
-        self.size += len(data)
-        if self._progress and data:
-            self._progress(len(data))
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
 
 
 def image_summary(image: Image) -> dict:
@@ -60,7 +38,7 @@ def make_bundle(old: Image, new: Image, output: str, private_key, progress: Call
     writer = BundleWriter(output, split_size)
     try:
         with tempfile.TemporaryDirectory(prefix="deltaimg-make-") as workdir, ThreadPoolExecutor(WORKERS) as pool:
-            with OldContent(old, workdir) as content:
+            with OldContent(old, workdir, partial=True) as content:
                 layers = _encode_layers(old, new, content, writer, pool, workdir, progress)
             manifest = {
                 "tool": f"deltaimg {__version__}",
@@ -81,6 +59,16 @@ def make_bundle(old: Image, new: Image, output: str, private_key, progress: Call
             "bundle_size": writer.size, "files": writer.paths}
 
 
+def _old_reads(index: OldIndex, new: Image, changed: set[str]) -> Iterator[tuple[int, int, int]]:
+    """What the encoder will read of the old image for these new layers; reading them costs
+    one more pass over the new image's changed layers."""
+    for diff_id, stream in new.layer_streams(changed):
+        try:
+            yield from old_reads(index, stream)
+        except OSError as exc:
+            raise ImageReadError(f"{new.source}: cannot read layer {new.diff_ids.index(diff_id)} ({exc})") from None
+
+
 def _stored(layer: dict) -> dict:
     """A layer's manifest record: what the target's diff_ids and the payload table do not say
     already (the diff_id, the payload's size), and the encoder's statistics as a list."""
@@ -94,10 +82,13 @@ def _stored(layer: dict) -> dict:
 
 def _encode_layers(old: Image, new: Image, content: OldContent, writer: BundleWriter, pool, workdir: str, progress) -> list[dict]:
     records: list[dict] = []
-    index: OldIndex | None = None
     done: dict[str, int] = {}
+    changed = {layer.diff_id for layer in new.layers} - set(old.diff_ids)
     if isinstance(new, DaemonImage):  # export only the changed layers from the engine, in one pass
-        new.fetch({layer.diff_id for layer in new.layers} - set(old.diff_ids))
+        new.fetch(changed)
+    index = OldIndex(content) if changed else None
+    if index is not None and content.streamed:
+        content.fetch_ranges(_old_reads(index, new, changed))
     for position, layer in enumerate(new.layers):
         if layer.diff_id in old.diff_ids:
             base_layer = old.diff_ids.index(layer.diff_id)
@@ -108,8 +99,7 @@ def _encode_layers(old: Image, new: Image, content: OldContent, writer: BundleWr
             records.append({"diff_id": layer.diff_id, "method": "repeat", "of": done[layer.diff_id],
                             "size": records[done[layer.diff_id]]["size"]})
             continue
-        if index is None:
-            index = OldIndex(content)
+        assert index is not None
         encoder = LayerEncoder(index, pool, workdir)
         name = f"layer-{position}"
         reader_box: list[HashingReader] = []

@@ -6,7 +6,11 @@ The bundle refers to old content only by those coordinates, so the applier needs
 the base image's layers to resolve them.
 
 Layers are read in place when their uncompressed bytes sit in a file (legacy ``docker save``,
-uncompressed OCI blobs); compressed ones are decompressed once into the work directory.
+uncompressed OCI blobs). Others (compressed blobs, an engine's image) are, for apply,
+decompressed once into the work directory. make opens the old image ``partial``: those layers
+are streamed past twice, once to index them and once to keep just the byte ranges the encoder
+will read (:meth:`OldContent.fetch_ranges`), in sparse files, so make never holds a full copy
+of an engine's image on disk.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from deltaimg.errors import ImageReadError
 from deltaimg.images.base import Image
-from deltaimg.images.blobs import open_range
+from deltaimg.images.blobs import HashingReader, open_range
 from deltaimg.tarsplit import REGULAR_TYPES, TRAILER, TarSplitter
 
 COPY_CHUNK = 1 << 20
@@ -51,12 +55,17 @@ class OldEntry:
 class OldContent:
     """Random access to the entries of every layer of the old image."""
 
-    def __init__(self, image: Image, workdir: str) -> None:
+    def __init__(self, image: Image, workdir: str, partial: bool = False) -> None:
         self.image = image
         self._workdir = workdir
         self._files: dict[int, tuple[str, int, int]] = {}
         self._entries: dict[int, list[OldEntry]] = {}
         self._handles: dict[str, BinaryIO] = {}
+        distinct = [position for position, diff_id in enumerate(image.diff_ids) if image.diff_ids.index(diff_id) == position]
+        # Layers never copied whole; _covered holds, once fetched, the (start, end) ranges kept of each.
+        self.streamed = [layer for layer in distinct if partial and image.layers[layer].local is None]
+        self._sizes: dict[int, int] = {}
+        self._covered: dict[int, list[tuple[int, int]]] = {}
 
     def close(self) -> None:
         for handle in self._handles.values():
@@ -74,6 +83,8 @@ class OldContent:
         if layer not in self._files:
             if not 0 <= layer < len(self.image.layers):
                 raise ImageReadError(f"the bundle refers to base layer {layer}, which the base lacks")
+            if layer in self.streamed:
+                raise RuntimeError(f"base layer {layer} is read in part, and fetch_ranges has not run")
             source = self.image.layers[layer]
             if source.local is not None:
                 self._files[layer] = source.local
@@ -84,17 +95,57 @@ class OldContent:
                     while chunk := src.read(COPY_CHUNK):
                         digest.update(chunk)
                         dst.write(chunk)
-                if "sha256:" + digest.hexdigest() != source.diff_id:
-                    raise ImageReadError(
-                        f"{self.image.source}: layer {layer} does not hash to its diff_id "
-                        f"{source.diff_id[:19]}; the base image is damaged"
-                    )
+                self._check(layer, digest)
                 self._files[layer] = (path, 0, os.path.getsize(path))
         return self._files[layer]
 
+    def _check(self, layer: int, digest) -> None:
+        """make encodes against the old layers' bytes, apply rebuilds from them: they must be
+        those their diff_ids name."""
+        diff_id = self.image.layers[layer].diff_id
+        if "sha256:" + digest.hexdigest() != diff_id:
+            raise ImageReadError(f"{self.image.source}: layer {layer} does not hash to its diff_id "
+                                 f"{diff_id[:19]}; the image is damaged")
+
     def layer_size(self, layer: int) -> int:
         """Size of the layer's uncompressed tar (decompressing it into the work directory if need be)."""
-        return self._local(layer)[2]
+        if layer not in self._sizes and layer in self.streamed:
+            for _ in self._stream(set(self.streamed) - self._sizes.keys()):
+                pass
+        return self._sizes[layer] if layer in self._sizes else self._local(layer)[2]
+
+    def _stream(self, layers: set[int]) -> Iterator[tuple[int, HashingReader]]:
+        """Each of these streamed layers once, in the order the image reads them cheapest; what
+        the caller leaves unread is read, then the layer's size noted and its digest checked."""
+        positions = {self.image.layers[layer].diff_id: layer for layer in layers}
+        for diff_id, stream in self.image.layer_streams(set(positions)):
+            layer = positions[diff_id]
+            reader = HashingReader(stream)
+            yield layer, reader
+            reader.drain()
+            self._check(layer, reader.digest)
+            self._sizes[layer] = reader.size
+
+    def fetch_ranges(self, ranges: Iterable[tuple[int, int, int]]) -> None:
+        """Keep these ``(layer, offset, length)`` byte ranges of the streamed layers (others are
+        read in place), each in a sparse file of the layer's size; reading outside them is a bug
+        and raises."""
+        wanted: dict[int, list[tuple[int, int]]] = {layer: [] for layer in self.streamed}
+        for layer, offset, length in ranges:
+            if layer in wanted and length:
+                wanted[layer].append((offset, offset + length))
+        for layer in self.streamed:
+            self._covered[layer] = _merged(wanted[layer])
+            self._files[layer] = (os.path.join(self._workdir, f"old-layer-{layer}.part"), 0, self.layer_size(layer))
+        for layer, reader in self._stream({layer for layer in self.streamed if self._covered[layer]}):
+            with open(self._files[layer][0], "wb") as out:
+                position = 0
+                for start, end in self._covered[layer]:
+                    _copy(reader, None, start - position)
+                    out.seek(start)
+                    _copy(reader, out, end - start)
+                    position = end
+                out.truncate(self._sizes[layer])
 
     def open_layer(self, layer: int) -> BinaryIO:
         return open_range(*self._local(layer))
@@ -111,18 +162,26 @@ class OldContent:
             self._entries[layer] = [entry for entry, _ in self._scan(layer, hash_payloads=False)]
         return self._entries[layer]
 
-    def scan_with_digests(self, layer: int) -> Iterator[tuple[OldEntry, bytes | None]]:
-        """Each entry with the sha256 of its payload (regular files only); caches the entries."""
-        collected = []
-        for entry, digest in self._scan(layer, hash_payloads=True):
-            collected.append(entry)
-            yield entry, digest
-        self._entries[layer] = collected
-        self._check_in_place(layer)
+    def scan_with_digests(self) -> Iterator[tuple[OldEntry, bytes | None]]:
+        """Each entry of each distinct layer, lowest layer first, with the sha256 of its payload
+        (regular files only); caches the entries. Streamed layers come in one pass first, in the
+        image's order, and wait in memory (as entries) for their turn."""
+        streamed: dict[int, list[tuple[OldEntry, bytes | None]]] = {}
+        for layer, reader in self._stream(set(self.streamed)):
+            streamed[layer] = list(self._scan_stream(layer, reader, hash_payloads=True))  # type: ignore[arg-type]
+        for layer, diff_id in enumerate(self.image.diff_ids):
+            if layer in streamed:
+                found = streamed.pop(layer)
+            elif self.image.diff_ids.index(diff_id) == layer:
+                found = list(self._scan(layer, hash_payloads=True))
+                self._check_in_place(layer)
+            else:
+                continue  # the same layer twice: once is enough
+            self._entries[layer] = [entry for entry, _ in found]
+            yield from found
 
     def _check_in_place(self, layer: int) -> None:
-        """make encodes against the old layers' bytes: they must be those their diff_ids name. A
-        decompressed layer was checked on the way; one read in place is checked here, once."""
+        """A decompressed layer was checked on the way; one read in place is checked here, once."""
         source = self.image.layers[layer]
         if source.local is None:
             return
@@ -130,29 +189,29 @@ class OldContent:
         with open_range(*source.local) as stream:
             while chunk := stream.read(COPY_CHUNK):
                 digest.update(chunk)
-        if "sha256:" + digest.hexdigest() != source.diff_id:
-            raise ImageReadError(f"{self.image.source}: layer {layer} does not hash to its diff_id "
-                                 f"{source.diff_id[:19]}; the image is damaged")
+        self._check(layer, digest)
 
     def _scan(self, layer: int, hash_payloads: bool) -> Iterator[tuple[OldEntry, bytes | None]]:
-        path, offset, size = self._local(layer)
-        with open_range(path, offset, size) as stream:
-            splitter = TarSplitter(stream)
-            try:
-                for entry in splitter:
-                    if entry.typeflag == TRAILER:
-                        return
-                    digest = None
-                    if hash_payloads and entry.is_file:
-                        h = hashlib.sha256()
-                        for chunk in splitter.payload_chunks():
-                            h.update(chunk)
-                        digest = h.digest()
-                    yield OldEntry(
-                        layer, entry.index, entry.name, entry.offset, len(entry.pre), entry.size, entry.typeflag
-                    ), digest
-            except EOFError:
-                raise ImageReadError(f"{self.image.source}: layer {layer} is a truncated tar") from None
+        with open_range(*self._local(layer)) as stream:
+            yield from self._scan_stream(layer, stream, hash_payloads)
+
+    def _scan_stream(self, layer: int, stream: BinaryIO, hash_payloads: bool) -> Iterator[tuple[OldEntry, bytes | None]]:
+        splitter = TarSplitter(stream)
+        try:
+            for entry in splitter:
+                if entry.typeflag == TRAILER:
+                    return
+                digest = None
+                if hash_payloads and entry.is_file:
+                    h = hashlib.sha256()
+                    for chunk in splitter.payload_chunks():
+                        h.update(chunk)
+                    digest = h.digest()
+                yield OldEntry(
+                    layer, entry.index, entry.name, entry.offset, len(entry.pre), entry.size, entry.typeflag
+                ), digest
+        except EOFError:
+            raise ImageReadError(f"{self.image.source}: layer {layer} is a truncated tar") from None
 
     def entry(self, layer: int, index: int) -> OldEntry:
         entries = self.entries(layer)
@@ -165,6 +224,8 @@ class OldContent:
         path, base, size = self._local(layer)
         if offset < 0 or length < 0 or offset + length > size:
             raise ImageReadError(f"the bundle refers to bytes past the end of base layer {layer}")
+        if length and layer in self._covered and not _covers(self._covered[layer], offset, offset + length):
+            raise RuntimeError(f"bytes {offset}+{length} of base layer {layer} were not fetched")
         handle = self._handle(path)
         handle.seek(base + offset)
         data = handle.read(length)
@@ -197,11 +258,8 @@ class OldIndex:
         self.by_path: dict[str, OldEntry] = {}
         self.by_basename: dict[str, list[OldEntry]] = {}
         self.by_pattern: dict[str, list[OldEntry]] = {}
-        for layer in range(len(content.image.layers)):
-            if content.image.diff_ids.index(content.image.layers[layer].diff_id) != layer:
-                continue  # the same layer twice: index it once
-            for entry, digest in content.scan_with_digests(layer):
-                self._add(entry, digest)
+        for entry, digest in content.scan_with_digests():
+            self._add(entry, digest)
         for table in (self.by_basename, self.by_pattern):
             for candidates in table.values():
                 candidates.sort(key=lambda e: e.size)
@@ -228,6 +286,32 @@ class OldIndex:
             if candidates:
                 return _nearest_size(candidates, size)
         return None
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _covers(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
+    at = bisect.bisect_right(ranges, (start, float("inf"))) - 1
+    return at >= 0 and ranges[at][1] >= end
+
+
+def _copy(reader: BinaryIO | HashingReader, out: BinaryIO | None, length: int) -> None:
+    """Read ``length`` bytes on, writing them to ``out`` unless it is None."""
+    while length > 0:
+        chunk = reader.read(min(COPY_CHUNK, length))
+        if not chunk:
+            raise ImageReadError("a layer of the old image ends early")
+        if out is not None:
+            out.write(chunk)
+        length -= len(chunk)
 
 
 def _nearest_size(candidates: list[OldEntry], size: int) -> OldEntry:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import pytest
 from deltaimg.report import human_size
 from tests import imagefactory as f
 from tests.conftest import run_cli
+from tests.memory import measured
 
 SITE = "/" + f.SITE_PACKAGES
 OLD_DIST = f"{SITE}/requests-2.31.0.dist-info"
@@ -258,14 +257,11 @@ def test_file_contents_are_streamed_not_held(tmp_path):
     new = f.write_docker_archive(tmp_path / "new.tar", [f.ImageSpec([layer("v2.tar", bigger)], ["big:2"])])[0].path
     for path in ("v1.tar", "v2.tar", "big.bin", "bigger.bin"):
         os.unlink(tmp_path / path)
-    process = subprocess.Popen([sys.executable, "-m", "deltaimg", "diff", str(old), str(new), "--json"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stdout = process.stdout.read() if process.stdout else b""
-    _, status, usage = os.wait4(process.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    modified = json.loads(stdout)["files"]["modified"]
+    outcome = measured("diff", str(old), str(new), "--json")
+    assert outcome.returncode == 0, outcome.stderr
+    modified = json.loads(outcome.stdout)["files"]["modified"]
     assert [(r["path"], r["new_size"], r["changes"]) for r in modified] == [("/data/blob.bin", BIG_FILE, ["content"])]
-    assert usage.ru_maxrss * 1024 < BIG_FILE * 3 // 4, f"diff peaked at {usage.ru_maxrss >> 10} MiB"
+    assert outcome.peak_rss < BIG_FILE * 3 // 4, f"diff peaked at {outcome.peak_rss >> 20} MiB"
 
 
 @pytest.fixture(scope="module")

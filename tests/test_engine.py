@@ -133,3 +133,45 @@ def test_daemon_image_reads_config_and_layers_lazily(docker_client, engine_resou
         workdir = os.path.dirname(image.layers[0].local[0])
     assert not os.path.exists(workdir)
     assert all(layer.local is None for layer in image.layers)
+
+
+def test_make_from_the_engine_keeps_only_the_old_bytes_its_deltas_read(docker_client, engine_resources, keypair,
+                                                                      tmp_path, monkeypatch):
+    """The old image streams past twice (index, then the ranges the encoder reads, kept in sparse
+    files); of the new image only the changed layer is exported to disk. The bundle still rebuilds
+    the new image exactly."""
+    import glob
+    import tempfile
+
+    from deltaimg import keys
+    from deltaimg.images import open_image
+    from deltaimg.make import make_bundle
+    from deltaimg.oldcontent import OldContent
+    from tests.conftest import run_cli
+
+    base = engine_resources.build("keep-base", ["RUN head -c 8388608 /dev/urandom > /big"])
+    old_id = engine_resources.build("keep-v1", ["RUN echo one > /app.txt"], base=base)
+    new_id = engine_resources.build("keep-v2", ["RUN echo two two > /app.txt"], base=base)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    kept: list[int] = []
+    fetch_ranges = OldContent.fetch_ranges
+
+    def measuring(self: OldContent, ranges) -> None:
+        fetch_ranges(self, ranges)
+        kept.append(sum(os.stat(p).st_blocks * 512 for p in glob.glob(f"{tmp_path}/deltaimg-make-*/old-layer-*")))
+
+    monkeypatch.setattr(OldContent, "fetch_ranges", measuring)
+    output = tmp_path / "app.dimg"
+    with open_daemon_image(docker_client, old_id) as old, open_daemon_image(docker_client, new_id) as new:
+        make_bundle(old, new, str(output), keys.signing_key(keypair[0], None))
+        assert all(layer.local is None for layer in old.layers)  # never exported to disk
+        assert [layer.local is not None for layer in new.layers] == [d not in old.diff_ids for d in new.diff_ids]
+    assert len(kept) == 1 and 0 < kept[0] <= 64 << 10, f"kept {kept} bytes of an 8 MiB old image"
+
+    with open(tmp_path / "v1.tar", "wb") as out:
+        for chunk in docker_client.images.get(old_id).save(named=False):
+            out.write(chunk)
+    result = run_cli("apply", str(output), "--trust", keypair[1], "--base", str(tmp_path / "v1.tar"),
+                     "-o", str(tmp_path / "v2.tar"))
+    assert result.returncode == 0, result.stderr
+    assert open_image(str(tmp_path / "v2.tar")).config_digest == new_id

@@ -139,3 +139,26 @@ def test_damaged_inputs_to_make_get_clear_errors(pair, keypair, tmp_path):
     (layout.path / "index.json").write_text(json.dumps({"manifests": [{"digest": "sha256:../../../etc/passwd"}]}))
     result = run_cli("make", str(good.path), f"oci:{layout.path}", "-o", str(tmp_path / "x.dimg"), "--key", keypair[0])
     assert result.returncode == ImageReadError.exit_code and "Traceback" not in result.stderr
+
+
+def test_make_reads_a_compressed_old_layer_in_passing_and_keeps_only_what_it_asks_for(pair, tmp_path):
+    """make never decompresses a whole old layer to disk: it indexes it as it streams past, then
+    keeps the byte ranges the encoder will read. Reading anything else is a bug, never zeros."""
+    import tarfile
+
+    from deltaimg.oldcontent import OldContent, OldIndex
+
+    v1 = written(f.write_oci_dir(tmp_path / "v1", [pair.v1], compression="gzip"))
+    image = open_image(f"oci:{v1.path}")
+    with OldContent(image, str(tmp_path), partial=True) as content:
+        OldIndex(content)
+        assert content.streamed == list(range(len(image.layers)))
+        entry = max((e for layer in content.streamed for e in content.entries(layer)), key=lambda e: e.size)
+        content.fetch_ranges([(entry.layer, entry.data_offset, entry.size)])
+        with image.layers[entry.layer].open() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            expected = next(tar.extractfile(m).read() for m in tar if m.name == entry.name)  # type: ignore[union-attr]
+        assert content.read_data(entry) == expected
+        with pytest.raises(RuntimeError, match="not fetched"):
+            content.read_pre(entry)
+        kept = sum(p.stat().st_blocks * 512 for p in tmp_path.glob("old-layer-*"))
+        assert kept < entry.size + (64 << 10)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from deltaimg.errors import ImageReadError
 
@@ -49,6 +49,19 @@ class Image:
     @property
     def diff_ids(self) -> list[str]:
         return [layer.diff_id for layer in self.layers]
+
+    def layer_streams(self, diff_ids: set[str]) -> Iterator[tuple[str, BinaryIO]]:
+        """Each of these layers once, as ``(diff_id, stream of its uncompressed tar)``, in the
+        order the source reads them most cheaply. Read each stream before asking for the next.
+
+        A source that must export a whole image to read one layer (an engine) reads them all in
+        one pass; the others open one layer after the other.
+        """
+        for layer in self.layers:
+            if layer.diff_id in diff_ids:
+                diff_ids = diff_ids - {layer.diff_id}
+                with layer.open() as stream:
+                    yield layer.diff_id, stream
 
 
 def parse_config(config_bytes: bytes, source: str) -> dict:

@@ -7,6 +7,7 @@ file, so layers are streamed (or seeked into) without extracting anything.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import posixpath
@@ -207,3 +208,25 @@ def is_compressed(path: str, offset: int) -> bool:
         f.seek(offset)
         head = f.read(4)
     return head.startswith(GZIP_MAGIC) or head == ZSTD_MAGIC
+
+
+class HashingReader:
+    """Passes a stream through while hashing and counting it."""
+
+    def __init__(self, stream: BinaryIO, progress: Callable[[int], None] | None = None) -> None:
+        self._stream = stream
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self._progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self.digest.update(data)
+        self.size += len(data)
+        if self._progress and data:
+            self._progress(len(data))
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass

@@ -4,15 +4,18 @@ The Engine API hands out an image's exact config bytes and its uncompressed laye
 ``docker save``, and every ``docker save`` makes the engine export the whole image. So:
 
 * opening the image runs one export to read the config (the layer bytes stream past unstored);
-* the first time a layer is needed, one more export writes the layers (all of them, or those
-  named to :meth:`DaemonImage.fetch`) into a temporary directory the image owns; every later
-  ``Layer.open`` reads its file, and ``Layer.local`` then points at it.
+* :meth:`Image.layer_streams` streams layers past as an export goes by, storing nothing (make
+  reads the old image this way, twice: to index it, then to keep the few byte ranges its deltas
+  read; ``deltaimg diff`` reads both images this way);
+* the first time a layer is opened, one more export writes the layers (all of them, or those
+  named to :meth:`DaemonImage.fetch`: make fetches the new image's changed layers, which it reads
+  twice) into a temporary directory the image owns; every later ``Layer.open`` reads its file,
+  and ``Layer.local`` then points at it.
 
-That is two exports and, at worst, a full uncompressed copy of the image on disk, in exchange for
-one simple, exact, bounded-memory path. Reading the engine's store directly would avoid both but
-needs root and ties deltaimg to one storage driver's private layout. Use the image as a context
-manager (or call :meth:`DaemonImage.close`) to remove the directory early; it is removed at
-garbage collection otherwise.
+Reading the engine's store directly would avoid the exports but needs root and ties deltaimg to
+one storage driver's private layout. Use the image as a context manager (or call
+:meth:`DaemonImage.close`) to remove the directory early; it is removed at garbage collection
+otherwise.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import tempfile
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import docker
 
@@ -42,6 +45,15 @@ class DaemonImage(Image):
         """Export these layers now, in one pass, instead of all layers at the first ``Layer.open``."""
         assert self._fetcher is not None
         self._fetcher.fetch(diff_ids)
+
+    def layer_streams(self, diff_ids: set[str]) -> Iterator[tuple[str, BinaryIO]]:
+        """Layers already exported are read from their files; otherwise one more export streams
+        past, nothing stored."""
+        assert self._fetcher is not None
+        if all(layer.local is not None for layer in self.layers if layer.diff_id in diff_ids):
+            yield from super().layer_streams(diff_ids)
+        else:
+            yield from self._fetcher.stream(diff_ids)
 
     def close(self) -> None:
         """Remove the exported layers; opening a layer afterwards exports it again."""
@@ -99,6 +111,7 @@ class _LayerFetcher:
         self._dir: str | None = None
         self._cleanup: weakref.finalize | None = None
         self._paths: dict[str, str] = {}
+        self._names: dict[str, str] = {}  # legacy export member names -> digests, learned by export_layers
         self._lock = threading.Lock()
 
     def open(self, diff_id: str) -> BinaryIO:
@@ -111,6 +124,9 @@ class _LayerFetcher:
     def fetch(self, diff_ids: set[str]) -> None:
         with self._lock:
             self._fetch_locked(diff_ids)
+
+    def stream(self, diff_ids: set[str]) -> Iterator[tuple[str, BinaryIO]]:
+        return engine.export_layers(self._client, self._image_id, diff_ids, self._names)
 
     def close(self) -> None:
         with self._lock:
