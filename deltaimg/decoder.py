@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from deltaimg import codec
 from deltaimg.errors import BundleFormatError, IntegrityError
@@ -11,6 +11,7 @@ from deltaimg.layerformat import (
     DATA_LITERAL,
     DATA_PARTNER,
     DATA_REF,
+    PART_DATA,
     PART_PRE,
     PRE_EDITED_CHECKSUM,
     PRE_LITERAL,
@@ -71,12 +72,7 @@ class LiteralReader:
         self._pos = 0
 
     def _span(self, span) -> bytes:
-        entry = old_entry(self._old, (span.layer, span.index))
-        limit = entry.pre_len if span.part == PART_PRE else entry.size
-        if span.start + span.length > limit:
-            raise BundleFormatError("a layer delta refers past an old entry's end: the bundle is damaged")
-        base = entry.pre_offset if span.part == PART_PRE else entry.data_offset
-        return self._old.read(span.layer, base + span.start, span.length)
+        return self._old.read(*_byte_range(self._old, span.layer, span.index, span.part, span.start, span.length))
 
     def finish(self) -> None:
         if self._pos != len(self._buffer) or next(self._chunks, None) is not None:
@@ -178,12 +174,47 @@ def bsdiff_fits(new_len: int, control_len: int, diff_len: int, extra_len: int) -
 
 def old_layers_used(payload: BinaryIO) -> set[int]:
     """Which base layers a layer delta reads, from its recipe alone (the chunks are not decoded)."""
+    return {reference[0] for reference in old_references(payload)}
+
+
+def old_ranges(payload: BinaryIO, old: OldContent) -> Iterator[tuple[int, int, int]]:
+    """The ``(layer, offset, length)`` byte ranges of the base that rebuilding this layer reads;
+    the entries of the layers it names must be known (:meth:`OldContent.scan_streamed`)."""
+    for layer, index, part, start, length in old_references(payload):
+        yield _byte_range(old, layer, index, part, start, length)
+
+
+def old_references(payload: BinaryIO) -> Iterator[tuple[int, int, int, int, int | None]]:
+    """What a layer delta reads of the base, from its recipe alone (the chunks are not decoded):
+    ``(layer, index, part, start, length)`` of an old entry's header (PART_PRE) or payload,
+    ``length`` None for the rest of it. A partner read for nothing comes with length 0: the
+    decoder still looks its entry up."""
     recipe_len, frame_len = unpack_header(payload.read(len(pack_header(0, 0))))
     chunks, reader = decode_recipe(codec.decompress(payload.read(frame_len), recipe_len))
-    used = {span.layer for chunk in chunks for span in chunk.spans}
+    for chunk in chunks:
+        for span in chunk.spans:
+            yield span.layer, span.index, span.part, span.start, span.length
     records = RecordReader(reader)
     while True:
         record = records.next()
-        used.update(coords[0] for coords in (record.partner, record.ref) if coords)
+        if record.partner:
+            yield *record.partner, PART_PRE, 0, (0 if record.pre_kind == PRE_LITERAL else None)
+            if record.data_kind == DATA_PARTNER:
+                yield *record.partner, PART_DATA, 0, None
+            for segment in record.segments if record.data_kind == DATA_DELTA else ():
+                if segment.kind == SEGMENT_BSDIFF:
+                    yield *record.partner, PART_DATA, segment.old_start, segment.old_len
+        if record.ref and record.data_kind == DATA_REF:
+            yield *record.ref, PART_DATA, 0, None
         if record.trailer:
-            return used
+            return
+
+
+def _byte_range(old: OldContent, layer: int, index: int, part: int, start: int, length: int | None) -> tuple[int, int, int]:
+    """Where ``length`` bytes from ``start`` of an old entry's header or payload lie in its layer."""
+    entry = old_entry(old, (layer, index))
+    limit = entry.pre_len if part == PART_PRE else entry.size
+    length = limit - start if length is None else length
+    if start + length > limit:
+        raise BundleFormatError("a layer delta refers past an old entry's end: the bundle is damaged")
+    return layer, (entry.pre_offset if part == PART_PRE else entry.data_offset) + start, length

@@ -3,10 +3,11 @@
 What an update writes, for a bundle that rebuilds *R* bytes of layers (the sizes its signed
 manifest gives for the layers the engine lacks):
 
-- the scratch directory (``<state dir>/work``): the base layers the rebuild reads, exported
-  from the engine, plus the rebuilt archive. The manifest does not say how large the base
-  layers read are; they are counted as *R* again (a changed layer is rebuilt from its own older
-  version, of about its size). Peak: 2R. The exported layers are deleted before loading.
+- the scratch directory (``<state dir>/work``): the base bytes the rebuild reads (the byte
+  ranges its deltas name, kept from the engine's export in sparse files, and any base layer the
+  archive carries whole), plus the rebuilt archive. The manifest does not say how much that is;
+  it is counted as *R* again (a changed layer is rebuilt from its own older version, of about
+  its size), which it rarely reaches. Peak: 2R. The base bytes are deleted before loading.
 - the engine's data root (``docker info`` DockerRootDir): ``docker load`` unpacks the archive
   into its tmp directory and then registers the layers. Peak: 2R, of which R stays.
 

@@ -15,14 +15,13 @@ import hashlib
 import io
 import os
 import tarfile
-import tempfile
 from typing import BinaryIO, Iterable, Iterator
 
 import docker
 import docker.errors
 import requests
 
-from deltaimg.errors import EngineError, ImageReadError, IntegrityError, OutputError
+from deltaimg.errors import EngineError, ImageReadError, IntegrityError
 from deltaimg.images.blobs import HashingReader
 
 CHUNK = 1 << 20
@@ -67,68 +66,28 @@ def tagged_images(client: docker.DockerClient) -> list[dict]:
 
 
 def read_config(client: docker.DockerClient, image_ref: str) -> bytes:
-    """The exact config bytes of an image (the Engine API has no call for them but ``docker save``)."""
-    config_bytes, _ = save_layers(client, image_ref, set(), os.curdir)
-    return config_bytes
+    """The exact config bytes of an image (the Engine API has no call for them but ``docker save``).
 
-
-def save_layers(
-    client: docker.DockerClient, image_ref: str, wanted_diff_ids: set[str], dest_dir: str | os.PathLike
-) -> tuple[bytes, dict[str, str]]:
-    """Stream ``docker save`` of one image; return its exact config bytes and the wanted layers.
-
-    Each wanted layer is written to ``dest_dir/<hex>.tar`` and returned as ``{diff_id: path}``.
-    The legacy export names layers by v1 IDs that cannot be predicted and sorts its files by name
-    (``manifest.json`` comes last), so a layer is only known by hashing it: every ``layer.tar``
-    is streamed into ``dest_dir`` while hashed, and dropped as soon as its digest shows it is not
-    wanted (peak extra disk: the wanted layers plus the largest unwanted one). Files named by
-    their digest (the Docker 25+ ``blobs/sha256/`` form) are skipped unread when not wanted. The
-    read stops, aborting the export, once the config and every wanted layer are in hand.
+    The export is read until the config goes by, then aborted; the layers stream past unstored.
     """
     attrs = find_image(client, image_ref)
     if attrs is None:
         raise ImageReadError(f"docker-daemon:{image_ref}: the engine has no such image (see docker images)")
     image_id = attrs["Id"]
-    layer_ids = set(attrs.get("RootFS", {}).get("Layers") or [])
-    if not wanted_diff_ids <= layer_ids:
-        missing = ", ".join(sorted(wanted_diff_ids - layer_ids))
-        raise ImageReadError(f"docker-daemon:{image_ref}: image {image_id} has no layer {missing}")
     image_hex = image_id.removeprefix("sha256:")
     config_names = {f"{image_hex}.json", f"blobs/sha256/{image_hex}"}
-    wanted = {d.removeprefix("sha256:") for d in wanted_diff_ids}
-    config_bytes: bytes | None = None
-    found: dict[str, str] = {}
     # Exporting by ID, not by name, pins the export to the image inspected above.
     chunks = client.api.get_image(image_id, chunk_size=CHUNK)
     try:
-        try:
-            with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK) as archive:
-                for member in archive:
-                    name = member.name.removeprefix("./")
-                    if not member.isfile():
-                        continue
-                    if name in config_names:
-                        config_bytes = _read_config_member(archive, member, image_id)
-                    elif wanted - found.keys() and _may_be_wanted(name, wanted):
-                        _keep_if_wanted(archive, member, wanted, found, dest_dir)
-                    if config_bytes is not None and not wanted - found.keys():
-                        break
-        except (docker.errors.DockerException, requests.RequestException, tarfile.TarError, OSError) as exc:
-            raise EngineError(f"docker save of {image_ref} failed: {one_line(exc)}") from None
-        finally:
-            chunks.close()
-        if config_bytes is None:
-            raise EngineError(f"docker save of {image_ref} holds no config {image_hex}.json; is the engine 20.10+?")
-        if wanted - found.keys():
-            missing = ", ".join("sha256:" + h for h in sorted(wanted - found.keys()))
-            raise IntegrityError(
-                f"docker save of {image_ref} holds no layer hashing to {missing}; the engine's layer "
-                "store may be damaged (re-pull or reload the image)"
-            )
-    except BaseException:
-        _remove(found.values())
-        raise
-    return config_bytes, {"sha256:" + h: path for h, path in found.items()}
+        with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK) as archive:
+            for member in archive:
+                if member.isfile() and member.name.removeprefix("./") in config_names:
+                    return _read_config_member(archive, member, image_id)
+    except (docker.errors.DockerException, requests.RequestException, tarfile.TarError, OSError) as exc:
+        raise EngineError(f"docker save of {image_ref} failed: {one_line(exc)}") from None
+    finally:
+        chunks.close()
+    raise EngineError(f"docker save of {image_ref} holds no config {image_hex}.json; is the engine 20.10+?")
 
 
 def export_layers(
@@ -281,49 +240,10 @@ def _may_be_wanted(name: str, wanted: set[str]) -> bool:
     return "/" not in name and name.endswith(".tar") and name[: -len(".tar")] in wanted
 
 
-def _keep_if_wanted(
-    archive: tarfile.TarFile,
-    member: tarfile.TarInfo,
-    wanted: set[str],
-    found: dict[str, str],
-    dest_dir: str | os.PathLike,
-) -> None:
-    """Stream one layer into ``dest_dir`` while hashing it; keep it only if its digest is wanted."""
-    digest = hashlib.sha256()
-    source = _extract(archive, member)
-    partial = None
-    try:
-        fd, partial = tempfile.mkstemp(prefix=".partial-", suffix=".tar", dir=dest_dir)
-        with os.fdopen(fd, "wb") as out:
-            while chunk := source.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-        hexdigest = digest.hexdigest()
-        if hexdigest in wanted and hexdigest not in found:
-            final = os.path.join(dest_dir, hexdigest + ".tar")
-            os.replace(partial, final)
-            found[hexdigest] = final
-    except requests.RequestException:  # reading from the engine: an OSError too, but not ours
-        raise
-    except OSError as exc:
-        raise OutputError(f"cannot write layers into {os.fspath(dest_dir)}: {exc.strerror or exc}") from None
-    finally:
-        if partial is not None and os.path.exists(partial):
-            os.unlink(partial)
-
-
 def _extract(archive: tarfile.TarFile, member: tarfile.TarInfo) -> BinaryIO:
     source = archive.extractfile(member)
     assert source is not None  # callers pass regular files only
     return source
-
-
-def _remove(paths: Iterable[str]) -> None:
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 def one_line(exc: BaseException | str) -> str:

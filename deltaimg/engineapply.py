@@ -1,8 +1,11 @@
 """``deltaimg apply`` into a live engine: verify, rebuild what the engine lacks, load, swap.
 
 1. The bundle has been verified (signature, every payload) by the caller.
-2. The base image must be in the engine, by ID. Only the base layers the bundle reads are
-   exported from the engine (one ``docker save`` pass, layers kept on disk, not in memory).
+2. The base image must be in the engine, by ID. What the bundle reads of it is fetched by
+   streaming ``docker save``: the base layers the archive carries whole are written to disk;
+   of the others, the entries the deltas read are found in one pass and just their bytes kept
+   in a second (:meth:`OldContent.fetch_ranges`), so a small update of an image with a large
+   base layer needs little disk.
 3. The target's layers past the prefix it shares with the base are rebuilt into a *thin* archive
    (the engine already holds the shared prefix, so ``docker load`` skips it), loaded, checked to
    have the target's image ID, and tagged.
@@ -18,14 +21,14 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from deltaimg import archivewriter, engine, faults, swap
 from deltaimg.apply import Plan, bind_base, layer_sources, load_target_config, read_plan
 from deltaimg.bundle import Bundle
-from deltaimg.decoder import old_layers_used
+from deltaimg.decoder import old_layers_used, old_ranges
 from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError
-from deltaimg.images.base import Image, Layer
+from deltaimg.images.daemon import open_daemon_image
 from deltaimg.oldcontent import OldContent
 from deltaimg.progress import Advance
 from deltaimg.report import name_of
@@ -121,20 +124,20 @@ def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None],
         raise EngineError(f"the engine does not list the layers of {plan.base_id[:19]}")
     bind_base(bundle, plan, layers)  # the engine's record of the base's config; checked against it below
     keep = layers_to_load(client, plan)
-    wanted_ids = {plan.base_diff_ids[i] for i in base_layers_needed(bundle, plan, keep)}
+    used = base_layers_needed(bundle, plan, keep)
+    whole = {plan.base_diff_ids[layer["base_layer"]] for layer in plan.layers[keep:] if layer["method"] == "base"}
     with tempfile.TemporaryDirectory(prefix="deltaimg-engine-", dir=work_dir) as workdir:
-        base_config, paths = engine.save_layers(client, plan.base_id, wanted_ids, workdir)
-        load_target_config(bundle, plan, base_config)
-        faults.killpoint("rebuild")
-        base = Image(config_bytes=b"", layers=[_exported(d, paths) for d in plan.base_diff_ids],
-                     source=f"docker-daemon:{plan.base_id[:19]}")
         archive = os.path.join(workdir, "target.tar")
-        with OldContent(base, workdir) as content, open(archive, "wb") as out:
-            sources = layer_sources(bundle, plan, content, advance)
-            thin = [(d, size, fill if position >= keep else None) for position, (d, size, fill) in enumerate(sources)]
-            archivewriter.write_image(out, plan.target_config, plan.target_tags, thin)
-        for path in paths.values():
-            os.unlink(path)  # the base layers are no longer needed: free the disk before loading
+        with open_daemon_image(client, plan.base_id, tmp_dir=workdir) as base:  # its files go on leaving
+            load_target_config(bundle, plan, base.config_bytes)
+            faults.killpoint("rebuild")
+            base.fetch(whole)
+            with OldContent(base, workdir, partial=True) as content, open(archive, "wb") as out:
+                content.scan_streamed(used)
+                content.fetch_ranges(_ranges_read(bundle, plan, keep, content))
+                sources = layer_sources(bundle, plan, content, advance)
+                thin = [(d, size, fill if position >= keep else None) for position, (d, size, fill) in enumerate(sources)]
+                archivewriter.write_image(out, plan.target_config, plan.target_tags, thin)
         log(f"rebuilt {len(plan.layers) - keep} layer(s), every one matching its diff_id; loading")
         with open(archive, "rb") as stream:
             engine.load_archive(client, _Upload(stream, os.path.getsize(archive)))
@@ -146,14 +149,12 @@ def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None],
         raise IntegrityError(f"the engine loaded {loaded['Id'][:19]}, not {plan.target_id[:19]}")
 
 
-def _exported(diff_id: str, paths: dict[str, str]) -> Layer:
-    path = paths.get(diff_id)
-    if path is None:
-        def unavailable():
-            raise EngineError(f"base layer {diff_id[:19]} was not exported; this is a bug")
-        return Layer(diff_id=diff_id, open=unavailable)
-    size = os.path.getsize(path)
-    return Layer(diff_id=diff_id, open=lambda: open(path, "rb"), local=(path, 0, size))
+def _ranges_read(bundle: Bundle, plan: Plan, keep: int, content: OldContent) -> Iterator[tuple[int, int, int]]:
+    """The base's byte ranges that rebuilding the target's delta layers past the first ``keep`` reads."""
+    for layer in plan.layers[keep:]:
+        if layer["method"] == "delta":
+            with bundle.open_payload(layer["payload"]) as payload:
+                yield from old_ranges(payload, content)
 
 
 class _Upload:

@@ -61,6 +61,7 @@ class OldContent:
         self._files: dict[int, tuple[str, int, int]] = {}
         self._entries: dict[int, list[OldEntry]] = {}
         self._handles: dict[str, BinaryIO] = {}
+        self._written: list[str] = []  # files made in the work directory
         distinct = [position for position, diff_id in enumerate(image.diff_ids) if image.diff_ids.index(diff_id) == position]
         # Layers never copied whole; _covered holds, once fetched, the (start, end) ranges kept of each.
         self.streamed = [layer for layer in distinct if partial and image.layers[layer].local is None]
@@ -68,9 +69,14 @@ class OldContent:
         self._covered: dict[int, list[tuple[int, int]]] = {}
 
     def close(self) -> None:
+        """Close the layer files and remove those written into the work directory."""
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
+        for path in self._written:
+            if os.path.exists(path):
+                os.unlink(path)
+        self._written.clear()
 
     def __enter__(self) -> OldContent:
         return self
@@ -90,6 +96,7 @@ class OldContent:
                 self._files[layer] = source.local
             else:
                 path = os.path.join(self._workdir, f"old-layer-{layer}.tar")
+                self._written.append(path)
                 digest = hashlib.sha256()
                 with source.open() as src, open(path, "wb") as dst:
                     while chunk := src.read(COPY_CHUNK):
@@ -126,18 +133,27 @@ class OldContent:
             self._check(layer, reader.digest)
             self._sizes[layer] = reader.size
 
+    def scan_streamed(self, layers: set[int]) -> None:
+        """Read the entries of those of these layers that are streamed, in one pass (apply's
+        first step before :meth:`fetch_ranges`)."""
+        for layer, reader in self._stream(layers & set(self.streamed) - self._entries.keys()):
+            self._entries[layer] = [entry for entry, _ in self._scan_stream(layer, reader, hash_payloads=False)]  # type: ignore[arg-type]
+
     def fetch_ranges(self, ranges: Iterable[tuple[int, int, int]]) -> None:
         """Keep these ``(layer, offset, length)`` byte ranges of the streamed layers (others are
         read in place), each in a sparse file of the layer's size; reading outside them is a bug
-        and raises."""
+        and raises. The layers they fall in were scanned before (by :class:`OldIndex` or
+        :meth:`scan_streamed`): their entries gave the offsets."""
         wanted: dict[int, list[tuple[int, int]]] = {layer: [] for layer in self.streamed}
         for layer, offset, length in ranges:
             if layer in wanted and length:
                 wanted[layer].append((offset, offset + length))
         for layer in self.streamed:
             self._covered[layer] = _merged(wanted[layer])
-            self._files[layer] = (os.path.join(self._workdir, f"old-layer-{layer}.part"), 0, self.layer_size(layer))
+            if layer in self._sizes:
+                self._files[layer] = (os.path.join(self._workdir, f"old-layer-{layer}.part"), 0, self._sizes[layer])
         for layer, reader in self._stream({layer for layer in self.streamed if self._covered[layer]}):
+            self._written.append(self._files[layer][0])
             with open(self._files[layer][0], "wb") as out:
                 position = 0
                 for start, end in self._covered[layer]:
@@ -224,7 +240,9 @@ class OldContent:
         path, base, size = self._local(layer)
         if offset < 0 or length < 0 or offset + length > size:
             raise ImageReadError(f"the bundle refers to bytes past the end of base layer {layer}")
-        if length and layer in self._covered and not _covers(self._covered[layer], offset, offset + length):
+        if not length:
+            return b""
+        if layer in self._covered and not _covers(self._covered[layer], offset, offset + length):
             raise RuntimeError(f"bytes {offset}+{length} of base layer {layer} were not fetched")
         handle = self._handle(path)
         handle.seek(base + offset)

@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 from deltaimg import engine
-from deltaimg.errors import EngineError, ImageReadError
+from deltaimg.errors import EngineError, IntegrityError
 from deltaimg.images.daemon import open_daemon_image
 from tests.engine_helpers import docker_client, engine_resources  # noqa: F401
 
@@ -38,32 +38,27 @@ def test_find_image(docker_client, engine_resources):
     assert engine.find_image(docker_client, engine_resources.name("absent") + ":test") is None
 
 
-def test_save_layers_gives_exact_config_and_only_wanted_layers(docker_client, engine_resources, tmp_path):
+def test_export_layers_streams_the_wanted_layers_and_read_config_the_exact_config(docker_client, engine_resources):
     image_id = engine_resources.build("save", ["RUN echo two > /two", "RUN echo three > /three"])
     diff_ids = engine.find_image(docker_client, image_id)["RootFS"]["Layers"]
     assert len(diff_ids) == 4
-    (tmp_path / "all").mkdir()
-    (tmp_path / "some").mkdir()
+    names: dict[str, str] = {}
+    read = [(d, "sha256:" + hashlib.sha256(s.read()).hexdigest())
+            for d, s in engine.export_layers(docker_client, image_id, set(diff_ids), names)]
+    assert sorted(d for d, _ in read) == sorted(diff_ids) and all(d == digest for d, digest in read)
 
-    config_bytes, paths = engine.save_layers(docker_client, image_id, set(diff_ids), tmp_path / "all")
+    wanted = {diff_ids[0], diff_ids[2]}  # left unread: export_layers reads and checks them itself
+    assert {d for d, _ in engine.export_layers(docker_client, image_id, wanted, names)} == wanted
+
+    config_bytes = engine.read_config(docker_client, image_id)
     assert "sha256:" + hashlib.sha256(config_bytes).hexdigest() == image_id
     assert json.loads(config_bytes)["rootfs"]["diff_ids"] == diff_ids
-    assert set(paths) == set(diff_ids)
-    assert all(sha256_file(path) == diff_id for diff_id, path in paths.items())
-    assert sorted(os.listdir(tmp_path / "all")) == sorted(d[7:] + ".tar" for d in diff_ids)
-
-    wanted = {diff_ids[0], diff_ids[2]}
-    _, paths = engine.save_layers(docker_client, image_id, wanted, tmp_path / "some")
-    assert set(paths) == wanted and all(sha256_file(p) == d for d, p in paths.items())
-    assert sorted(os.listdir(tmp_path / "some")) == sorted(d[7:] + ".tar" for d in wanted)
-
-    assert engine.read_config(docker_client, image_id) == config_bytes
 
 
-def test_save_layers_refuses_a_layer_the_image_lacks(docker_client, engine_resources, tmp_path):
+def test_export_layers_refuses_a_layer_the_image_lacks(docker_client, engine_resources):
     image_id = engine_resources.build("lacks")
-    with pytest.raises(ImageReadError, match="has no layer"):
-        engine.save_layers(docker_client, image_id, {"sha256:" + "0" * 64}, tmp_path)
+    with pytest.raises(IntegrityError, match="holds no layer hashing to sha256:0000"):
+        list(engine.export_layers(docker_client, image_id, {"sha256:" + "0" * 64}, {}))
 
 
 def thin_archive(path, config_bytes: bytes, diff_ids: list[str], present: dict[str, str], tag: str) -> None:
@@ -88,9 +83,12 @@ def test_load_thin_archive_on_top_of_existing_base(docker_client, engine_resourc
     diff_ids = engine.find_image(docker_client, child_id)["RootFS"]["Layers"]
     new_layer = diff_ids[-1]
     assert new_layer not in engine.find_image(docker_client, base_id)["RootFS"]["Layers"]
-    config_bytes, paths = engine.save_layers(docker_client, child_id, {new_layer}, tmp_path)
     archive = tmp_path / "thin.tar"
-    thin_archive(archive, config_bytes, diff_ids, paths, child_tag)
+    with open_daemon_image(docker_client, child_id, tmp_dir=str(tmp_path)) as child:
+        child.fetch({new_layer})
+        paths = {layer.diff_id: layer.local[0] for layer in child.layers if layer.local}
+        assert set(paths) == {new_layer}
+        thin_archive(archive, child.config_bytes, diff_ids, paths, child_tag)
 
     docker_client.api.remove_image(child_id, force=True)
     assert engine.find_image(docker_client, child_id) is None
@@ -175,3 +173,42 @@ def test_make_from_the_engine_keeps_only_the_old_bytes_its_deltas_read(docker_cl
                      "-o", str(tmp_path / "v2.tar"))
     assert result.returncode == 0, result.stderr
     assert open_image(str(tmp_path / "v2.tar")).config_digest == new_id
+
+
+def test_apply_into_the_engine_keeps_only_the_base_bytes_its_deltas_read(docker_client, engine_resources, keypair,
+                                                                         tmp_path, monkeypatch):
+    """A fix to a small file that sits in a large base layer: apply finds the file's entry as the
+    layer streams past and keeps a few KiB of it on disk, not the 8 MiB layer."""
+    import glob
+
+    from deltaimg import keys, signing
+    from deltaimg.bundle import open_bundle
+    from deltaimg.engineapply import apply_to_engine
+    from deltaimg.make import make_bundle
+    from deltaimg.oldcontent import OldContent
+
+    base = engine_resources.build("fix-base", ["RUN head -c 8388608 /dev/urandom > /big && echo hello > /small"])
+    v1 = engine_resources.build("fix-v1", ["RUN echo one > /app.txt"], base=base)
+    v2 = engine_resources.build("fix-v2", ["RUN echo hello world > /small"], base=v1)
+    output = tmp_path / "fix.dimg"
+    with open_daemon_image(docker_client, v1) as old, open_daemon_image(docker_client, v2) as new:
+        make_bundle(old, new, str(output), keys.signing_key(keypair[0], None))
+    docker_client.api.remove_image(engine_resources.name("fix-v2") + ":test")
+    assert engine.find_image(docker_client, v2) is None
+
+    kept: list[int] = []
+    fetch_ranges = OldContent.fetch_ranges
+
+    def measuring(self: OldContent, ranges) -> None:
+        fetch_ranges(self, ranges)
+        kept.append(sum(os.stat(p).st_blocks * 512 for p in glob.glob(f"{tmp_path}/work/**", recursive=True)
+                        if os.path.isfile(p)))
+
+    monkeypatch.setattr(OldContent, "fetch_ranges", measuring)
+    (tmp_path / "work").mkdir()
+    bundle = open_bundle(str(output), [signing.load_public(keypair[1])])
+    outcome = apply_to_engine(bundle, docker_client, containers=None, swap_containers=False, grace=1, dry_run=False,
+                              log=lambda line: None, work_dir=str(tmp_path / "work"))
+    assert outcome.image_id == v2 and engine.find_image(docker_client, v2)["Id"] == v2
+    assert len(kept) == 1 and 0 < kept[0] <= 64 << 10, f"kept {kept} bytes of an 8 MiB base layer"
+    assert list((tmp_path / "work").iterdir()) == []

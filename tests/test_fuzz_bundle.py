@@ -1,6 +1,6 @@
 """Fuzzing the bundle reader and the rebuild: whatever a bundle holds, opening it (open_bundle),
 reading its plan (read_plan), listing the base layers its recipes read (the engine path's
-old_layers_used) and rebuilding the target (apply_to_archive) either works or fails with one of
+old_layers_used, old_ranges) and rebuilding the target (apply_to_archive) either works or fails with one of
 deltaimg's own errors; on failure no output and no temporary file is left.
 
 Four kinds of input, from a real bundle of a small pair (bsdiff, zstd deltas, edited headers):
@@ -27,7 +27,7 @@ from deltaimg import bundle as bundle_format
 from deltaimg import layerformat as lf
 from deltaimg.apply import apply_to_archive, read_plan
 from deltaimg.bundle import open_bundle, read_header
-from deltaimg.decoder import old_layers_used
+from deltaimg.decoder import old_layers_used, old_ranges
 from deltaimg.errors import DeltaimgError
 from deltaimg.images import open_image
 from deltaimg.make import make_bundle
@@ -112,10 +112,13 @@ def expect_only_own_errors(subject: Subject, bundle: bytes) -> str:
         try:
             opened = open_bundle(str(path), subject.trusted)
             plan = read_plan(opened)
-            for layer in plan.layers:
-                if layer["method"] == "delta":
-                    with opened.open_payload(layer["payload"]) as payload:
-                        old_layers_used(payload)
+            with OldContent(open_image(subject.base), tmp) as content:
+                for layer in plan.layers:
+                    if layer["method"] == "delta":
+                        with opened.open_payload(layer["payload"]) as payload:
+                            old_layers_used(payload)
+                        with opened.open_payload(layer["payload"]) as payload:
+                            list(old_ranges(payload, content))
             apply_to_archive(opened, open_image(subject.base), str(out))
         except DeltaimgError as exc:
             assert os.listdir(out.parent) == [], "a refused bundle left output behind"

@@ -31,8 +31,10 @@ from typing import BinaryIO, Iterator
 import docker
 
 from deltaimg import engine
-from deltaimg.errors import ImageReadError
+from deltaimg.errors import ImageReadError, OutputError
 from deltaimg.images.base import Image, Layer, config_diff_ids
+
+COPY_CHUNK = 1 << 20
 
 
 @dataclass
@@ -145,9 +147,23 @@ class _LayerFetcher:
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix="deltaimg-daemon-", dir=self._tmp_dir)
             self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
-        # By ID, whose config save_layers checks against it: the same image, even if tags moved.
-        _, paths = engine.save_layers(self._client, self._image_id, missing, self._dir)
-        self._paths.update(paths)
+        written: dict[str, str] = {}
+        try:
+            # export_layers checks each layer's digest once it is read: the loop ends with all checked
+            for diff_id, stream in engine.export_layers(self._client, self._image_id, missing, self._names):
+                written[diff_id] = os.path.join(self._dir, diff_id.removeprefix("sha256:") + ".tar")
+                with open(written[diff_id], "wb") as out:
+                    while chunk := stream.read(COPY_CHUNK):
+                        out.write(chunk)
+        except BaseException as exc:
+            for path in written.values():
+                if os.path.exists(path):
+                    os.unlink(path)
+            if isinstance(exc, OSError):
+                raise OutputError(f"cannot write layers into {self._dir}: {exc.strerror or exc}; free some space "
+                                  "there (or in $TMPDIR) and run again") from None
+            raise
+        self._paths.update(written)
         for layer in self.layers:
-            if layer.diff_id in paths:
-                layer.local = (paths[layer.diff_id], 0, os.path.getsize(paths[layer.diff_id]))
+            if layer.diff_id in written:
+                layer.local = (written[layer.diff_id], 0, os.path.getsize(written[layer.diff_id]))
