@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import BinaryIO, Callable, Iterator
 
-from deltaimg import codec
+from deltaimg import codec, varint
 from deltaimg.errors import BundleFormatError, IntegrityError
 from deltaimg.layerformat import (
     DATA_DELTA,
@@ -93,9 +93,7 @@ def old_entry(old: OldContent, coords: tuple[int, int]) -> OldEntry:
 
 def rebuild_layer(payload: BinaryIO, old: OldContent, write: Write) -> None:
     """Write the layer tar that ``payload`` describes; raises on any inconsistency."""
-    recipe_len, frame_len = unpack_header(payload.read(len(pack_header(0, 0))))
-    recipe = codec.decompress(payload.read(frame_len), recipe_len)
-    chunks, reader = decode_recipe(recipe)
+    chunks, reader = _read_recipe(payload)
     literal = LiteralReader(payload, chunks, old)
     records = RecordReader(reader)
     while True:
@@ -189,8 +187,7 @@ def old_references(payload: BinaryIO) -> Iterator[tuple[int, int, int, int, int 
     ``(layer, index, part, start, length)`` of an old entry's header (PART_PRE) or payload,
     ``length`` None for the rest of it. A partner read for nothing comes with length 0: the
     decoder still looks its entry up."""
-    recipe_len, frame_len = unpack_header(payload.read(len(pack_header(0, 0))))
-    chunks, reader = decode_recipe(codec.decompress(payload.read(frame_len), recipe_len))
+    chunks, reader = _read_recipe(payload)
     for chunk in chunks:
         for span in chunk.spans:
             yield span.layer, span.index, span.part, span.start, span.length
@@ -210,11 +207,16 @@ def old_references(payload: BinaryIO) -> Iterator[tuple[int, int, int, int, int 
             return
 
 
+def _read_recipe(payload: BinaryIO) -> tuple[list[Chunk], varint.Reader]:
+    """A layer delta's chunk table and its entry records, the payload left at the first chunk frame."""
+    recipe_len, frame_len = unpack_header(payload.read(len(pack_header(0, 0))))
+    return decode_recipe(codec.decompress(payload.read(frame_len), recipe_len))
+
+
 def _byte_range(old: OldContent, layer: int, index: int, part: int, start: int, length: int | None) -> tuple[int, int, int]:
     """Where ``length`` bytes from ``start`` of an old entry's header or payload lie in its layer."""
-    entry = old_entry(old, (layer, index))
-    limit = entry.pre_len if part == PART_PRE else entry.size
+    offset, limit = old_entry(old, (layer, index)).part(part)
     length = limit - start if length is None else length
     if start + length > limit:
         raise BundleFormatError("a layer delta refers past an old entry's end: the bundle is damaged")
-    return layer, (entry.pre_offset if part == PART_PRE else entry.data_offset) + start, length
+    return layer, offset + start, length

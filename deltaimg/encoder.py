@@ -175,9 +175,8 @@ class LiteralStream:
             self._write_oldest()
 
     def _read_span(self, span: Span) -> bytes:
-        entry = self._index.content.entry(span.layer, span.index)
-        base = entry.pre_offset if span.part == PART_PRE else entry.data_offset
-        return self._index.content.read(span.layer, base + span.start, span.length)
+        offset, _ = self._index.content.entry(span.layer, span.index).part(span.part)
+        return self._index.content.read(span.layer, offset + span.start, span.length)
 
     def _write_oldest(self) -> None:
         chunk, future = self._in_flight.popleft()
@@ -193,7 +192,7 @@ class LiteralStream:
 
 
 def whole(entry: OldEntry, part: int) -> Span:
-    return Span(entry.layer, entry.index, part, 0, entry.pre_len if part == PART_PRE else entry.size)
+    return Span(entry.layer, entry.index, part, 0, entry.part(part)[1])
 
 
 def old_region(partner_size: int, start: int, end: int, size: int) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from typing import BinaryIO, Iterable, Iterator
 from deltaimg.errors import ImageReadError
 from deltaimg.images.base import Image
 from deltaimg.images.blobs import HashingReader, open_range
+from deltaimg.layerformat import PART_PRE
 from deltaimg.tarsplit import REGULAR_TYPES, TRAILER, TarSplitter
 
 COPY_CHUNK = 1 << 20
@@ -46,6 +47,10 @@ class OldEntry:
     @property
     def data_offset(self) -> int:
         return self.pre_offset + self.pre_len
+
+    def part(self, part: int) -> tuple[int, int]:
+        """(offset in its layer, length) of the entry's header (``PART_PRE``) or payload."""
+        return (self.pre_offset, self.pre_len) if part == PART_PRE else (self.data_offset, self.size)
 
     @property
     def is_regular(self) -> bool:
