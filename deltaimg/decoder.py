@@ -175,13 +175,6 @@ def old_layers_used(payload: BinaryIO) -> set[int]:
     return {reference[0] for reference in old_references(payload)}
 
 
-def old_ranges(payload: BinaryIO, old: OldContent) -> Iterator[tuple[int, int, int]]:
-    """The ``(layer, offset, length)`` byte ranges of the base that rebuilding this layer reads;
-    the entries of the layers it names must be known (:meth:`OldContent.scan_streamed`)."""
-    for layer, index, part, start, length in old_references(payload):
-        yield _byte_range(old, layer, index, part, start, length)
-
-
 def old_references(payload: BinaryIO) -> Iterator[tuple[int, int, int, int, int | None]]:
     """What a layer delta reads of the base, from its recipe alone (the chunks are not decoded):
     ``(layer, index, part, start, length)`` of an old entry's header (PART_PRE) or payload,

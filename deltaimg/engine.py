@@ -65,10 +65,12 @@ def tagged_images(client: docker.DockerClient) -> list[dict]:
         raise EngineError(f"cannot list the engine's images: {one_line(exc)}") from None
 
 
-def read_config(client: docker.DockerClient, image_ref: str) -> bytes:
+def read_config(client: docker.DockerClient, image_ref: str, names: dict[str, str] | None = None) -> bytes:
     """The exact config bytes of an image (the Engine API has no call for them but ``docker save``).
 
     The export is read until the config goes by, then aborted; the layers stream past unstored.
+    Given ``names`` (see :func:`export_layers`), a legacy export is read to its end and every
+    ``layer.tar`` hashed on the way, so that later exports of the image need no extra pass.
     """
     attrs = find_image(client, image_ref)
     if attrs is None:
@@ -77,17 +79,29 @@ def read_config(client: docker.DockerClient, image_ref: str) -> bytes:
     image_hex = image_id.removeprefix("sha256:")
     config_names = {f"{image_hex}.json", f"blobs/sha256/{image_hex}"}
     # Exporting by ID, not by name, pins the export to the image inspected above.
+    config_bytes: bytes | None = None
     chunks = client.api.get_image(image_id, chunk_size=CHUNK)
     try:
         with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK) as archive:
             for member in archive:
-                if member.isfile() and member.name.removeprefix("./") in config_names:
-                    return _read_config_member(archive, member, image_id)
+                name = member.name.removeprefix("./")
+                if not member.isfile():
+                    continue
+                if name in config_names:
+                    config_bytes = _read_config_member(archive, member, image_id)
+                    if names is None or name.startswith("blobs/"):  # the OCI form names its layers by digest
+                        break
+                elif names is not None and name.endswith("/layer.tar"):
+                    reader = HashingReader(_extract(archive, member))
+                    reader.drain()
+                    names[name] = reader.digest.hexdigest()
     except (docker.errors.DockerException, requests.RequestException, tarfile.TarError, OSError) as exc:
         raise EngineError(f"docker save of {image_ref} failed: {one_line(exc)}") from None
     finally:
         chunks.close()
-    raise EngineError(f"docker save of {image_ref} holds no config {image_hex}.json; is the engine 20.10+?")
+    if config_bytes is None:
+        raise EngineError(f"docker save of {image_ref} holds no config {image_hex}.json; is the engine 20.10+?")
+    return config_bytes
 
 
 def export_layers(

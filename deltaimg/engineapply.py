@@ -3,9 +3,9 @@
 1. The bundle has been verified (signature, every payload) by the caller.
 2. The base image must be in the engine, by ID. What the bundle reads of it is fetched by
    streaming ``docker save``: the base layers the archive carries whole are written to disk;
-   of the others, the entries the deltas read are found in one pass and just their bytes kept
-   in a second (:meth:`OldContent.fetch_ranges`), so a small update of an image with a large
-   base layer needs little disk.
+   of the others, just the bytes of the entries the deltas read are kept as they stream past
+   (:meth:`OldContent.fetch_entries`), so a small update of an image with a large base layer
+   needs little disk.
 3. The target's layers past the prefix it shares with the base are rebuilt into a *thin* archive
    (the engine already holds the shared prefix, so ``docker load`` skips it), loaded, checked to
    have the target's image ID, and tagged.
@@ -26,7 +26,7 @@ from typing import BinaryIO, Callable, Iterator
 from deltaimg import archivewriter, engine, faults, swap
 from deltaimg.apply import Plan, bind_base, layer_sources, load_target_config, read_plan
 from deltaimg.bundle import Bundle
-from deltaimg.decoder import old_layers_used, old_ranges
+from deltaimg.decoder import old_layers_used, old_references
 from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError
 from deltaimg.images.daemon import open_daemon_image
 from deltaimg.oldcontent import OldContent
@@ -124,7 +124,7 @@ def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None],
         raise EngineError(f"the engine does not list the layers of {plan.base_id[:19]}")
     bind_base(bundle, plan, layers)  # the engine's record of the base's config; checked against it below
     keep = layers_to_load(client, plan)
-    used = base_layers_needed(bundle, plan, keep)
+    base_layers_needed(bundle, plan, keep)  # refuses a delta that names a layer the base lacks
     whole = {plan.base_diff_ids[layer["base_layer"]] for layer in plan.layers[keep:] if layer["method"] == "base"}
     with tempfile.TemporaryDirectory(prefix="deltaimg-engine-", dir=work_dir) as workdir:
         archive = os.path.join(workdir, "target.tar")
@@ -133,8 +133,7 @@ def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None],
             faults.killpoint("rebuild")
             base.fetch(whole)
             with OldContent(base, workdir, partial=True) as content, open(archive, "wb") as out:
-                content.scan_streamed(used)
-                content.fetch_ranges(_ranges_read(bundle, plan, keep, content))
+                content.fetch_entries(_references(bundle, plan, keep))
                 sources = layer_sources(bundle, plan, content, advance)
                 thin = [(d, size, fill if position >= keep else None) for position, (d, size, fill) in enumerate(sources)]
                 archivewriter.write_image(out, plan.target_config, plan.target_tags, thin)
@@ -149,12 +148,12 @@ def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None],
         raise IntegrityError(f"the engine loaded {loaded['Id'][:19]}, not {plan.target_id[:19]}")
 
 
-def _ranges_read(bundle: Bundle, plan: Plan, keep: int, content: OldContent) -> Iterator[tuple[int, int, int]]:
-    """The base's byte ranges that rebuilding the target's delta layers past the first ``keep`` reads."""
+def _references(bundle: Bundle, plan: Plan, keep: int) -> Iterator[tuple[int, int, int, int, int | None]]:
+    """What rebuilding the target's delta layers past the first ``keep`` reads of the base."""
     for layer in plan.layers[keep:]:
         if layer["method"] == "delta":
             with bundle.open_payload(layer["payload"]) as payload:
-                yield from old_ranges(payload, content)
+                yield from old_references(payload)
 
 
 class _Upload:

@@ -20,13 +20,13 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from deltaimg.errors import ImageReadError
 from deltaimg.images.base import Image
 from deltaimg.images.blobs import HashingReader, open_range
 from deltaimg.layerformat import PART_PRE
-from deltaimg.tarsplit import REGULAR_TYPES, TRAILER, TarSplitter
+from deltaimg.tarsplit import REGULAR_TYPES, TRAILER, Entry, TarSplitter
 
 COPY_CHUNK = 1 << 20
 # Version numbers, and the hex hashes wheels put in vendored library names
@@ -138,17 +138,36 @@ class OldContent:
             self._check(layer, reader.digest)
             self._sizes[layer] = reader.size
 
-    def scan_streamed(self, layers: set[int]) -> None:
-        """Read the entries of those of these layers that are streamed, in one pass (apply's
-        first step before :meth:`fetch_ranges`)."""
-        for layer, reader in self._stream(layers & set(self.streamed) - self._entries.keys()):
-            self._entries[layer] = [entry for entry, _ in self._scan_stream(layer, reader, hash_payloads=False)]  # type: ignore[arg-type]
+    def fetch_entries(self, references: Iterable[tuple[int, int, int, int, int | None]]) -> None:
+        """apply's fetch, in one pass over the streamed layers: keep the parts of old entries these
+        ``(layer, index, part, start, length)`` references name (``length`` None: the rest of the
+        part), each kept as its entry's header goes by. A reference past its entry's end keeps
+        nothing here; the decoder refuses it."""
+        wanted: dict[int, dict[int, list[tuple[int, int, int | None]]]] = {}
+        for layer, index, part, start, length in references:
+            if layer in self.streamed:
+                wanted.setdefault(layer, {}).setdefault(index, []).append((part, start, length))
+        kept: dict[int, list[tuple[int, int]]] = {}
+        for layer, reader in self._stream(set(wanted)):
+            path = os.path.join(self._workdir, f"old-layer-{layer}.part")
+            self._written.append(path)
+            kept[layer] = []
+            with open(path, "wb") as out:
+                def keep(splitter: TarSplitter, entry: Entry, old: OldEntry, layer: int = layer, out=out) -> None:
+                    ranges = [r for ref in wanted[layer].get(old.index, ()) if (r := _within(old, *ref))]
+                    if ranges:
+                        kept[layer].extend(ranges)
+                        _keep(splitter, entry, old, ranges, out)
+                self._entries[layer] = [entry for entry, _ in self._scan_stream(layer, reader, keep)]  # type: ignore[arg-type]
+        for layer, ranges in kept.items():
+            self._files[layer] = (os.path.join(self._workdir, f"old-layer-{layer}.part"), 0, self._sizes[layer])
+            self._covered[layer] = _merged(ranges)
 
     def fetch_ranges(self, ranges: Iterable[tuple[int, int, int]]) -> None:
-        """Keep these ``(layer, offset, length)`` byte ranges of the streamed layers (others are
-        read in place), each in a sparse file of the layer's size; reading outside them is a bug
-        and raises. The layers they fall in were scanned before (by :class:`OldIndex` or
-        :meth:`scan_streamed`): their entries gave the offsets."""
+        """make's fetch: keep these ``(layer, offset, length)`` byte ranges of the streamed layers
+        (others are read in place), each in a sparse file of the layer's size; reading outside
+        them is a bug and raises. The layers they fall in were indexed before (:class:`OldIndex`):
+        their entries gave the offsets."""
         wanted: dict[int, list[tuple[int, int]]] = {layer: [] for layer in self.streamed}
         for layer, offset, length in ranges:
             if layer in wanted and length:
@@ -180,7 +199,7 @@ class OldContent:
     def entries(self, layer: int) -> list[OldEntry]:
         """The layer's entries (headers only: payloads are skipped by seeking)."""
         if layer not in self._entries:
-            self._entries[layer] = [entry for entry, _ in self._scan(layer, hash_payloads=False)]
+            self._entries[layer] = [entry for entry, _ in self._scan(layer)]
         return self._entries[layer]
 
     def scan_with_digests(self) -> Iterator[tuple[OldEntry, bytes | None]]:
@@ -189,12 +208,12 @@ class OldContent:
         image's order, and wait in memory (as entries) for their turn."""
         streamed: dict[int, list[tuple[OldEntry, bytes | None]]] = {}
         for layer, reader in self._stream(set(self.streamed)):
-            streamed[layer] = list(self._scan_stream(layer, reader, hash_payloads=True))  # type: ignore[arg-type]
+            streamed[layer] = list(self._scan_stream(layer, reader, _payload_digest))  # type: ignore[arg-type]
         for layer, diff_id in enumerate(self.image.diff_ids):
             if layer in streamed:
                 found = streamed.pop(layer)
             elif self.image.diff_ids.index(diff_id) == layer:
-                found = list(self._scan(layer, hash_payloads=True))
+                found = list(self._scan(layer, _payload_digest))
                 self._check_in_place(layer)
             else:
                 continue  # the same layer twice: once is enough
@@ -212,25 +231,19 @@ class OldContent:
                 digest.update(chunk)
         self._check(layer, digest)
 
-    def _scan(self, layer: int, hash_payloads: bool) -> Iterator[tuple[OldEntry, bytes | None]]:
+    def _scan(self, layer: int, visit: Visit | None = None) -> Iterator[tuple[OldEntry, bytes | None]]:
         with open_range(*self._local(layer)) as stream:
-            yield from self._scan_stream(layer, stream, hash_payloads)
+            yield from self._scan_stream(layer, stream, visit)
 
-    def _scan_stream(self, layer: int, stream: BinaryIO, hash_payloads: bool) -> Iterator[tuple[OldEntry, bytes | None]]:
+    def _scan_stream(self, layer: int, stream: BinaryIO, visit: Visit | None = None) -> Iterator[tuple[OldEntry, bytes | None]]:
+        """The layer's entries, each with what ``visit`` (which may read its payload) returned."""
         splitter = TarSplitter(stream)
         try:
             for entry in splitter:
                 if entry.typeflag == TRAILER:
                     return
-                digest = None
-                if hash_payloads and entry.is_file:
-                    h = hashlib.sha256()
-                    for chunk in splitter.payload_chunks():
-                        h.update(chunk)
-                    digest = h.digest()
-                yield OldEntry(
-                    layer, entry.index, entry.name, entry.offset, len(entry.pre), entry.size, entry.typeflag
-                ), digest
+                old = OldEntry(layer, entry.index, entry.name, entry.offset, len(entry.pre), entry.size, entry.typeflag)
+                yield old, visit(splitter, entry, old) if visit else None
         except EOFError:
             raise ImageReadError(f"{self.image.source}: layer {layer} is a truncated tar") from None
 
@@ -309,6 +322,45 @@ class OldIndex:
             if candidates:
                 return _nearest_size(candidates, size)
         return None
+
+
+Visit = Callable[[TarSplitter, Entry, OldEntry], "bytes | None"]
+
+
+def _payload_digest(splitter: TarSplitter, entry: Entry, old: OldEntry) -> bytes | None:
+    """The sha256 of a regular file's payload."""
+    if not entry.is_file:
+        return None
+    digest = hashlib.sha256()
+    for chunk in splitter.payload_chunks():
+        digest.update(chunk)
+    return digest.digest()
+
+
+def _within(entry: OldEntry, part: int, start: int, length: int | None) -> tuple[int, int] | None:
+    """The (start, end) of a reference to an entry's part in its layer; None past the part's end."""
+    offset, limit = entry.part(part)
+    end = limit if length is None else start + length
+    return (offset + start, offset + end) if start < end <= limit else None
+
+
+def _keep(splitter: TarSplitter, entry: Entry, old: OldEntry, ranges: list[tuple[int, int]], out: BinaryIO) -> None:
+    """Write the bytes of ``ranges`` that fall in this entry at their offsets in ``out``: from its
+    header, then from its payload as it is read (only if a range reaches into it)."""
+    _write_overlaps(out, ranges, old.pre_offset, entry.pre)
+    position = old.data_offset
+    if any(start < position + old.size and end > position for start, end in ranges):
+        for chunk in splitter.payload_chunks():
+            _write_overlaps(out, ranges, position, chunk)
+            position += len(chunk)
+
+
+def _write_overlaps(out: BinaryIO, ranges: list[tuple[int, int]], position: int, data: bytes) -> None:
+    for start, end in ranges:
+        lo, hi = max(start, position), min(end, position + len(data))
+        if lo < hi:
+            out.seek(lo)
+            out.write(data[lo - position : hi - position])
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

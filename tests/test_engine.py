@@ -177,8 +177,8 @@ def test_make_from_the_engine_keeps_only_the_old_bytes_its_deltas_read(docker_cl
 
 def test_apply_into_the_engine_keeps_only_the_base_bytes_its_deltas_read(docker_client, engine_resources, keypair,
                                                                          tmp_path, monkeypatch):
-    """A fix to a small file that sits in a large base layer: apply finds the file's entry as the
-    layer streams past and keeps a few KiB of it on disk, not the 8 MiB layer."""
+    """A fix to a small file that sits in a large base layer: apply keeps the file's entry as the
+    layer streams past, a few KiB on disk, not the 8 MiB layer."""
     import glob
 
     from deltaimg import keys, signing
@@ -197,14 +197,14 @@ def test_apply_into_the_engine_keeps_only_the_base_bytes_its_deltas_read(docker_
     assert engine.find_image(docker_client, v2) is None
 
     kept: list[int] = []
-    fetch_ranges = OldContent.fetch_ranges
+    fetch_entries = OldContent.fetch_entries
 
-    def measuring(self: OldContent, ranges) -> None:
-        fetch_ranges(self, ranges)
+    def measuring(self: OldContent, references) -> None:
+        fetch_entries(self, references)
         kept.append(sum(os.stat(p).st_blocks * 512 for p in glob.glob(f"{tmp_path}/work/**", recursive=True)
                         if os.path.isfile(p)))
 
-    monkeypatch.setattr(OldContent, "fetch_ranges", measuring)
+    monkeypatch.setattr(OldContent, "fetch_entries", measuring)
     (tmp_path / "work").mkdir()
     bundle = open_bundle(str(output), [signing.load_public(keypair[1])])
     outcome = apply_to_engine(bundle, docker_client, containers=None, swap_containers=False, grace=1, dry_run=False,

@@ -1,6 +1,7 @@
 """Fuzzing the bundle reader and the rebuild: whatever a bundle holds, opening it (open_bundle),
 reading its plan (read_plan), listing the base layers its recipes read (the engine path's
-old_layers_used, old_ranges) and rebuilding the target (apply_to_archive) either works or fails with one of
+old_layers_used), rebuilding its layers from a streamed base (old_references, fetch_entries) and
+rebuilding the target (apply_to_archive) either works or fails with one of
 deltaimg's own errors; on failure no output and no temporary file is left.
 
 Four kinds of input, from a real bundle of a small pair (bsdiff, zstd deltas, edited headers):
@@ -11,6 +12,7 @@ recipe with damaged bytes or one number replaced, or damaged chunk frames.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,9 +29,10 @@ from deltaimg import bundle as bundle_format
 from deltaimg import layerformat as lf
 from deltaimg.apply import apply_to_archive, read_plan
 from deltaimg.bundle import open_bundle, read_header
-from deltaimg.decoder import old_layers_used, old_ranges
+from deltaimg.decoder import old_layers_used, old_references, rebuild_layer
 from deltaimg.errors import DeltaimgError
 from deltaimg.images import open_image
+from deltaimg.images.base import Layer
 from deltaimg.make import make_bundle
 from deltaimg.oldcontent import OldContent
 from tests import imagefactory as f
@@ -112,19 +115,34 @@ def expect_only_own_errors(subject: Subject, bundle: bytes) -> str:
         try:
             opened = open_bundle(str(path), subject.trusted)
             plan = read_plan(opened)
-            with OldContent(open_image(subject.base), tmp) as content:
-                for layer in plan.layers:
-                    if layer["method"] == "delta":
-                        with opened.open_payload(layer["payload"]) as payload:
-                            old_layers_used(payload)
-                        with opened.open_payload(layer["payload"]) as payload:
-                            list(old_ranges(payload, content))
+            deltas = [layer["payload"] for layer in plan.layers if layer["method"] == "delta"]
+            for name in deltas:
+                with opened.open_payload(name) as payload:
+                    old_layers_used(payload)
+            rebuild_from_the_engine_path(opened, deltas, subject.base, tmp)
             apply_to_archive(opened, open_image(subject.base), str(out))
         except DeltaimgError as exc:
             assert os.listdir(out.parent) == [], "a refused bundle left output behind"
             return f"refused: {type(exc).__name__}"
         assert out.exists()
         return "applied"
+
+
+def rebuild_from_the_engine_path(opened, deltas: list[str], base_archive: str, tmp: str) -> None:
+    """Rebuild the delta layers as apply into an engine does: the base's layers only streamed,
+    just the entries the recipes name kept. A decoder read of bytes not kept would be a
+    RuntimeError, not one of deltaimg's errors, and fail the test."""
+    base = open_image(base_archive)
+    streamed = dataclasses.replace(base, layers=[Layer(layer.diff_id, layer.open) for layer in base.layers])
+    with OldContent(streamed, tmp, partial=True) as content:
+        references = []
+        for name in deltas:
+            with opened.open_payload(name) as payload:
+                references += old_references(payload)
+        content.fetch_entries(references)
+        for name in deltas:
+            with opened.open_payload(name) as payload:
+                rebuild_layer(payload, content, lambda data: None)
 
 
 def test_the_untouched_bundle_applies(subject):

@@ -3,7 +3,8 @@
 The Engine API hands out an image's exact config bytes and its uncompressed layers only through
 ``docker save``, and every ``docker save`` makes the engine export the whole image. So:
 
-* opening the image runs one export to read the config (the layer bytes stream past unstored);
+* opening the image runs one export to read the config (the layer bytes stream past unstored;
+  a legacy export's are hashed on the way, to tell later exports which file is which layer);
 * :meth:`Image.layer_streams` streams layers past as an export goes by, storing nothing (make
   reads the old image this way, twice: to index it, then to keep the few byte ranges its deltas
   read; ``deltaimg diff`` reads both images this way);
@@ -81,9 +82,9 @@ def open_daemon_image(
     attrs = engine.find_image(client, ref)
     if attrs is None:
         raise ImageReadError(f"{source}: the engine has no such image (see docker images)")
-    config_bytes = engine.read_config(client, attrs["Id"])
-    diff_ids = config_diff_ids(config_bytes, source)
     fetcher = _LayerFetcher(client, attrs["Id"], tmp_dir)
+    config_bytes = engine.read_config(client, attrs["Id"], fetcher.names)
+    diff_ids = config_diff_ids(config_bytes, source)
     fetcher.layers = [Layer(diff_id=d, open=_opener(fetcher, d)) for d in diff_ids]
     return DaemonImage(
         config_bytes=config_bytes,
@@ -113,7 +114,7 @@ class _LayerFetcher:
         self._dir: str | None = None
         self._cleanup: weakref.finalize | None = None
         self._paths: dict[str, str] = {}
-        self._names: dict[str, str] = {}  # legacy export member names -> digests, learned by export_layers
+        self.names: dict[str, str] = {}  # a legacy export's layer.tar names -> digests (engine.export_layers)
         self._lock = threading.Lock()
 
     def open(self, diff_id: str) -> BinaryIO:
@@ -128,7 +129,7 @@ class _LayerFetcher:
             self._fetch_locked(diff_ids)
 
     def stream(self, diff_ids: set[str]) -> Iterator[tuple[str, BinaryIO]]:
-        return engine.export_layers(self._client, self._image_id, diff_ids, self._names)
+        return engine.export_layers(self._client, self._image_id, diff_ids, self.names)
 
     def close(self) -> None:
         with self._lock:
@@ -150,7 +151,7 @@ class _LayerFetcher:
         written: dict[str, str] = {}
         try:
             # export_layers checks each layer's digest once it is read: the loop ends with all checked
-            for diff_id, stream in engine.export_layers(self._client, self._image_id, missing, self._names):
+            for diff_id, stream in engine.export_layers(self._client, self._image_id, missing, self.names):
                 written[diff_id] = os.path.join(self._dir, diff_id.removeprefix("sha256:") + ".tar")
                 with open(written[diff_id], "wb") as out:
                     while chunk := stream.read(COPY_CHUNK):
