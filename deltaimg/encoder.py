@@ -238,8 +238,10 @@ def _header_edits(old: bytes, new: bytes) -> tuple[int, list[tuple[int, int]] | 
 class LayerEncoder:
     """Encodes one new layer; see the module docstring."""
 
-    def __init__(self, index: OldIndex, pool: Executor, workdir: str) -> None:
+    def __init__(self, index: OldIndex, pool: Executor, workdir: str, home: int | None) -> None:
+        """``home``: the old layer this one replaces, if any (see :meth:`OldIndex.home`)."""
         self._index = index
+        self._home = index.home(home)
         self._pool = pool
         self._workdir = workdir
         self.stats = LayerStats()
@@ -281,7 +283,7 @@ class LayerEncoder:
     # -- deciding ---------------------------------------------------------------------------
     def _plan(self, splitter: TarSplitter, entry: Entry) -> tuple[Record, list[_Part]]:
         regular = entry.typeflag in REGULAR_TYPES
-        partner = self._index.partner(entry.name, entry.size, regular)
+        partner = self._index.partner(entry.name, entry.size, regular, self._home)
         record = Record(pre_kind=PRE_LITERAL, data_kind=DATA_LITERAL)
         parts: list[_Part] = []
         if partner is not None:
@@ -429,16 +431,17 @@ class LayerEncoder:
         records.add(Record(pre_kind=PRE_LITERAL, data_kind=DATA_LITERAL, size=entry.size, trailer=True))
 
 
-def old_reads(index: OldIndex, layer_stream: BinaryIO) -> Iterator[tuple[int, int, int]]:
+def old_reads(index: OldIndex, layer_stream: BinaryIO, home: int | None) -> Iterator[tuple[int, int, int]]:
     """The ``(layer, offset, length)`` ranges of the old image that :meth:`LayerEncoder.encode`
     reads to encode this new layer, by the same rules: each partner's header, and the partner's
     payload unless the new payload is found whole in the old image."""
     splitter = TarSplitter(layer_stream)
+    paths = index.home(home)
     try:
         for entry in splitter:
             if entry.typeflag == TRAILER:
                 return
-            partner = index.partner(entry.name, entry.size, entry.typeflag in REGULAR_TYPES)
+            partner = index.partner(entry.name, entry.size, entry.typeflag in REGULAR_TYPES, paths)
             if partner is None:
                 continue
             yield partner.layer, partner.pre_offset, partner.pre_len

@@ -59,14 +59,23 @@ def make_bundle(old: Image, new: Image, output: str, private_key, progress: Call
             "bundle_size": writer.size, "files": writer.paths}
 
 
-def _old_reads(index: OldIndex, new: Image, changed: set[str]) -> Iterator[tuple[int, int, int]]:
+def _old_reads(index: OldIndex, old: Image, new: Image, changed: set[str]) -> Iterator[tuple[int, int, int]]:
     """What the encoder will read of the old image for these new layers; reading them costs
     one more pass over the new image's changed layers."""
     for diff_id, stream in new.layer_streams(changed):
         try:
-            yield from old_reads(index, stream)
+            yield from old_reads(index, stream, _home(old, new, new.diff_ids.index(diff_id)))
         except OSError as exc:
             raise ImageReadError(f"{new.source}: cannot read layer {new.diff_ids.index(diff_id)} ({exc})") from None
+
+
+def _home(old: Image, new: Image, position: int) -> int | None:
+    """The old layer that new layer ``position`` replaces: the old one at that position, unless the
+    new image keeps it elsewhere (or it repeats an earlier old layer, which is indexed once)."""
+    if position >= len(old.layers):
+        return None
+    diff_id = old.diff_ids[position]
+    return position if diff_id not in new.diff_ids and old.diff_ids.index(diff_id) == position else None
 
 
 def _stored(layer: dict) -> dict:
@@ -88,7 +97,7 @@ def _encode_layers(old: Image, new: Image, content: OldContent, writer: BundleWr
         new.fetch(changed)
     index = OldIndex(content) if changed else None
     if index is not None and content.streamed:
-        content.fetch_ranges(_old_reads(index, new, changed))
+        content.fetch_ranges(_old_reads(index, old, new, changed))
     for position, layer in enumerate(new.layers):
         if layer.diff_id in old.diff_ids:
             base_layer = old.diff_ids.index(layer.diff_id)
@@ -100,7 +109,7 @@ def _encode_layers(old: Image, new: Image, content: OldContent, writer: BundleWr
                             "size": records[done[layer.diff_id]]["size"]})
             continue
         assert index is not None
-        encoder = LayerEncoder(index, pool, workdir)
+        encoder = LayerEncoder(index, pool, workdir, _home(old, new, position))
         name = f"layer-{position}"
         reader_box: list[HashingReader] = []
 

@@ -309,11 +309,17 @@ class OldIndex:
             self.by_basename.setdefault(os.path.basename(path), []).append(entry)
             self.by_pattern.setdefault(version_pattern(path), []).append(entry)
 
-    def partner(self, name: str, size: int, regular: bool) -> OldEntry | None:
-        """The most similar old entry: same path, else same file name, else same path with other
-        version numbers (``numpy-1.26.3.dist-info`` for ``numpy-1.26.4.dist-info``)."""
+    def home(self, layer: int | None) -> dict[str, OldEntry]:
+        """The paths of the old layer a new layer replaces (made by the same build step, so its
+        entries are the likeliest to match), for :meth:`partner`."""
+        return {} if layer is None else {normalize(entry.name): entry for entry in self.content.entries(layer)}
+
+    def partner(self, name: str, size: int, regular: bool, home: dict[str, OldEntry]) -> OldEntry | None:
+        """The most similar old entry: same path in ``home`` (see :meth:`home`), else the same
+        path where it is visible, else the same file name, else the same path with other version
+        numbers (``numpy-1.26.3.dist-info`` for ``numpy-1.26.4.dist-info``)."""
         path = normalize(name)
-        same = self.by_path.get(path)
+        same = home.get(path) or self.by_path.get(path)
         if same is not None and (same.is_regular == regular):
             return same
         if not regular:

@@ -162,3 +162,29 @@ def test_make_reads_a_compressed_old_layer_in_passing_and_keeps_only_what_it_ask
             content.read_pre(entry)
         kept = sum(p.stat().st_blocks * 512 for p in tmp_path.glob("old-layer-*"))
         assert kept < entry.size + (64 << 10)
+
+
+def test_a_changed_layer_is_coded_against_the_old_layer_it_replaces(keypair, tmp_path):
+    """/app exists in two old layers (the copy step and a later compile step, which touched it
+    again). The new copy step's /app header matches the old copy step's byte for byte, so it is
+    taken whole from there, not edited from the later layer where /app is visible."""
+    from deltaimg import codec
+    from deltaimg.layerformat import PRE_PARTNER, RecordReader, decode_recipe, pack_header, unpack_header
+
+    def layer(name: str, entries) -> f.LayerFile:
+        return f.write_layer(tmp_path / name, entries)
+
+    copy_v1 = layer("copy1.tar", [f.directory("app", mtime=1000), f.file("app/main.py", b"print('v1')\n" * 40, mtime=1000)])
+    copy_v2 = layer("copy2.tar", [f.directory("app", mtime=1000), f.file("app/main.py", b"print('v2')\n" * 40, mtime=1000)])
+    compiled = layer("compile.tar", [f.directory("app", mtime=2000), f.file("app/main.pyc", b"\x00" * 300, mtime=2000)])
+    compiled_v2 = layer("compile2.tar", [f.directory("app", mtime=3000), f.file("app/main.pyc", b"\x01" * 300, mtime=3000)])
+    v1 = written(f.write_docker_archive(tmp_path / "v1.tar", [f.ImageSpec([copy_v1, compiled], ["app:1"])]))
+    v2 = written(f.write_docker_archive(tmp_path / "v2.tar", [f.ImageSpec([copy_v2, compiled_v2], ["app:2"])]))
+    round_trip(str(v1.path), str(v2.path), keypair, tmp_path, v2.config_bytes)
+
+    bundle = open_bundle(str(tmp_path / "b.dimg"), [signing.load_public(keypair[1])])
+    with bundle.open_payload("layer-0") as payload:
+        recipe_len, frame_len = unpack_header(payload.read(len(pack_header(0, 0))))
+        _, reader = decode_recipe(bytes(codec.decompress(payload.read(frame_len), recipe_len)))
+    app = RecordReader(reader).next()
+    assert (app.partner, app.pre_kind) == ((0, 0), PRE_PARTNER)
