@@ -291,6 +291,8 @@ class LayerEncoder:
         self._plan_pre(entry, partner, record, parts)
         if entry.size:
             self._plan_data(splitter, entry, partner, record, parts)
+        elif partner is not None and not partner.size:
+            record.data_kind = DATA_PARTNER  # no bytes either way; so runs of unchanged entries read alike
         splitter.finish_entry()
         if entry.pad is not None:
             record.pad_literal = True
