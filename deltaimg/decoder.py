@@ -21,8 +21,7 @@ from deltaimg.layerformat import (
     RecordReader,
     decode_recipe,
     with_checksum,
-    pack_header,
-    unpack_header,
+    read_header,
 )
 from deltaimg.oldcontent import OldContent, OldEntry
 from deltaimg.tarsplit import BLOCK
@@ -93,7 +92,7 @@ def old_entry(old: OldContent, coords: tuple[int, int]) -> OldEntry:
 
 def rebuild_layer(payload: BinaryIO, old: OldContent, write: Write) -> None:
     """Write the layer tar that ``payload`` describes; raises on any inconsistency."""
-    chunks, reader = _read_recipe(payload)
+    chunks, reader = read_recipe(payload)
     literal = LiteralReader(payload, chunks, old)
     records = RecordReader(reader)
     while True:
@@ -180,7 +179,7 @@ def old_references(payload: BinaryIO) -> Iterator[tuple[int, int, int, int, int 
     ``(layer, index, part, start, length)`` of an old entry's header (PART_PRE) or payload,
     ``length`` None for the rest of it. A partner read for nothing comes with length 0: the
     decoder still looks its entry up."""
-    chunks, reader = _read_recipe(payload)
+    chunks, reader = read_recipe(payload)
     for chunk in chunks:
         for span in chunk.spans:
             yield span.layer, span.index, span.part, span.start, span.length
@@ -200,9 +199,9 @@ def old_references(payload: BinaryIO) -> Iterator[tuple[int, int, int, int, int 
             return
 
 
-def _read_recipe(payload: BinaryIO) -> tuple[list[Chunk], varint.Reader]:
+def read_recipe(payload: BinaryIO) -> tuple[list[Chunk], varint.Reader]:
     """A layer delta's chunk table and its entry records, the payload left at the first chunk frame."""
-    recipe_len, frame_len = unpack_header(payload.read(len(pack_header(0, 0))))
+    recipe_len, frame_len = read_header(payload)
     return decode_recipe(codec.decompress(payload.read(frame_len), recipe_len))
 
 

@@ -2,7 +2,7 @@
 
 A layer delta payload is::
 
-    u64 recipe length | u64 compressed recipe length | zstd(recipe) | chunk frames...
+    varint recipe length | varint compressed recipe length | zstd(recipe) | chunk frames...
 
 The recipe lists the chunks of the *literal stream* (every byte the old image could not supply,
 in layer order), then one record per tar entry saying where its header, payload and padding come
@@ -13,14 +13,13 @@ See docs/bundle-format.md.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from deltaimg import varint
 from deltaimg.errors import BundleFormatError
 
 RECIPE_VERSION = 1
-HEADER = struct.Struct(">QQ")
 # A recipe costs a few bytes per tar entry: 128 MiB is tens of millions of entries. Decoding it
 # takes about twice its size in memory, which keeps apply within its budget whatever a bundle says.
 MAX_RECIPE_BYTES = 128 * 1024 * 1024
@@ -36,6 +35,7 @@ SEGMENT_LITERAL, SEGMENT_BSDIFF = 0, 1
 HAS_PARTNER = 1 << 4
 PAD_LITERAL = 1 << 5
 TRAILER = 1 << 6
+NEXT_PARTNER = 1 << 7  # the partner is the entry after the previous record's partner
 
 PART_PRE, PART_DATA = 0, 1
 
@@ -102,6 +102,10 @@ class _Coords:
         varint.put_signed(out, index - self._last.get(layer, -1) - 1)
         self._last[layer] = index
 
+    def note(self, coords: tuple[int, int]) -> None:
+        """Coordinates given otherwise (NEXT_PARTNER): later ones are coded from them."""
+        self._last[coords[0]] = coords[1]
+
     def get(self, reader: varint.Reader) -> tuple[int, int]:
         layer = reader.get()
         index = self._last.get(layer, -1) + 1 + reader.get_signed()
@@ -134,16 +138,22 @@ class RecordWriter:
     def __init__(self) -> None:
         self.out = bytearray()
         self._coords = _Coords()
+        self._last_partner: tuple[int, int] | None = None
 
     def add(self, r: Record) -> None:
         out = self.out
         flags = r.pre_kind | (r.data_kind << 2)
-        flags |= HAS_PARTNER if r.partner else 0
+        if r.partner:
+            last = self._last_partner
+            flags |= NEXT_PARTNER if last and r.partner == (last[0], last[1] + 1) else HAS_PARTNER
+            self._last_partner = r.partner
         flags |= PAD_LITERAL if r.pad_literal else 0
         flags |= TRAILER if r.trailer else 0
         out.append(flags)
-        if r.partner:
-            self._coords.put(out, r.partner)
+        if flags & HAS_PARTNER:
+            self._coords.put(out, r.partner)  # type: ignore[arg-type]
+        elif flags & NEXT_PARTNER:
+            self._coords.note(r.partner)  # type: ignore[arg-type]
         if r.pre_kind == PRE_LITERAL:
             varint.put(out, r.pre_len)
         elif r.pre_kind in (PRE_EDITED, PRE_EDITED_CHECKSUM):
@@ -202,17 +212,25 @@ class RecordReader:
     def __init__(self, reader: varint.Reader) -> None:
         self._r = reader
         self._coords = _Coords()
+        self._last_partner: tuple[int, int] | None = None
 
     def next(self) -> Record:
         r = self._r
         flags = r.byte()
         record = Record(pre_kind=flags & 3, data_kind=(flags >> 2) & 3)
-        if flags & ~0x7F:
+        if flags & HAS_PARTNER and flags & NEXT_PARTNER:
             raise BundleFormatError("layer recipe has an invalid record: the bundle is damaged")
         record.pad_literal = bool(flags & PAD_LITERAL)
         record.trailer = bool(flags & TRAILER)
         if flags & HAS_PARTNER:
             record.partner = self._coords.get(r)
+        elif flags & NEXT_PARTNER:
+            if self._last_partner is None:
+                raise BundleFormatError("layer recipe has a partner after none: the bundle is damaged")
+            record.partner = (self._last_partner[0], self._last_partner[1] + 1)
+            self._coords.note(record.partner)
+        if record.partner:
+            self._last_partner = record.partner
         if record.pre_kind != PRE_LITERAL or record.data_kind in (DATA_PARTNER, DATA_DELTA):
             if record.partner is None:
                 raise BundleFormatError("layer recipe uses a partner it does not name: the bundle is damaged")
@@ -254,13 +272,15 @@ def with_checksum(header: bytes) -> bytes:
 
 
 def pack_header(recipe_len: int, frame_len: int) -> bytes:
-    return HEADER.pack(recipe_len, frame_len)
+    out = bytearray()
+    varint.put(out, recipe_len)
+    varint.put(out, frame_len)
+    return bytes(out)
 
 
-def unpack_header(data: bytes) -> tuple[int, int]:
-    if len(data) != HEADER.size:
-        raise BundleFormatError("layer delta ends early: the bundle is damaged")
-    recipe_len, frame_len = HEADER.unpack(data)
+def read_header(payload: BinaryIO) -> tuple[int, int]:
+    """The recipe's length and its frame's, from the start of a layer delta payload."""
+    recipe_len, frame_len = varint.read(payload), varint.read(payload)
     if recipe_len > MAX_RECIPE_BYTES or frame_len > MAX_RECIPE_BYTES:
         raise BundleFormatError("layer recipe is implausibly large: the bundle is damaged")
     return recipe_len, frame_len

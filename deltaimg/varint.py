@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 from deltaimg.errors import BundleFormatError
 
 MAX_VARINT_BYTES = 10
@@ -18,6 +20,20 @@ def put(out: bytearray, value: int) -> None:
 
 def put_signed(out: bytearray, value: int) -> None:
     put(out, (value << 1) if value >= 0 else ((-value) << 1) - 1)
+
+
+def read(stream: BinaryIO) -> int:
+    """One varint from a stream, read a byte at a time (nothing past it is consumed)."""
+    value = shift = 0
+    for _ in range(MAX_VARINT_BYTES):
+        byte = stream.read(1)
+        if not byte:
+            raise BundleFormatError("layer delta ends early: the bundle is damaged")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+    raise BundleFormatError("layer delta holds an invalid number: the bundle is damaged")
 
 
 class Reader:

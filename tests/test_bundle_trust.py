@@ -103,8 +103,8 @@ FLIPS: dict[str, tuple[Edit, int, str]] = {
     "manifest, first byte": (flip(lambda r: 16), SIGNATURE, "does not match its contents"),
     "manifest, middle": (flip(lambda r: 16 + r.manifest_len // 2), SIGNATURE, "does not match its contents"),
     "manifest, last byte": (flip(lambda r: 15 + r.manifest_len), SIGNATURE, "does not match its contents"),
-    # 73: the signature block takes in the first payload byte, a zero (a recipe length's high byte), as padding
-    "signature length, low byte": (flip(lambda r: r.signature_at + 3), FORMAT, "truncated"),
+    # 73: the signature block takes in the first payload byte (a recipe length), which is no zero padding
+    "signature length, low byte": (flip(lambda r: r.signature_at + 3), SIGNATURE, "no readable Ed25519 signature"),
     "signature length, high byte": (flip(lambda r: r.signature_at), FORMAT, "bad signature length"),
     "signature key id": (flip(lambda r: r.key_id_at + 3), SIGNATURE, "not trusted here"),
     "signature bytes": (flip(lambda r: r.signature_bytes_at + 10), SIGNATURE, "does not match its contents"),

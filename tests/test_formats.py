@@ -168,8 +168,8 @@ def test_a_changed_layer_is_coded_against_the_old_layer_it_replaces(keypair, tmp
     """/app exists in two old layers (the copy step and a later compile step, which touched it
     again). The new copy step's /app header matches the old copy step's byte for byte, so it is
     taken whole from there, not edited from the later layer where /app is visible."""
-    from deltaimg import codec
-    from deltaimg.layerformat import PRE_PARTNER, RecordReader, decode_recipe, pack_header, unpack_header
+    from deltaimg.decoder import read_recipe
+    from deltaimg.layerformat import PRE_PARTNER, RecordReader
 
     def layer(name: str, entries) -> f.LayerFile:
         return f.write_layer(tmp_path / name, entries)
@@ -184,7 +184,6 @@ def test_a_changed_layer_is_coded_against_the_old_layer_it_replaces(keypair, tmp
 
     bundle = open_bundle(str(tmp_path / "b.dimg"), [signing.load_public(keypair[1])])
     with bundle.open_payload("layer-0") as payload:
-        recipe_len, frame_len = unpack_header(payload.read(len(pack_header(0, 0))))
-        _, reader = decode_recipe(bytes(codec.decompress(payload.read(frame_len), recipe_len)))
-    app = RecordReader(reader).next()
+        _, records = read_recipe(payload)
+    app = RecordReader(records).next()
     assert (app.partner, app.pre_kind) == ((0, 0), PRE_PARTNER)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -165,9 +166,9 @@ def test_any_json_value_anywhere_in_a_signed_manifest_gives_a_deltaimg_error_at_
 
 def _delta_parts(payload: bytes) -> tuple[bytes, bytes]:
     """(recipe, chunk frames) of a layer delta payload."""
-    recipe_len, frame_len = lf.unpack_header(payload[: lf.HEADER.size])
-    frame = payload[lf.HEADER.size: lf.HEADER.size + frame_len]
-    return bytes(codec.decompress(frame, recipe_len)), payload[lf.HEADER.size + frame_len:]
+    stream = io.BytesIO(payload)
+    recipe_len, frame_len = lf.read_header(stream)
+    return bytes(codec.decompress(stream.read(frame_len), recipe_len)), stream.read()
 
 
 def _delta_payload(recipe: bytes, frames: bytes) -> bytes:

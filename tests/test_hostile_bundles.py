@@ -213,7 +213,7 @@ def test_a_recipe_as_large_as_allowed_stays_within_the_memory_budget(forger):
 
 def test_a_recipe_declared_larger_than_allowed_is_refused_before_decoding(forger):
     frame = zeros_frame(MiB)
-    payload = lf.HEADER.pack(lf.MAX_RECIPE_BYTES + 1, len(frame)) + frame
+    payload = lf.pack_header(lf.MAX_RECIPE_BYTES + 1, len(frame)) + frame
     outcome = apply_measured(forger, forger.delta_bundle(payload))
     assert_refused(outcome, FORMAT, "implausibly large", forger, peak=128 * MiB)
 
@@ -269,7 +269,8 @@ RECIPES: dict[str, tuple[Callable[[], bytes], int, str]] = {
                                                             segments=[Segment(lf.SEGMENT_LITERAL, 1, BIG, 1)])),
                                         FORMAT, "refers past its old file's end"),
     "literal payload size": (lambda: _one(Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=BIG)), INTEGRITY, "needs more literal bytes"),
-    "record flags": (lambda: recipe_payload(bytes([1, 0, 0x80])), FORMAT, "invalid record"),
+    "record flags": (lambda: recipe_payload(bytes([1, 0, lf.HAS_PARTNER | lf.NEXT_PARTNER])), FORMAT, "invalid record"),
+    "next partner of none": (lambda: recipe_payload(bytes([1, 0, lf.NEXT_PARTNER])), FORMAT, "partner after none"),
     "overlong number": (lambda: recipe_payload(bytes([1]) + b"\xff" * 11), FORMAT, "invalid number"),
 }
 
