@@ -433,10 +433,10 @@ class LayerEncoder:
         records.add(Record(pre_kind=PRE_LITERAL, data_kind=DATA_LITERAL, size=entry.size, trailer=True))
 
 
-def old_reads(index: OldIndex, layer_stream: BinaryIO, home: int | None) -> Iterator[tuple[int, int, int]]:
-    """The ``(layer, offset, length)`` ranges of the old image that :meth:`LayerEncoder.encode`
-    reads to encode this new layer, by the same rules: each partner's header, and the partner's
-    payload unless the new payload is found whole in the old image."""
+def old_reads(index: OldIndex, layer_stream: BinaryIO, home: int | None) -> Iterator[tuple[int, int, int, int, None]]:
+    """What :meth:`LayerEncoder.encode` reads of the old image to encode this new layer, by the
+    same rules, as :meth:`OldContent.fetch_entries` references: each partner's header, and the
+    partner's payload unless the new payload is found whole in the old image."""
     splitter = TarSplitter(layer_stream)
     paths = index.home(home)
     try:
@@ -446,14 +446,14 @@ def old_reads(index: OldIndex, layer_stream: BinaryIO, home: int | None) -> Iter
             partner = index.partner(entry.name, entry.size, entry.typeflag in REGULAR_TYPES, paths)
             if partner is None:
                 continue
-            yield partner.layer, partner.pre_offset, partner.pre_len
+            yield partner.layer, partner.index, PART_PRE, 0, None
             usable = _usable(partner)
             if entry.size and usable is not None:
                 digest = hashlib.sha256()
                 for chunk in splitter.payload_chunks():
                     digest.update(chunk)
                 if _same_content(index, entry, digest.digest()) is None:
-                    yield usable.layer, usable.data_offset, usable.size
+                    yield usable.layer, usable.index, PART_DATA, 0, None
     except EOFError:
         raise ImageReadError("a layer of the new image is a truncated tar") from None
 

@@ -59,7 +59,7 @@ def make_bundle(old: Image, new: Image, output: str, private_key, progress: Call
             "bundle_size": writer.size, "files": writer.paths}
 
 
-def _old_reads(index: OldIndex, old: Image, new: Image, changed: set[str]) -> Iterator[tuple[int, int, int]]:
+def _old_reads(index: OldIndex, old: Image, new: Image, changed: set[str]) -> Iterator[tuple[int, int, int, int, None]]:
     """What the encoder will read of the old image for these new layers; reading them costs
     one more pass over the new image's changed layers."""
     for diff_id, stream in new.layer_streams(changed):
@@ -97,7 +97,7 @@ def _encode_layers(old: Image, new: Image, content: OldContent, writer: BundleWr
         new.fetch(changed)
     index = OldIndex(content) if changed else None
     if index is not None and content.streamed:
-        content.fetch_ranges(_old_reads(index, old, new, changed))
+        content.fetch_entries(_old_reads(index, old, new, changed))
     for position, layer in enumerate(new.layers):
         if layer.diff_id in old.diff_ids:
             base_layer = old.diff_ids.index(layer.diff_id)

@@ -6,11 +6,12 @@ The bundle refers to old content only by those coordinates, so the applier needs
 the base image's layers to resolve them.
 
 Layers are read in place when their uncompressed bytes sit in a file (legacy ``docker save``,
-uncompressed OCI blobs). Others (compressed blobs, an engine's image) are, for apply,
-decompressed once into the work directory. make opens the old image ``partial``: those layers
-are streamed past twice, once to index them and once to keep just the byte ranges the encoder
-will read (:meth:`OldContent.fetch_ranges`), in sparse files, so make never holds a full copy
-of an engine's image on disk.
+uncompressed OCI blobs). Others (compressed blobs, an engine's image) are decompressed once
+into the work directory, unless the old image is opened ``partial``: then those layers are only
+streamed past, and just the parts of the entries that will be read are kept, in sparse files
+(:meth:`OldContent.fetch_entries`), so neither make nor apply holds a full copy of an engine's
+image on disk. make streams them twice (to index them, then to keep what its deltas read), apply
+once.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class OldContent:
             if not 0 <= layer < len(self.image.layers):
                 raise ImageReadError(f"the bundle refers to base layer {layer}, which the base lacks")
             if layer in self.streamed:
-                raise RuntimeError(f"base layer {layer} is read in part, and fetch_ranges has not run")
+                raise RuntimeError(f"base layer {layer} is read in part, and fetch_entries has not run")
             source = self.image.layers[layer]
             if source.local is not None:
                 self._files[layer] = source.local
@@ -139,10 +140,11 @@ class OldContent:
             self._sizes[layer] = reader.size
 
     def fetch_entries(self, references: Iterable[tuple[int, int, int, int, int | None]]) -> None:
-        """apply's fetch, in one pass over the streamed layers: keep the parts of old entries these
-        ``(layer, index, part, start, length)`` references name (``length`` None: the rest of the
-        part), each kept as its entry's header goes by. A reference past its entry's end keeps
-        nothing here; the decoder refuses it."""
+        """In one pass over the streamed layers, keep the parts of old entries these ``(layer,
+        index, part, start, length)`` references name (``length`` None: the rest of the part),
+        each as its entry goes by, in a sparse file of the layer's size. Reading anything else of
+        those layers is a bug and raises. A reference past its entry's end keeps nothing here;
+        the decoder refuses it."""
         wanted: dict[int, dict[int, list[tuple[int, int, int | None]]]] = {}
         for layer, index, part, start, length in references:
             if layer in self.streamed:
@@ -162,30 +164,6 @@ class OldContent:
         for layer, ranges in kept.items():
             self._files[layer] = (os.path.join(self._workdir, f"old-layer-{layer}.part"), 0, self._sizes[layer])
             self._covered[layer] = _merged(ranges)
-
-    def fetch_ranges(self, ranges: Iterable[tuple[int, int, int]]) -> None:
-        """make's fetch: keep these ``(layer, offset, length)`` byte ranges of the streamed layers
-        (others are read in place), each in a sparse file of the layer's size; reading outside
-        them is a bug and raises. The layers they fall in were indexed before (:class:`OldIndex`):
-        their entries gave the offsets."""
-        wanted: dict[int, list[tuple[int, int]]] = {layer: [] for layer in self.streamed}
-        for layer, offset, length in ranges:
-            if layer in wanted and length:
-                wanted[layer].append((offset, offset + length))
-        for layer in self.streamed:
-            self._covered[layer] = _merged(wanted[layer])
-            if layer in self._sizes:
-                self._files[layer] = (os.path.join(self._workdir, f"old-layer-{layer}.part"), 0, self._sizes[layer])
-        for layer, reader in self._stream({layer for layer in self.streamed if self._covered[layer]}):
-            self._written.append(self._files[layer][0])
-            with open(self._files[layer][0], "wb") as out:
-                position = 0
-                for start, end in self._covered[layer]:
-                    _copy(reader, None, start - position)
-                    out.seek(start)
-                    _copy(reader, out, end - start)
-                    position = end
-                out.truncate(self._sizes[layer])
 
     def open_layer(self, layer: int) -> BinaryIO:
         return open_range(*self._local(layer))
@@ -382,17 +360,6 @@ def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 def _covers(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
     at = bisect.bisect_right(ranges, (start, float("inf"))) - 1
     return at >= 0 and ranges[at][1] >= end
-
-
-def _copy(reader: BinaryIO | HashingReader, out: BinaryIO | None, length: int) -> None:
-    """Read ``length`` bytes on, writing them to ``out`` unless it is None."""
-    while length > 0:
-        chunk = reader.read(min(COPY_CHUNK, length))
-        if not chunk:
-            raise ImageReadError("a layer of the old image ends early")
-        if out is not None:
-            out.write(chunk)
-        length -= len(chunk)
 
 
 def _nearest_size(candidates: list[OldEntry], size: int) -> OldEntry:

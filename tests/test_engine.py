@@ -152,13 +152,13 @@ def test_make_from_the_engine_keeps_only_the_old_bytes_its_deltas_read(docker_cl
     new_id = engine_resources.build("keep-v2", ["RUN echo two two > /app.txt"], base=base)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     kept: list[int] = []
-    fetch_ranges = OldContent.fetch_ranges
+    fetch_entries = OldContent.fetch_entries
 
-    def measuring(self: OldContent, ranges) -> None:
-        fetch_ranges(self, ranges)
+    def measuring(self: OldContent, references) -> None:
+        fetch_entries(self, references)
         kept.append(sum(os.stat(p).st_blocks * 512 for p in glob.glob(f"{tmp_path}/deltaimg-make-*/old-layer-*")))
 
-    monkeypatch.setattr(OldContent, "fetch_ranges", measuring)
+    monkeypatch.setattr(OldContent, "fetch_entries", measuring)
     output = tmp_path / "app.dimg"
     with open_daemon_image(docker_client, old_id) as old, open_daemon_image(docker_client, new_id) as new:
         make_bundle(old, new, str(output), keys.signing_key(keypair[0], None))

@@ -143,9 +143,10 @@ def test_damaged_inputs_to_make_get_clear_errors(pair, keypair, tmp_path):
 
 def test_make_reads_a_compressed_old_layer_in_passing_and_keeps_only_what_it_asks_for(pair, tmp_path):
     """make never decompresses a whole old layer to disk: it indexes it as it streams past, then
-    keeps the byte ranges the encoder will read. Reading anything else is a bug, never zeros."""
+    keeps the parts of the entries the encoder will read. Reading anything else is a bug, never zeros."""
     import tarfile
 
+    from deltaimg.layerformat import PART_DATA
     from deltaimg.oldcontent import OldContent, OldIndex
 
     v1 = written(f.write_oci_dir(tmp_path / "v1", [pair.v1], compression="gzip"))
@@ -154,7 +155,7 @@ def test_make_reads_a_compressed_old_layer_in_passing_and_keeps_only_what_it_ask
         OldIndex(content)
         assert content.streamed == list(range(len(image.layers)))
         entry = max((e for layer in content.streamed for e in content.entries(layer)), key=lambda e: e.size)
-        content.fetch_ranges([(entry.layer, entry.data_offset, entry.size)])
+        content.fetch_entries([(entry.layer, entry.index, PART_DATA, 0, None)])
         with image.layers[entry.layer].open() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             expected = next(tar.extractfile(m).read() for m in tar if m.name == entry.name)  # type: ignore[union-attr]
         assert content.read_data(entry) == expected
