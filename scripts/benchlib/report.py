@@ -186,8 +186,10 @@ def findings(outcomes: list[Outcome]) -> list[str]:
              f"{len(lighter)}. `deltaimg apply` into the engine was slower than `docker load` of the whole new "
              f"image in {len(slower)} of {len(outcomes)} scenarios"
              + (": the engine already holds the shared base layers, so `docker load` only unpacks the changed ones, "
-                "while deltaimg also exports the base layers it reads (`docker save`) and verifies every payload "
-                "before loading; it wins on the wire, not on the host." if slower else "."), ""]
+                "while deltaimg also reads the whole base image out of the engine twice (`docker save`: once for "
+                "its config, once to keep the entries its deltas read, so the edge host's disk holds only those) "
+                "and verifies every payload before loading; it wins on the wire and on disk, not in time." if slower
+                else "."), ""]
     for o in outcomes:
         others = sorted(o.shipped[1:], key=lambda s: s.size)
         best = others[0]
@@ -260,7 +262,7 @@ wheels from PyPI. Both images are exported with `docker save`; every method star
 
 - **deltaimg**: `deltaimg make OLD.tar NEW.tar` (the whole signed bundle file, manifest and signature
   included). Apply is timed twice: rebuilding the new image into an archive (`--base OLD.tar -o NEW.tar`),
-  and into the engine (`deltaimg apply`, which exports the base layers it needs from the engine, rebuilds
+  and into the engine (`deltaimg apply`, which reads from the engine's export the base entries it needs, rebuilds
   the missing layers and `docker load`s them), with the new image removed from the engine first.
 - **full image**: `zstd -19 --long=27` of the `docker save` archive: what a host without the old image needs.
 - **changed layers**: the new image's layers whose diff_id the old image lacks, each `zstd -19 --long`,
