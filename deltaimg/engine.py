@@ -11,6 +11,7 @@ chunks, so neither memory nor disk ever holds the whole export.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -78,27 +79,20 @@ def read_config(client: docker.DockerClient, image_ref: str, names: dict[str, st
     image_id = attrs["Id"]
     image_hex = image_id.removeprefix("sha256:")
     config_names = {f"{image_hex}.json", f"blobs/sha256/{image_hex}"}
-    # Exporting by ID, not by name, pins the export to the image inspected above.
     config_bytes: bytes | None = None
-    chunks = client.api.get_image(image_id, chunk_size=CHUNK)
-    try:
-        with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK) as archive:
-            for member in archive:
-                name = member.name.removeprefix("./")
-                if not member.isfile():
-                    continue
-                if name in config_names:
-                    config_bytes = _read_config_member(archive, member, image_id)
-                    if names is None or name.startswith("blobs/"):  # the OCI form names its layers by digest
-                        break
-                elif names is not None and name.endswith("/layer.tar"):
-                    reader = HashingReader(_extract(archive, member))
-                    reader.drain()
-                    names[name] = reader.digest.hexdigest()
-    except (docker.errors.DockerException, requests.RequestException, tarfile.TarError, OSError) as exc:
-        raise EngineError(f"docker save of {image_ref} failed: {one_line(exc)}") from None
-    finally:
-        chunks.close()
+    with _export(client, image_id) as archive:  # by ID, not by name: the image inspected above
+        for member in archive:
+            name = member.name.removeprefix("./")
+            if not member.isfile():
+                continue
+            if name in config_names:
+                config_bytes = _read_config_member(archive, member, image_id)
+                if names is None or name.startswith("blobs/"):  # the OCI form names its layers by digest
+                    break
+            elif names is not None and name.endswith("/layer.tar"):
+                reader = HashingReader(_extract(archive, member))
+                reader.drain()
+                names[name] = reader.digest.hexdigest()
     if config_bytes is None:
         raise EngineError(f"docker save of {image_ref} holds no config {image_hex}.json; is the engine 20.10+?")
     return config_bytes
@@ -121,39 +115,50 @@ def export_layers(
     seen: set[str] = set()
     for _ in range(2):
         learned = False
-        chunks = client.api.get_image(image_id, chunk_size=CHUNK)
-        try:
-            with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK) as archive:
-                for member in archive:
-                    name = member.name.removeprefix("./")
-                    if not wanted - seen:
-                        break
-                    if not member.isfile() or not _may_be_wanted(name, wanted - seen):
-                        continue
-                    reader = HashingReader(_EngineStream(_extract(archive, member), image_id))
-                    if name.endswith("/layer.tar") and name not in names:
-                        reader.drain()
-                        names[name], learned = reader.digest.hexdigest(), True
-                        continue
-                    hexdigest = names.get(name) or os.path.basename(name).removesuffix(".tar")
-                    if hexdigest not in wanted or hexdigest in seen:
-                        continue
-                    yield "sha256:" + hexdigest, reader  # type: ignore[misc]
+        with _export(client, image_id) as archive:
+            for member in archive:
+                name = member.name.removeprefix("./")
+                if not wanted - seen:
+                    break
+                if not member.isfile() or not _may_be_wanted(name, wanted - seen):
+                    continue
+                reader = HashingReader(_EngineStream(_extract(archive, member), image_id))
+                if name.endswith("/layer.tar") and name not in names:
                     reader.drain()
-                    if reader.digest.hexdigest() != hexdigest:
-                        raise IntegrityError(f"docker save of {image_id} gave a layer {hexdigest[:12]} that does not "
-                                             "hash to it; the engine's layer store may be damaged")
-                    seen.add(hexdigest)
-        except (docker.errors.DockerException, requests.RequestException, tarfile.TarError) as exc:
-            raise EngineError(f"docker save of {image_id} failed: {one_line(exc)}") from None
-        finally:
-            chunks.close()
+                    names[name], learned = reader.digest.hexdigest(), True
+                    continue
+                hexdigest = names.get(name) or os.path.basename(name).removesuffix(".tar")
+                if hexdigest not in wanted or hexdigest in seen:
+                    continue
+                yield "sha256:" + hexdigest, reader  # type: ignore[misc]
+                reader.drain()
+                if reader.digest.hexdigest() != hexdigest:
+                    raise IntegrityError(f"docker save of {image_id} gave a layer {hexdigest[:12]} that does not "
+                                         "hash to it; the engine's layer store may be damaged")
+                seen.add(hexdigest)
         if not learned:
             break
     if wanted - seen:
         missing = ", ".join("sha256:" + h for h in sorted(wanted - seen))
         raise IntegrityError(f"docker save of {image_id} holds no layer hashing to {missing}; the engine's "
                              "layer store may be damaged (re-pull or reload the image)")
+
+
+@contextlib.contextmanager
+def _export(client: docker.DockerClient, image_id: str) -> Iterator[tarfile.TarFile]:
+    """``docker save`` of one image as a streaming tar; the engine's failures, when it starts or
+    while it is read, as :class:`EngineError`. Leaving early aborts the export."""
+    try:
+        chunks = client.api.get_image(image_id, chunk_size=CHUNK)
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise EngineError(f"docker save of {image_id} failed: {one_line(exc)}") from None
+    try:
+        with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK) as archive:
+            yield archive
+    except (docker.errors.DockerException, requests.RequestException, tarfile.TarError, OSError) as exc:
+        raise EngineError(f"docker save of {image_id} failed: {one_line(exc)}") from None
+    finally:
+        chunks.close()
 
 
 class _EngineStream:

@@ -212,3 +212,17 @@ def test_apply_into_the_engine_keeps_only_the_base_bytes_its_deltas_read(docker_
     assert outcome.image_id == v2 and engine.find_image(docker_client, v2)["Id"] == v2
     assert len(kept) == 1 and 0 < kept[0] <= 64 << 10, f"kept {kept} bytes of an 8 MiB base layer"
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_an_export_the_engine_fails_to_start_is_one_engine_error():
+    """The engine going away between two exports: an EngineError naming docker save, no traceback."""
+    import types
+
+    import requests
+
+    def refuse(*args, **kwargs):
+        raise requests.ConnectionError("Connection refused")
+
+    client = types.SimpleNamespace(api=types.SimpleNamespace(get_image=refuse))
+    with pytest.raises(EngineError, match="^docker save of sha256:abc failed: Connection refused$"):
+        list(engine.export_layers(client, "sha256:abc", {"sha256:" + "0" * 64}, {}))
