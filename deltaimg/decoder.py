@@ -169,11 +169,6 @@ def bsdiff_fits(new_len: int, control_len: int, diff_len: int, extra_len: int) -
     return control_len <= 24 * (new_len + 1) and diff_len <= new_len + 32 and extra_len <= new_len
 
 
-def old_layers_used(payload: BinaryIO) -> set[int]:
-    """Which base layers a layer delta reads, from its recipe alone (the chunks are not decoded)."""
-    return {reference[0] for reference in old_references(payload)}
-
-
 def old_references(payload: BinaryIO) -> Iterator[tuple[int, int, int, int, int | None]]:
     """What a layer delta reads of the base, from its recipe alone (the chunks are not decoded):
     ``(layer, index, part, start, length)`` of an old entry's header (PART_PRE) or payload,

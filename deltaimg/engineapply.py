@@ -26,7 +26,7 @@ from typing import BinaryIO, Callable, Iterator
 from deltaimg import archivewriter, engine, faults, swap
 from deltaimg.apply import Plan, bind_base, layer_sources, load_target_config, read_plan
 from deltaimg.bundle import Bundle
-from deltaimg.decoder import old_layers_used, old_references
+from deltaimg.decoder import old_references
 from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError
 from deltaimg.images.daemon import open_daemon_image
 from deltaimg.oldcontent import OldContent
@@ -58,19 +58,13 @@ def layers_to_load(client, plan: Plan) -> int:
     return shared_prefix(plan) if engine.loads_thin_archives(client) else 0
 
 
-def base_layers_needed(bundle: Bundle, plan: Plan, keep: int) -> set[int]:
-    """The base layers that rebuilding the target's layers past the first ``keep`` reads."""
-    needed: set[int] = set()
-    for layer in plan.layers[keep:]:
-        if layer["method"] == "base":
-            needed.add(layer["base_layer"])
-        elif layer["method"] == "delta":
-            with bundle.open_payload(layer["payload"]) as payload:
-                needed |= old_layers_used(payload)
-    if any(index >= len(plan.base_diff_ids) for index in needed):
-        raise BundleFormatError(f"{bundle.path}: a layer delta refers to base layer {max(needed)}, which the base "
+def check_base_layers(bundle: Bundle, plan: Plan, keep: int) -> None:
+    """Refuse, before the engine exports anything, deltas that read a base layer the base lacks
+    (:func:`bind_base` checked the layers the target takes whole)."""
+    used = {reference[0] for reference in _references(bundle, plan, keep)}
+    if any(index >= len(plan.base_diff_ids) for index in used):
+        raise BundleFormatError(f"{bundle.path}: a layer delta refers to base layer {max(used)}, which the base "
                                 "lacks: the bundle is damaged")
-    return needed
 
 
 def apply_to_engine(bundle: Bundle, client, *, containers: list[str] | None, swap_containers: bool,
@@ -124,7 +118,7 @@ def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None],
         raise EngineError(f"the engine does not list the layers of {plan.base_id[:19]}")
     bind_base(bundle, plan, layers)  # the engine's record of the base's config; checked against it below
     keep = layers_to_load(client, plan)
-    base_layers_needed(bundle, plan, keep)  # refuses a delta that names a layer the base lacks
+    check_base_layers(bundle, plan, keep)
     whole = {plan.base_diff_ids[layer["base_layer"]] for layer in plan.layers[keep:] if layer["method"] == "base"}
     with tempfile.TemporaryDirectory(prefix="deltaimg-engine-", dir=work_dir) as workdir:
         archive = os.path.join(workdir, "target.tar")
