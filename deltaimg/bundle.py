@@ -34,7 +34,7 @@ from typing import BinaryIO, Callable
 
 from deltaimg import codec, signing
 from deltaimg.errors import BundleFormatError, BundlePartError, IntegrityError, OutputError, UsageError
-from deltaimg.images.base import too_many_json_values
+from deltaimg.images.base import load_json
 
 MAGIC = b"DELTAIMG"
 FORMAT_VERSION = 1
@@ -548,13 +548,7 @@ def _starts_a_bundle(path: str) -> bool:
 
 
 def _parse_manifest(stored: bytes, path: str) -> dict:
-    data = manifest_json(stored, path)
-    if too_many_json_values(data):
-        raise BundleFormatError(f"{path}: the manifest holds more values than any deltaimg writes")
-    try:
-        manifest = json.loads(data)
-    except (ValueError, RecursionError):
-        raise BundleFormatError(f"{path}: the manifest is not valid JSON") from None
+    manifest = load_json(manifest_json(stored, path), f"{path}: the manifest", "any deltaimg writes", BundleFormatError)
     payloads = manifest.get("payloads") if isinstance(manifest, dict) else None
     if not isinstance(payloads, list) or len(payloads) > MAX_PAYLOADS:
         raise BundleFormatError(f"{path}: the manifest is not a deltaimg manifest")

@@ -7,23 +7,16 @@ layout whose ``manifest.json`` points into ``blobs/sha256/``. Reading ``manifest
 
 from __future__ import annotations
 
-import json
 
 from deltaimg.errors import ImageReadError
-from deltaimg.images.base import Image, config_diff_ids, too_many_json_values
+from deltaimg.images.base import Image, config_diff_ids, load_json
 from deltaimg.images.blobs import BlobStore
 from deltaimg.images.layers import stored_layer
 
 
 def read_docker_archive(store: BlobStore, ref: str | None) -> Image:
     source = store.root
-    data = store.read_small("manifest.json")
-    if too_many_json_values(data):
-        raise ImageReadError(f"{source}: manifest.json holds more values than any image archive's does")
-    try:
-        entries = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested thousands deep
-        raise ImageReadError(f"{source}: manifest.json is not valid JSON ({exc})") from None
+    entries = load_json(store.read_small("manifest.json"), f"{source}: manifest.json", "any image archive's does")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise ImageReadError(f"{source}: manifest.json lists no images")
     entry = _choose(entries, ref, source)

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
-from deltaimg.errors import ImageReadError
+from deltaimg.errors import DeltaimgError, ImageReadError
 
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_JSON_VALUES = 1 << 20
@@ -66,12 +66,7 @@ class Image:
 
 def parse_config(config_bytes: bytes, source: str) -> dict:
     """Parse an image config and check the parts deltaimg relies on."""
-    if too_many_json_values(config_bytes):
-        raise ImageReadError(f"{source}: image config holds more values than any image config does")
-    try:
-        config = json.loads(config_bytes)
-    except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested thousands deep
-        raise ImageReadError(f"{source}: image config is not valid JSON ({exc})") from None
+    config = load_json(config_bytes, f"{source}: image config", "any image config does")
     if not isinstance(config, dict):
         raise ImageReadError(f"{source}: image config is not a JSON object")
     rootfs = config.get("rootfs")
@@ -84,6 +79,17 @@ def parse_config(config_bytes: bytes, source: str) -> dict:
 def is_digest(value: object) -> bool:
     """``sha256:`` and 64 lowercase hex digits: the only digests deltaimg names files after."""
     return isinstance(value, str) and DIGEST.fullmatch(value) is not None
+
+
+def load_json(data: bytes, what: str, normal: str, error: type[DeltaimgError] = ImageReadError) -> object:
+    """Untrusted JSON, parsed; ``error`` names ``what`` when it holds more values than ``normal``
+    (what such a document holds at most) or does not parse."""
+    if too_many_json_values(data):
+        raise error(f"{what} holds more values than {normal}")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested thousands deep
+        raise error(f"{what} is not valid JSON ({exc})") from None
 
 
 def too_many_json_values(data: bytes, limit: int = MAX_JSON_VALUES) -> bool:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 
 from deltaimg.errors import ImageReadError
-from deltaimg.images.base import Image, config_diff_ids, too_many_json_values
+from deltaimg.images.base import Image, config_diff_ids, load_json
 from deltaimg.images.blobs import BlobStore
 from deltaimg.images.layers import stored_layer
 
@@ -42,13 +41,7 @@ def read_oci_layout(store: BlobStore, ref: str | None, platform: str | None) -> 
 
 
 def _json(store: BlobStore, name: str) -> dict:
-    data = store.read_small(name)
-    if too_many_json_values(data):
-        raise ImageReadError(f"{store.root}: {name} holds more values than any image layout's JSON does")
-    try:
-        value = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested thousands deep
-        raise ImageReadError(f"{store.root}: {name} is not valid JSON ({exc})") from None
+    value = load_json(store.read_small(name), f"{store.root}: {name}", "any image layout's JSON does")
     if not isinstance(value, dict):
         raise ImageReadError(f"{store.root}: {name} is not a JSON object")
     return value
