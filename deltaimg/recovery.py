@@ -36,9 +36,8 @@ from deltaimg.swap import SIDE_SUFFIX, remove_new_container
 Outcome = Callable[[str, dict, str], None]
 
 
-def recover(client: docker.DockerClient, journal: Journal, outcome: Outcome) -> list[dict]:
+def recover(client: docker.DockerClient, journal: Journal, outcome: Outcome) -> None:
     """Settle every interrupted attempt; report each with ``outcome("recovered", record, text)``."""
-    recovered = []
     for attempt in journal.attempts():
         if not attempt.interrupted:
             continue
@@ -53,8 +52,6 @@ def recover(client: docker.DockerClient, journal: Journal, outcome: Outcome) -> 
         event = {key: record[key] for key in ("id", "bundle", "from", "to", "containers")}
         event["started"] = attempt.begin.get("time")
         outcome("recovered", event, _describe(attempt, actions))
-        recovered.append(event)
-    return recovered
 
 
 def _touched(attempt: Attempt) -> list[dict]:
