@@ -124,10 +124,7 @@ class _Run:
     # -- the two ways through
 
     def apply(self, files: list[str]) -> None:
-        selection = self._select(files)
-        plans = self._verify(selection.to_apply)  # also the sha256 of every bundle's bytes, which the journal knows them by
-        bundles, held = self._hold_back(selection.to_apply)
-        self._preflight(bundles, plans)
+        selection, bundles, plans, held = self._prepare(files)
         applied: list[Bundle] = []
         for bundle in bundles:
             try:
@@ -145,10 +142,7 @@ class _Run:
         if pending:
             self.reporter.progress(f"{len(pending)} interrupted update(s) in {self.journal.path}: the next apply "
                                    "recovers them first (unless a run is in progress now)")
-        selection = self._select(files)
-        plans = self._verify(selection.to_apply)  # also the sha256 of every bundle's bytes, which the journal knows them by
-        bundles, held = self._hold_back(selection.to_apply)
-        self._preflight(bundles, plans)
+        selection, bundles, plans, held = self._prepare(files)
         for bundle in bundles:
             plan = plans[bundle.path]
             if engine.find_image(self.client, plan.base_id) or engine.find_image(self.client, plan.target_id):
@@ -160,6 +154,15 @@ class _Run:
                                        "containers on that")
             self._outcome("planned", bundle, "nothing changed (dry run)")
         self._finish(selection, held)
+
+    def _prepare(self, files: list[str]) -> tuple[chain.Selection, list[Bundle], dict[str, Plan], list[str]]:
+        """The bundles to apply, in order, verified and checked for disk space; their plans; and
+        why bundles were held back."""
+        selection = self._select(files)
+        plans = self._verify(selection.to_apply)  # also the sha256 of every bundle's bytes, which the journal knows them by
+        bundles, held = self._hold_back(selection.to_apply)
+        self._preflight(bundles, plans)
+        return selection, bundles, plans, held
 
     def _finish(self, selection: chain.Selection, held: list[str]) -> None:
         """End a run that did what it could: bundles held back, then missing links, fail it."""
