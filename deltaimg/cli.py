@@ -9,7 +9,9 @@ from typing import List, NoReturn, Optional
 
 import typer
 
-from deltaimg import __version__, keys, report
+from deltaimg import __version__, report
+
+from deltaimg.bundle import keys
 from deltaimg.errors import DeltaimgError, UsageError, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -35,7 +37,7 @@ def keygen(name: str = typer.Argument(..., help="Writes NAME (private, mode 0600
            force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
            passphrase_file: Optional[str] = PassphraseFileOpt) -> None:
     """Create an Ed25519 signing key pair, protected by a passphrase if one is given."""
-    from deltaimg import signing
+    from deltaimg.bundle import signing
 
     key_id = signing.generate(name, keys.passphrase(passphrase_file), force)
     print(f"wrote {name} (private, keep it on the build host) and {name}.pub (copy to edge hosts); key id {key_id}")
@@ -52,9 +54,9 @@ def make(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oc
          as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Compare two images and write one signed bundle with what changed."""
     from deltaimg import progress
-    from deltaimg.bundle import parse_size
+    from deltaimg.bundle.format import parse_size
     from deltaimg.images import open_image
-    from deltaimg.make import make_bundle
+    from deltaimg.make.build import make_bundle
 
     part_size = parse_size(split_size) if split_size is not None else None
 
@@ -74,7 +76,7 @@ def make(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oc
 
 def _one_bundle(path: str) -> str:
     """The bundle file ``path`` names: itself, or ``PATH.001`` when only a split bundle's parts exist."""
-    from deltaimg.bundle import bundle_files
+    from deltaimg.bundle.format import bundle_files
 
     if os.path.isdir(path):
         raise UsageError(f"{path} is a folder; name one bundle file (apply takes folders)")
@@ -83,7 +85,7 @@ def _one_bundle(path: str) -> str:
 
 def _open(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], quiet: bool):
     from deltaimg import progress
-    from deltaimg.bundle import open_bundle
+    from deltaimg.bundle.format import open_bundle
 
     trusted = keys.trusted_keys(trust or [], trust_dir)
     bundle = _one_bundle(bundle)
@@ -96,7 +98,7 @@ def _open(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], qui
 def verify(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
            trust_dir: Optional[str] = TrustDirOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Check a bundle's signature and every payload hash; change nothing."""
-    from deltaimg.apply import read_plan
+    from deltaimg.apply.archive import read_plan
 
     opened = _open(bundle, trust, trust_dir, quiet or as_json)
     read_plan(opened)
@@ -111,7 +113,7 @@ def verify(bundle: str = typer.Argument(..., help="Bundle file."), trust: Option
 def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
             trust_dir: Optional[str] = TrustDirOpt, as_json: bool = JsonOpt) -> None:
     """Show what a bundle updates and how; the signature is checked when a trusted key is given."""
-    from deltaimg.bundle import open_bundle, payload_area, read_header
+    from deltaimg.bundle.format import open_bundle, payload_area, read_header
 
     bundle = _one_bundle(bundle)
     manifest_bytes, signature, payload_start, size = read_header(bundle)
@@ -120,7 +122,7 @@ def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optio
         m = open_bundle(bundle, trusted).manifest
         checked = "signature and payloads verified"
     else:
-        from deltaimg.bundle import _parse_manifest
+        from deltaimg.bundle.format import _parse_manifest
 
         m = _parse_manifest(manifest_bytes, bundle)
         checked = "NOT verified (pass --trust KEY.pub to check)"
@@ -139,7 +141,7 @@ def diff(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oc
          as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Show what differs between two images: layers, files, packages and config."""
     from deltaimg import progress
-    from deltaimg.imagediff import diff_images
+    from deltaimg.diff.images import diff_images
     from deltaimg.images import open_image
 
     old_image = open_image(old, platform)
@@ -180,7 +182,7 @@ def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts
         if len(paths) != 1:
             raise UsageError("--base and --output rebuild one bundle; give exactly one")
         from deltaimg import progress
-        from deltaimg.apply import apply_to_archive, read_plan, rebuild_size
+        from deltaimg.apply.archive import apply_to_archive, read_plan, rebuild_size
         from deltaimg.images import open_image
 
         opened = _open(paths[0], trust, trust_dir, quiet or as_json)
@@ -192,8 +194,9 @@ def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts
         _emit(as_json, data, [f"{output}: {' '.join(plan.target_tags) or '(untagged)'} {plan.target_id[:19]} "
                               "rebuilt, every layer matches its diff_id"])
         return
-    from deltaimg import runlog, unattended
-    from deltaimg.journal import state_dir_path
+    from deltaimg.apply import runlog
+    from deltaimg.apply import unattended
+    from deltaimg.apply.journal import state_dir_path
 
     reporter = _reporter(log_format, as_json)
     options = unattended.Options(paths=list(paths), trusted=keys.trusted_keys(trust or [], trust_dir),
@@ -206,7 +209,7 @@ def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts
 
 
 def _reporter(log_format: str, as_json: bool):
-    from deltaimg import runlog
+    from deltaimg.apply import runlog
 
     global _json_lines
     if log_format not in ("text", "json"):
@@ -222,8 +225,8 @@ def status(state_dir: Optional[str] = StateDirOpt,
            limit: int = typer.Option(20, "--limit", help="Show the last N attempts (0: all)."),
            as_json: bool = JsonOpt) -> None:
     """Show what apply did on this host: the journal of every bundle applied, and any run in progress."""
-    from deltaimg.journal import StateDir, state_dir_path
-    from deltaimg.lock import holder
+    from deltaimg.apply.journal import StateDir, state_dir_path
+    from deltaimg.apply.lock import holder
 
     state = StateDir(state_dir_path(state_dir))
     if not os.path.isdir(state.path):
@@ -267,7 +270,7 @@ def main() -> None:
     try:
         result = app(standalone_mode=False)
     except DeltaimgError as exc:
-        from deltaimg.runlog import write_error
+        from deltaimg.apply.runlog import write_error
 
         write_error(str(exc), exc.exit_code, _json_lines)
         sys.exit(exc.exit_code)
@@ -284,7 +287,7 @@ def main() -> None:
 def _interrupted() -> NoReturn:
     """Ctrl-C, or SIGTERM during an apply: one line, and a JSON line too when the run logs them."""
     if _json_lines:
-        from deltaimg.runlog import JsonLines
+        from deltaimg.apply.runlog import JsonLines
 
         JsonLines().error("interrupted", INTERRUPTED)
     print("deltaimg: interrupted", file=sys.stderr)

@@ -17,7 +17,7 @@ import sysconfig
 import tarfile
 import tempfile
 
-from deltaimg import archivewriter
+from deltaimg.tar import writer as archivewriter
 
 STDLIB_PACKAGES = ("json", "email", "http", "xml", "urllib", "logging", "concurrent")
 MTIME_V1, MTIME_V2 = 1_700_000_000, 1_700_086_400
@@ -107,11 +107,12 @@ def _write_archive(path: str, layers: list[bytes], version: str) -> None:
 
 def run_demo(directory: str | None, say) -> dict:
     """keygen, make, verify and apply on the example pair, as the README shows; returns the figures."""
-    from deltaimg import report, signing
-    from deltaimg.apply import apply_to_archive
-    from deltaimg.bundle import open_bundle
+    from deltaimg import report
+    from deltaimg.bundle import signing
+    from deltaimg.apply.archive import apply_to_archive
+    from deltaimg.bundle.format import open_bundle
     from deltaimg.images import open_image
-    from deltaimg.make import make_bundle
+    from deltaimg.make.build import make_bundle
 
     with tempfile.TemporaryDirectory(prefix="deltaimg-example-") as scratch:
         work = directory or scratch

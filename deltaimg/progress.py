@@ -11,7 +11,7 @@ import contextlib
 import sys
 from typing import Callable, Iterable, Iterator
 
-from deltaimg.images.base import Layer
+from deltaimg.images.model import Layer
 
 Advance = Callable[[int], None]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from deltaimg.bundle import CONFIG_PAYLOAD, FORMAT_VERSION, STATS_FIELDS
+from deltaimg.bundle.format import CONFIG_PAYLOAD, FORMAT_VERSION, STATS_FIELDS
 from deltaimg.errors import BundleFormatError
 
 ECOSYSTEM_TITLES = {"deb": "Debian packages", "apk": "Alpine packages", "python": "Python distributions"}
@@ -93,7 +93,7 @@ def manifest_layers(manifest: dict) -> list[dict]:
 
 def full_image_size(layers: list[dict]) -> int:
     """The bytes of the image's distinct layers, about what ``docker save`` writes."""
-    from deltaimg.apply import layer_key
+    from deltaimg.apply.archive import layer_key
 
     return sum({layer_key(position, layer): layer["size"] for position, layer in enumerate(layers)}.values())
 

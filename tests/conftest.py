@@ -11,7 +11,9 @@ import tarfile
 
 import pytest
 
-from deltaimg import example, signing
+from deltaimg import example
+
+from deltaimg.bundle import signing
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ import docker
 import docker.errors
 import pytest
 
-from deltaimg import engine
+from deltaimg.engine import dockerd as engine
 from deltaimg.errors import EngineError
 
 BUSYBOX = "/bin/busybox"

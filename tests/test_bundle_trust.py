@@ -21,11 +21,11 @@ from typing import Callable
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from deltaimg import bundle as bundle_format
-from deltaimg import signing
-from deltaimg.bundle import open_bundle, read_header
+from deltaimg.bundle import format as bundle_format
+from deltaimg.bundle import signing
+from deltaimg.bundle.format import open_bundle, read_header
 from deltaimg.errors import BundleFormatError, IntegrityError, SignatureError
-from deltaimg.signing import load_public
+from deltaimg.bundle.signing import load_public
 from tests.conftest import archive_image, run_cli
 
 FORMAT, SIGNATURE, INTEGRITY = BundleFormatError.exit_code, SignatureError.exit_code, IntegrityError.exit_code

@@ -1,11 +1,11 @@
-"""Which bundles from a stick an edge host applies, and in which order (deltaimg.chain), without an engine."""
+"""Which bundles from a stick an edge host applies, and in which order (deltaimg.apply.chain), without an engine."""
 
 from __future__ import annotations
 
 import pytest
 
-from deltaimg import chain
-from deltaimg.bundle import Bundle
+from deltaimg.apply import chain
+from deltaimg.bundle.format import Bundle
 from deltaimg.errors import UsageError
 
 

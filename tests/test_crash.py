@@ -23,8 +23,8 @@ from typing import Callable
 
 import pytest
 
-from deltaimg.journal import JOURNAL, Journal
-from deltaimg.swap import SIDE_SUFFIX
+from deltaimg.apply.journal import JOURNAL, Journal
+from deltaimg.apply.swap import SIDE_SUFFIX
 from tests.conftest import run_cli
 from tests.engine_helpers import SLEEP_FOREVER, EngineResources, run
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deltaimg import packages
-from deltaimg.packages import Package
+from deltaimg.diff import packages
+from deltaimg.diff.packages import Package
 from tests import imagefactory as f
 
 

@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from deltaimg import engine
+from deltaimg.engine import dockerd as engine
 from deltaimg.errors import EngineError, IntegrityError
 from deltaimg.images.daemon import open_daemon_image
 from tests.engine_helpers import docker_client, engine_resources  # noqa: F401
@@ -141,10 +141,10 @@ def test_make_from_the_engine_keeps_only_the_old_bytes_its_deltas_read(docker_cl
     import glob
     import tempfile
 
-    from deltaimg import keys
+    from deltaimg.bundle import keys
     from deltaimg.images import open_image
-    from deltaimg.make import make_bundle
-    from deltaimg.oldcontent import OldContent
+    from deltaimg.make.build import make_bundle
+    from deltaimg.delta.base_content import BaseContent
     from tests.conftest import run_cli
 
     base = engine_resources.build("keep-base", ["RUN head -c 8388608 /dev/urandom > /big"])
@@ -152,13 +152,13 @@ def test_make_from_the_engine_keeps_only_the_old_bytes_its_deltas_read(docker_cl
     new_id = engine_resources.build("keep-v2", ["RUN echo two two > /app.txt"], base=base)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     kept: list[int] = []
-    fetch_entries = OldContent.fetch_entries
+    fetch_entries = BaseContent.fetch_entries
 
-    def measuring(self: OldContent, references) -> None:
+    def measuring(self: BaseContent, references) -> None:
         fetch_entries(self, references)
-        kept.append(sum(os.stat(p).st_blocks * 512 for p in glob.glob(f"{tmp_path}/deltaimg-make-*/old-layer-*")))
+        kept.append(sum(os.stat(p).st_blocks * 512 for p in glob.glob(f"{tmp_path}/deltaimg-make-*/base-layer-*")))
 
-    monkeypatch.setattr(OldContent, "fetch_entries", measuring)
+    monkeypatch.setattr(BaseContent, "fetch_entries", measuring)
     output = tmp_path / "app.dimg"
     with open_daemon_image(docker_client, old_id) as old, open_daemon_image(docker_client, new_id) as new:
         make_bundle(old, new, str(output), keys.signing_key(keypair[0], None))
@@ -181,11 +181,13 @@ def test_apply_into_the_engine_keeps_only_the_base_bytes_its_deltas_read(docker_
     layer streams past, a few KiB on disk, not the 8 MiB layer."""
     import glob
 
-    from deltaimg import keys, signing
-    from deltaimg.bundle import open_bundle
-    from deltaimg.engineapply import apply_to_engine
-    from deltaimg.make import make_bundle
-    from deltaimg.oldcontent import OldContent
+    from deltaimg.bundle import keys
+
+    from deltaimg.bundle import signing
+    from deltaimg.bundle.format import open_bundle
+    from deltaimg.apply.engine import apply_to_engine
+    from deltaimg.make.build import make_bundle
+    from deltaimg.delta.base_content import BaseContent
 
     base = engine_resources.build("fix-base", ["RUN head -c 8388608 /dev/urandom > /big && echo hello > /small"])
     v1 = engine_resources.build("fix-v1", ["RUN echo one > /app.txt"], base=base)
@@ -197,14 +199,14 @@ def test_apply_into_the_engine_keeps_only_the_base_bytes_its_deltas_read(docker_
     assert engine.find_image(docker_client, v2) is None
 
     kept: list[int] = []
-    fetch_entries = OldContent.fetch_entries
+    fetch_entries = BaseContent.fetch_entries
 
-    def measuring(self: OldContent, references) -> None:
+    def measuring(self: BaseContent, references) -> None:
         fetch_entries(self, references)
         kept.append(sum(os.stat(p).st_blocks * 512 for p in glob.glob(f"{tmp_path}/work/**", recursive=True)
                         if os.path.isfile(p)))
 
-    monkeypatch.setattr(OldContent, "fetch_entries", measuring)
+    monkeypatch.setattr(BaseContent, "fetch_entries", measuring)
     (tmp_path / "work").mkdir()
     bundle = open_bundle(str(output), [signing.load_public(keypair[1])])
     outcome = apply_to_engine(bundle, docker_client, containers=None, swap_containers=False, grace=1, dry_run=False,

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from deltaimg import signing
-from deltaimg.apply import apply_to_archive
-from deltaimg.bundle import open_bundle
+from deltaimg.bundle import signing
+from deltaimg.apply.archive import apply_to_archive
+from deltaimg.bundle.format import open_bundle
 from deltaimg.errors import ImageReadError
 from deltaimg.images import open_image
-from deltaimg.make import make_bundle
+from deltaimg.make.build import make_bundle
 from tests import imagefactory as f
 from tests.conftest import assert_same_image, run_cli
 
@@ -146,13 +146,13 @@ def test_make_reads_a_compressed_old_layer_in_passing_and_keeps_only_what_it_ask
     keeps the parts of the entries the encoder will read. Reading anything else is a bug, never zeros."""
     import tarfile
 
-    from deltaimg.layerformat import PART_DATA
-    from deltaimg.oldcontent import OldContent, OldIndex
+    from deltaimg.delta.recipe import PART_DATA
+    from deltaimg.delta.base_content import BaseContent, BaseIndex
 
     v1 = written(f.write_oci_dir(tmp_path / "v1", [pair.v1], compression="gzip"))
     image = open_image(f"oci:{v1.path}")
-    with OldContent(image, str(tmp_path), partial=True) as content:
-        OldIndex(content)
+    with BaseContent(image, str(tmp_path), partial=True) as content:
+        BaseIndex(content)
         assert content.streamed == list(range(len(image.layers)))
         entry = max((e for layer in content.streamed for e in content.entries(layer)), key=lambda e: e.size)
         content.fetch_entries([(entry.layer, entry.index, PART_DATA, 0, None)])
@@ -161,7 +161,7 @@ def test_make_reads_a_compressed_old_layer_in_passing_and_keeps_only_what_it_ask
         assert content.read_data(entry) == expected
         with pytest.raises(RuntimeError, match="not fetched"):
             content.read_pre(entry)
-        kept = sum(p.stat().st_blocks * 512 for p in tmp_path.glob("old-layer-*"))
+        kept = sum(p.stat().st_blocks * 512 for p in tmp_path.glob("base-layer-*"))
         assert kept < entry.size + (64 << 10)
 
 
@@ -169,8 +169,8 @@ def test_a_changed_layer_is_coded_against_the_old_layer_it_replaces(keypair, tmp
     """/app exists in two old layers (the copy step and a later compile step, which touched it
     again). The new copy step's /app header matches the old copy step's byte for byte, so it is
     taken whole from there, not edited from the later layer where /app is visible."""
-    from deltaimg.decoder import read_recipe
-    from deltaimg.layerformat import PRE_PARTNER, RecordReader
+    from deltaimg.delta.decoder import read_recipe
+    from deltaimg.delta.recipe import PRE_PARTNER, RecordReader
 
     def layer(name: str, entries) -> f.LayerFile:
         return f.write_layer(tmp_path / name, entries)

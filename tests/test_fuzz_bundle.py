@@ -1,6 +1,6 @@
 """Fuzzing the bundle reader and the rebuild: whatever a bundle holds, opening it (open_bundle),
 reading its plan (read_plan), rebuilding its layers as the engine path does, from a streamed base
-(old_references, fetch_entries), and rebuilding the target (apply_to_archive) either works or fails with one of
+(base_references, fetch_entries), and rebuilding the target (apply_to_archive) either works or fails with one of
 deltaimg's own errors; on failure no output and no temporary file is left.
 
 Four kinds of input, from a real bundle of a small pair (bsdiff, zstd deltas, edited headers):
@@ -24,17 +24,21 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from deltaimg import codec, signing, varint
-from deltaimg import bundle as bundle_format
-from deltaimg import layerformat as lf
-from deltaimg.apply import apply_to_archive, read_plan
-from deltaimg.bundle import open_bundle, read_header
-from deltaimg.decoder import old_references, rebuild_layer
+from deltaimg.codec import bsdiff, zstd_ref
+
+from deltaimg.bundle import signing
+
+from deltaimg.codec import varint
+from deltaimg.bundle import format as bundle_format
+from deltaimg.delta import recipe as lf
+from deltaimg.apply.archive import apply_to_archive, read_plan
+from deltaimg.bundle.format import open_bundle, read_header
+from deltaimg.delta.decoder import base_references, rebuild_layer
 from deltaimg.errors import DeltaimgError
 from deltaimg.images import open_image
-from deltaimg.images.base import Layer
-from deltaimg.make import make_bundle
-from deltaimg.oldcontent import OldContent
+from deltaimg.images.model import Layer
+from deltaimg.make.build import make_bundle
+from deltaimg.delta.base_content import BaseContent
 from tests import imagefactory as f
 from tests.test_fuzz_images import damage, json_values, replace_one_value
 from tests.test_hostile_bundles import write_signed
@@ -131,11 +135,11 @@ def rebuild_from_the_engine_path(opened, deltas: list[str], base_archive: str, t
     RuntimeError, not one of deltaimg's errors, and fail the test."""
     base = open_image(base_archive)
     streamed = dataclasses.replace(base, layers=[Layer(layer.diff_id, layer.open) for layer in base.layers])
-    with OldContent(streamed, tmp, partial=True) as content:
+    with BaseContent(streamed, tmp, partial=True) as content:
         references = []
         for name in deltas:
             with opened.open_payload(name) as payload:
-                references += old_references(payload)
+                references += base_references(payload)
         content.fetch_entries(references)
         for name in deltas:
             with opened.open_payload(name) as payload:
@@ -164,11 +168,11 @@ def _delta_parts(payload: bytes) -> tuple[bytes, bytes]:
     """(recipe, chunk frames) of a layer delta payload."""
     stream = io.BytesIO(payload)
     recipe_len, frame_len = lf.read_header(stream)
-    return bytes(codec.decompress(stream.read(frame_len), recipe_len)), stream.read()
+    return bytes(zstd_ref.decompress(stream.read(frame_len), recipe_len)), stream.read()
 
 
 def _delta_payload(recipe: bytes, frames: bytes) -> bytes:
-    frame = codec.compress(recipe, level=1)
+    frame = zstd_ref.compress(recipe, level=1)
     return lf.pack_header(len(recipe), len(frame)) + frame + frames
 
 
@@ -213,13 +217,13 @@ def test_any_damage_to_signed_chunk_frames_gives_a_deltaimg_error_at_worst(subje
 def _chunks_decoded(subject: Subject, recipe: bytes, frames: bytes) -> tuple[list[lf.Chunk], bytes, list[bytes], list[bytes]]:
     """(chunk table, record bytes, each chunk's literal bytes, each chunk's reference prefix)."""
     chunks, reader = lf.decode_recipe(recipe)
-    with tempfile.TemporaryDirectory() as tmp, OldContent(open_image(subject.base), tmp) as old:
+    with tempfile.TemporaryDirectory() as tmp, BaseContent(open_image(subject.base), tmp) as old:
         prefixes = [b"".join(old.read(s.layer, (old.entry(s.layer, s.index).pre_offset if s.part == lf.PART_PRE
                                                  else old.entry(s.layer, s.index).data_offset) + s.start, s.length)
                              for s in chunk.spans) for chunk in chunks]
     literals, at = [], 0
     for chunk, prefix in zip(chunks, prefixes):
-        literals.append(bytes(codec.decompress(frames[at: at + chunk.frame_len], chunk.literal_len, prefix)))
+        literals.append(bytes(zstd_ref.decompress(frames[at: at + chunk.frame_len], chunk.literal_len, prefix)))
         at += chunk.frame_len
     return chunks, recipe[reader.pos:], literals, prefixes
 
@@ -235,7 +239,7 @@ def test_any_damage_to_a_signed_literal_stream_gives_a_deltaimg_error_at_worst(s
     chunks, records, literals, prefixes = _chunks_decoded(subject, recipe, frames)
     which = data.draw(st.integers(0, len(chunks) - 1), label="chunk")
     literals[which] = damage(literals[which], data)
-    new_frames = [codec.compress(literal, prefix, level=1) for literal, prefix in zip(literals, prefixes)]
+    new_frames = [zstd_ref.compress(literal, prefix, level=1) for literal, prefix in zip(literals, prefixes)]
     table = [lf.Chunk(len(literal), len(frame), chunk.spans) for chunk, literal, frame in zip(chunks, literals, new_frames)]
     payload = _delta_payload(lf.encode_recipe(table, records), b"".join(new_frames))
     event(expect_only_own_errors(subject, subject.with_payloads({**subject.payloads, name: payload})))
@@ -246,6 +250,6 @@ def test_any_damage_to_a_signed_literal_stream_gives_a_deltaimg_error_at_worst(s
        sparse_diff=st.binary(max_size=200), extra=st.binary(max_size=600))
 def test_bspatch_of_arbitrary_streams_makes_the_declared_size_or_a_deltaimg_error(old, new_size, control, sparse_diff, extra):
     try:
-        assert len(codec.bspatch(old, new_size, control, sparse_diff, extra)) == new_size
+        assert len(bsdiff.patch(old, new_size, control, sparse_diff, extra)) == new_size
     except DeltaimgError:
         pass

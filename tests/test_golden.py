@@ -12,7 +12,7 @@ GOLDEN = sorted((Path(__file__).resolve().parent.parent / "bundles").glob("v*/bu
 
 
 def test_there_is_a_golden_bundle_for_the_current_format():
-    from deltaimg.bundle import FORMAT_VERSION
+    from deltaimg.bundle.format import FORMAT_VERSION
 
     assert any(path.parent.name == f"v{FORMAT_VERSION}" for path in GOLDEN)
 

@@ -20,11 +20,15 @@ from typing import Callable
 
 import pytest
 
-from deltaimg import archivewriter, codec, signing
-from deltaimg import bundle as bundle_format
-from deltaimg import layerformat as lf
+from deltaimg.codec import zstd_ref
+
+from deltaimg.tar import writer as archivewriter
+
+from deltaimg.bundle import signing
+from deltaimg.bundle import format as bundle_format
+from deltaimg.delta import recipe as lf
 from deltaimg.errors import BundleFormatError, IntegrityError, OutputError
-from deltaimg.layerformat import Chunk, Record, RecordWriter, Segment, Span
+from deltaimg.delta.recipe import Chunk, Record, RecordWriter, Segment, Span
 from tests.memory import Outcome, measured
 from tests.conftest import run_cli
 
@@ -58,7 +62,7 @@ def image_config(diff_ids: list[str]) -> bytes:
 def write_signed(path: Path, manifest_json: bytes, payload_area: bytes, private) -> Path:
     """A bundle file around the manifest text ``manifest_json`` exactly as given (compressed as
     bundles store it), signed by ``private``."""
-    stored = codec.compress(manifest_json, level=1, dictionary=bundle_format.MANIFEST_DICTIONARY)
+    stored = zstd_ref.compress(manifest_json, level=1, dictionary=bundle_format.MANIFEST_DICTIONARY)
     signature = bundle_format.signature_block(signing.sign(private, stored))
     path.write_bytes(bundle_format.MAGIC + bundle_format.U32.pack(1) + bundle_format.U32.pack(len(stored))
                      + stored + bundle_format.U32.pack(len(signature)) + signature + payload_area)
@@ -69,7 +73,7 @@ def forge(path: Path, manifest: dict, payloads: list[tuple[str, bytes]], private
     """A signed bundle of ``manifest`` plus a correct payload table for ``payloads``; with
     ``base_config``, the payload named config is coded against it as make codes it."""
     if base_config is not None:
-        payloads = [(name, codec.compress(data, prefix=base_config) if name == bundle_format.CONFIG_PAYLOAD else data)
+        payloads = [(name, zstd_ref.compress(data, prefix=base_config) if name == bundle_format.CONFIG_PAYLOAD else data)
                     for name, data in payloads]
     area = b"".join(d for _, d in payloads)
     manifest = {"payloads": [{"name": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
@@ -86,12 +90,12 @@ def delta_payload(chunks: list[Chunk], frames: list[bytes], records: list[Record
 
 
 def recipe_payload(recipe: bytes) -> bytes:
-    frame = codec.compress(recipe, level=1)
+    frame = zstd_ref.compress(recipe, level=1)
     return lf.pack_header(len(recipe), len(frame)) + frame
 
 
 def zeros_frame(size: int) -> bytes:
-    return codec.compress(bytes(size), level=1)
+    return zstd_ref.compress(bytes(size), level=1)
 
 
 @dataclass
@@ -166,7 +170,7 @@ def test_control_a_forged_bundle_that_is_honest_applies(forger, tmp_path):
     literal recipe) applies, so the refusals below are about what the bundles ask for."""
     layer = forger.base_layer
     config = image_config([digest(layer)])
-    frame = codec.compress(layer)
+    frame = zstd_ref.compress(layer)
     payload = delta_payload([Chunk(len(layer), len(frame))], [frame],
                             [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=0, size=len(layer), trailer=True)])
     layers = [{"diff_id": digest(layer), "size": len(layer), "method": "delta", "payload": "layer-0"}]
@@ -221,7 +225,7 @@ def test_a_recipe_declared_larger_than_allowed_is_refused_before_decoding(forger
 def test_binary_delta_streams_out_of_proportion_to_what_they_make_are_refused_before_decoding(forger):
     chunk = 64 * MiB
     frame = zeros_frame(chunk)
-    segment = Segment(lf.SEGMENT_BSDIFF, new_len=0, old_start=0, old_len=10, bsdiff_lens=(chunk, 0, 0))
+    segment = Segment(lf.SEGMENT_BSDIFF, target_len=0, base_start=0, base_len=10, bsdiff_lens=(chunk, 0, 0))
     payload = delta_payload([Chunk(chunk, len(frame))], [frame],
                             [Record(lf.PRE_PARTNER, lf.DATA_DELTA, partner=(0, 1), segments=[segment])])
     outcome = apply_measured(forger, forger.delta_bundle(payload))
@@ -234,7 +238,7 @@ BIG = 1 << 50
 
 
 def _chunked(spans: list[Span]) -> tuple[list[Chunk], list[bytes]]:
-    frame = codec.compress(b"x")
+    frame = zstd_ref.compress(b"x")
     return [Chunk(1, len(frame), spans)], [frame]
 
 
@@ -252,7 +256,7 @@ RECIPES: dict[str, tuple[Callable[[], bytes], int, str]] = {
     "span entry": (lambda: delta_payload(*_chunked([Span(0, BIG, 1, 0, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=1)]),
                    FORMAT, f"entry {BIG} of base layer 0, which the base lacks"),
     "span start": (lambda: delta_payload(*_chunked([Span(0, 1, 1, BIG, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=1)]),
-                   FORMAT, "refers past an old entry's end"),
+                   FORMAT, "refers past a base entry's end"),
     "partner layer": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_PARTNER, partner=(7, 0))), FORMAT, "base layer 7"),
     "identical-content entry": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_REF, partner=(0, 0), ref=(0, BIG))),
                                 FORMAT, "which the base lacks"),
@@ -265,9 +269,9 @@ RECIPES: dict[str, tuple[Callable[[], bytes], int, str]] = {
     "binary delta size": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_DELTA, partner=(0, 1),
                                               segments=[Segment(lf.SEGMENT_BSDIFF, BIG, 0, 10, (1, 1, 1))])),
                           FORMAT, "larger than any deltaimg writes"),
-    "delta segment past the old file": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_DELTA, partner=(0, 1),
+    "delta segment past the base file": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_DELTA, partner=(0, 1),
                                                             segments=[Segment(lf.SEGMENT_LITERAL, 1, BIG, 1)])),
-                                        FORMAT, "refers past its old file's end"),
+                                        FORMAT, "refers past its base file's end"),
     "literal payload size": (lambda: _one(Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=BIG)), INTEGRITY, "needs more literal bytes"),
     "record flags": (lambda: recipe_payload(bytes([1, 0, lf.HAS_PARTNER | lf.NEXT_PARTNER])), FORMAT, "invalid record"),
     "next partner of none": (lambda: recipe_payload(bytes([1, 0, lf.NEXT_PARTNER])), FORMAT, "partner after none"),
@@ -425,7 +429,7 @@ def test_a_base_whose_layer_bytes_were_altered_is_refused_and_nothing_written(fo
     layer = forger.base_layer
     config = image_config([digest(layer)])
     trailer = layer[layer.rindex(b"hello\n") + 512:]  # the end-of-archive blocks after the last file
-    frame = codec.compress(trailer)
+    frame = zstd_ref.compress(trailer)
     payload = delta_payload([Chunk(len(trailer), len(frame))], [frame],
                             [Record(lf.PRE_PARTNER, lf.DATA_PARTNER, partner=(0, i)) for i in range(3)]
                             + [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=len(trailer), trailer=True)])
@@ -472,7 +476,7 @@ def test_rebuilt_archives_name_their_members_by_digest_only(example_bundle, exam
 def test_a_recipe_naming_a_base_layer_the_engine_image_lacks_changes_nothing(docker_client, engine_resources, keypair, tmp_path):
     """Against the engine, the base layers a bundle reads are exported first: a reference to a
     layer the base does not have must be refused as the bundle's fault, with the engine untouched."""
-    from deltaimg import engine
+    from deltaimg.engine import dockerd as engine
 
     base_id = engine_resources.build("base")
     base = docker_client.api.inspect_image(base_id)

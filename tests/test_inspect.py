@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from deltaimg import bundle as bundle_format
-from deltaimg import signing
+from deltaimg.bundle import format as bundle_format
+from deltaimg.bundle import signing
 from deltaimg.errors import BundleFormatError
 from deltaimg.report import human_size
 from tests import imagefactory as f

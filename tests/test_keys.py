@@ -16,7 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from deltaimg import keys, signing
+from deltaimg.bundle import keys
+
+from deltaimg.bundle import signing
 from deltaimg.errors import KeyFileError, OutputError, SignatureError, UsageError
 from tests import imagefactory as f
 from tests.conftest import run_cli

@@ -1,4 +1,4 @@
-"""The run lock (deltaimg.lock): one apply at a time, a clear refusal, and status may look at any time."""
+"""The run lock (deltaimg.apply.lock): one apply at a time, a clear refusal, and status may look at any time."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from deltaimg.errors import RunLockedError
-from deltaimg.lock import RunLock, holder
+from deltaimg.apply.lock import RunLock, holder
 
 
 def test_the_lock_is_exclusive_and_names_its_holder(tmp_path):

@@ -105,9 +105,11 @@ def test_keygen_writes_a_private_key_only_its_owner_can_read(tmp_path):
 def test_a_full_disk_while_make_writes_is_an_output_error_not_a_damaged_image(example_pair, keypair, tmp_path, monkeypatch):
     import errno
 
-    from deltaimg import bundle, keys
+    from deltaimg.bundle import format as bundle
+
+    from deltaimg.bundle import keys
     from deltaimg.images import open_image
-    from deltaimg.make import make_bundle
+    from deltaimg.make.build import make_bundle
 
     def full(self, data: bytes) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -107,9 +107,9 @@ def test_on_a_real_terminal_a_bar_is_drawn_and_quiet_silences_it(command, exampl
 
 def test_apply_tells_its_progress_callback_every_byte_of_every_layer_it_writes(example_bundle, example_pair, keypair,
                                                                                 tmp_path):
-    from deltaimg.apply import apply_to_archive, read_plan, rebuild_size
-    from deltaimg.bundle import open_bundle
-    from deltaimg.keys import trusted_keys
+    from deltaimg.apply.archive import apply_to_archive, read_plan, rebuild_size
+    from deltaimg.bundle.format import open_bundle
+    from deltaimg.bundle.keys import trusted_keys
     from tests.conftest import archive_image
 
     bundle = open_bundle(example_bundle, trusted_keys([keypair[1]], None))

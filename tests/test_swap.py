@@ -8,7 +8,7 @@ import docker.errors
 import pytest
 
 from deltaimg.errors import SwapFailedNotRolledBack, SwapFailedRolledBack
-from deltaimg.swap import SIDE_SUFFIX, swap_containers
+from deltaimg.apply.swap import SIDE_SUFFIX, swap_containers
 from tests.engine_helpers import (  # noqa: F401
     SLEEP_FOREVER,
     EngineResources,

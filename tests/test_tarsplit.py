@@ -8,7 +8,7 @@ import tarfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deltaimg.tarsplit import TRAILER, TarSplitter
+from deltaimg.tar.split import TRAILER, TarSplitter
 
 
 def rejoin(data: bytes, seekable: bool = True) -> tuple[bytes, list]:

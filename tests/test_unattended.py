@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from deltaimg import keys
+from deltaimg.bundle import keys
 from deltaimg.errors import (
     BundlePartError,
     DiskSpaceError,
@@ -24,8 +24,8 @@ from deltaimg.errors import (
     RunLockedError,
     SwapFailedRolledBack,
 )
-from deltaimg.journal import Journal
-from deltaimg.lock import RunLock
+from deltaimg.apply.journal import Journal
+from deltaimg.apply.lock import RunLock
 from tests.conftest import run_cli
 from tests.engine_helpers import SLEEP_FOREVER, EngineResources, run
 
@@ -261,7 +261,7 @@ def test_a_second_run_exits_at_once_while_one_holds_the_lock_or_waits_for_it_wit
 def test_a_lock_left_by_a_killed_run_does_not_block_the_next(app, keypair, state_dir):
     app.host_has("1")
     os.makedirs(state_dir)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from deltaimg.lock import RunLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from deltaimg.apply.lock import RunLock\n"
                                f"with RunLock({os.path.join(state_dir, 'lock')!r}):\n"
                                "    print('held', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"
@@ -419,9 +419,9 @@ def test_a_bundle_file_named_alone_for_an_image_the_host_lacks_is_an_error(app, 
 
 
 def test_the_rebuild_reports_every_byte_it_writes_and_a_terminal_shows_it_as_a_bar(app, keypair, tmp_path):
-    from deltaimg.apply import read_plan, rebuild_size
-    from deltaimg.bundle import open_bundle
-    from deltaimg.engineapply import apply_to_engine, layers_to_load
+    from deltaimg.apply.archive import read_plan, rebuild_size
+    from deltaimg.bundle.format import open_bundle
+    from deltaimg.apply.engine import apply_to_engine, layers_to_load
     from tests.test_progress import on_terminal
 
     app.host_has("1")

@@ -5,7 +5,7 @@ spirit of go-containerregistry's ``pkg/v1``: ``archive`` (``docker-archive:`` an
 ``oci-archive:``), ``layout`` (``oci:``) and ``daemon`` (``docker-daemon:``).
 """
 
-from deltaimg.images.base import Image, Layer
+from deltaimg.images.model import Image, Layer
 from deltaimg.images.open import open_image
 
 __all__ = ["Image", "Layer", "open_image"]

@@ -31,9 +31,9 @@ from typing import BinaryIO, Iterator
 
 import docker
 
-from deltaimg import engine
+from deltaimg.engine import dockerd as engine
 from deltaimg.errors import ImageReadError, OutputError
-from deltaimg.images.base import Image, Layer, config_diff_ids
+from deltaimg.images.model import Image, Layer, config_diff_ids
 
 COPY_CHUNK = 1 << 20
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deltaimg.images.base import Layer
+from deltaimg.images.model import Layer
 from deltaimg.images.blobs import BlobStore, is_compressed, open_decompressed, open_range
 
 

@@ -10,7 +10,7 @@ import os
 
 from deltaimg.errors import ImageReadError, UsageError
 from deltaimg.images.archive import read_docker_archive
-from deltaimg.images.base import Image
+from deltaimg.images.model import Image
 from deltaimg.images.blobs import BlobStore
 from deltaimg.images.layout import read_oci_layout
 

@@ -1,4 +1,4 @@
-"""Where an unattended apply's output goes (the :class:`deltaimg.unattended.Reporter`s).
+"""Where an unattended apply's output goes (the :class:`deltaimg.apply.unattended.Reporter`s).
 
 On a terminal: readable lines. For cron and log collectors (``--log-format json``): one JSON
 object per line, each with ``time``, ``event`` and ``message``, and for an outcome the bundle,
@@ -12,7 +12,7 @@ import json
 import sys
 
 from deltaimg.errors import printable
-from deltaimg.journal import now
+from deltaimg.apply.journal import now
 
 
 class TextLog:

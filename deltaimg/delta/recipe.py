@@ -4,10 +4,10 @@ A layer delta payload is::
 
     varint recipe length | varint compressed recipe length | zstd(recipe) | chunk frames...
 
-The recipe lists the chunks of the *literal stream* (every byte the old image could not supply,
+The recipe lists the chunks of the *literal stream* (every byte the base image could not supply,
 in layer order), then one record per tar entry saying where its header, payload and padding come
-from. Each chunk is one zstd frame whose reference prefix is a list of spans of old content, so
-headers, literals and bsdiff streams are coded in one context with the old bytes they resemble.
+from. Each chunk is one zstd frame whose reference prefix is a list of spans of base content, so
+headers, literals and bsdiff streams are coded in one context with the base bytes they resemble.
 See docs/bundle-format.md.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from deltaimg import varint
+from deltaimg.codec import varint
 from deltaimg.errors import BundleFormatError
 
 RECIPE_VERSION = 1
@@ -42,7 +42,7 @@ PART_PRE, PART_DATA = 0, 1
 
 @dataclass(frozen=True)
 class Span:
-    """``length`` bytes from ``start`` in the header (PART_PRE) or payload of old entry (layer, index)."""
+    """``length`` bytes from ``start`` in the header (PART_PRE) or payload of base entry (layer, index)."""
 
     layer: int
     index: int
@@ -65,12 +65,12 @@ class Chunk:
 @dataclass
 class Segment:
     """A piece of a payload coded against the partner: literally (with the partner's bytes
-    ``old_start``..+``old_len`` in the zstd reference) or as bsdiff streams against those bytes."""
+    ``base_start``..+``base_len`` in the zstd reference) or as bsdiff streams against those bytes."""
 
     kind: int
-    new_len: int
-    old_start: int
-    old_len: int
+    target_len: int
+    base_start: int
+    base_len: int
     bsdiff_lens: tuple[int, int, int] = (0, 0, 0)  # control, diff, extra
 
 
@@ -81,7 +81,7 @@ class Record:
     pre_kind: int
     data_kind: int
     partner: tuple[int, int] | None = None
-    ref: tuple[int, int] | None = None  # DATA_REF: identical content elsewhere in the old image
+    ref: tuple[int, int] | None = None  # DATA_REF: identical content elsewhere in the base image
     pre_len: int = 0  # PRE_LITERAL
     edits: list[tuple[int, int]] = field(default_factory=list)  # PRE_EDITED*: (offset, length)
     size: int = 0  # DATA_LITERAL and DATA_DELTA: the payload size
@@ -91,7 +91,7 @@ class Record:
 
 
 class _Coords:
-    """Old-entry coordinates, delta-coded per layer so runs of neighbours cost one byte."""
+    """Base-entry coordinates, delta-coded per layer so runs of neighbours cost one byte."""
 
     def __init__(self) -> None:
         self._last: dict[int, int] = {}
@@ -171,7 +171,7 @@ class RecordWriter:
         elif r.data_kind == DATA_DELTA:
             varint.put(out, len(r.segments))
             for segment in r.segments:
-                for n in (segment.kind, segment.new_len, segment.old_start, segment.old_len):
+                for n in (segment.kind, segment.target_len, segment.base_start, segment.base_len):
                     varint.put(out, n)
                 if segment.kind == SEGMENT_BSDIFF:
                     for n in segment.bsdiff_lens:
@@ -258,7 +258,7 @@ class RecordReader:
                 elif segment.kind != SEGMENT_LITERAL:
                     raise BundleFormatError("layer recipe has an invalid delta segment: the bundle is damaged")
                 record.segments.append(segment)
-            record.size = sum(segment.new_len for segment in record.segments)
+            record.size = sum(segment.target_len for segment in record.segments)
         return record
 
 

@@ -5,7 +5,7 @@ Each image is read as the filesystem a container sees: its layers applied in ord
 ``.wh..wh..opq`` entry hiding everything the layers below have in its directory. Layers are
 streamed: a file's payload is hashed as it passes and then dropped; only its metadata (kind,
 size, sha256, mode, owner, link target, xattrs) is kept, plus the parsed package list of the few files
-that are package databases (see :mod:`deltaimg.packages`). A layer two images share, or one
+that are package databases (see :mod:`deltaimg.diff.packages`). A layer two images share, or one
 image holds twice, is read once.
 
 Files are compared by content hash, link target, permission bits, owner and extended attributes;
@@ -20,10 +20,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable
 
-from deltaimg import packages
+from deltaimg.diff import packages
 from deltaimg.errors import ImageReadError
-from deltaimg.images.base import Image
-from deltaimg.tarsplit import BLOCK, EXTENSION_TYPES, TRAILER, TarSplitter, _parse_pax
+from deltaimg.images.model import Image
+from deltaimg.tar.split import BLOCK, EXTENSION_TYPES, TRAILER, TarSplitter, _parse_pax
 
 Progress = Callable[[int], None]
 

@@ -4,15 +4,15 @@
 2. The base image must be in the engine, by ID. What the bundle reads of it is fetched by
    streaming ``docker save``: the base layers the archive carries whole are written to disk;
    of the others, just the bytes of the entries the deltas read are kept as they stream past
-   (:meth:`OldContent.fetch_entries`), so a small update of an image with a large base layer
+   (:meth:`BaseContent.fetch_entries`), so a small update of an image with a large base layer
    needs little disk.
 3. The target's layers past the prefix it shares with the base are rebuilt into a *thin* archive
    (the engine already holds the shared prefix, so ``docker load`` skips it), loaded, checked to
    have the target's image ID, and tagged.
-4. The containers on the base image are swapped onto the target (:mod:`deltaimg.swap`).
+4. The containers on the base image are swapped onto the target (:mod:`deltaimg.apply.archive.swap`).
 
 Everything is written under ``work_dir`` (the state directory's scratch space when run by
-:mod:`deltaimg.unattended`, which empties it at the start of every run, so a killed rebuild
+:mod:`deltaimg.apply.archive.unattended`, which empties it at the start of every run, so a killed rebuild
 leaves nothing behind for long).
 """
 
@@ -23,13 +23,19 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
-from deltaimg import archivewriter, engine, faults, swap
-from deltaimg.apply import Plan, bind_base, layer_sources, load_target_config, read_plan
-from deltaimg.bundle import Bundle
-from deltaimg.decoder import old_references
+from deltaimg import faults
+
+from deltaimg.tar import writer as archivewriter
+
+from deltaimg.engine import dockerd as engine
+
+from deltaimg.apply import swap
+from deltaimg.apply.archive import Plan, bind_base, layer_sources, load_target_config, read_plan
+from deltaimg.bundle.format import Bundle
+from deltaimg.delta.decoder import base_references
 from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError
 from deltaimg.images.daemon import open_daemon_image
-from deltaimg.oldcontent import OldContent
+from deltaimg.delta.base_content import BaseContent
 from deltaimg.progress import Advance
 from deltaimg.report import name_of
 
@@ -126,7 +132,7 @@ def _load_target(client, bundle: Bundle, plan: Plan, log: Callable[[str], None],
             load_target_config(bundle, plan, base.config_bytes)
             faults.killpoint("rebuild")
             base.fetch(whole)
-            with OldContent(base, workdir, partial=True) as content, open(archive, "wb") as out:
+            with BaseContent(base, workdir, partial=True) as content, open(archive, "wb") as out:
                 content.fetch_entries(_references(bundle, plan, keep))
                 sources = layer_sources(bundle, plan, content, advance)
                 thin = [(d, size, fill if position >= keep else None) for position, (d, size, fill) in enumerate(sources)]
@@ -147,7 +153,7 @@ def _references(bundle: Bundle, plan: Plan, keep: int) -> Iterator[tuple[int, in
     for layer in plan.layers[keep:]:
         if layer["method"] == "delta":
             with bundle.open_payload(layer["payload"]) as payload:
-                yield from old_references(payload)
+                yield from base_references(payload)
 
 
 class _Upload:

@@ -1,12 +1,14 @@
-"""apply's core: rebuild one layer tar from its recipe, the literal stream and the old image."""
+"""apply's core: rebuild one layer tar from its recipe, the literal stream and the base image."""
 
 from __future__ import annotations
 
 from typing import BinaryIO, Callable, Iterator
 
-from deltaimg import codec, varint
+from deltaimg.codec import bsdiff, zstd_ref
+
+from deltaimg.codec import varint
 from deltaimg.errors import BundleFormatError, IntegrityError
-from deltaimg.layerformat import (
+from deltaimg.delta.recipe import (
     DATA_DELTA,
     DATA_LITERAL,
     DATA_PARTNER,
@@ -23,8 +25,8 @@ from deltaimg.layerformat import (
     with_checksum,
     read_header,
 )
-from deltaimg.oldcontent import OldContent, OldEntry
-from deltaimg.tarsplit import BLOCK
+from deltaimg.delta.base_content import BaseContent, BaseEntry
+from deltaimg.tar.split import BLOCK
 
 PIECE = 1 << 20
 MAX_BSDIFF_BYTES = 64 << 20  # a bsdiff record larger than this is not one deltaimg writes
@@ -35,10 +37,10 @@ Write = Callable[[bytes], object]
 class LiteralReader:
     """The literal stream, decompressed one chunk at a time against its reference spans."""
 
-    def __init__(self, payload: BinaryIO, chunks: list[Chunk], old: OldContent) -> None:
+    def __init__(self, payload: BinaryIO, chunks: list[Chunk], base: BaseContent) -> None:
         self._payload = payload
         self._chunks = iter(chunks)
-        self._old = old
+        self._old = base
         self._buffer = b""
         self._pos = 0
 
@@ -67,7 +69,7 @@ class LiteralReader:
         if len(frame) != chunk.frame_len:
             raise IntegrityError("a layer delta ends early: the bundle is damaged")
         prefix = b"".join(self._span(span) for span in chunk.spans)
-        self._buffer = codec.decompress(frame, chunk.literal_len, prefix)
+        self._buffer = zstd_ref.decompress(frame, chunk.literal_len, prefix)
         self._pos = 0
 
     def _span(self, span) -> bytes:
@@ -80,29 +82,29 @@ class LiteralReader:
             raise IntegrityError("a layer delta has trailing bytes: the bundle is damaged")
 
 
-def old_entry(old: OldContent, coords: tuple[int, int]) -> OldEntry:
-    """The old entry a recipe names. The base was checked to be the image the bundle was made
+def base_entry(base: BaseContent, coords: tuple[int, int]) -> BaseEntry:
+    """The base entry a recipe names. The base was checked to be the image the bundle was made
     against, so naming an entry it lacks is the bundle's fault, not the base's."""
     layer, index = coords
-    if layer >= len(old.image.layers) or index >= len(old.entries(layer)):
+    if layer >= len(base.image.layers) or index >= len(base.entries(layer)):
         raise BundleFormatError(f"a layer delta refers to entry {index} of base layer {layer}, which the "
                                 "base lacks: the bundle is damaged")
-    return old.entry(layer, index)
+    return base.entry(layer, index)
 
 
-def rebuild_layer(payload: BinaryIO, old: OldContent, write: Write) -> None:
+def rebuild_layer(payload: BinaryIO, base: BaseContent, write: Write) -> None:
     """Write the layer tar that ``payload`` describes; raises on any inconsistency."""
     chunks, reader = read_recipe(payload)
-    literal = LiteralReader(payload, chunks, old)
+    literal = LiteralReader(payload, chunks, base)
     records = RecordReader(reader)
     while True:
         record = records.next()
-        partner = old_entry(old, record.partner) if record.partner else None
-        _write_pre(record, partner, literal, old, write)
+        partner = base_entry(base, record.partner) if record.partner else None
+        _write_pre(record, partner, literal, base, write)
         if record.trailer:
             literal.copy(record.size, write)
             break
-        size = _write_data(record, partner, literal, old, write)
+        size = _write_data(record, partner, literal, base, write)
         pad_len = (-size) % BLOCK
         write(literal.read(pad_len) if record.pad_literal else bytes(pad_len))
     if not reader.at_end():
@@ -110,12 +112,12 @@ def rebuild_layer(payload: BinaryIO, old: OldContent, write: Write) -> None:
     literal.finish()
 
 
-def _write_pre(record, partner: OldEntry | None, literal: LiteralReader, old: OldContent, write: Write) -> None:
+def _write_pre(record, partner: BaseEntry | None, literal: LiteralReader, base: BaseContent, write: Write) -> None:
     if record.pre_kind == PRE_LITERAL:
         literal.copy(record.pre_len, write)
         return
     assert partner is not None
-    pre = old.read_pre(partner)
+    pre = base.read_pre(partner)
     if record.pre_kind == PRE_PARTNER:
         write(pre)
         return
@@ -131,47 +133,47 @@ def _write_pre(record, partner: OldEntry | None, literal: LiteralReader, old: Ol
     write(bytes(edited))
 
 
-def _write_data(record, partner: OldEntry | None, literal: LiteralReader, old: OldContent, write: Write) -> int:
+def _write_data(record, partner: BaseEntry | None, literal: LiteralReader, base: BaseContent, write: Write) -> int:
     """Write the entry's payload and return its size."""
     if record.data_kind == DATA_LITERAL:
         literal.copy(record.size, write)
         return record.size
     if record.data_kind == DATA_REF:
-        source = old_entry(old, record.ref)
-        old.copy_data(source, write)
+        source = base_entry(base, record.ref)
+        base.copy_data(source, write)
         return source.size
     assert partner is not None
     if record.data_kind == DATA_PARTNER:
-        old.copy_data(partner, write)
+        base.copy_data(partner, write)
         return partner.size
     assert record.data_kind == DATA_DELTA
     for segment in record.segments:
-        if segment.old_start + segment.old_len > partner.size:
-            raise BundleFormatError("a delta segment refers past its old file's end: the bundle is damaged")
+        if segment.base_start + segment.base_len > partner.size:
+            raise BundleFormatError("a delta segment refers past its base file's end: the bundle is damaged")
         if segment.kind != SEGMENT_BSDIFF:
-            literal.copy(segment.new_len, write)
+            literal.copy(segment.target_len, write)
             continue
-        if max(segment.new_len, segment.old_len, *segment.bsdiff_lens) > MAX_BSDIFF_BYTES:
+        if max(segment.target_len, segment.base_len, *segment.bsdiff_lens) > MAX_BSDIFF_BYTES:
             raise BundleFormatError("a binary delta is larger than any deltaimg writes: the bundle is damaged")
-        if not bsdiff_fits(segment.new_len, *segment.bsdiff_lens):
+        if not bsdiff_fits(segment.target_len, *segment.bsdiff_lens):
             raise BundleFormatError("a binary delta is larger than the bytes it makes: the bundle is damaged")
         control, diff, extra = (literal.read(n) for n in segment.bsdiff_lens)
-        old_bytes = old.read_data(partner, segment.old_start, segment.old_len)
-        write(codec.bspatch(old_bytes, segment.new_len, control, diff, extra))
+        base_bytes = base.read_data(partner, segment.base_start, segment.base_len)
+        write(bsdiff.patch(base_bytes, segment.target_len, control, diff, extra))
     return record.size
 
 
-def bsdiff_fits(new_len: int, control_len: int, diff_len: int, extra_len: int) -> bool:
-    """Whether bsdiff streams are no larger than bsdiff makes for ``new_len`` bytes: at most one
+def bsdiff_fits(target_len: int, control_len: int, diff_len: int, extra_len: int) -> bool:
+    """Whether bsdiff streams are no larger than bsdiff makes for ``target_len`` bytes: at most one
     24-byte control triple per byte made (plus one), a diff stream no longer than those bytes
     (plus the run coding's few bytes), an extra stream no longer than them. So the literal bytes
     apply reads stay in proportion to the bytes it writes, which the layer's size bounds."""
-    return control_len <= 24 * (new_len + 1) and diff_len <= new_len + 32 and extra_len <= new_len
+    return control_len <= 24 * (target_len + 1) and diff_len <= target_len + 32 and extra_len <= target_len
 
 
-def old_references(payload: BinaryIO) -> Iterator[tuple[int, int, int, int, int | None]]:
+def base_references(payload: BinaryIO) -> Iterator[tuple[int, int, int, int, int | None]]:
     """What a layer delta reads of the base, from its recipe alone (the chunks are not decoded):
-    ``(layer, index, part, start, length)`` of an old entry's header (PART_PRE) or payload,
+    ``(layer, index, part, start, length)`` of a base entry's header (PART_PRE) or payload,
     ``length`` None for the rest of it. A partner read for nothing comes with length 0: the
     decoder still looks its entry up."""
     chunks, reader = read_recipe(payload)
@@ -187,7 +189,7 @@ def old_references(payload: BinaryIO) -> Iterator[tuple[int, int, int, int, int 
                 yield *record.partner, PART_DATA, 0, None
             for segment in record.segments if record.data_kind == DATA_DELTA else ():
                 if segment.kind == SEGMENT_BSDIFF:
-                    yield *record.partner, PART_DATA, segment.old_start, segment.old_len
+                    yield *record.partner, PART_DATA, segment.base_start, segment.base_len
         if record.ref and record.data_kind == DATA_REF:
             yield *record.ref, PART_DATA, 0, None
         if record.trailer:
@@ -197,13 +199,13 @@ def old_references(payload: BinaryIO) -> Iterator[tuple[int, int, int, int, int 
 def read_recipe(payload: BinaryIO) -> tuple[list[Chunk], varint.Reader]:
     """A layer delta's chunk table and its entry records, the payload left at the first chunk frame."""
     recipe_len, frame_len = read_header(payload)
-    return decode_recipe(codec.decompress(payload.read(frame_len), recipe_len))
+    return decode_recipe(zstd_ref.decompress(payload.read(frame_len), recipe_len))
 
 
-def _byte_range(old: OldContent, layer: int, index: int, part: int, start: int, length: int | None) -> tuple[int, int, int]:
-    """Where ``length`` bytes from ``start`` of an old entry's header or payload lie in its layer."""
-    offset, limit = old_entry(old, (layer, index)).part(part)
+def _byte_range(base: BaseContent, layer: int, index: int, part: int, start: int, length: int | None) -> tuple[int, int, int]:
+    """Where ``length`` bytes from ``start`` of a base entry's header or payload lie in its layer."""
+    offset, limit = base_entry(base, (layer, index)).part(part)
     length = limit - start if length is None else length
     if start + length > limit:
-        raise BundleFormatError("a layer delta refers past an old entry's end: the bundle is damaged")
+        raise BundleFormatError("a layer delta refers past a base entry's end: the bundle is damaged")
     return layer, offset + start, length

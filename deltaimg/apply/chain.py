@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from deltaimg.bundle import Bundle
+from deltaimg.bundle.format import Bundle
 from deltaimg.errors import UsageError
 from deltaimg.report import name_of
 

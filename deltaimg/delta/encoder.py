@@ -1,13 +1,13 @@
-"""make's core: encode one new layer tar as a recipe against the old image.
+"""make's core: encode one target layer tar as a recipe against the base image.
 
-For every tar entry of the new layer, in order:
+For every tar entry of the target layer, in order:
 
-- its header bytes come from the partner's header (same old path, or a similar one), from the
+- its header bytes come from the partner's header (same base path, or a similar one), from the
   partner's header with a few bytes edited (a rebuild that only moved timestamps), or literally;
-- its payload comes from identical content anywhere in the old image (by sha256), from a bsdiff
+- its payload comes from identical content anywhere in the base image (by sha256), from a bsdiff
   of the partner, or literally, with the partner in the zstd reference prefix;
 - everything literal goes into one stream, cut into chunks that are zstd-compressed with the
-  old bytes they resemble as reference prefix.
+  base bytes they resemble as reference prefix.
 
 Memory stays bounded: payloads are held in memory only up to ``MEMORY_PAYLOAD_MAX`` (larger
 ones are spilled to the work directory), a bounded number of chunks and bsdiff jobs run at once.
@@ -24,9 +24,9 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-from deltaimg import codec
+from deltaimg.codec import bsdiff, zstd_ref
 from deltaimg.errors import ImageReadError
-from deltaimg.layerformat import (
+from deltaimg.delta.recipe import (
     DATA_DELTA,
     DATA_LITERAL,
     DATA_PARTNER,
@@ -49,8 +49,8 @@ from deltaimg.layerformat import (
     pack_header,
     with_checksum,
 )
-from deltaimg.oldcontent import OldEntry, OldIndex
-from deltaimg.tarsplit import BLOCK, REGULAR_TYPES, TRAILER, Entry, TarSplitter
+from deltaimg.delta.base_content import BaseEntry, BaseIndex
+from deltaimg.tar.split import BLOCK, REGULAR_TYPES, TRAILER, Entry, TarSplitter
 
 CHUNK_LITERAL = 8 << 20  # literal bytes per zstd frame
 REF_BUDGET = 24 << 20  # reference bytes per zstd frame
@@ -88,14 +88,14 @@ class _Part:
     """A piece of the literal stream: bytes now, bytes later (a future), or a spilled file."""
 
     data: bytes | Future | str | _Segmented
-    partner: OldEntry | None = None  # reference spans come from this entry's payload
+    partner: BaseEntry | None = None  # reference spans come from this entry's payload
     spans: list[Span] = field(default_factory=list)
-    fallback: bytes = b""  # a bsdiff candidate's new payload, coded literally if bsdiff loses
-    old_len: int = 0  # a bsdiff candidate's reference: the partner's first old_len bytes
+    fallback: bytes = b""  # a bsdiff candidate's target payload, coded literally if bsdiff loses
+    base_len: int = 0  # a bsdiff candidate's reference: the partner's first base_len bytes
 
     @property
     def held(self) -> int:
-        return len(self.fallback) + self.old_len + (len(self.data) if isinstance(self.data, bytes) else 0)
+        return len(self.fallback) + self.base_len + (len(self.data) if isinstance(self.data, bytes) else 0)
 
 
 @dataclass
@@ -108,7 +108,7 @@ class _Segmented:
 class LiteralStream:
     """The literal stream, cut into chunks compressed in parallel against their reference spans."""
 
-    def __init__(self, index: OldIndex, out: BinaryIO, pool: Executor) -> None:
+    def __init__(self, index: BaseIndex, out: BinaryIO, pool: Executor) -> None:
         self._index = index
         self._out = out
         self._pool = pool
@@ -121,7 +121,7 @@ class LiteralStream:
 
     def add(self, data: bytes, spans: list[Span]) -> None:
         if self._buffer and self._prefix_len + sum(self._growth(span) for span in spans) > REF_BUDGET:
-            self._cut()  # a new chunk rather than bytes coded without the reference they need
+            self._cut()  # a fresh chunk rather than bytes coded without the reference they need
         for span in spans:
             self._add_span(span)
         self._buffer += data
@@ -129,14 +129,14 @@ class LiteralStream:
             self._cut()
 
     def _merged(self, span: Span) -> Span | None:
-        """``span`` joined with the chunk's span of the same old bytes, when they touch."""
+        """``span`` joined with the chunk's span of the same base bytes, when they touch."""
         at = self._span_at.get((span.layer, span.index, span.part))
         if at is None:
             return None
-        old = self._spans[at]
-        if span.start > old.start + old.length or old.start > span.start + span.length:
-            return old  # disjoint: the later piece keeps the reference it already has
-        start, end = min(old.start, span.start), max(old.start + old.length, span.start + span.length)
+        base = self._spans[at]
+        if span.start > base.start + base.length or base.start > span.start + span.length:
+            return base  # disjoint: the later piece keeps the reference it already has
+        start, end = min(base.start, span.start), max(base.start + base.length, span.start + span.length)
         return Span(span.layer, span.index, span.part, start, end - start)
 
     def _growth(self, span: Span) -> int:
@@ -166,7 +166,7 @@ class LiteralStream:
             return
         chunk = Chunk(literal_len=len(self._buffer), frame_len=0, spans=self._spans)
         prefix = b"".join(self._read_span(s) for s in chunk.spans)
-        future = self._pool.submit(codec.compress, bytes(self._buffer), prefix)
+        future = self._pool.submit(zstd_ref.compress, bytes(self._buffer), prefix)
         self._in_flight.append((chunk, future))
         self.chunks.append(chunk)
         self._buffer = bytearray()
@@ -191,55 +191,55 @@ class LiteralStream:
         return self.chunks
 
 
-def whole(entry: OldEntry, part: int) -> Span:
+def whole(entry: BaseEntry, part: int) -> Span:
     return Span(entry.layer, entry.index, part, 0, entry.part(part)[1])
 
 
-def old_region(partner_size: int, start: int, end: int, size: int) -> tuple[int, int]:
-    """The partner's bytes that line up with bytes [start, end) of a new payload of ``size``."""
+def base_region(partner_size: int, start: int, end: int, size: int) -> tuple[int, int]:
+    """The partner's bytes that line up with bytes [start, end) of a target payload of ``size``."""
     scale = partner_size / max(size, 1)
     lo = max(0, int(start * scale) - SEGMENT_MARGIN)
     hi = min(partner_size, int(end * scale) + SEGMENT_MARGIN)
-    if hi - lo > WHOLE_OLD_MAX:  # a much larger old file: bsdiff's memory is ~17x the region
+    if hi - lo > WHOLE_OLD_MAX:  # a much larger base file: bsdiff's memory is ~17x the region
         lo = max(0, (lo + hi - WHOLE_OLD_MAX) // 2)
         hi = min(partner_size, lo + WHOLE_OLD_MAX)
     return lo, hi
 
 
-def choose_delta(old: bytes, new: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """bsdiff's streams when they code smaller than zstd against the old file; else None."""
-    control, diff, extra = codec.bsdiff(old, new)
-    as_bsdiff = len(codec.compress(control + diff + extra, level=ESTIMATE_LEVEL))
-    as_zstd = len(codec.compress(new, prefix=old, level=ESTIMATE_LEVEL))
+def choose_delta(base: bytes, target: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """bsdiff's streams when they code smaller than zstd against the base file; else None."""
+    control, diff, extra = bsdiff.diff(base, target)
+    as_bsdiff = len(zstd_ref.compress(control + diff + extra, level=ESTIMATE_LEVEL))
+    as_zstd = len(zstd_ref.compress(target, prefix=base, level=ESTIMATE_LEVEL))
     return (control, diff, extra) if as_bsdiff < as_zstd else None
 
 
-def edit_runs(old: bytes, new: bytes) -> list[tuple[int, int]] | None:
-    """Byte runs where ``new`` differs from the same-length ``old``; None when that is no bargain."""
-    if len(old) != len(new):
+def edit_runs(base: bytes, target: bytes) -> list[tuple[int, int]] | None:
+    """Byte runs where ``target`` differs from the same-length ``base``; None when that is no bargain."""
+    if len(base) != len(target):
         return None
-    xor = (int.from_bytes(old, "big") ^ int.from_bytes(new, "big")).to_bytes(len(new), "big")
-    runs = [(start, end - start) for start, end in codec.nonzero_runs(xor)]
+    xor = (int.from_bytes(base, "big") ^ int.from_bytes(target, "big")).to_bytes(len(target), "big")
+    runs = [(start, end - start) for start, end in bsdiff.nonzero_runs(xor)]
     changed = sum(length for _, length in runs)
-    return runs if changed + 2 * len(runs) < len(new) // 2 else None
+    return runs if changed + 2 * len(runs) < len(target) // 2 else None
 
 
-def _header_edits(old: bytes, new: bytes) -> tuple[int, list[tuple[int, int]] | None]:
-    """How to edit ``old`` into ``new``, leaving out the checksum when the applier can compute it."""
-    if len(new) >= BLOCK and len(old) == len(new) and with_checksum(new) == new:
-        field = slice(len(new) - BLOCK + 148, len(new) - BLOCK + 156)
-        masked = new[: field.start] + old[field] + new[field.stop :]
-        runs = edit_runs(old, masked)
+def _header_edits(base: bytes, target: bytes) -> tuple[int, list[tuple[int, int]] | None]:
+    """How to edit ``base`` into ``target``, leaving out the checksum when the applier can compute it."""
+    if len(target) >= BLOCK and len(base) == len(target) and with_checksum(target) == target:
+        field = slice(len(target) - BLOCK + 148, len(target) - BLOCK + 156)
+        masked = target[: field.start] + base[field] + target[field.stop :]
+        runs = edit_runs(base, masked)
         if runs is not None:
             return PRE_EDITED_CHECKSUM, runs
-    return PRE_EDITED, edit_runs(old, new)
+    return PRE_EDITED, edit_runs(base, target)
 
 
 class LayerEncoder:
-    """Encodes one new layer; see the module docstring."""
+    """Encodes one target layer; see the module docstring."""
 
-    def __init__(self, index: OldIndex, pool: Executor, workdir: str, home: int | None) -> None:
-        """``home``: the old layer this one replaces, if any (see :meth:`OldIndex.home`)."""
+    def __init__(self, index: BaseIndex, pool: Executor, workdir: str, home: int | None) -> None:
+        """``home``: the base layer this one replaces, if any (see :meth:`BaseIndex.home`)."""
         self._index = index
         self._home = index.home(home)
         self._pool = pool
@@ -266,13 +266,13 @@ class LayerEncoder:
                     self._held += sum(p.held for p in parts)
                     self._drain(pending, literal, records, everything=False)
             except EOFError:
-                raise ImageReadError("a layer of the new image is a truncated tar") from None
+                raise ImageReadError("a layer of the target image is a truncated tar") from None
             chunks = literal.close()
             recipe = encode_recipe(chunks, bytes(records.out))
             if len(recipe) > MAX_RECIPE_BYTES:  # apply would refuse it: say so now, not on the edge host
-                raise ImageReadError(f"a layer of the new image has {self.stats.entries} entries, more than "
+                raise ImageReadError(f"a layer of the target image has {self.stats.entries} entries, more than "
                                      "a bundle can describe; split it into several layers")
-            frame = codec.compress(recipe)
+            frame = zstd_ref.compress(recipe)
             out.write(pack_header(len(recipe), len(frame)))
             out.write(frame)
             frames.seek(0)
@@ -299,14 +299,14 @@ class LayerEncoder:
             parts.append(_Part(entry.pad))
         return record, parts
 
-    def _plan_pre(self, entry: Entry, partner: OldEntry | None, record: Record, parts: list[_Part]) -> None:
+    def _plan_pre(self, entry: Entry, partner: BaseEntry | None, record: Record, parts: list[_Part]) -> None:
         if partner is not None:
-            old_pre = self._index.content.read_pre(partner)
-            if old_pre == entry.pre:
+            base_pre = self._index.content.read_pre(partner)
+            if base_pre == entry.pre:
                 record.pre_kind = PRE_PARTNER
                 self.stats.headers_from_old += 1
                 return
-            kind, runs = _header_edits(old_pre, entry.pre)
+            kind, runs = _header_edits(base_pre, entry.pre)
             if runs is not None:
                 record.pre_kind, record.edits = kind, runs
                 parts.append(_Part(b"".join(entry.pre[o : o + n] for o, n in runs)))
@@ -315,7 +315,7 @@ class LayerEncoder:
         record.pre_len = len(entry.pre)
         parts.append(_Part(entry.pre, spans=[whole(partner, PART_PRE)] if partner else []))
 
-    def _plan_data(self, splitter: TarSplitter, entry: Entry, partner: OldEntry | None, record: Record, parts: list[_Part]) -> None:
+    def _plan_data(self, splitter: TarSplitter, entry: Entry, partner: BaseEntry | None, record: Record, parts: list[_Part]) -> None:
         self.stats.files += 1
         digest = hashlib.sha256()
         if entry.size <= MEMORY_PAYLOAD_MAX:
@@ -340,9 +340,9 @@ class LayerEncoder:
             return
         record.data_kind = DATA_DELTA
         if isinstance(payload, bytes) and usable.size <= WHOLE_OLD_MAX:
-            old = self._index.content.read_data(usable)
-            job = self._pool.submit(choose_delta, old, payload)
-            parts.append(_Part(job, partner=usable, fallback=payload, old_len=usable.size))
+            base = self._index.content.read_data(usable)
+            job = self._pool.submit(choose_delta, base, payload)
+            parts.append(_Part(job, partner=usable, fallback=payload, base_len=usable.size))
         else:
             parts.append(_Part(_Segmented(payload), partner=usable))
 
@@ -371,7 +371,7 @@ class LayerEncoder:
         data = part.data
         if isinstance(data, Future):
             assert part.partner is not None
-            self._emit_segment(record, part.partner, part.fallback, 0, part.old_len, data, literal)
+            self._emit_segment(record, part.partner, part.fallback, 0, part.base_len, data, literal)
         elif isinstance(data, _Segmented):
             assert part.partner is not None
             self._emit_segmented(record, part.partner, data.payload, literal)
@@ -388,29 +388,29 @@ class LayerEncoder:
             else:
                 self.stats.zstd_delta += 1
 
-    def _emit_segment(self, record: Record, partner: OldEntry, new: bytes, old_start: int, old_len: int,
+    def _emit_segment(self, record: Record, partner: BaseEntry, target: bytes, base_start: int, base_len: int,
                       job: Future, literal: LiteralStream) -> None:
         """Code one segment as bsdiff streams or literally, whichever ``choose_delta`` found smaller."""
         streams = job.result()
-        span = Span(partner.layer, partner.index, PART_DATA, old_start, old_len)
+        span = Span(partner.layer, partner.index, PART_DATA, base_start, base_len)
         if streams is None:
-            record.segments.append(Segment(SEGMENT_LITERAL, len(new), old_start, old_len))
-            self._add_literal(new, [span], literal)
+            record.segments.append(Segment(SEGMENT_LITERAL, len(target), base_start, base_len))
+            self._add_literal(target, [span], literal)
         else:
             lens = (len(streams[0]), len(streams[1]), len(streams[2]))
-            record.segments.append(Segment(SEGMENT_BSDIFF, len(new), old_start, old_len, lens))
+            record.segments.append(Segment(SEGMENT_BSDIFF, len(target), base_start, base_len, lens))
             self._add_literal(b"".join(streams), [span], literal)
 
-    def _emit_segmented(self, record: Record, partner: OldEntry, payload: bytes | str, literal: LiteralStream) -> None:
+    def _emit_segmented(self, record: Record, partner: BaseEntry, payload: bytes | str, literal: LiteralStream) -> None:
         """Segments of a large payload, bsdiffed in parallel a few at a time, emitted in order."""
         window: collections.deque[tuple[bytes, int, int, Future]] = collections.deque()
         source = io.BytesIO(payload) if isinstance(payload, bytes) else open(payload, "rb")
         with source:
             for start in range(0, record.size, SEGMENT):
-                new = source.read(SEGMENT)
-                lo, hi = old_region(partner.size, start, start + len(new), record.size)
-                old = self._index.content.read_data(partner, lo, hi - lo)
-                window.append((new, lo, hi - lo, self._pool.submit(choose_delta, old, new)))
+                target = source.read(SEGMENT)
+                lo, hi = base_region(partner.size, start, start + len(target), record.size)
+                base = self._index.content.read_data(partner, lo, hi - lo)
+                window.append((target, lo, hi - lo, self._pool.submit(choose_delta, base, target)))
                 if len(window) >= SEGMENT_JOBS:
                     self._emit_segment(record, partner, *window.popleft(), literal)
             while window:
@@ -433,10 +433,10 @@ class LayerEncoder:
         records.add(Record(pre_kind=PRE_LITERAL, data_kind=DATA_LITERAL, size=entry.size, trailer=True))
 
 
-def old_reads(index: OldIndex, layer_stream: BinaryIO, home: int | None) -> Iterator[tuple[int, int, int, int, None]]:
-    """What :meth:`LayerEncoder.encode` reads of the old image to encode this new layer, by the
-    same rules, as :meth:`OldContent.fetch_entries` references: each partner's header, and the
-    partner's payload unless the new payload is found whole in the old image."""
+def base_reads(index: BaseIndex, layer_stream: BinaryIO, home: int | None) -> Iterator[tuple[int, int, int, int, None]]:
+    """What :meth:`LayerEncoder.encode` reads of the base image to encode this target layer, by the
+    same rules, as :meth:`BaseContent.fetch_entries` references: each partner's header, and the
+    partner's payload unless the target payload is found whole in the base image."""
     splitter = TarSplitter(layer_stream)
     paths = index.home(home)
     try:
@@ -455,16 +455,16 @@ def old_reads(index: OldIndex, layer_stream: BinaryIO, home: int | None) -> Iter
                 if _same_content(index, entry, digest.digest()) is None:
                     yield usable.layer, usable.index, PART_DATA, 0, None
     except EOFError:
-        raise ImageReadError("a layer of the new image is a truncated tar") from None
+        raise ImageReadError("a layer of the target image is a truncated tar") from None
 
 
-def _usable(partner: OldEntry | None) -> OldEntry | None:
+def _usable(partner: BaseEntry | None) -> BaseEntry | None:
     """The partner, if its payload can be a delta's reference."""
     return partner if partner is not None and partner.is_regular and partner.size else None
 
 
-def _same_content(index: OldIndex, entry: Entry, digest: bytes) -> OldEntry | None:
-    """An old file with exactly this (regular) entry's payload."""
+def _same_content(index: BaseIndex, entry: Entry, digest: bytes) -> BaseEntry | None:
+    """A base file with exactly this (regular) entry's payload."""
     same = index.by_digest.get(digest) if entry.is_file else None
     return same if same is not None and same.size == entry.size else None
 

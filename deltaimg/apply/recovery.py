@@ -27,11 +27,13 @@ import docker
 import docker.errors
 import requests
 
-from deltaimg import engine, faults
+from deltaimg import faults
+
+from deltaimg.engine import dockerd as engine
 from deltaimg.errors import RecoveryError
-from deltaimg.journal import Attempt, Journal
+from deltaimg.apply.journal import Attempt, Journal
 from deltaimg.report import name_of
-from deltaimg.swap import SIDE_SUFFIX, remove_new_container
+from deltaimg.apply.swap import SIDE_SUFFIX, remove_new_container
 
 Outcome = Callable[[str, dict, str], None]
 

@@ -8,15 +8,17 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-from deltaimg import __version__, codec
-from deltaimg.bundle import CONFIG_PAYLOAD, STATS_FIELDS, BundleWriter
-from deltaimg.encoder import LayerEncoder, old_reads
+from deltaimg import __version__
+
+from deltaimg.codec import zstd_ref
+from deltaimg.bundle.format import CONFIG_PAYLOAD, STATS_FIELDS, BundleWriter
+from deltaimg.delta.encoder import LayerEncoder, base_reads
 from deltaimg.errors import WRITE_FAILURES, ImageReadError, OutputError
-from deltaimg.imagediff import change_summary
-from deltaimg.images.base import Image
+from deltaimg.diff.images import change_summary
+from deltaimg.images.model import Image
 from deltaimg.images.blobs import HashingReader
 from deltaimg.images.daemon import DaemonImage
-from deltaimg.oldcontent import OldContent, OldIndex
+from deltaimg.delta.base_content import BaseContent, BaseIndex
 
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 
@@ -32,50 +34,50 @@ def image_summary(image: Image) -> dict:
     }
 
 
-def make_bundle(old: Image, new: Image, output: str, private_key, progress: Callable[[int], None] | None = None,
+def make_bundle(base: Image, target: Image, output: str, private_key, progress: Callable[[int], None] | None = None,
                 split_size: int | None = None) -> dict:
-    """Write the bundle that turns ``old`` into ``new``; returns the signed manifest's summary."""
+    """Write the bundle that turns ``base`` into ``target``; returns the signed manifest's summary."""
     writer = BundleWriter(output, split_size)
     try:
         with tempfile.TemporaryDirectory(prefix="deltaimg-make-") as workdir, ThreadPoolExecutor(WORKERS) as pool:
-            with OldContent(old, workdir, partial=True) as content:
-                layers = _encode_layers(old, new, content, writer, pool, workdir, progress)
+            with BaseContent(base, workdir, partial=True) as content:
+                layers = _encode_layers(base, target, content, writer, pool, workdir, progress)
             manifest = {
                 "tool": f"deltaimg {__version__}",
                 "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "base": image_summary(old),
-                "target": image_summary(new),
+                "base": image_summary(base),
+                "target": image_summary(target),
                 "layers": [_stored(layer) for layer in layers],
-                "changes": change_summary(old, new),  # after encoding: an engine has exported the layers by now
+                "changes": change_summary(base, target),  # after encoding: an engine has exported the layers by now
             }
-            config = codec.compress(new.config_bytes, prefix=old.config_bytes)
+            config = zstd_ref.compress(target.config_bytes, prefix=base.config_bytes)
             writer.add_payload(CONFIG_PAYLOAD, lambda w: w.write(config))
             manifest = writer.finish(manifest, private_key)
     except BaseException:
         writer.abort()
         raise
     distinct = {layer["diff_id"]: layer["size"] for layer in layers}
-    return {**manifest, "layers": layers, "full_image_size": len(new.config_bytes) + sum(distinct.values()),
+    return {**manifest, "layers": layers, "full_image_size": len(target.config_bytes) + sum(distinct.values()),
             "bundle_size": writer.size, "files": writer.paths}
 
 
-def _old_reads(index: OldIndex, old: Image, new: Image, changed: set[str]) -> Iterator[tuple[int, int, int, int, None]]:
-    """What the encoder will read of the old image for these new layers; reading them costs
-    one more pass over the new image's changed layers."""
-    for diff_id, stream in new.layer_streams(changed):
+def _base_reads(index: BaseIndex, base: Image, target: Image, changed: set[str]) -> Iterator[tuple[int, int, int, int, None]]:
+    """What the encoder will read of the base image for these target layers; reading them costs
+    one more pass over the target image's changed layers."""
+    for diff_id, stream in target.layer_streams(changed):
         try:
-            yield from old_reads(index, stream, _home(old, new, new.diff_ids.index(diff_id)))
+            yield from base_reads(index, stream, _home(base, target, target.diff_ids.index(diff_id)))
         except OSError as exc:
-            raise ImageReadError(f"{new.source}: cannot read layer {new.diff_ids.index(diff_id)} ({exc})") from None
+            raise ImageReadError(f"{target.source}: cannot read layer {target.diff_ids.index(diff_id)} ({exc})") from None
 
 
-def _home(old: Image, new: Image, position: int) -> int | None:
-    """The old layer that new layer ``position`` replaces: the old one at that position, unless the
-    new image keeps it elsewhere (or it repeats an earlier old layer, which is indexed once)."""
-    if position >= len(old.layers):
+def _home(base: Image, target: Image, position: int) -> int | None:
+    """The base layer that target layer ``position`` replaces: the base one at that position, unless the
+    target image keeps it elsewhere (or it repeats an earlier base layer, which is indexed once)."""
+    if position >= len(base.layers):
         return None
-    diff_id = old.diff_ids[position]
-    return position if diff_id not in new.diff_ids and old.diff_ids.index(diff_id) == position else None
+    diff_id = base.diff_ids[position]
+    return position if diff_id not in target.diff_ids and base.diff_ids.index(diff_id) == position else None
 
 
 def _stored(layer: dict) -> dict:
@@ -89,18 +91,18 @@ def _stored(layer: dict) -> dict:
     return stored
 
 
-def _encode_layers(old: Image, new: Image, content: OldContent, writer: BundleWriter, pool, workdir: str, progress) -> list[dict]:
+def _encode_layers(base: Image, target: Image, content: BaseContent, writer: BundleWriter, pool, workdir: str, progress) -> list[dict]:
     records: list[dict] = []
     done: dict[str, int] = {}
-    changed = {layer.diff_id for layer in new.layers} - set(old.diff_ids)
-    if isinstance(new, DaemonImage):  # export only the changed layers from the engine, in one pass
-        new.fetch(changed)
-    index = OldIndex(content) if changed else None
+    changed = {layer.diff_id for layer in target.layers} - set(base.diff_ids)
+    if isinstance(target, DaemonImage):  # export only the changed layers from the engine, in one pass
+        target.fetch(changed)
+    index = BaseIndex(content) if changed else None
     if index is not None and content.streamed:
-        content.fetch_entries(_old_reads(index, old, new, changed))
-    for position, layer in enumerate(new.layers):
-        if layer.diff_id in old.diff_ids:
-            base_layer = old.diff_ids.index(layer.diff_id)
+        content.fetch_entries(_base_reads(index, base, target, changed))
+    for position, layer in enumerate(target.layers):
+        if layer.diff_id in base.diff_ids:
+            base_layer = base.diff_ids.index(layer.diff_id)
             records.append({"diff_id": layer.diff_id, "method": "base", "base_layer": base_layer,
                             "size": content.layer_size(base_layer)})
             continue
@@ -109,7 +111,7 @@ def _encode_layers(old: Image, new: Image, content: OldContent, writer: BundleWr
                             "size": records[done[layer.diff_id]]["size"]})
             continue
         assert index is not None
-        encoder = LayerEncoder(index, pool, workdir, _home(old, new, position))
+        encoder = LayerEncoder(index, pool, workdir, _home(base, target, position))
         name = f"layer-{position}"
         reader_box: list[HashingReader] = []
 
@@ -126,13 +128,13 @@ def _encode_layers(old: Image, new: Image, content: OldContent, writer: BundleWr
             if exc.errno in WRITE_FAILURES:  # the bundle's spool or the encoder's scratch files, not the image
                 raise OutputError(f"cannot write {writer.output} or its scratch files: {exc.strerror}; free some "
                                   "space there (or in $TMPDIR) and run again") from None
-            raise ImageReadError(f"{new.source}: cannot read layer {position} ({exc})") from None
+            raise ImageReadError(f"{target.source}: cannot read layer {position} ({exc})") from None
         except EOFError as exc:
-            raise ImageReadError(f"{new.source}: cannot read layer {position} ({exc})") from None
+            raise ImageReadError(f"{target.source}: cannot read layer {position} ({exc})") from None
         reader = reader_box[0]
         if "sha256:" + reader.digest.hexdigest() != layer.diff_id:
             raise ImageReadError(
-                f"{new.source}: layer {position} does not hash to its diff_id {layer.diff_id[:19]}; the image is damaged"
+                f"{target.source}: layer {position} does not hash to its diff_id {layer.diff_id[:19]}; the image is damaged"
             )
         done[layer.diff_id] = len(records)
         records.append({"diff_id": layer.diff_id, "method": "delta", "payload": name, "size": reader.size,

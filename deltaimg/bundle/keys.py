@@ -11,7 +11,7 @@ import os
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from deltaimg import signing
+from deltaimg.bundle import signing
 from deltaimg.errors import KeyFileError
 
 DEFAULT_TRUST_DIR = "/etc/deltaimg/trusted.d"

@@ -1,15 +1,15 @@
-"""The old image's content, as the source of references for deltas.
+"""The base image's content, as the source of references for deltas.
 
-Both sides see the old image the same way: layer ``L`` of the base image, entry ``i`` of that
-layer's tar (as :mod:`deltaimg.tarsplit` numbers them), its raw header bytes or its payload.
-The bundle refers to old content only by those coordinates, so the applier needs nothing but
+Both sides see the base image the same way: layer ``L`` of the base image, entry ``i`` of that
+layer's tar (as :mod:`deltaimg.tar.split` numbers them), its raw header bytes or its payload.
+The bundle refers to base content only by those coordinates, so the applier needs nothing but
 the base image's layers to resolve them.
 
 Layers are read in place when their uncompressed bytes sit in a file (legacy ``docker save``,
 uncompressed OCI blobs). Others (compressed blobs, an engine's image) are decompressed once
-into the work directory, unless the old image is opened ``partial``: then those layers are only
+into the work directory, unless the base image is opened ``partial``: then those layers are only
 streamed past, and just the parts of the entries that will be read are kept, in sparse files
-(:meth:`OldContent.fetch_entries`), so neither make nor apply holds a full copy of an engine's
+(:meth:`BaseContent.fetch_entries`), so neither make nor apply holds a full copy of an engine's
 image on disk. make streams them twice (to index them, then to keep what its deltas read), apply
 once.
 """
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from deltaimg.errors import ImageReadError
-from deltaimg.images.base import Image
+from deltaimg.images.model import Image
 from deltaimg.images.blobs import HashingReader, open_range
-from deltaimg.layerformat import PART_PRE
-from deltaimg.tarsplit import REGULAR_TYPES, TRAILER, Entry, TarSplitter
+from deltaimg.delta.recipe import PART_PRE
+from deltaimg.tar.split import REGULAR_TYPES, TRAILER, Entry, TarSplitter
 
 COPY_CHUNK = 1 << 20
 # Version numbers, and the hex hashes wheels put in vendored library names
@@ -36,7 +36,7 @@ _VERSION_RE = re.compile(r"[0-9a-f]*[0-9][0-9a-f]*")
 
 
 @dataclass(frozen=True)
-class OldEntry:
+class BaseEntry:
     layer: int
     index: int
     name: str
@@ -58,14 +58,14 @@ class OldEntry:
         return self.typeflag in REGULAR_TYPES
 
 
-class OldContent:
-    """Random access to the entries of every layer of the old image."""
+class BaseContent:
+    """Random access to the entries of every layer of the base image."""
 
     def __init__(self, image: Image, workdir: str, partial: bool = False) -> None:
         self.image = image
         self._workdir = workdir
         self._files: dict[int, tuple[str, int, int]] = {}
-        self._entries: dict[int, list[OldEntry]] = {}
+        self._entries: dict[int, list[BaseEntry]] = {}
         self._handles: dict[str, BinaryIO] = {}
         self._written: list[str] = []  # files made in the work directory
         distinct = [position for position, diff_id in enumerate(image.diff_ids) if image.diff_ids.index(diff_id) == position]
@@ -84,7 +84,7 @@ class OldContent:
                 os.unlink(path)
         self._written.clear()
 
-    def __enter__(self) -> OldContent:
+    def __enter__(self) -> BaseContent:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -101,7 +101,7 @@ class OldContent:
             if source.local is not None:
                 self._files[layer] = source.local
             else:
-                path = os.path.join(self._workdir, f"old-layer-{layer}.tar")
+                path = os.path.join(self._workdir, f"base-layer-{layer}.tar")
                 self._written.append(path)
                 digest = hashlib.sha256()
                 with source.open() as src, open(path, "wb") as dst:
@@ -113,7 +113,7 @@ class OldContent:
         return self._files[layer]
 
     def _check(self, layer: int, digest) -> None:
-        """make encodes against the old layers' bytes, apply rebuilds from them: they must be
+        """make encodes against the base layers' bytes, apply rebuilds from them: they must be
         those their diff_ids name."""
         diff_id = self.image.layers[layer].diff_id
         if "sha256:" + digest.hexdigest() != diff_id:
@@ -140,7 +140,7 @@ class OldContent:
             self._sizes[layer] = reader.size
 
     def fetch_entries(self, references: Iterable[tuple[int, int, int, int, int | None]]) -> None:
-        """In one pass over the streamed layers, keep the parts of old entries these ``(layer,
+        """In one pass over the streamed layers, keep the parts of base entries these ``(layer,
         index, part, start, length)`` references name (``length`` None: the rest of the part),
         each as its entry goes by, in a sparse file of the layer's size. Reading anything else of
         those layers is a bug and raises. A reference past its entry's end keeps nothing here;
@@ -151,18 +151,18 @@ class OldContent:
                 wanted.setdefault(layer, {}).setdefault(index, []).append((part, start, length))
         kept: dict[int, list[tuple[int, int]]] = {}
         for layer, reader in self._stream(set(wanted)):
-            path = os.path.join(self._workdir, f"old-layer-{layer}.part")
+            path = os.path.join(self._workdir, f"base-layer-{layer}.part")
             self._written.append(path)
             kept[layer] = []
             with open(path, "wb") as out:
-                def keep(splitter: TarSplitter, entry: Entry, old: OldEntry, layer: int = layer, out=out) -> None:
-                    ranges = [r for ref in wanted[layer].get(old.index, ()) if (r := _within(old, *ref))]
+                def keep(splitter: TarSplitter, entry: Entry, base: BaseEntry, layer: int = layer, out=out) -> None:
+                    ranges = [r for ref in wanted[layer].get(base.index, ()) if (r := _within(base, *ref))]
                     if ranges:
                         kept[layer].extend(ranges)
-                        _keep(splitter, entry, old, ranges, out)
+                        _keep(splitter, entry, base, ranges, out)
                 self._entries[layer] = [entry for entry, _ in self._scan_stream(layer, reader, keep)]  # type: ignore[arg-type]
         for layer, ranges in kept.items():
-            self._files[layer] = (os.path.join(self._workdir, f"old-layer-{layer}.part"), 0, self._sizes[layer])
+            self._files[layer] = (os.path.join(self._workdir, f"base-layer-{layer}.part"), 0, self._sizes[layer])
             self._covered[layer] = _merged(ranges)
 
     def open_layer(self, layer: int) -> BinaryIO:
@@ -174,17 +174,17 @@ class OldContent:
         return self._handles[path]
 
     # -- entries ----------------------------------------------------------------------------
-    def entries(self, layer: int) -> list[OldEntry]:
+    def entries(self, layer: int) -> list[BaseEntry]:
         """The layer's entries (headers only: payloads are skipped by seeking)."""
         if layer not in self._entries:
             self._entries[layer] = [entry for entry, _ in self._scan(layer)]
         return self._entries[layer]
 
-    def scan_with_digests(self) -> Iterator[tuple[OldEntry, bytes | None]]:
+    def scan_with_digests(self) -> Iterator[tuple[BaseEntry, bytes | None]]:
         """Each entry of each distinct layer, lowest layer first, with the sha256 of its payload
         (regular files only); caches the entries. Streamed layers come in one pass first, in the
         image's order, and wait in memory (as entries) for their turn."""
-        streamed: dict[int, list[tuple[OldEntry, bytes | None]]] = {}
+        streamed: dict[int, list[tuple[BaseEntry, bytes | None]]] = {}
         for layer, reader in self._stream(set(self.streamed)):
             streamed[layer] = list(self._scan_stream(layer, reader, _payload_digest))  # type: ignore[arg-type]
         for layer, diff_id in enumerate(self.image.diff_ids):
@@ -209,23 +209,23 @@ class OldContent:
                 digest.update(chunk)
         self._check(layer, digest)
 
-    def _scan(self, layer: int, visit: Visit | None = None) -> Iterator[tuple[OldEntry, bytes | None]]:
+    def _scan(self, layer: int, visit: Visit | None = None) -> Iterator[tuple[BaseEntry, bytes | None]]:
         with open_range(*self._local(layer)) as stream:
             yield from self._scan_stream(layer, stream, visit)
 
-    def _scan_stream(self, layer: int, stream: BinaryIO, visit: Visit | None = None) -> Iterator[tuple[OldEntry, bytes | None]]:
+    def _scan_stream(self, layer: int, stream: BinaryIO, visit: Visit | None = None) -> Iterator[tuple[BaseEntry, bytes | None]]:
         """The layer's entries, each with what ``visit`` (which may read its payload) returned."""
         splitter = TarSplitter(stream)
         try:
             for entry in splitter:
                 if entry.typeflag == TRAILER:
                     return
-                old = OldEntry(layer, entry.index, entry.name, entry.offset, len(entry.pre), entry.size, entry.typeflag)
-                yield old, visit(splitter, entry, old) if visit else None
+                base = BaseEntry(layer, entry.index, entry.name, entry.offset, len(entry.pre), entry.size, entry.typeflag)
+                yield base, visit(splitter, entry, base) if visit else None
         except EOFError:
             raise ImageReadError(f"{self.image.source}: layer {layer} is a truncated tar") from None
 
-    def entry(self, layer: int, index: int) -> OldEntry:
+    def entry(self, layer: int, index: int) -> BaseEntry:
         entries = self.entries(layer)
         if not 0 <= index < len(entries):
             raise ImageReadError(f"the bundle refers to entry {index} of base layer {layer}, which it lacks")
@@ -233,7 +233,7 @@ class OldContent:
 
     # -- bytes ------------------------------------------------------------------------------
     def read(self, layer: int, offset: int, length: int) -> bytes:
-        path, base, size = self._local(layer)
+        path, start, size = self._local(layer)
         if offset < 0 or length < 0 or offset + length > size:
             raise ImageReadError(f"the bundle refers to bytes past the end of base layer {layer}")
         if not length:
@@ -241,20 +241,20 @@ class OldContent:
         if layer in self._covered and not _covers(self._covered[layer], offset, offset + length):
             raise RuntimeError(f"bytes {offset}+{length} of base layer {layer} were not fetched")
         handle = self._handle(path)
-        handle.seek(base + offset)
+        handle.seek(start + offset)
         data = handle.read(length)
         if len(data) != length:
             raise ImageReadError(f"{path}: base layer {layer} is shorter than expected")
         return data
 
-    def read_pre(self, entry: OldEntry) -> bytes:
+    def read_pre(self, entry: BaseEntry) -> bytes:
         return self.read(entry.layer, entry.pre_offset, entry.pre_len)
 
-    def read_data(self, entry: OldEntry, start: int = 0, length: int | None = None) -> bytes:
+    def read_data(self, entry: BaseEntry, start: int = 0, length: int | None = None) -> bytes:
         length = entry.size - start if length is None else length
         return self.read(entry.layer, entry.data_offset + start, length)
 
-    def copy_data(self, entry: OldEntry, write) -> None:
+    def copy_data(self, entry: BaseEntry, write) -> None:
         """Stream an entry's payload to ``write`` in bounded pieces."""
         done = 0
         while done < entry.size:
@@ -263,22 +263,22 @@ class OldContent:
             done += n
 
 
-class OldIndex:
-    """Lookup of old entries by content and by name, built by make while hashing the old image."""
+class BaseIndex:
+    """Lookup of base entries by content and by name, built by make while hashing the base image."""
 
-    def __init__(self, content: OldContent) -> None:
+    def __init__(self, content: BaseContent) -> None:
         self.content = content
-        self.by_digest: dict[bytes, OldEntry] = {}
-        self.by_path: dict[str, OldEntry] = {}
-        self.by_basename: dict[str, list[OldEntry]] = {}
-        self.by_pattern: dict[str, list[OldEntry]] = {}
+        self.by_digest: dict[bytes, BaseEntry] = {}
+        self.by_path: dict[str, BaseEntry] = {}
+        self.by_basename: dict[str, list[BaseEntry]] = {}
+        self.by_pattern: dict[str, list[BaseEntry]] = {}
         for entry, digest in content.scan_with_digests():
             self._add(entry, digest)
         for table in (self.by_basename, self.by_pattern):
             for candidates in table.values():
                 candidates.sort(key=lambda e: e.size)
 
-    def _add(self, entry: OldEntry, digest: bytes | None) -> None:
+    def _add(self, entry: BaseEntry, digest: bytes | None) -> None:
         if digest is not None:
             self.by_digest.setdefault(digest, entry)
         path = normalize(entry.name)
@@ -287,13 +287,13 @@ class OldIndex:
             self.by_basename.setdefault(os.path.basename(path), []).append(entry)
             self.by_pattern.setdefault(version_pattern(path), []).append(entry)
 
-    def home(self, layer: int | None) -> dict[str, OldEntry]:
-        """The paths of the old layer a new layer replaces (made by the same build step, so its
+    def home(self, layer: int | None) -> dict[str, BaseEntry]:
+        """The paths of the base layer a target layer replaces (made by the same build step, so its
         entries are the likeliest to match), for :meth:`partner`."""
         return {} if layer is None else {normalize(entry.name): entry for entry in self.content.entries(layer)}
 
-    def partner(self, name: str, size: int, regular: bool, home: dict[str, OldEntry]) -> OldEntry | None:
-        """The most similar old entry: same path in ``home`` (see :meth:`home`), else the same
+    def partner(self, name: str, size: int, regular: bool, home: dict[str, BaseEntry]) -> BaseEntry | None:
+        """The most similar base entry: same path in ``home`` (see :meth:`home`), else the same
         path where it is visible, else the same file name, else the same path with other version
         numbers (``numpy-1.26.3.dist-info`` for ``numpy-1.26.4.dist-info``)."""
         path = normalize(name)
@@ -308,10 +308,10 @@ class OldIndex:
         return None
 
 
-Visit = Callable[[TarSplitter, Entry, OldEntry], "bytes | None"]
+Visit = Callable[[TarSplitter, Entry, BaseEntry], "bytes | None"]
 
 
-def _payload_digest(splitter: TarSplitter, entry: Entry, old: OldEntry) -> bytes | None:
+def _payload_digest(splitter: TarSplitter, entry: Entry, base: BaseEntry) -> bytes | None:
     """The sha256 of a regular file's payload."""
     if not entry.is_file:
         return None
@@ -321,19 +321,19 @@ def _payload_digest(splitter: TarSplitter, entry: Entry, old: OldEntry) -> bytes
     return digest.digest()
 
 
-def _within(entry: OldEntry, part: int, start: int, length: int | None) -> tuple[int, int] | None:
+def _within(entry: BaseEntry, part: int, start: int, length: int | None) -> tuple[int, int] | None:
     """The (start, end) of a reference to an entry's part in its layer; None past the part's end."""
     offset, limit = entry.part(part)
     end = limit if length is None else start + length
     return (offset + start, offset + end) if start < end <= limit else None
 
 
-def _keep(splitter: TarSplitter, entry: Entry, old: OldEntry, ranges: list[tuple[int, int]], out: BinaryIO) -> None:
+def _keep(splitter: TarSplitter, entry: Entry, base: BaseEntry, ranges: list[tuple[int, int]], out: BinaryIO) -> None:
     """Write the bytes of ``ranges`` that fall in this entry at their offsets in ``out``: from its
     header, then from its payload as it is read (only if a range reaches into it)."""
-    _write_overlaps(out, ranges, old.pre_offset, entry.pre)
-    position = old.data_offset
-    if any(start < position + old.size and end > position for start, end in ranges):
+    _write_overlaps(out, ranges, base.pre_offset, entry.pre)
+    position = base.data_offset
+    if any(start < position + base.size and end > position for start, end in ranges):
         for chunk in splitter.payload_chunks():
             _write_overlaps(out, ranges, position, chunk)
             position += len(chunk)
@@ -362,7 +362,7 @@ def _covers(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
     return at >= 0 and ranges[at][1] >= end
 
 
-def _nearest_size(candidates: list[OldEntry], size: int) -> OldEntry:
+def _nearest_size(candidates: list[BaseEntry], size: int) -> BaseEntry:
     """The candidate closest in size; ``candidates`` is sorted by size."""
     at = bisect.bisect_left(candidates, size, key=lambda e: e.size)
     nearby = candidates[max(0, at - 1) : at + 1]

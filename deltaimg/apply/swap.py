@@ -34,7 +34,7 @@ import docker
 import docker.errors
 import requests
 
-from deltaimg import engine
+from deltaimg.engine import dockerd as engine
 from deltaimg.errors import (
     DeltaimgError,
     EngineError,

@@ -4,14 +4,14 @@ when a USB stick is mounted, with nobody watching. Every start does the right th
 1. The paths name bundle files, split bundles' first parts, or folders of them.
 2. The state directory's lock is taken (one run at a time; ``--wait`` to queue).
 3. The scratch directory is emptied and every interrupted attempt is recovered
-   (:mod:`deltaimg.recovery`), whatever bundles were given.
+   (:mod:`deltaimg.apply.archive.recovery`), whatever bundles were given.
 4. Every bundle's signature is checked; those that take this host forward are picked and put in
-   chain order (:mod:`deltaimg.chain`); the others are reported and left alone.
+   chain order (:mod:`deltaimg.apply.archive.chain`); the others are reported and left alone.
 5. Those are verified in full, and the run is refused before anything changes when one of them
    was rolled back before (unless ``--retry``), would move a tag back to an older image (unless
-   ``--allow-downgrade``), or the disks are too full (:mod:`deltaimg.diskspace`).
-6. They are applied one after the other (:mod:`deltaimg.engineapply`), each journalled
-   (:mod:`deltaimg.journal`) before it changes anything. The first failure stops the run.
+   ``--allow-downgrade``), or the disks are too full (:mod:`deltaimg.apply.archive.diskspace`).
+6. They are applied one after the other (:mod:`deltaimg.apply.archive.engine`), each journalled
+   (:mod:`deltaimg.apply.archive.journal`) before it changes anything. The first failure stops the run.
 7. A bundle that would have continued an image this host runs, but cannot be reached (a missing
    link), ends the run with :class:`PartialChainError`, after everything else is applied.
 
@@ -35,10 +35,20 @@ import docker
 import docker.errors
 import requests
 
-from deltaimg import chain, diskspace, engine, faults, progress, recovery, signing
-from deltaimg.apply import Plan, read_plan, rebuild_size
-from deltaimg.bundle import Bundle, bundle_files, open_bundle, verify_payloads
-from deltaimg.engineapply import apply_to_engine, layers_to_load, require_base, shared_prefix
+from deltaimg import faults, progress
+
+from deltaimg.apply import chain
+
+from deltaimg.apply import diskspace
+
+from deltaimg.engine import dockerd as engine
+
+from deltaimg.apply import recovery
+
+from deltaimg.bundle import signing
+from deltaimg.apply.archive import Plan, read_plan, rebuild_size
+from deltaimg.bundle.format import Bundle, bundle_files, open_bundle, verify_payloads
+from deltaimg.apply.engine import apply_to_engine, layers_to_load, require_base, shared_prefix
 from deltaimg.errors import (
     DeltaimgError,
     DowngradeError,
@@ -48,10 +58,10 @@ from deltaimg.errors import (
     PartialChainError,
     UsageError,
 )
-from deltaimg.journal import Journal, StateDir, new_id
-from deltaimg.lock import RunLock
+from deltaimg.apply.journal import Journal, StateDir, new_id
+from deltaimg.apply.lock import RunLock
 from deltaimg.report import name_of
-from deltaimg.swap import SwapResult
+from deltaimg.apply.swap import SwapResult
 
 
 @dataclass
@@ -362,7 +372,7 @@ class _Recorder:
 
 
 class _EngineHost:
-    """The engine as :mod:`deltaimg.chain` sees it: a snapshot of its images and containers."""
+    """The engine as :mod:`deltaimg.apply.archive.chain` sees it: a snapshot of its images and containers."""
 
     def __init__(self, client: docker.DockerClient, options: Options) -> None:
         try:

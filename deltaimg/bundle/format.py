@@ -32,9 +32,11 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
-from deltaimg import codec, signing
+from deltaimg.codec import zstd_ref
+
+from deltaimg.bundle import signing
 from deltaimg.errors import BundleFormatError, BundlePartError, IntegrityError, OutputError, UsageError
-from deltaimg.images.base import load_json
+from deltaimg.images.model import load_json
 
 MAGIC = b"DELTAIMG"
 FORMAT_VERSION = 1
@@ -79,13 +81,13 @@ def canonical_json(value: object) -> bytes:
 def encode_manifest(manifest: dict) -> bytes:
     """The manifest as stored (and signed): one zstd frame of its canonical JSON, compressed
     against the raw-content dictionary :data:`MANIFEST_DICTIONARY`."""
-    return codec.compress(canonical_json(manifest), dictionary=MANIFEST_DICTIONARY)
+    return zstd_ref.compress(canonical_json(manifest), dictionary=MANIFEST_DICTIONARY)
 
 
 def manifest_json(stored: bytes, path: str) -> bytes:
     """The JSON text of a stored manifest, decoded no further than ``MAX_MANIFEST`` bytes."""
     try:
-        return bytes(codec.decompress_at_most(stored, MAX_MANIFEST, dictionary=MANIFEST_DICTIONARY))
+        return bytes(zstd_ref.decompress_at_most(stored, MAX_MANIFEST, dictionary=MANIFEST_DICTIONARY))
     except IntegrityError as exc:
         raise BundleFormatError(f"{path}: the manifest does not decompress: {exc}") from None
 

@@ -12,12 +12,14 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-from deltaimg import archivewriter, codec
-from deltaimg.bundle import CONFIG_PAYLOAD, Bundle
-from deltaimg.decoder import rebuild_layer
+from deltaimg.codec import zstd_ref
+
+from deltaimg.tar import writer as archivewriter
+from deltaimg.bundle.format import CONFIG_PAYLOAD, Bundle
+from deltaimg.delta.decoder import rebuild_layer
 from deltaimg.errors import WRITE_FAILURES, BaseMismatchError, BundleFormatError, ImageReadError, IntegrityError, OutputError
-from deltaimg.images.base import Image, config_diff_ids, is_digest
-from deltaimg.oldcontent import OldContent
+from deltaimg.images.model import Image, config_diff_ids, is_digest
+from deltaimg.delta.base_content import BaseContent
 from deltaimg.progress import Advance, metered
 
 MAX_CONFIG = 16 * 1024 * 1024
@@ -108,7 +110,7 @@ def load_target_config(bundle: Bundle, plan: Plan, base_config: bytes) -> None:
     bind_base(bundle, plan, base_diff_ids)
     frame = bundle.read_payload(CONFIG_PAYLOAD, MAX_CONFIG)
     try:
-        config = bytes(codec.decompress_at_most(frame, MAX_CONFIG, base_config))
+        config = bytes(zstd_ref.decompress_at_most(frame, MAX_CONFIG, base_config))
     except IntegrityError as exc:
         raise IntegrityError(f"{bundle.path}: the target config does not decode: {exc}") from None
     if "sha256:" + hashlib.sha256(config).hexdigest() != plan.target_id:
@@ -158,7 +160,7 @@ def rebuild_size(plan: Plan, keep: int = 0) -> int:
                 for position, layer in enumerate(plan.layers) if position >= keep}.values())
 
 
-def layer_sources(bundle: Bundle, plan: Plan, content: OldContent, advance: Advance | None = None):
+def layer_sources(bundle: Bundle, plan: Plan, content: BaseContent, advance: Advance | None = None):
     """(diff_id, size, fill) per target layer, for :func:`archivewriter.write_image`.
 
     ``fill`` is None for a layer that repeats an earlier one; each fill tells ``advance`` the
@@ -175,7 +177,7 @@ def layer_sources(bundle: Bundle, plan: Plan, content: OldContent, advance: Adva
     return sources
 
 
-def _copy_base(content: OldContent, index: int, advance: Advance | None):
+def _copy_base(content: BaseContent, index: int, advance: Advance | None):
     def fill(write) -> None:
         write = metered(write, advance) if advance else write
         with content.open_layer(index) as f:
@@ -184,7 +186,7 @@ def _copy_base(content: OldContent, index: int, advance: Advance | None):
     return fill
 
 
-def _rebuild(bundle: Bundle, payload: str, content: OldContent, advance: Advance | None):
+def _rebuild(bundle: Bundle, payload: str, content: BaseContent, advance: Advance | None):
     def fill(write) -> None:
         with bundle.open_payload(payload) as f:
             rebuild_layer(f, content, metered(write, advance) if advance else write)
@@ -209,7 +211,7 @@ def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = Fal
         raise OutputError(f"cannot write in {directory}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as out:
-            with tempfile.TemporaryDirectory(prefix="deltaimg-apply-") as workdir, OldContent(base, workdir) as content:
+            with tempfile.TemporaryDirectory(prefix="deltaimg-apply-") as workdir, BaseContent(base, workdir) as content:
                 archivewriter.write_image(out, plan.target_config, plan.target_tags, layer_sources(bundle, plan, content, advance))
             out.flush()
             os.fsync(out.fileno())

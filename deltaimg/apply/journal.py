@@ -3,7 +3,7 @@
 Layout of the state directory (``/var/lib/deltaimg``, ``--state-dir``, ``$DELTAIMG_STATE_DIR``)::
 
     journal.jsonl   one JSON record per line, appended and fsynced
-    lock            the run lock (see deltaimg.lock)
+    lock            the run lock (see deltaimg.apply.lock)
     work/           scratch space for rebuilding images; emptied at the start of every run
 
 Each bundle an apply works on is an *attempt* with its own ``id``. Its records, in order:

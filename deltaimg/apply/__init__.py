@@ -1,0 +1,1 @@
+"""Apply a bundle: rebuild the target, load it into an engine, swap containers, unattended runs."""

@@ -1,0 +1,1 @@
+"""The bundle file: format, writer, reader, verification, signatures and trusted keys."""

@@ -1,0 +1,1 @@
+"""Byte-level codecs: zstd with a reference prefix, bsdiff's streams, varints."""

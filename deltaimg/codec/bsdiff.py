@@ -1,0 +1,72 @@
+"""bsdiff's transform, its three streams raw.
+
+bsdiff4's patch format wraps its three streams (control, diff, extra) in bz2, which costs over
+100 bytes per file and cannot share context between files. deltaimg takes the three raw streams
+from ``bsdiff4.core`` instead and feeds them into the layer's zstd stream, so they are entropy
+coded in one context with everything else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator
+
+import bsdiff4.core
+
+from deltaimg.codec import varint
+from deltaimg.errors import IntegrityError
+
+
+def diff(base: bytes, target: bytes) -> tuple[bytes, bytes, bytes]:
+    """bsdiff's (control, diff, extra) streams, uncompressed, with the diff stream made sparse."""
+    control, diff, extra = bsdiff4.core.diff(base, target)
+    return control, sparse_encode(diff), extra
+
+
+def patch(base: bytes, target_size: int, control: bytes, sparse_diff: bytes, extra: bytes) -> bytes:
+    diff = sparse_decode(sparse_diff, limit=target_size)
+    try:
+        return bsdiff4.core.patch(base, target_size, control, diff, extra)
+    except Exception as exc:  # bsdiff4.core raises bare ValueError/MemoryError on bad input
+        raise IntegrityError(f"a binary delta does not apply ({exc})") from None
+
+
+_NONZERO_RUN = re.compile(rb"[^\x00]+(?:\x00{1,3}[^\x00]+)*")
+
+
+def nonzero_runs(data: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of the runs of non-zero bytes, runs less than 4 zeros apart merged."""
+    for match in _NONZERO_RUN.finditer(data):
+        yield match.start(), match.end()
+
+
+def sparse_encode(diff: bytes) -> bytes:
+    """bsdiff's diff stream is mostly zeros: code it as (zeros, length, bytes) runs.
+
+    zstd alone spends a few bytes per 128 KiB block even on zeros; runs cost nothing per block.
+    """
+    out = bytearray()
+    last = 0
+    for start, end in nonzero_runs(diff):
+        varint.put(out, start - last)
+        varint.put(out, end - start)
+        out += diff[start:end]
+        last = end
+    varint.put(out, len(diff) - last)
+    return bytes(out)
+
+
+def sparse_decode(data: bytes, limit: int) -> bytes:
+    reader = varint.Reader(data)
+    out = bytearray()
+    while True:
+        zeros = reader.get()
+        if len(out) + zeros > limit:
+            raise IntegrityError("a binary delta is larger than its file: the bundle is damaged")
+        out += bytes(zeros)
+        if reader.at_end():
+            return bytes(out)
+        length = reader.get()
+        if len(out) + length > limit:
+            raise IntegrityError("a binary delta is larger than its file: the bundle is damaged")
+        out += reader.take(length)

@@ -1,0 +1,1 @@
+"""What changed between a base and a target image: files, config, packages."""

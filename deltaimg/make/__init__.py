@@ -1,0 +1,1 @@
+"""Make a bundle: compare a base and a target image and write what the target needs."""
