@@ -54,7 +54,7 @@ def make(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oc
          as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Compare two images and write one signed bundle with what changed."""
     from deltaimg import progress
-    from deltaimg.bundle.format import parse_size
+    from deltaimg.units import parse_size
     from deltaimg.images import open_image
     from deltaimg.make.build import make_bundle
 
@@ -68,7 +68,7 @@ def make(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oc
         manifest = make_bundle(old_image, new_image, output, private, advance, part_size)
     written = output if manifest["files"] == [output] else f"{manifest['files'][0]} to {manifest['files'][-1]}"
     lines = [f"{written}: {report.name_of(manifest['base'])} -> {report.name_of(manifest['target'])}",
-             *report.layer_lines(manifest),
+             *report.layer_lines(manifest["layers"]),
              report.ratio_line(manifest["bundle_size"], manifest["full_image_size"]),
              *report.change_lines(manifest["changes"])]
     _emit(as_json, manifest, lines)
@@ -76,7 +76,7 @@ def make(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oc
 
 def _one_bundle(path: str) -> str:
     """The bundle file ``path`` names: itself, or ``PATH.001`` when only a split bundle's parts exist."""
-    from deltaimg.bundle.format import bundle_files
+    from deltaimg.bundle.reader import bundle_files
 
     if os.path.isdir(path):
         raise UsageError(f"{path} is a folder; name one bundle file (apply takes folders)")
@@ -85,7 +85,7 @@ def _one_bundle(path: str) -> str:
 
 def _open(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], quiet: bool):
     from deltaimg import progress
-    from deltaimg.bundle.format import open_bundle
+    from deltaimg.bundle.reader import open_bundle
 
     trusted = keys.trusted_keys(trust or [], trust_dir)
     bundle = _one_bundle(bundle)
@@ -98,22 +98,18 @@ def _open(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], qui
 def verify(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
            trust_dir: Optional[str] = TrustDirOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Check a bundle's signature and every payload hash; change nothing."""
-    from deltaimg.apply.archive import read_plan
-
     opened = _open(bundle, trust, trust_dir, quiet or as_json)
-    read_plan(opened)
     m = opened.manifest
     data = {"bundle": bundle, "valid": True, "key_id": opened.signer.key_id if opened.signer else None,
-            "base": m["base"], "target": m["target"]}
-    _emit(as_json, data, [f"{bundle}: OK, signed by key {data['key_id']}; "
-                          f"{report.name_of(m['base'])} -> {report.name_of(m['target'])}"])
+            "base": m.base.as_json(), "target": m.target.as_json()}
+    _emit(as_json, data, [f"{bundle}: OK, signed by key {data['key_id']}; {m.base.name} -> {m.target.name}"])
 
 
 @app.command()
 def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
             trust_dir: Optional[str] = TrustDirOpt, as_json: bool = JsonOpt) -> None:
     """Show what a bundle updates and how; the signature is checked when a trusted key is given."""
-    from deltaimg.bundle.format import open_bundle, payload_area, read_header
+    from deltaimg.bundle.reader import open_bundle, read_header, read_manifest
 
     bundle = _one_bundle(bundle)
     manifest_bytes, signature, payload_start, size = read_header(bundle)
@@ -122,13 +118,11 @@ def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optio
         m = open_bundle(bundle, trusted).manifest
         checked = "signature and payloads verified"
     else:
-        from deltaimg.bundle.format import _parse_manifest
-
-        m = _parse_manifest(manifest_bytes, bundle)
+        m = read_manifest(manifest_bytes, bundle)
         checked = "NOT verified (pass --trust KEY.pub to check)"
     key_id = signature.get("key_id") if isinstance(signature, dict) else None
-    if "split" in m:  # BUNDLE is the first part; the manifest says how large they are together
-        size = payload_start + payload_area(m)
+    if m.split:  # BUNDLE is the first part; the manifest says how large they are together
+        size = payload_start + m.payload_area
     data, lines = report.inspection(bundle, size, key_id, bool(trusted), checked, m)
     _emit(as_json, data, lines)
 
@@ -182,12 +176,13 @@ def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts
         if len(paths) != 1:
             raise UsageError("--base and --output rebuild one bundle; give exactly one")
         from deltaimg import progress
-        from deltaimg.apply.archive import apply_to_archive, read_plan, rebuild_size
+        from deltaimg.apply.archive import apply_to_archive
+        from deltaimg.apply.rebuild import read_rebuild, rebuild_size
         from deltaimg.images import open_image
 
         opened = _open(paths[0], trust, trust_dir, quiet or as_json)
         base_image = open_image(base, platform)
-        with progress.bar("apply", rebuild_size(read_plan(opened)), not (quiet or as_json)) as advance:
+        with progress.bar("apply", rebuild_size(read_rebuild(opened)), not (quiet or as_json)) as advance:
             plan = apply_to_archive(opened, base_image, output, force, advance)
         data = {"bundle": paths[0], "output": output, "image_id": plan.target_id, "tags": plan.target_tags,
                 "outcome": "rebuilt"}

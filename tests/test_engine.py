@@ -184,7 +184,7 @@ def test_apply_into_the_engine_keeps_only_the_base_bytes_its_deltas_read(docker_
     from deltaimg.bundle import keys
 
     from deltaimg.bundle import signing
-    from deltaimg.bundle.format import open_bundle
+    from deltaimg.bundle.reader import open_bundle
     from deltaimg.apply.engine import apply_to_engine
     from deltaimg.make.build import make_bundle
     from deltaimg.delta.base_content import BaseContent

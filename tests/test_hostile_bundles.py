@@ -26,6 +26,7 @@ from deltaimg.tar import writer as archivewriter
 
 from deltaimg.bundle import signing
 from deltaimg.bundle import format as bundle_format
+from deltaimg.bundle.manifest import CONFIG_PAYLOAD, MAX_PAYLOADS
 from deltaimg.delta import recipe as lf
 from deltaimg.errors import BundleFormatError, IntegrityError, OutputError
 from deltaimg.delta.recipe import Chunk, Record, RecordWriter, Segment, Span
@@ -73,7 +74,7 @@ def forge(path: Path, manifest: dict, payloads: list[tuple[str, bytes]], private
     """A signed bundle of ``manifest`` plus a correct payload table for ``payloads``; with
     ``base_config``, the payload named config is coded against it as make codes it."""
     if base_config is not None:
-        payloads = [(name, zstd_ref.compress(data, prefix=base_config) if name == bundle_format.CONFIG_PAYLOAD else data)
+        payloads = [(name, zstd_ref.compress(data, prefix=base_config) if name == CONFIG_PAYLOAD else data)
                     for name, data in payloads]
     area = b"".join(d for _, d in payloads)
     manifest = {"payloads": [{"name": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
@@ -308,7 +309,7 @@ MANIFESTS: dict[str, tuple[Callable[[Forger], Path], int, str]] = {
     "nested ten thousand deep": (lambda g: write_signed(g.path(), b"[" * 10_000 + b"]" * 10_000, b"", g.private),
                                  FORMAT, "not valid JSON"),
     "too many payloads": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g)]),
-                                            [(f"p{i}", b"") for i in range(bundle_format.MAX_PAYLOADS + 1)]),
+                                            [(f"p{i}", b"") for i in range(MAX_PAYLOADS + 1)]),
                           FORMAT, "not a deltaimg manifest"),
     "payload size as a float": (lambda g: write_signed(g.path(), bundle_format.canonical_json(
         {**g.manifest(_target(g), []), "payloads": [{"name": "config", "sha256": hashlib.sha256(b"x").hexdigest(), "size": 1.0}]}),

@@ -107,8 +107,9 @@ def test_on_a_real_terminal_a_bar_is_drawn_and_quiet_silences_it(command, exampl
 
 def test_apply_tells_its_progress_callback_every_byte_of_every_layer_it_writes(example_bundle, example_pair, keypair,
                                                                                 tmp_path):
-    from deltaimg.apply.archive import apply_to_archive, read_plan, rebuild_size
-    from deltaimg.bundle.format import open_bundle
+    from deltaimg.apply.archive import apply_to_archive
+    from deltaimg.apply.rebuild import read_rebuild, rebuild_size
+    from deltaimg.bundle.reader import open_bundle
     from deltaimg.bundle.keys import trusted_keys
     from tests.conftest import archive_image
 
@@ -117,7 +118,7 @@ def test_apply_tells_its_progress_callback_every_byte_of_every_layer_it_writes(e
     apply_to_archive(bundle, open_image(example_pair[0]), str(tmp_path / "new.tar"), advance=done.append)
     _, layers = archive_image(str(tmp_path / "new.tar"))
     assert len(done) > len(layers)  # block by block, not once per layer
-    assert sum(done) == rebuild_size(read_plan(bundle)) == sum(len(layer) for layer in layers)
+    assert sum(done) == rebuild_size(read_rebuild(bundle)) == sum(len(layer) for layer in layers)
 
 
 def test_apply_is_silent_on_stderr_when_it_is_not_a_terminal(example_bundle, example_pair, keypair, tmp_path):

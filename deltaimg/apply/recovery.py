@@ -32,7 +32,7 @@ from deltaimg import faults
 from deltaimg.engine import dockerd as engine
 from deltaimg.errors import RecoveryError
 from deltaimg.apply.journal import Attempt, Journal
-from deltaimg.report import name_of
+from deltaimg.bundle.manifest import image_name
 from deltaimg.apply.swap import SIDE_SUFFIX, remove_new_container
 
 Outcome = Callable[[str, dict, str], None]
@@ -109,7 +109,12 @@ def _inspect(client: docker.DockerClient, ref: str) -> dict | None:
 
 def _describe(attempt: Attempt, actions: list[dict]) -> str:
     begin = attempt.begin
-    what = f"{name_of(begin['from'])} -> {name_of(begin['to'])}" if begin.get("from") and begin.get("to") else "an update"
+    what = f"{_name(begin['from'])} -> {_name(begin['to'])}" if begin.get("from") and begin.get("to") else "an update"
     settled = "; ".join(f"{a['name']} {'back on its old container' if a['action'] == 'rolled-back' else 'on the new image'}"
                         for a in actions) or "no container had been touched"
     return f"recovered the interrupted update {what} (begun {begin.get('time')}): {settled}"
+
+
+def _name(image: dict) -> str:
+    """How messages name an image the journal recorded."""
+    return image_name(image.get("tags"), str(image.get("image_id")))

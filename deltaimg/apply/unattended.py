@@ -46,8 +46,9 @@ from deltaimg.engine import dockerd as engine
 from deltaimg.apply import recovery
 
 from deltaimg.bundle import signing
-from deltaimg.apply.archive import Plan, read_plan, rebuild_size
-from deltaimg.bundle.format import Bundle, bundle_files, open_bundle, verify_payloads
+from deltaimg.apply.rebuild import Rebuild, read_rebuild, rebuild_size
+from deltaimg.bundle.reader import Bundle, bundle_files, open_bundle
+from deltaimg.bundle.verify import verify_payloads
 from deltaimg.apply.engine import apply_to_engine, layers_to_load, require_base, shared_prefix
 from deltaimg.errors import (
     DeltaimgError,
@@ -60,7 +61,6 @@ from deltaimg.errors import (
 )
 from deltaimg.apply.journal import Journal, StateDir, new_id
 from deltaimg.apply.lock import RunLock
-from deltaimg.report import name_of
 from deltaimg.apply.swap import SwapResult
 
 
@@ -142,7 +142,7 @@ class _Run:
             except DeltaimgError as exc:
                 if not applied:
                     raise
-                before = ", ".join(f"{b.path} ({name_of(b.manifest['target'])})" for b in applied)
+                before = ", ".join(f"{b.path} ({b.manifest.target.name})" for b in applied)
                 raise type(exc)(f"{exc} (applied before it: {before})") from None
             applied.append(bundle)
         self._finish(selection, held)
@@ -159,13 +159,13 @@ class _Run:
                 apply_to_engine(bundle, self.client, containers=self._names(plan.base_id), swap_containers=self.options.swap,
                                 grace=self.options.grace, dry_run=True, log=self.reporter.progress)
             else:
-                self.reporter.progress(f"would rebuild and load {name_of(bundle.manifest['target'])} once the bundle "
-                                       f"before it has made {name_of(bundle.manifest['base'])}, then swap the "
+                self.reporter.progress(f"would rebuild and load {bundle.manifest.target.name} once the bundle "
+                                       f"before it has made {bundle.manifest.base.name}, then swap the "
                                        "containers on that")
             self._outcome("planned", bundle, "nothing changed (dry run)")
         self._finish(selection, held)
 
-    def _prepare(self, files: list[str]) -> tuple[chain.Selection, list[Bundle], dict[str, Plan], list[str]]:
+    def _prepare(self, files: list[str]) -> tuple[chain.Selection, list[Bundle], dict[str, Rebuild], list[str]]:
         """The bundles to apply, in order, verified and checked for disk space; their plans; and
         why bundles were held back."""
         selection = self._select(files)
@@ -200,15 +200,15 @@ class _Run:
         return selection
 
     def _strict_step(self, bundle: Bundle, host: _EngineHost) -> chain.Step:
-        base, target = bundle.manifest["base"], bundle.manifest["target"]
-        if host.has_image(target["image_id"]) and not host.containers_on(base["image_id"]):
-            return chain.Step(bundle, "already-applied", f"{name_of(target)} is already in the engine and no "
-                                                         f"container to swap runs {name_of(base)}")
-        if not host.has_image(base["image_id"]):
-            require_base(self.client, bundle, read_plan(bundle))
+        base, target = bundle.manifest.base, bundle.manifest.target
+        if host.has_image(target.image_id) and not host.containers_on(base.image_id):
+            return chain.Step(bundle, "already-applied", f"{target.name} is already in the engine and no "
+                                                         f"container to swap runs {base.name}")
+        if not host.has_image(base.image_id):
+            require_base(self.client, bundle, read_rebuild(bundle))
         if chain.is_downgrade(bundle) and not self.options.allow_downgrade:
-            raise DowngradeError(f"{bundle.path} goes back from {name_of(base)} (created {base.get('created')}) to the "
-                                 f"older {name_of(target)} (created {target.get('created')}); pass --allow-downgrade "
+            raise DowngradeError(f"{bundle.path} goes back from {base.name} (created {base.created}) to the "
+                                 f"older {target.name} (created {target.created}); pass --allow-downgrade "
                                  "to apply it anyway")
         return chain.Step(bundle, chain.APPLY)
 
@@ -229,7 +229,7 @@ class _Run:
 
     # -- checking
 
-    def _verify(self, bundles: list[Bundle]) -> dict[str, Plan]:
+    def _verify(self, bundles: list[Bundle]) -> dict[str, Rebuild]:
         def advance(n: int) -> None:
             bar(n)
             faults.killpoint("verify")
@@ -239,9 +239,9 @@ class _Run:
                 verify_payloads(bundle, advance)
                 self.reporter.progress(f"{bundle.path}: signature and every payload verified (key "
                                        f"{bundle.signer.key_id if bundle.signer else '?'})")
-        return {bundle.path: read_plan(bundle) for bundle in bundles}
+        return {bundle.path: read_rebuild(bundle) for bundle in bundles}
 
-    def _preflight(self, bundles: list[Bundle], plans: dict[str, Plan]) -> None:
+    def _preflight(self, bundles: list[Bundle], plans: dict[str, Rebuild]) -> None:
         """Refuse, before anything changes, what the run could not finish or should not do."""
         if not self.options.allow_downgrade:
             for bundle in bundles:
@@ -273,18 +273,18 @@ class _Run:
             if closed and closed.get("outcome") == "rolled-back":
                 message = (f"{bundle.path} was rolled back at {closed.get('time')} ({closed.get('message')}); not "
                            "trying it again: pass --retry once the cause is fixed")
-            elif bundle.manifest["base"]["image_id"] in blocked:
+            elif bundle.manifest.base.image_id in blocked:
                 message = f"{bundle.path} waits for the update before it in its chain, which was rolled back"
             else:
                 kept.append(bundle)
                 continue
-            blocked.add(bundle.manifest["target"]["image_id"])
+            blocked.add(bundle.manifest.target.image_id)
             held.append(message)
             self._outcome("held-back", bundle, f"held back: {message}")
         return kept, held
 
-    def _refuse_tag_downgrade(self, bundle: Bundle, plan: Plan) -> None:
-        target_created = chain.parse_time(bundle.manifest["target"].get("created"))
+    def _refuse_tag_downgrade(self, bundle: Bundle, plan: Rebuild) -> None:
+        target_created = chain.parse_time(bundle.manifest.target.created)
         for tag in plan.target_tags:
             current = engine.find_image(self.client, tag)
             if current is None or current["Id"] == plan.target_id or target_created is None:
@@ -293,7 +293,7 @@ class _Run:
             if created is not None and created > target_created:
                 raise DowngradeError(f"{bundle.path} would move {tag} from {current['Id'][:19]} (created "
                                      f"{current.get('Created')}) back to the older {plan.target_id[:19]} (created "
-                                     f"{bundle.manifest['target'].get('created')}); pass --allow-downgrade to apply it anyway")
+                                     f"{bundle.manifest.target.created}); pass --allow-downgrade to apply it anyway")
 
     def _data_root(self) -> str | None:
         try:
@@ -303,18 +303,18 @@ class _Run:
 
     # -- applying
 
-    def _apply_one(self, bundle: Bundle, plan: Plan) -> None:
+    def _apply_one(self, bundle: Bundle, plan: Rebuild) -> None:
         names = _EngineHost(self.client, self.options).containers_on(plan.base_id)
         loaded = engine.find_image(self.client, plan.target_id) is not None
         if loaded and not names:
-            self._outcome("already-applied", bundle, f"already applied: {name_of(bundle.manifest['target'])} is "
+            self._outcome("already-applied", bundle, f"already applied: {bundle.manifest.target.name} is "
                                                      f"already in the engine and no container to swap runs "
-                                                     f"{name_of(bundle.manifest['base'])}")
+                                                     f"{bundle.manifest.base.name}")
             return
         rebuilds = 0 if loaded else rebuild_size(plan, layers_to_load(self.client, plan))
         attempt = new_id()
-        summary = {"bundle": _bundle_record(bundle), "from": _image_record(bundle.manifest["base"]),
-                   "to": _image_record(bundle.manifest["target"])}
+        summary = {"bundle": _bundle_record(bundle), "from": bundle.manifest.base.as_json(),
+                   "to": bundle.manifest.target.as_json()}
         self.journal.append({"type": "begin", "id": attempt, "pid": os.getpid(), "containers": names, **summary})
         recorder = _Recorder(self.journal, attempt)
         try:
@@ -337,13 +337,13 @@ class _Run:
         self.journal.append({"type": "end", "id": attempt, "outcome": "applied", "loaded": outcome.loaded,
                              "containers": swapped, **summary})
         done = f"swapped {', '.join(s['name'] for s in swapped)}" if swapped else "no container to swap"
-        self._outcome("applied", bundle, f"applied: {name_of(bundle.manifest['base'])} -> "
-                                         f"{name_of(bundle.manifest['target'])}; {done}",
+        self._outcome("applied", bundle, f"applied: {bundle.manifest.base.name} -> "
+                                         f"{bundle.manifest.target.name}; {done}",
                       image_id=plan.target_id, loaded=outcome.loaded, containers=swapped)
 
     def _outcome(self, event: str, bundle: Bundle, text: str, **extra: object) -> None:
-        record = {"bundle": _bundle_record(bundle), "from": _image_record(bundle.manifest["base"]),
-                  "to": _image_record(bundle.manifest["target"]), **extra}
+        record = {"bundle": _bundle_record(bundle), "from": bundle.manifest.base.as_json(),
+                  "to": bundle.manifest.target.as_json(), **extra}
         self.reporter.outcome(event, record, f"{bundle.path}: {text}")
 
 
@@ -405,10 +405,6 @@ class _EngineHost:
 def _bundle_record(bundle: Bundle) -> dict:
     return {"path": bundle.path, "sha256": bundle.sha256, "key_id": bundle.signer.key_id if bundle.signer else None,
             "parts": len(bundle.parts) or 1}
-
-
-def _image_record(image: dict) -> dict:
-    return {"image_id": image.get("image_id"), "tags": image.get("tags") or [], "created": image.get("created")}
 
 
 def _swap_record(result: SwapResult) -> dict:

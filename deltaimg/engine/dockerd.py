@@ -23,7 +23,7 @@ import docker.errors
 import requests
 
 from deltaimg.errors import EngineError, ImageReadError, IntegrityError
-from deltaimg.images.blobs import HashingReader
+from deltaimg.streams import HashingReader
 
 CHUNK = 1 << 20
 MAX_CONFIG_SIZE = 32 << 20  # a config is JSON metadata; anything this big is not one

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
-from deltaimg.errors import DeltaimgError, ImageReadError
+from deltaimg.errors import ImageReadError
+from deltaimg.safejson import load_json
 
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-MAX_JSON_VALUES = 1 << 20
 
 
 @dataclass
@@ -79,24 +78,6 @@ def parse_config(config_bytes: bytes, source: str) -> dict:
 def is_digest(value: object) -> bool:
     """``sha256:`` and 64 lowercase hex digits: the only digests deltaimg names files after."""
     return isinstance(value, str) and DIGEST.fullmatch(value) is not None
-
-
-def load_json(data: bytes, what: str, normal: str, error: type[DeltaimgError] = ImageReadError) -> object:
-    """Untrusted JSON, parsed; ``error`` names ``what`` when it holds more values than ``normal``
-    (what such a document holds at most) or does not parse."""
-    if too_many_json_values(data):
-        raise error(f"{what} holds more values than {normal}")
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested thousands deep
-        raise error(f"{what} is not valid JSON ({exc})") from None
-
-
-def too_many_json_values(data: bytes, limit: int = MAX_JSON_VALUES) -> bool:
-    """Whether JSON text may hold more than ``limit`` values. Parsed, a value costs Python up to
-    about 80 bytes, so a few MiB of ``[{},{},...]`` would take gigabytes; every value but a
-    container's first follows a comma, and every container opens with a bracket."""
-    return data.count(b",") + data.count(b"[") + data.count(b"{") > limit
 
 
 def config_diff_ids(config_bytes: bytes, source: str) -> list[str]:
