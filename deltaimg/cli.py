@@ -44,8 +44,8 @@ def keygen(name: str = typer.Argument(..., help="Writes NAME (private, mode 0600
 
 
 @app.command()
-def make(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oci-archive:FILE, oci:DIR, docker-daemon:REF or a path."),
-         new: str = typer.Argument(..., help="New image, same forms."),
+def make(base: str = typer.Argument(..., help="Base image, the version the host has: docker-archive:FILE, oci-archive:FILE, oci:DIR, docker-daemon:REF or a path."),
+         target: str = typer.Argument(..., help="Target image, the version to ship; same forms."),
          output: str = typer.Option(..., "--output", "-o", help="Bundle file to write."),
          key: str = typer.Option(..., "--key", help="Private signing key (from deltaimg keygen)."),
          passphrase_file: Optional[str] = PassphraseFileOpt,
@@ -56,16 +56,17 @@ def make(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oc
     from deltaimg import progress
     from deltaimg.units import parse_size
     from deltaimg.images import open_image
+    from deltaimg.images.model import layer_bytes
     from deltaimg.make.build import make_bundle
 
     part_size = parse_size(split_size) if split_size is not None else None
 
     private = keys.signing_key(key, passphrase_file)
-    old_image = open_image(old, platform)
-    new_image = open_image(new, platform)
-    total = progress.layer_bytes(lyr for lyr in new_image.layers if lyr.diff_id not in old_image.diff_ids)
+    base_image = open_image(base, platform)
+    target_image = open_image(target, platform)
+    total = layer_bytes(lyr for lyr in target_image.layers if lyr.diff_id not in base_image.diff_ids)
     with progress.bar("make", total, not (quiet or as_json)) as advance:
-        manifest = make_bundle(old_image, new_image, output, private, advance, part_size)
+        manifest = make_bundle(base_image, target_image, output, private, advance, part_size)
     written = output if manifest["files"] == [output] else f"{manifest['files'][0]} to {manifest['files'][-1]}"
     lines = [f"{written}: {report.name_of(manifest['base'])} -> {report.name_of(manifest['target'])}",
              *report.layer_lines(manifest["layers"]),
@@ -128,8 +129,8 @@ def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optio
 
 
 @app.command()
-def diff(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oci-archive:FILE, oci:DIR, docker-daemon:REF or a path."),
-         new: str = typer.Argument(..., help="New image, same forms."),
+def diff(base: str = typer.Argument(..., help="Base image, the version the host has: docker-archive:FILE, oci-archive:FILE, oci:DIR, docker-daemon:REF or a path."),
+         target: str = typer.Argument(..., help="Target image, the version to ship; same forms."),
          platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when an input holds several."),
          limit: int = typer.Option(report.DEFAULT_LIMIT, "--limit", help="Files listed per kind of change (0: all); --json lists all."),
          as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
@@ -137,11 +138,12 @@ def diff(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oc
     from deltaimg import progress
     from deltaimg.diff.images import diff_images
     from deltaimg.images import open_image
+    from deltaimg.images.model import layer_bytes
 
-    old_image = open_image(old, platform)
-    new_image = open_image(new, platform)
-    with progress.bar("diff", progress.layer_bytes([*old_image.layers, *new_image.layers]), not (quiet or as_json)) as advance:
-        result = diff_images(old_image, new_image, advance)
+    base_image = open_image(base, platform)
+    target_image = open_image(target, platform)
+    with progress.bar("diff", layer_bytes([*base_image.layers, *target_image.layers]), not (quiet or as_json)) as advance:
+        result = diff_images(base_image, target_image, advance)
     _emit(as_json, result, report.diff_lines(result, limit))
 
 
@@ -153,11 +155,11 @@ StateDirOpt = typer.Option(None, "--state-dir", help="Journal, lock and scratch 
 def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts of split bundles, or folders of them."),
           trust: Optional[List[str]] = TrustOpt, trust_dir: Optional[str] = TrustDirOpt,
           base: Optional[str] = typer.Option(None, "--base", help="Rebuild from this image (archive or layout) instead of the engine."),
-          output: Optional[str] = typer.Option(None, "--output", "-o", help="With --base: write the new image as a docker save archive."),
+          output: Optional[str] = typer.Option(None, "--output", "-o", help="With --base: write the target image as a docker save archive."),
           force: bool = typer.Option(False, "--force", help="Overwrite --output."),
           platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when the base holds several."),
           container: Optional[List[str]] = typer.Option(None, "--container", help="Swap only this container (repeatable)."),
-          no_swap: bool = typer.Option(False, "--no-swap", help="Load the new image; touch no container."),
+          no_swap: bool = typer.Option(False, "--no-swap", help="Load the target image; touch no container."),
           grace: float = typer.Option(10.0, "--grace", help="Seconds a container without healthcheck must run before it counts as up."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
           state_dir: Optional[str] = StateDirOpt,
@@ -165,7 +167,7 @@ def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts
           allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Apply a bundle whose target is older than what it replaces."),
           retry: bool = typer.Option(False, "--retry", help="Try again a bundle whose last attempt was rolled back."),
           log_format: str = LogFormatOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
-    """Verify bundles, rebuild the new images byte-exactly, load them into the engine and swap their containers.
+    """Verify bundles, rebuild the target images byte-exactly, load them into the engine and swap their containers.
 
     Given a folder or several bundles, applies those that take this host forward, in chain order.
     With --base and --output, rebuilds one bundle into an archive instead and leaves the engine alone.

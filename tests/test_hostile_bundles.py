@@ -20,6 +20,7 @@ from typing import Callable
 
 import pytest
 
+from deltaimg.engine.dockerd import DockerEngine
 from deltaimg.codec import zstd_ref
 
 from deltaimg.tar import writer as archivewriter
@@ -477,7 +478,6 @@ def test_rebuilt_archives_name_their_members_by_digest_only(example_bundle, exam
 def test_a_recipe_naming_a_base_layer_the_engine_image_lacks_changes_nothing(docker_client, engine_resources, keypair, tmp_path):
     """Against the engine, the base layers a bundle reads are exported first: a reference to a
     layer the base does not have must be refused as the bundle's fault, with the engine untouched."""
-    from deltaimg.engine import dockerd as engine
 
     base_id = engine_resources.build("base")
     base = docker_client.api.inspect_image(base_id)
@@ -491,7 +491,7 @@ def test_a_recipe_naming_a_base_layer_the_engine_image_lacks_changes_nothing(doc
                 "target": {"image_id": digest(config), "tags": [engine_resources.name("target") + ":test"], "created": None},
                 "layers": layers}
     bundle = forge(tmp_path / "b.dimg", manifest, [("layer-x", payload), ("config", config)],
-                   signing.load_private(keypair[0]), engine.read_config(docker_client, base_id))
+                   signing.load_private(keypair[0]), DockerEngine(docker_client).read_config(base_id))
     images_before = {i["Id"] for i in docker_client.api.images(all=True, filters={"reference": engine_resources.prefix + "*"})}
     result = run_cli("apply", str(bundle), "--trust", keypair[1])
     assert result.returncode == FORMAT and "which the base lacks" in result.stderr, result.stderr

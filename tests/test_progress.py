@@ -14,6 +14,7 @@ import pytest
 
 from deltaimg import progress
 from deltaimg.images import open_image
+from deltaimg.images.model import layer_bytes
 from tests import imagefactory as f
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -64,9 +65,9 @@ def test_layer_bytes_is_exact_for_stored_layers_and_unknown_for_compressed_ones(
     layer = f.write_layer(tmp_path / "l.tar", f.complete_tree([f.file("etc/motd", b"hello\n")]))
     spec = f.ImageSpec([layer, layer], ["motd:1"])
     archive = f.write_docker_archive(tmp_path / "motd.tar", [spec])[0].path
-    assert progress.layer_bytes(open_image(str(archive)).layers) == layer.size  # the same layer counts once
+    assert layer_bytes(open_image(str(archive)).layers) == layer.size  # the same layer counts once
     f.write_oci_dir(tmp_path / "oci", [spec], compression="gzip")
-    assert progress.layer_bytes(open_image(f"oci:{tmp_path / 'oci'}").layers) is None
+    assert layer_bytes(open_image(f"oci:{tmp_path / 'oci'}").layers) is None
 
 
 def test_commands_are_silent_on_stderr_when_it_is_not_a_terminal(example_pair, keypair, tmp_path):

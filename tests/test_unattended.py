@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from deltaimg.engine.dockerd import DockerEngine
 from deltaimg.bundle import keys
 from deltaimg.errors import (
     BundlePartError,
@@ -427,10 +428,10 @@ def test_the_rebuild_reports_every_byte_it_writes_and_a_terminal_shows_it_as_a_b
     app.host_has("1")
     bundle = open_bundle(app.bundles["1", "2"], keys.trusted_keys([keypair[1]], None))
     done: list[int] = []
-    apply_to_engine(bundle, app.client, containers=None, swap_containers=False, grace=1, dry_run=False,
+    apply_to_engine(bundle, DockerEngine(app.client), containers=None, swap_containers=False, grace=1, dry_run=False,
                     log=lambda line: None, work_dir=str(tmp_path), advance=done.append)
     plan = read_rebuild(bundle)
-    assert app.in_engine("2") and sum(done) == rebuild_size(plan, layers_to_load(app.client, plan)) > 60000
+    assert app.in_engine("2") and sum(done) == rebuild_size(plan, layers_to_load(DockerEngine(app.client), plan)) > 60000
 
     args = ["apply", app.bundles["1", "2"], "--trust", keypair[1], "--no-swap"]
     app.host_has("1")

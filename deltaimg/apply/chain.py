@@ -138,6 +138,29 @@ def select(bundles: list[Bundle], host: Host) -> Selection:
     return Selection(steps, _gaps(steps, graph, host, ends))
 
 
+def hold_back(bundles: list[Bundle], last: dict[str, dict]) -> tuple[list[Bundle], list[tuple[Bundle, str]]]:
+    """Split ``bundles`` (in chain order) into those that go ahead and those held back, with why: a
+    bundle whose last attempt (``last``: closing journal record by bundle sha256) was rolled back, and
+    every bundle after it in its chain. The others go ahead, so one failing update does not stall
+    every other one on the host; ``--retry`` skips this."""
+    kept: list[Bundle] = []
+    held: list[tuple[Bundle, str]] = []
+    blocked: set[str] = set()  # images a held bundle would have made
+    for bundle in bundles:
+        closed = last.get(bundle.sha256 or "")
+        if closed and closed.get("outcome") == "rolled-back":
+            message = (f"{bundle.path} was rolled back at {closed.get('time')} ({closed.get('message')}); not "
+                       "trying it again: pass --retry once the cause is fixed")
+        elif bundle.manifest.base.image_id in blocked:
+            message = f"{bundle.path} waits for the update before it in its chain, which was rolled back"
+        else:
+            kept.append(bundle)
+            continue
+        blocked.add(bundle.manifest.target.image_id)
+        held.append((bundle, message))
+    return kept, held
+
+
 def _base(bundle: Bundle) -> str:
     return bundle.manifest.base.image_id
 

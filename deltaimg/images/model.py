@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from deltaimg.errors import ImageReadError
 from deltaimg.safejson import load_json
@@ -82,3 +82,12 @@ def is_digest(value: object) -> bool:
 
 def config_diff_ids(config_bytes: bytes, source: str) -> list[str]:
     return list(parse_config(config_bytes, source)["rootfs"]["diff_ids"])
+
+
+def layer_bytes(layers: Iterable[Layer]) -> int | None:
+    """Uncompressed bytes of these layers (each counted once), or None when one is stored compressed
+    or only in an engine, so its uncompressed size is not known before it is read."""
+    sizes = {layer.diff_id: layer.local[2] if layer.local else None for layer in layers}
+    if any(size is None for size in sizes.values()):
+        return None
+    return sum(size for size in sizes.values() if size is not None)
