@@ -185,10 +185,10 @@ def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts
         opened = _open(paths[0], trust, trust_dir, quiet or as_json)
         base_image = open_image(base, platform)
         with progress.bar("apply", rebuild_size(read_rebuild(opened)), not (quiet or as_json)) as advance:
-            plan = apply_to_archive(opened, base_image, output, force, advance)
-        data = {"bundle": paths[0], "output": output, "image_id": plan.target_id, "tags": plan.target_tags,
+            rebuild = apply_to_archive(opened, base_image, output, force, advance)
+        data = {"bundle": paths[0], "output": output, "image_id": rebuild.target_id, "tags": rebuild.target_tags,
                 "outcome": "rebuilt"}
-        _emit(as_json, data, [f"{output}: {' '.join(plan.target_tags) or '(untagged)'} {plan.target_id[:19]} "
+        _emit(as_json, data, [f"{output}: {' '.join(rebuild.target_tags) or '(untagged)'} {rebuild.target_id[:19]} "
                               "rebuilt, every layer matches its diff_id"])
         return
     from deltaimg.apply import runlog

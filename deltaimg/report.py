@@ -94,20 +94,20 @@ def layer_lines(layers: list[dict]) -> list[str]:
     """One line per layer (and its counts, when it was rebuilt) of make's summary or :func:`manifest_layers`."""
     lines = []
     for position, layer in enumerate(layers):
-        plan = how_applied(layer)
+        how = how_applied(layer)
         what = {
             "referenced": f"referenced: base layer {layer.get('base_layer')}",
             "repeated": f"repeated: same as layer {layer.get('of')}",
             "rebuilt": f"rebuilt from a {human_size(layer.get('payload_size', 0))} delta",
             "shipped": f"shipped: {human_size(layer.get('payload_size', 0))} of new content",
-        }[plan]
+        }[how]
         diff_id = f"{layer['diff_id'][:19]} " if "diff_id" in layer else ""
         lines.append(f"  layer {position}: {diff_id}{human_size(layer['size'])} {what}")
         stats = layer.get("stats")
-        if stats and plan == "rebuilt":
+        if stats and how == "rebuilt":
             lines.append(
                 "           {files} files: {identical} unchanged, {bsdiff} bsdiff, {zstd_delta} zstd delta, "
-                "{literal} new; {headers_from_old} headers from the old image".format(**stats)
+                "{literal} new; {headers_from_old} headers from the base image".format(**stats)
             )
     return lines
 

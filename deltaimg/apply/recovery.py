@@ -12,7 +12,7 @@ is settled by one deterministic rule, from what the journal says and what the en
 
 No volume the old container mounts is removed (``v=False``): its anonymous volumes are the ones
 the new container had reattached. A new container that is removed takes with it only the
-anonymous volumes the engine made for it alone (a ``VOLUME`` only the new image declares).
+anonymous volumes the engine made for it alone (a ``VOLUME`` only the target image declares).
 Images are left alone: a target that got loaded stays, and the next apply of the same bundle
 finds it there. Temporary files are the state directory's ``work/``, which every run empties. Recovery is idempotent: killed half way, it is redone.
 Then the attempt is closed with a ``recovered`` record, and the run goes on; a bundle still
@@ -98,7 +98,7 @@ def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str) -
 def _describe(attempt: Attempt, actions: list[dict]) -> str:
     begin = attempt.begin
     what = f"{_name(begin['from'])} -> {_name(begin['to'])}" if begin.get("from") and begin.get("to") else "an update"
-    settled = "; ".join(f"{a['name']} {'back on its old container' if a['action'] == 'rolled-back' else 'on the new image'}"
+    settled = "; ".join(f"{a['name']} {'back on its old container' if a['action'] == 'rolled-back' else 'on the target image'}"
                         for a in actions) or "no container had been touched"
     return f"recovered the interrupted update {what} (begun {begin.get('time')}): {settled}"
 

@@ -3,10 +3,10 @@
 A container is recreated from the configuration its user gave it, not from everything its inspect
 data shows: the engine merges the image's defaults (Env, Cmd, Entrypoint, Labels, Healthcheck,
 WorkingDir, User, ExposedPorts, Volumes, StopSignal, Shell) into the container's Config at create
-time, and copying them would pin the old image's values onto the new image. So every Config value
-equal to the old image's default is dropped, and the new image's defaults apply (an
-``ENV VERSION=2`` in the new image is what the new container sees). The price: a value the user
-set explicitly *to* the old image's default is dropped too; compose has the same blind spot.
+time, and copying them would pin the base image's values onto the target image. So every Config value
+equal to the base image's default is dropped, and the target image's defaults apply (an
+``ENV VERSION=2`` in the target image is what the new container sees). The price: a value the user
+set explicitly *to* the base image's default is dropped too; compose has the same blind spot.
 
 The create call is the raw ``/containers/create`` body (``create_container_from_config``), built
 from the old container's inspect data: it takes every HostConfig field as the engine reported it,

@@ -40,7 +40,7 @@ class SwapResult:
     name: str
     old_container_id: str
     new_container_id: str | None  # None in a dry run
-    new_image_id: str
+    target_image_id: str
     started: bool  # the new container is (or would be) started: the old one was running
     config: dict  # the /containers/create body
     networks: dict[str, dict] = dataclasses.field(default_factory=dict)  # further networks: name -> EndpointConfig
@@ -71,8 +71,8 @@ class _Silent:
 
 def swap_containers(
     engine: Engine,
-    old_image_id: str,
-    new_image_id: str,
+    base_image_id: str,
+    target_image_id: str,
     *,
     names: list[str] | None = None,
     grace: float = 10.0,
@@ -80,20 +80,20 @@ def swap_containers(
     log: Callable[[str], None] = print,
     observer: SwapObserver | None = None,
 ) -> list[SwapResult]:
-    """Recreate the containers of ``old_image_id`` (all of them, or those in ``names``) on ``new_image_id``.
+    """Recreate the containers of ``base_image_id`` (all of them, or those in ``names``) on ``target_image_id``.
 
     Everything is checked and planned before any container is touched. Containers are then
     swapped one at a time; a failure rolls that container back and raises
     :class:`SwapFailedRolledBack` (:class:`SwapFailedNotRolledBack` if the rollback fails too),
-    leaving the containers swapped before it on the new image.
+    leaving the containers swapped before it on the target image.
     """
-    old_image = _image(engine, old_image_id, "old")
-    new_image = _image(engine, new_image_id, "new")
-    if old_image["Id"] == new_image["Id"]:
-        raise UsageError(f"the old and the new image are the same ({_short(old_image['Id'])}); nothing to swap")
-    plans = [_plan(engine, info, old_image, new_image) for info in _targets(engine, old_image["Id"], names)]
+    base_image = _image(engine, base_image_id, "base")
+    target_image = _image(engine, target_image_id, "target")
+    if base_image["Id"] == target_image["Id"]:
+        raise UsageError(f"the base and the target image are the same ({_short(base_image['Id'])}); nothing to swap")
+    plans = [_plan(engine, info, base_image, target_image) for info in _targets(engine, base_image["Id"], names)]
     if not plans:
-        log(f"no container uses image {_short(old_image['Id'])}; nothing to swap")
+        log(f"no container uses image {_short(base_image['Id'])}; nothing to swap")
     if dry_run:
         for plan in plans:
             log(_describe(plan, grace))
@@ -107,7 +107,7 @@ def swap_containers(
         except (SwapFailedRolledBack, SwapFailedNotRolledBack) as exc:
             if done:
                 swapped = ", ".join(r.name for r in done)
-                raise type(exc)(f"{exc} (already on the new image: {swapped})") from None
+                raise type(exc)(f"{exc} (already on the target image: {swapped})") from None
             raise
     return done
 
@@ -141,7 +141,7 @@ def _targets(engine: Engine, image_id: str, names: list[str] | None) -> list[dic
     return targets
 
 
-def _plan(engine: Engine, info: dict, old_image: dict, new_image: dict) -> SwapResult:
+def _plan(engine: Engine, info: dict, base_image: dict, target_image: dict) -> SwapResult:
     """Check one container can be swapped and work out its create body."""
     name = info["Name"].lstrip("/")
     side = name + SIDE_SUFFIX
@@ -154,13 +154,13 @@ def _plan(engine: Engine, info: dict, old_image: dict, new_image: dict) -> SwapR
         raise UsageError(f"container {name} runs with --rm, so stopping it deletes it; recreate it without --rm first")
     if engine.inspect_container(side) is not None:
         raise UsageError(f"a container named {side} already exists; remove or rename it first")
-    image_ref = _image_ref(engine, info["Config"].get("Image", ""), new_image["Id"])
-    config, others = create_body(info, old_image.get("Config") or {}, image_ref)
+    image_ref = _image_ref(engine, info["Config"].get("Image", ""), target_image["Id"])
+    config, others = create_body(info, base_image.get("Config") or {}, image_ref)
     return SwapResult(
         name=name,
         old_container_id=info["Id"],
         new_container_id=None,
-        new_image_id=new_image["Id"],
+        target_image_id=target_image["Id"],
         started=bool(info["State"].get("Running")),
         config=config,
         networks=others,
@@ -168,10 +168,10 @@ def _plan(engine: Engine, info: dict, old_image: dict, new_image: dict) -> SwapR
     )
 
 
-def _image_ref(engine: Engine, user_ref: str, new_image_id: str) -> str:
-    """The user's image name when it now names the new image (``docker ps`` stays readable), else the ID."""
+def _image_ref(engine: Engine, user_ref: str, target_image_id: str) -> str:
+    """The user's image name when it now names the target image (``docker ps`` stays readable), else the ID."""
     attrs = engine.find_image(user_ref) if user_ref and not user_ref.startswith("sha256:") else None
-    return user_ref if attrs is not None and attrs["Id"] == new_image_id else new_image_id
+    return user_ref if attrs is not None and attrs["Id"] == target_image_id else target_image_id
 
 
 def _describe(plan: SwapResult, grace: float) -> str:
@@ -217,8 +217,8 @@ def _swap_one(
         for net, endpoint in plan.networks.items():
             engine.connect_network(new_id, net, endpoint)
         got = (engine.inspect_container(new_id) or {}).get("Image", "(none: the container is gone)")
-        if got != plan.new_image_id:  # the name in the create body was moved to another image meanwhile
-            raise EngineError(f"the new container got image {_short(got)}, not {_short(plan.new_image_id)}")
+        if got != plan.target_image_id:  # the name in the create body was moved to another image meanwhile
+            raise EngineError(f"the new container got image {_short(got)}, not {_short(plan.target_image_id)}")
         log(f"{name}: created {_short(new_id)} on {plan.config['Image']}")
         if plan.started:
             engine.start(new_id)
@@ -331,7 +331,7 @@ def _rollback(engine: Engine, plan: SwapResult, new_id: str | None, renamed: boo
 
 def remove_new_container(engine: Engine, new_id: str, old_id: str) -> None:
     """Remove a new container that is not kept, and the anonymous volumes the engine made for it
-    alone (a ``VOLUME`` only the new image declares): they would be left behind, dangling. A
+    alone (a ``VOLUME`` only the target image declares): they would be left behind, dangling. A
     volume the old container mounts is never removed, and none is when the old one is gone."""
     new = engine.inspect_container(new_id) or {}
     engine.remove_container(new_id, force=True)

@@ -130,11 +130,11 @@ class _Run:
     # -- the two ways through
 
     def apply(self, files: list[str]) -> None:
-        selection, bundles, plans, held = self._prepare(files)
+        selection, bundles, rebuilds, held = self._prepare(files)
         applied: list[Bundle] = []
         for bundle in bundles:
             try:
-                self._apply_one(bundle, plans[bundle.path])
+                self._apply_one(bundle, rebuilds[bundle.path])
             except DeltaimgError as exc:
                 if not applied:
                     raise
@@ -148,11 +148,11 @@ class _Run:
         if pending:
             self.reporter.progress(f"{len(pending)} interrupted update(s) in {self.journal.path}: the next apply "
                                    "recovers them first (unless a run is in progress now)")
-        selection, bundles, plans, held = self._prepare(files)
+        selection, bundles, rebuilds, held = self._prepare(files)
         for bundle in bundles:
-            plan = plans[bundle.path]
-            if self.engine.find_image(plan.base_id) or self.engine.find_image(plan.target_id):
-                apply_to_engine(bundle, self.engine, containers=self._names(plan.base_id), swap_containers=self.options.swap,
+            rebuild = rebuilds[bundle.path]
+            if self.engine.find_image(rebuild.base_id) or self.engine.find_image(rebuild.target_id):
+                apply_to_engine(bundle, self.engine, containers=self._names(rebuild.base_id), swap_containers=self.options.swap,
                                 grace=self.options.grace, dry_run=True, log=self.reporter.progress)
             else:
                 self.reporter.progress(f"would rebuild and load {bundle.manifest.target.name} once the bundle "
@@ -162,13 +162,13 @@ class _Run:
         self._finish(selection, held)
 
     def _prepare(self, files: list[str]) -> tuple[chain.Selection, list[Bundle], dict[str, Rebuild], list[str]]:
-        """The bundles to apply, in order, verified and checked for disk space; their plans; and
+        """The bundles to apply, in order, verified and checked for disk space; what each rebuilds; and
         why bundles were held back."""
         selection = self._select(files)
-        plans = self._verify(selection.to_apply)  # also the sha256 of every bundle's bytes, which the journal knows them by
+        rebuilds = self._verify(selection.to_apply)  # also the sha256 of every bundle's bytes, which the journal knows them by
         bundles, held = (selection.to_apply, []) if self.options.retry else self._hold_back(selection.to_apply)
-        self._preflight(bundles, plans)
-        return selection, bundles, plans, held
+        self._preflight(bundles, rebuilds)
+        return selection, bundles, rebuilds, held
 
     def _finish(self, selection: chain.Selection, held: list[str]) -> None:
         """End a run that did what it could: bundles held back, then missing links, fail it."""
@@ -233,19 +233,19 @@ class _Run:
                                        f"{bundle.signer.key_id if bundle.signer else '?'})")
         return {bundle.path: read_rebuild(bundle) for bundle in bundles}
 
-    def _preflight(self, bundles: list[Bundle], plans: dict[str, Rebuild]) -> None:
+    def _preflight(self, bundles: list[Bundle], rebuilds: dict[str, Rebuild]) -> None:
         """Refuse, before anything changes, what the run could not finish or should not do."""
         if not self.options.allow_downgrade:
             for bundle in bundles:
-                self._refuse_tag_downgrade(bundle, plans[bundle.path])
+                self._refuse_tag_downgrade(bundle, rebuilds[bundle.path])
         thin = self.engine.loads_thin_archives() if bundles else True
-        rebuilds = []
+        sizes = []
         for bundle in bundles:
-            plan = plans[bundle.path]
-            loaded = self.engine.find_image(plan.target_id) is not None
-            rebuilds.append(0 if loaded else rebuild_size(plan, shared_prefix(plan) if thin else 0))
-        if any(rebuilds):
-            diskspace.check(self.state.work_path, self.engine.data_root(), rebuilds, self.reporter.progress)
+            rebuild = rebuilds[bundle.path]
+            loaded = self.engine.find_image(rebuild.target_id) is not None
+            sizes.append(0 if loaded else rebuild_size(rebuild, shared_prefix(rebuild) if thin else 0))
+        if any(sizes):
+            diskspace.check(self.state.work_path, self.engine.data_root(), sizes, self.reporter.progress)
 
     def _hold_back(self, bundles: list[Bundle]) -> tuple[list[Bundle], list[str]]:
         """Leave out each bundle whose last attempt was rolled back and the rest of its chain."""
@@ -259,37 +259,37 @@ class _Run:
             self._outcome("held-back", bundle, f"held back: {message}")
         return kept, [message for _, message in held]
 
-    def _refuse_tag_downgrade(self, bundle: Bundle, plan: Rebuild) -> None:
+    def _refuse_tag_downgrade(self, bundle: Bundle, rebuild: Rebuild) -> None:
         target_created = chain.parse_time(bundle.manifest.target.created)
-        for tag in plan.target_tags:
+        for tag in rebuild.target_tags:
             current = self.engine.find_image(tag)
-            if current is None or current["Id"] == plan.target_id or target_created is None:
+            if current is None or current["Id"] == rebuild.target_id or target_created is None:
                 continue
             created = chain.parse_time(current.get("Created"))
             if created is not None and created > target_created:
                 raise DowngradeError(f"{bundle.path} would move {tag} from {current['Id'][:19]} (created "
-                                     f"{current.get('Created')}) back to the older {plan.target_id[:19]} (created "
+                                     f"{current.get('Created')}) back to the older {rebuild.target_id[:19]} (created "
                                      f"{bundle.manifest.target.created}); pass --allow-downgrade to apply it anyway")
 
     # -- applying
 
-    def _apply_one(self, bundle: Bundle, plan: Rebuild) -> None:
-        names = _EngineHost(self.engine, self.options).containers_on(plan.base_id)
-        loaded = self.engine.find_image(plan.target_id) is not None
+    def _apply_one(self, bundle: Bundle, rebuild: Rebuild) -> None:
+        names = _EngineHost(self.engine, self.options).containers_on(rebuild.base_id)
+        loaded = self.engine.find_image(rebuild.target_id) is not None
         if loaded and not names:
             self._outcome("already-applied", bundle, f"already applied: {bundle.manifest.target.name} is "
                                                      f"already in the engine and no container to swap runs "
                                                      f"{bundle.manifest.base.name}")
             return
-        rebuilds = 0 if loaded else rebuild_size(plan, layers_to_load(self.engine, plan))
+        size = 0 if loaded else rebuild_size(rebuild, layers_to_load(self.engine, rebuild))
         attempt = new_id()
         summary = {"bundle": _bundle_record(bundle), "from": bundle.manifest.base.as_json(),
                    "to": bundle.manifest.target.as_json()}
         self.journal.append({"type": "begin", "id": attempt, "pid": os.getpid(), "containers": names, **summary})
         recorder = _Recorder(self.journal, attempt)
         try:
-            with progress.bar("apply", rebuilds, self.options.progress_bars and rebuilds > 0) as advance:
-                outcome = apply_to_engine(bundle, self.engine, containers=self._names(plan.base_id),
+            with progress.bar("apply", size, self.options.progress_bars and size > 0) as advance:
+                outcome = apply_to_engine(bundle, self.engine, containers=self._names(rebuild.base_id),
                                           swap_containers=self.options.swap, grace=self.options.grace, dry_run=False,
                                           log=self.reporter.progress, work_dir=self.state.work_path,
                                           observer=recorder, advance=advance)
@@ -309,7 +309,7 @@ class _Run:
         done = f"swapped {', '.join(s['name'] for s in swapped)}" if swapped else "no container to swap"
         self._outcome("applied", bundle, f"applied: {bundle.manifest.base.name} -> "
                                          f"{bundle.manifest.target.name}; {done}",
-                      image_id=plan.target_id, loaded=outcome.loaded, containers=swapped)
+                      image_id=rebuild.target_id, loaded=outcome.loaded, containers=swapped)
 
     def _outcome(self, event: str, bundle: Bundle, text: str, **extra: object) -> None:
         record = {"bundle": _bundle_record(bundle), "from": bundle.manifest.base.as_json(),

@@ -6,10 +6,10 @@ The Engine API hands out an image's exact config bytes and its uncompressed laye
 * opening the image runs one export to read the config (the layer bytes stream past unstored;
   a legacy export's are hashed on the way, to tell later exports which file is which layer);
 * :meth:`Image.layer_streams` streams layers past as an export goes by, storing nothing (make
-  reads the old image this way, twice: to index it, then to keep the few byte ranges its deltas
+  reads the base image this way, twice: to index it, then to keep the few byte ranges its deltas
   read; ``deltaimg diff`` reads both images this way);
 * the first time a layer is opened, one more export writes the layers (all of them, or those
-  named to :meth:`DaemonImage.fetch`: make fetches the new image's changed layers, which it reads
+  named to :meth:`DaemonImage.fetch`: make fetches the target image's changed layers, which it reads
   twice) into a temporary directory the image owns; every later ``Layer.open`` reads its file,
   and ``Layer.local`` then points at it.
 

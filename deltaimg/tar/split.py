@@ -8,7 +8,7 @@ them) is one final entry of kind ``TRAILER`` whose payload is those raw bytes.
 
 Concatenating ``pre + payload + pad`` of every entry gives back the original stream byte for byte,
 whatever the input: bytes that do not parse as a tar header simply start the trailer. Parsing is
-only needed to name entries so that their content can be matched against the old image.
+only needed to name entries so that their content can be matched against the base image.
 """
 
 from __future__ import annotations
