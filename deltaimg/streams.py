@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import io
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 BUFFER = 1 << 20
 
@@ -120,3 +120,26 @@ class HashingReader:
     def drain(self) -> None:
         while self.read(BUFFER):
             pass
+
+
+class ChunkReader(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks (an export as it arrives, a layer as it is
+    reassembled), without copying chunk tails around."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._view = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while not self._view:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._view = memoryview(chunk)
+        size = min(len(buffer), len(self._view))
+        buffer[:size] = self._view[:size]
+        self._view = self._view[size:]
+        return size

@@ -2,7 +2,8 @@
 
 1. The bundle has been verified (signature, every payload) by the caller.
 2. The base image must be in the engine, by ID. What the bundle reads of it is fetched by
-   streaming ``docker save``: the base layers the archive carries whole are written to disk;
+   streaming its layers (from Docker's store in place where deltaimg may read it, else by
+   ``docker save``): the base layers the archive carries whole are written to disk;
    of the others, just the bytes of the entries the deltas read are kept as they stream past
    (:meth:`BaseContent.fetch_entries`), so a small update of an image with a large base layer
    needs little disk.

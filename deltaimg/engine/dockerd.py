@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import tarfile
 from typing import BinaryIO, Iterable, Iterator
@@ -22,8 +21,9 @@ import docker
 import docker.errors
 import requests
 
+from deltaimg.engine.docker_store import DockerStore, chain_ids
 from deltaimg.errors import EngineError, ImageReadError, IntegrityError
-from deltaimg.streams import HashingReader
+from deltaimg.streams import ChunkReader, HashingReader
 
 CHUNK = 1 << 20
 MAX_CONFIG_SIZE = 32 << 20  # a config is JSON metadata; anything this big is not one
@@ -34,7 +34,8 @@ PROBE_TIMEOUT = 15  # an engine that does not answer a ping this fast is not the
 
 
 def connect() -> DockerEngine:
-    """The engine named by the environment (``DOCKER_HOST`` etc., else the local socket)."""
+    """The engine named by the environment (``DOCKER_HOST`` etc., else the local socket).
+    ``DELTAIMG_READ_STORE=0`` keeps deltaimg out of the engine's store: every read is a ``docker save``."""
     try:
         client = docker.from_env(timeout=PROBE_TIMEOUT)
         client.ping()
@@ -45,7 +46,7 @@ def connect() -> DockerEngine:
             f"cannot reach the Docker engine at {host} ({one_line(exc)}); start dockerd "
             "(scripts/ensure-docker does) or point DOCKER_HOST at a running engine"
         ) from None
-    return DockerEngine(client)
+    return DockerEngine(client, read_store=os.environ.get("DELTAIMG_READ_STORE", "1") != "0")
 
 
 class DockerEngine:
@@ -54,8 +55,23 @@ class DockerEngine:
 
     name = "Docker"
 
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, read_store: bool = True) -> None:
+        """``read_store`` False: always ``docker save``, never the store in place (benchmarks compare both)."""
         self.client = client
+        self._read_store = read_store
+        self._store: DockerStore | None = None
+        self._store_checked = False
+
+    def _layer_store(self) -> DockerStore | None:
+        """The engine's overlay2 store, when deltaimg runs as root next to an engine on a local socket."""
+        if not self._store_checked:
+            self._store_checked = True
+            local = str(getattr(self.client.api, "base_url", "")).startswith("http+docker://localhost")
+            if self._read_store and local and os.geteuid() == 0:
+                with _engine_errors("cannot ask the engine for its store"):
+                    info = self.client.info()
+                self._store = DockerStore.open(info.get("DockerRootDir"), info.get("Driver"))
+        return self._store
 
     def find_image(self, image_id_or_ref: str) -> dict | None:
         """The engine's inspect data for an image, or None when the engine has no such image."""
@@ -84,6 +100,10 @@ class DockerEngine:
         if attrs is None:
             raise ImageReadError(f"docker-daemon:{image_ref}: the engine has no such image (see docker images)")
         image_id = attrs["Id"]
+        store = self._layer_store()
+        in_store = store.config(image_id) if store is not None else None
+        if in_store is not None:
+            return in_store
         image_hex = image_id.removeprefix("sha256:")
         config_names = {f"{image_hex}.json", f"blobs/sha256/{image_hex}"}
         config_bytes: bytes | None = None
@@ -115,6 +135,10 @@ class DockerEngine:
         wanted layer that was not yet in it costs one more export; keep it for the next call on the
         same image. The read stops, aborting the export, once every wanted layer went by.
         """
+        from_store = self._store_layers(image_id, wanted_diff_ids)
+        if from_store is not None:
+            yield from from_store
+            return
         wanted = {d.removeprefix("sha256:") for d in wanted_diff_ids}
         seen: set[str] = set()
         for _ in range(2):
@@ -147,6 +171,22 @@ class DockerEngine:
             raise IntegrityError(f"docker save of {image_id} holds no layer hashing to {missing}; the engine's "
                                  "layer store may be damaged (re-pull or reload the image)")
 
+    def _store_layers(self, image_id: str, wanted_diff_ids: set[str]) -> Iterator[tuple[str, BinaryIO]] | None:
+        """The wanted layers read from the store in place, or None when it cannot give all of them
+        (no store, another engine's, a record missing): then ``docker save`` does."""
+        store = self._layer_store()
+        if store is None or store.config(image_id) is None:  # the config there proves it is this image's store
+            return None
+        diff_ids = ((self.find_image(image_id) or {}).get("RootFS") or {}).get("Layers") or []
+        chains = dict(zip(diff_ids, chain_ids(diff_ids)))
+        wanted = {d if d.startswith("sha256:") else "sha256:" + d for d in wanted_diff_ids}
+        if not wanted <= chains.keys():
+            return None
+        streams = {d: store.layer(chains[d]) for d in chains if d in wanted}  # in layer order
+        if any(stream is None for stream in streams.values()):
+            return None
+        return _checked(image_id, streams)  # type: ignore[arg-type]
+
     @contextlib.contextmanager
     def _export(self, image_id: str) -> Iterator[tarfile.TarFile]:
         """``docker save`` of one image as a streaming tar; the engine's failures, when it starts or
@@ -156,7 +196,7 @@ class DockerEngine:
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise EngineError(f"docker save of {image_id} failed: {one_line(exc)}") from None
         try:
-            with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK) as archive:
+            with tarfile.open(fileobj=ChunkReader(chunks), mode="r|", bufsize=CHUNK) as archive:
                 yield archive
         except (docker.errors.DockerException, requests.RequestException, tarfile.TarError, OSError) as exc:
             raise EngineError(f"docker save of {image_id} failed: {one_line(exc)}") from None
@@ -324,6 +364,18 @@ class _EngineStream:
             raise EngineError(f"docker save of {self._image_id} failed: {one_line(exc)}") from None
 
 
+def _checked(image_id: str, streams: dict[str, BinaryIO]) -> Iterator[tuple[str, BinaryIO]]:
+    """Each layer streamed from the store, then checked to hash to its diff_id."""
+    for diff_id, stream in streams.items():
+        with stream:
+            reader = HashingReader(stream)
+            yield diff_id, reader  # type: ignore[misc]
+            reader.drain()
+        if "sha256:" + reader.digest.hexdigest() != diff_id:
+            raise IntegrityError(f"Docker's layer store gave layer {diff_id[:19]} of {image_id[:19]} bytes that "
+                                 "do not hash to it; the store may be damaged (re-pull or reload the image)")
+
+
 def _read_config_member(archive: tarfile.TarFile, member: tarfile.TarInfo, image_id: str) -> bytes:
     if member.size > MAX_CONFIG_SIZE:
         raise EngineError(f"the config of {image_id} in docker save is {member.size} bytes; not a config")
@@ -355,25 +407,3 @@ def one_line(exc: BaseException | str) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     return " ".join(str(text).split()) or type(exc).__name__
-
-
-class _ChunkReader(io.RawIOBase):
-    """A read-only file over an iterator of byte chunks, without copying chunk tails around."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._view = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        while not self._view:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._view = memoryview(chunk)
-        size = min(len(buffer), len(self._view))
-        buffer[:size] = self._view[:size]
-        self._view = self._view[size:]
-        return size

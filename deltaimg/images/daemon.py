@@ -13,8 +13,10 @@ The Engine API hands out an image's exact config bytes and its uncompressed laye
   twice) into a temporary directory the image owns; every later ``Layer.open`` reads its file,
   and ``Layer.local`` then points at it.
 
-Reading the engine's store directly would avoid the exports but needs root and ties deltaimg to
-one storage driver's private layout. Use the image as a context manager (or call
+Where deltaimg may read Docker's overlay2 store (root, on the engine's host), the engine adapter
+reads the config and the layers there in place instead, and none of these exports happens
+(:mod:`deltaimg.engine.docker_store`); what the store gives is checked as an export's would be.
+Use the image as a context manager (or call
 :meth:`DaemonImage.close`) to remove the directory early; it is removed at garbage collection
 otherwise.
 """
