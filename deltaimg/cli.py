@@ -28,8 +28,8 @@ def _emit(as_json: bool, data: dict, lines: list[str]) -> None:
     if as_json:
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
-        for line in lines:
-            print(line)
+        for line in lines:  # names and labels come from images and bundles: escapes shown, not obeyed
+            print(printable(line))
 
 
 @app.command()
@@ -51,6 +51,7 @@ def make(base: str = typer.Argument(..., help="Base image, the version the host 
          passphrase_file: Optional[str] = PassphraseFileOpt,
          platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when an input holds several."),
          split_size: Optional[str] = typer.Option(None, "--split-size", help="Write a bundle larger than this (e.g. 3900M for FAT32) as parts OUTPUT.001, .002, ..."),
+         force: bool = typer.Option(False, "--force", help="Replace an existing OUTPUT (and the parts of a bundle there)."),
          as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Compare two images and write one signed bundle with what changed."""
     from deltaimg import progress
@@ -66,7 +67,7 @@ def make(base: str = typer.Argument(..., help="Base image, the version the host 
     target_image = open_image(target, platform)
     total = layer_bytes(lyr for lyr in target_image.layers if lyr.diff_id not in base_image.diff_ids)
     with progress.bar("make", total, not (quiet or as_json)) as advance:
-        manifest = make_bundle(base_image, target_image, output, private, advance, part_size)
+        manifest = make_bundle(base_image, target_image, output, private, advance, part_size, force)
     written = output if manifest["files"] == [output] else f"{manifest['files'][0]} to {manifest['files'][-1]}"
     lines = [f"{written}: {report.name_of(manifest['base'])} -> {report.name_of(manifest['target'])}",
              *report.layer_lines(manifest["layers"]),
@@ -185,7 +186,7 @@ def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts
         opened = _open(paths[0], trust, trust_dir, quiet or as_json)
         base_image = open_image(base, platform)
         with progress.bar("apply", rebuild_size(read_rebuild(opened)), not (quiet or as_json)) as advance:
-            rebuild = apply_to_archive(opened, base_image, output, force, advance)
+            rebuild = apply_to_archive(opened, base_image, output, force, advance, allow_downgrade)
         data = {"bundle": paths[0], "output": output, "image_id": rebuild.target_id, "tags": rebuild.target_tags,
                 "outcome": "rebuilt"}
         _emit(as_json, data, [f"{output}: {' '.join(rebuild.target_tags) or '(untagged)'} {rebuild.target_id[:19]} "

@@ -498,3 +498,15 @@ def test_a_recipe_naming_a_base_layer_the_engine_image_lacks_changes_nothing(doc
     assert result.stderr.count("\n") == 1
     assert not any(i["Id"] == digest(config) for i in docker_client.api.images(all=True))
     assert {i["Id"] for i in docker_client.api.images(all=True, filters={"reference": engine_resources.prefix + "*"})} == images_before
+
+
+@pytest.mark.parametrize("command", ["verify", "inspect", "apply"])
+def test_a_fifo_given_as_the_bundle_is_refused_at_once_instead_of_waiting_for_a_writer(command, example_pair, keypair, tmp_path):
+    fifo = tmp_path / "app.dimg"
+    os.mkfifo(fifo)
+    extra = {"verify": ["--trust", keypair[1]], "inspect": [],
+             "apply": ["--trust", keypair[1], "--base", example_pair[0], "-o", str(tmp_path / "out.tar")]}[command]
+    result = measured(command, str(fifo), *extra)
+    assert result.returncode == BundleFormatError.exit_code
+    assert result.stderr == f"deltaimg: error: {fifo} is not a regular file; give the bundle file itself\n"
+    assert sorted(os.listdir(tmp_path)) == ["app.dimg"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import tempfile
 
+from deltaimg.apply.chain import refuse_downgrade
 from deltaimg.apply.rebuild import Rebuild, check_base, layer_sources, load_target_config, read_rebuild
 from deltaimg.bundle.reader import Bundle
+from deltaimg.bundle.signing import public_file_mode
 from deltaimg.delta.base_content import BaseContent
 from deltaimg.errors import WRITE_FAILURES, BaseMismatchError, ImageReadError, OutputError
 from deltaimg.images.model import Image
@@ -20,22 +22,28 @@ from deltaimg.tar import writer as archivewriter
 
 
 def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = False,
-                     advance: Advance | None = None) -> Rebuild:
+                     advance: Advance | None = None, allow_downgrade: bool = False) -> Rebuild:
     """Rebuild the bundle's target image as a ``docker save`` archive at ``output``; ``advance`` is
     told the bytes of every layer written (:func:`deltaimg.apply.rebuild.rebuild_size` in all)."""
+    if not allow_downgrade:
+        refuse_downgrade(bundle)
     rebuild = read_rebuild(bundle)
     check_base(rebuild, base, bundle.path)
     load_target_config(bundle, rebuild, base.config_bytes)
     if base.diff_ids != rebuild.base_diff_ids:
         raise BaseMismatchError(f"{bundle.path}: the base image's layers differ from its config's")
-    if os.path.lexists(output) and not force:  # lexists: a dangling symlink is there too
-        raise OutputError(f"{output} exists; choose another path or pass --force")
+    if os.path.lexists(output):  # lexists: a dangling symlink is there too
+        if not os.path.isfile(output) or os.path.islink(output):
+            raise OutputError(f"{output} exists and is not a regular file; choose another -o")
+        if not force:
+            raise OutputError(f"{output} exists; choose another path or pass --force")
     directory = os.path.dirname(os.path.abspath(output))
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".deltaimg-", suffix=".tar.tmp")
     except OSError as exc:
         raise OutputError(f"cannot write in {directory}: {exc.strerror}") from None
     try:
+        os.chmod(tmp, public_file_mode())  # what docker save > FILE would give it; mkstemp makes it private
         with os.fdopen(fd, "wb") as out:
             with tempfile.TemporaryDirectory(prefix="deltaimg-apply-") as workdir, BaseContent(base, workdir) as content:
                 archivewriter.write_image(out, rebuild.target_config, rebuild.target_tags, layer_sources(bundle, rebuild, content, advance))

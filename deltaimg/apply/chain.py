@@ -31,7 +31,7 @@ from typing import Protocol
 
 from deltaimg.bundle.manifest import ImageRecord
 from deltaimg.bundle.reader import Bundle
-from deltaimg.errors import UsageError
+from deltaimg.errors import DowngradeError, UsageError
 
 APPLY = "apply"
 LEFT_OUT = ("already-applied", "superseded", "downgrade", "duplicate", "not-for-this-host")
@@ -88,6 +88,14 @@ def is_downgrade(bundle: Bundle) -> bool:
     base = parse_time(bundle.manifest.base.created)
     target = parse_time(bundle.manifest.target.created)
     return base is not None and target is not None and target < base
+
+
+def refuse_downgrade(bundle: Bundle) -> None:
+    """Raise :class:`DowngradeError` for a bundle that goes back in time (``--allow-downgrade`` skips this)."""
+    if is_downgrade(bundle):
+        base, target = bundle.manifest.base, bundle.manifest.target
+        raise DowngradeError(f"{bundle.path} goes back from {base.name} (created {base.created}) to the older "
+                             f"{target.name} (created {target.created}); pass --allow-downgrade to apply it anyway")
 
 
 def repositories(tags: object) -> set[str]:

@@ -202,10 +202,8 @@ class _Run:
                                                          f"container to swap runs {base.name}")
         if not host.has_image(base.image_id):
             require_base(self.engine, bundle, read_rebuild(bundle))
-        if chain.is_downgrade(bundle) and not self.options.allow_downgrade:
-            raise DowngradeError(f"{bundle.path} goes back from {base.name} (created {base.created}) to the "
-                                 f"older {target.name} (created {target.created}); pass --allow-downgrade "
-                                 "to apply it anyway")
+        if not self.options.allow_downgrade:
+            chain.refuse_downgrade(bundle)
         return chain.Step(bundle, chain.APPLY)
 
     def _check_container_names(self) -> None:

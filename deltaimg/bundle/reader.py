@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
@@ -60,6 +61,8 @@ class Bundle:
 def read_header(path: str) -> tuple[bytes, dict | None, int, int]:
     """(manifest bytes, signature, payload area offset, file size), checking only the framing."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would wait for a writer forever
+            raise BundleFormatError(f"{path} is not a regular file; give the bundle file itself")
         size = os.path.getsize(path)
         with open(path, "rb") as f:
             head = f.read(16)

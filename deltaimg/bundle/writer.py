@@ -46,9 +46,10 @@ class BundleWriter:
     one that fits is written as one ordinary file. ``paths`` and ``size`` tell what was written.
     """
 
-    def __init__(self, output: str, split_size: int | None = None) -> None:
+    def __init__(self, output: str, split_size: int | None = None, force: bool = False) -> None:
         if split_size is not None and split_size < MIN_PART_SIZE:
             raise UsageError(f"a split size of {split_size} bytes is too small; give at least {MIN_PART_SIZE}")
+        self._ours = _earlier_bundle(output, force)
         self.output = output
         self.split_size = split_size
         self.paths: list[str] = []
@@ -79,9 +80,10 @@ class BundleWriter:
             if split:
                 cuts = [(start, min(start + split["part_size"], self.size)) for start in range(0, self.size, split["part_size"])]
                 self.paths = [part_path(self.output, number) for number in range(1, len(cuts) + 1)]
-                stale = [self.output, *_parts_after(self.output, len(cuts))]
+                stale = [path for path in (self.output, *_parts_after(self.output, len(cuts))) if path in self._ours]
             else:
-                cuts, self.paths, stale = [(0, self.size)], [self.output], _parts_after(self.output, 0)
+                cuts, self.paths = [(0, self.size)], [self.output]
+                stale = [path for path in _parts_after(self.output, 0) if path in self._ours]
             self._write(header, cuts, stale)
         finally:
             self._spool.close()
@@ -128,7 +130,7 @@ class BundleWriter:
 
     def _write(self, header: bytes, cuts: list[tuple[int, int]], stale: list[str]) -> None:
         """Write ``header`` + spool cut at ``cuts`` into ``self.paths``, then remove ``stale`` files
-        (the other form of this output left by an earlier make)."""
+        (the rest of the bundle an earlier make wrote there)."""
         directory = os.path.dirname(os.path.abspath(self.output))
         temps: list[str] = []
         try:
@@ -168,6 +170,34 @@ def _frame(manifest: dict, private_key, pad: int = 0) -> bytes:
     signature_bytes = signature_block(signing.sign(private_key, manifest_bytes)) + bytes(pad)
     return (MAGIC + U32.pack(FORMAT_VERSION) + U32.pack(len(manifest_bytes)) + manifest_bytes
             + U32.pack(len(signature_bytes)) + signature_bytes)
+
+
+def _earlier_bundle(output: str, force: bool) -> set[str]:
+    """Refuse, before anything is made, to replace what is at ``output`` (or its parts) unless
+    ``force``; then return the files of the deltaimg bundle found there, the only ones a new bundle
+    may remove beyond those it replaces. A file without the bundle magic is never removed, and
+    only regular files are replaced."""
+    existing = [path for path in (output, *_parts_after(output, 0)) if os.path.lexists(path)]
+    for path in existing:
+        if not os.path.isfile(path) or os.path.islink(path):
+            raise OutputError(f"{path} exists and is not a regular file; choose another -o")
+    if existing and not force:
+        if len(existing) == 1:
+            raise OutputError(f"{existing[0]} exists; pass --force to replace it, or choose another -o")
+        named = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise OutputError(f"{named} exist; pass --force to replace them, or choose another -o")
+    ours = {output} if _is_bundle(output) else set()
+    if _is_bundle(part_path(output, 1)):
+        ours.update(_parts_after(output, 0))
+    return ours
+
+
+def _is_bundle(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
 
 
 def _parts_after(stem: str, count: int) -> list[str]:

@@ -36,9 +36,10 @@ def image_summary(image: Image) -> dict:
 
 
 def make_bundle(base: Image, target: Image, output: str, private_key, progress: Callable[[int], None] | None = None,
-                split_size: int | None = None) -> dict:
-    """Write the bundle that turns ``base`` into ``target``; returns the signed manifest's summary."""
-    writer = BundleWriter(output, split_size)
+                split_size: int | None = None, force: bool = False) -> dict:
+    """Write the bundle that turns ``base`` into ``target``; returns the signed manifest's summary.
+    An existing ``output`` is refused before any work unless ``force``."""
+    writer = BundleWriter(output, split_size, force)
     try:
         with tempfile.TemporaryDirectory(prefix="deltaimg-make-") as workdir, ThreadPoolExecutor(WORKERS) as pool:
             with BaseContent(base, workdir, partial=True) as content:
