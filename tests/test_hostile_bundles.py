@@ -29,7 +29,7 @@ from deltaimg.bundle import signing
 from deltaimg.bundle import format as bundle_format
 from deltaimg.bundle.manifest import CONFIG_PAYLOAD, MAX_PAYLOADS
 from deltaimg.delta import recipe as lf
-from deltaimg.errors import BundleFormatError, IntegrityError, OutputError
+from deltaimg.errors import BundleFormatError, ImageReadError, IntegrityError, OutputError
 from deltaimg.delta.recipe import Chunk, Record, RecordWriter, Segment, Span
 from tests.memory import Outcome, measured
 from tests.conftest import run_cli
@@ -427,7 +427,8 @@ def test_a_manifest_length_beyond_the_limit_is_refused_unread(forger):
 
 
 def test_a_base_whose_layer_bytes_were_altered_is_refused_and_nothing_written(forger, tmp_path):
-    """Same config (so the same image ID), other layer bytes: the rebuilt layer cannot match."""
+    """Same config (so the same image ID), other layer bytes: the rebuilt layer cannot match, and the
+    error names the base as the damaged input."""
     layer = forger.base_layer
     config = image_config([digest(layer)])
     trailer = layer[layer.rindex(b"hello\n") + 512:]  # the end-of-archive blocks after the last file
@@ -443,7 +444,9 @@ def test_a_base_whose_layer_bytes_were_altered_is_refused_and_nothing_written(fo
     at = data.index(b"localhost")
     damaged.write_bytes(data[:at] + b"LOCALHOST" + data[at + 9:])
     process = run_cli("apply", str(bundle), "--trust", forger.public, "--base", str(damaged), "-o", str(forger.out_dir / "x.tar"))
-    assert process.returncode == INTEGRITY and "does not hash to its diff_id" in process.stderr, process.stderr
+    assert process.returncode == ImageReadError.exit_code  # the base is damaged, not the bundle: it says which
+    assert process.stderr == (f"deltaimg: error: {damaged}: base layer 0 does not hash to its diff_id "
+                              f"{digest(layer)[:19]}; the base image is damaged: export it again\n")
     assert os.listdir(forger.out_dir) == []
 
 

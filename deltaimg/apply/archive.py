@@ -15,7 +15,7 @@ from deltaimg.apply.rebuild import Rebuild, check_base, layer_sources, load_targ
 from deltaimg.bundle.reader import Bundle
 from deltaimg.bundle.signing import public_file_mode
 from deltaimg.delta.base_content import BaseContent
-from deltaimg.errors import WRITE_FAILURES, BaseMismatchError, ImageReadError, OutputError
+from deltaimg.errors import WRITE_FAILURES, BaseMismatchError, ImageReadError, IntegrityError, OutputError
 from deltaimg.images.model import Image
 from deltaimg.progress import Advance
 from deltaimg.tar import writer as archivewriter
@@ -46,7 +46,12 @@ def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = Fal
         os.chmod(tmp, public_file_mode())  # what docker save > FILE would give it; mkstemp makes it private
         with os.fdopen(fd, "wb") as out:
             with tempfile.TemporaryDirectory(prefix="deltaimg-apply-") as workdir, BaseContent(base, workdir) as content:
-                archivewriter.write_image(out, rebuild.target_config, rebuild.target_tags, layer_sources(bundle, rebuild, content, advance))
+                try:
+                    archivewriter.write_image(out, rebuild.target_config, rebuild.target_tags,
+                                              layer_sources(bundle, rebuild, content, advance))
+                except IntegrityError:
+                    content.check_layers_read()  # a damaged base is named as such, not blamed on the bundle
+                    raise
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, output)

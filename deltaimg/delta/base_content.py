@@ -118,8 +118,8 @@ class BaseContent:
         those their diff_ids name."""
         diff_id = self.image.layers[layer].diff_id
         if "sha256:" + digest.hexdigest() != diff_id:
-            raise ImageReadError(f"{self.image.source}: layer {layer} does not hash to its diff_id "
-                                 f"{diff_id[:19]}; the image is damaged")
+            raise ImageReadError(f"{self.image.source}: base layer {layer} does not hash to its diff_id "
+                                 f"{diff_id[:19]}; the base image is damaged: export it again")
 
     def layer_size(self, layer: int) -> int:
         """Size of the layer's uncompressed tar (decompressing it into the work directory if need be)."""
@@ -198,6 +198,13 @@ class BaseContent:
                 continue  # the same layer twice: once is enough
             self._entries[layer] = [entry for entry, _ in found]
             yield from found
+
+    def check_layers_read(self) -> None:
+        """Raise :class:`ImageReadError` naming the first base layer read in place that does not hash
+        to its diff_id. Layers read in place are not hashed on the way (a rebuild seeks in them); when
+        a rebuilt layer does not hash to its diff_id, this tells a damaged base from a damaged bundle."""
+        for layer in sorted(self._files):
+            self._check_in_place(layer)
 
     def _check_in_place(self, layer: int) -> None:
         """A decompressed layer was checked on the way; one read in place is checked here, once."""
