@@ -25,10 +25,10 @@ def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = Fal
                      advance: Advance | None = None, allow_downgrade: bool = False) -> Rebuild:
     """Rebuild the bundle's target image as a ``docker save`` archive at ``output``; ``advance`` is
     told the bytes of every layer written (:func:`deltaimg.apply.rebuild.rebuild_size` in all)."""
-    if not allow_downgrade:
-        refuse_downgrade(bundle)
     rebuild = read_rebuild(bundle)
     check_base(rebuild, base, bundle.path)
+    if not allow_downgrade:
+        refuse_downgrade(bundle)
     load_target_config(bundle, rebuild, base.config_bytes)
     if base.diff_ids != rebuild.base_diff_ids:
         raise BaseMismatchError(f"{bundle.path}: the base image's layers differ from its config's")
