@@ -196,3 +196,15 @@ def test_a_full_disk_while_make_writes_is_an_output_error_not_a_damaged_image(ex
     else:
         raise AssertionError("make wrote a bundle on a full disk")
     assert not output.exists()
+
+
+def test_apply_with_no_engine_to_reach_exits_20_on_one_line_and_writes_nothing(example_bundle, keypair, tmp_path):
+    socket = tmp_path / "no-engine.sock"
+    state = tmp_path / "state"
+    result = run_cli("apply", example_bundle, "--trust", keypair[1], "--state-dir", str(state),
+                     env={"DOCKER_HOST": f"unix://{socket}"})
+    assert result.returncode == 20
+    assert result.stderr.startswith(f"deltaimg: error: cannot reach the Docker engine at unix://{socket} (")
+    assert result.stderr.endswith("start dockerd (scripts/ensure-docker does) or point DOCKER_HOST at a running engine\n")
+    assert result.stderr.count("\n") == 1
+    assert sorted(str(p.relative_to(state)) for p in state.rglob("*")) == ["lock", "work"]  # no journal entry: nothing began
