@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-from deltaimg.errors import ImageReadError
+from deltaimg.errors import ImageReadError, OutputError
 from deltaimg.images.model import Image
 from deltaimg.images.blobs import open_range
 from deltaimg.streams import HashingReader
@@ -108,7 +108,7 @@ class BaseContent:
                 with source.open() as src, open(path, "wb") as dst:
                     while chunk := src.read(COPY_CHUNK):
                         digest.update(chunk)
-                        dst.write(chunk)
+                        _write_work(dst, chunk, layer, self._workdir)
                 self._check(layer, digest)
                 self._files[layer] = (path, 0, os.path.getsize(path))
         return self._files[layer]
@@ -317,6 +317,16 @@ class BaseIndex:
 
 
 Visit = Callable[[TarSplitter, Entry, BaseEntry], "bytes | None"]
+
+
+def _write_work(out: BinaryIO, data: bytes, layer: int, workdir: str) -> None:
+    """A write into the work directory; its failure names that directory, not the command's output
+    (a compressed base layer may decompress to far more than it looked)."""
+    try:
+        out.write(data)
+    except OSError as exc:
+        raise OutputError(f"cannot decompress base layer {layer} into {workdir}: {exc.strerror}; free space there "
+                          "or point TMPDIR at a larger disk, and run again") from None
 
 
 def _payload_digest(splitter: TarSplitter, entry: Entry, base: BaseEntry) -> bytes | None:
