@@ -24,6 +24,30 @@ def state_dir(tmp_path, monkeypatch) -> str:
     return path
 
 
+class Tmpfs:
+    """A tmpfs of a given size mounted at ``path`` (as root): a disk that is really that full."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        os.makedirs(path, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], check=True)
+
+    def resize(self, size: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", self.path], check=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", self.path], check=True)
+
+
+@pytest.fixture
+def small_state_dir(tmp_path, monkeypatch):
+    """The state directory (journal, lock, the rebuild's scratch space) on an 8 KiB disk of its own."""
+    disk = Tmpfs(str(tmp_path / "state"), 8 << 10)
+    monkeypatch.setenv("DELTAIMG_STATE_DIR", disk.path)
+    yield disk
+    disk.unmount()
+
+
 @pytest.fixture(scope="session")
 def keypair(tmp_path_factory) -> tuple[str, str]:
     directory = tmp_path_factory.mktemp("keys")

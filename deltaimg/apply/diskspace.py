@@ -13,8 +13,6 @@ manifest gives for the layers the engine lacks):
 
 On one filesystem the load overlaps the archive: 3R. Bundles applied one after the other keep
 what earlier ones loaded, so a chain needs, at its k-th bundle, the R of every earlier one too.
-
-``DELTAIMG_TEST_FREE_BYTES`` (tests only) replaces every free-space reading with its value.
 """
 
 from __future__ import annotations
@@ -24,8 +22,6 @@ from typing import Callable
 
 from deltaimg.errors import DiskSpaceError
 from deltaimg.units import human_size
-
-FREE_ENV = "DELTAIMG_TEST_FREE_BYTES"
 
 
 def check(work_dir: str, data_root: str | None, rebuilds: list[int], log: Callable[[str], None]) -> None:
@@ -52,9 +48,6 @@ def check(work_dir: str, data_root: str | None, rebuilds: list[int], log: Callab
 
 
 def free_bytes(path: str) -> int:
-    override = os.environ.get(FREE_ENV)
-    if override is not None:
-        return int(override)
     stats = os.statvfs(_existing(path))
     return stats.f_bavail * stats.f_frsize
 
