@@ -37,7 +37,7 @@ from deltaimg.bundle.reader import Bundle
 from deltaimg.delta.decoder import base_references
 from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError
 from deltaimg.images.daemon import open_daemon_image
-from deltaimg.delta.base_content import BaseContent
+from deltaimg.delta.base_content import BaseContent, BaseRead
 from deltaimg.progress import Advance
 
 
@@ -149,7 +149,7 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
         raise IntegrityError(f"the engine loaded {loaded['Id'][:19]}, not {rebuild.target_id[:19]}")
 
 
-def _references(bundle: Bundle, rebuild: Rebuild, keep: int) -> Iterator[tuple[int, int, int, int, int | None]]:
+def _references(bundle: Bundle, rebuild: Rebuild, keep: int) -> Iterator[BaseRead]:
     """What rebuilding the target's delta layers past the first ``keep`` reads of the base."""
     for layer in rebuild.layers[keep:]:
         if layer.method is Method.DELTA:

@@ -21,7 +21,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple
 
 from deltaimg.errors import ImageReadError, OutputError
 from deltaimg.images.model import Image
@@ -57,6 +57,17 @@ class BaseEntry:
     @property
     def is_regular(self) -> bool:
         return self.typeflag in REGULAR_TYPES
+
+
+class BaseRead(NamedTuple):
+    """Bytes a layer delta reads of the base: ``length`` bytes (None: to its end) from ``start`` of
+    part ``part`` (PART_PRE, the header; PART_DATA, the payload) of entry ``index`` of base layer ``layer``."""
+
+    layer: int
+    index: int
+    part: int
+    start: int
+    length: int | None
 
 
 class BaseContent:
@@ -140,10 +151,9 @@ class BaseContent:
             self._check(layer, reader.digest)
             self._sizes[layer] = reader.size
 
-    def fetch_entries(self, references: Iterable[tuple[int, int, int, int, int | None]]) -> None:
-        """In one pass over the streamed layers, keep the parts of base entries these ``(layer,
-        index, part, start, length)`` references name (``length`` None: the rest of the part),
-        each as its entry goes by, in a sparse file of the layer's size. Reading anything else of
+    def fetch_entries(self, references: Iterable[BaseRead]) -> None:
+        """In one pass over the streamed layers, keep the parts of base entries these references
+        name, each as its entry goes by, in a sparse file of the layer's size. Reading anything else of
         those layers is a bug and raises. A reference past its entry's end keeps nothing here;
         the decoder refuses it."""
         wanted: dict[int, dict[int, list[tuple[int, int, int | None]]]] = {}

@@ -25,7 +25,7 @@ from deltaimg.delta.recipe import (
     with_checksum,
     read_header,
 )
-from deltaimg.delta.base_content import BaseContent, BaseEntry
+from deltaimg.delta.base_content import BaseContent, BaseEntry, BaseRead
 from deltaimg.tar.split import BLOCK
 
 PIECE = 1 << 20
@@ -171,27 +171,25 @@ def bsdiff_fits(target_len: int, control_len: int, diff_len: int, extra_len: int
     return control_len <= 24 * (target_len + 1) and diff_len <= target_len + 32 and extra_len <= target_len
 
 
-def base_references(payload: BinaryIO) -> Iterator[tuple[int, int, int, int, int | None]]:
-    """What a layer delta reads of the base, from its recipe alone (the chunks are not decoded):
-    ``(layer, index, part, start, length)`` of a base entry's header (PART_PRE) or payload,
-    ``length`` None for the rest of it. A partner read for nothing comes with length 0: the
-    decoder still looks its entry up."""
+def base_references(payload: BinaryIO) -> Iterator[BaseRead]:
+    """What a layer delta reads of the base, from its recipe alone (the chunks are not decoded). A
+    partner read for nothing comes with length 0: the decoder still looks its entry up."""
     chunks, reader = read_recipe(payload)
     for chunk in chunks:
         for span in chunk.spans:
-            yield span.layer, span.index, span.part, span.start, span.length
+            yield BaseRead(span.layer, span.index, span.part, span.start, span.length)
     records = RecordReader(reader)
     while True:
         record = records.next()
         if record.partner:
-            yield *record.partner, PART_PRE, 0, (0 if record.pre_kind == PRE_LITERAL else None)
+            yield BaseRead(*record.partner, PART_PRE, 0, 0 if record.pre_kind == PRE_LITERAL else None)
             if record.data_kind == DATA_PARTNER:
-                yield *record.partner, PART_DATA, 0, None
+                yield BaseRead(*record.partner, PART_DATA, 0, None)
             for segment in record.segments if record.data_kind == DATA_DELTA else ():
                 if segment.kind == SEGMENT_BSDIFF:
-                    yield *record.partner, PART_DATA, segment.base_start, segment.base_len
+                    yield BaseRead(*record.partner, PART_DATA, segment.base_start, segment.base_len)
         if record.ref and record.data_kind == DATA_REF:
-            yield *record.ref, PART_DATA, 0, None
+            yield BaseRead(*record.ref, PART_DATA, 0, None)
         if record.trailer:
             return
 

@@ -49,7 +49,7 @@ from deltaimg.delta.recipe import (
     pack_header,
     with_checksum,
 )
-from deltaimg.delta.base_content import BaseEntry, BaseIndex
+from deltaimg.delta.base_content import BaseEntry, BaseIndex, BaseRead
 from deltaimg.delta.choice import WHOLE_OLD_MAX, base_region, choose_delta, edit_runs
 from deltaimg.tar.split import BLOCK, REGULAR_TYPES, TRAILER, Entry, TarSplitter
 
@@ -402,7 +402,7 @@ class LayerEncoder:
         records.add(Record(pre_kind=PRE_LITERAL, data_kind=DATA_LITERAL, size=entry.size, trailer=True))
 
 
-def base_reads(index: BaseIndex, layer_stream: BinaryIO, home: int | None) -> Iterator[tuple[int, int, int, int, None]]:
+def base_reads(index: BaseIndex, layer_stream: BinaryIO, home: int | None) -> Iterator[BaseRead]:
     """What :meth:`LayerEncoder.encode` reads of the base image to encode this target layer, by the
     same rules, as :meth:`BaseContent.fetch_entries` references: each partner's header, and the
     partner's payload unless the target payload is found whole in the base image."""
@@ -415,14 +415,14 @@ def base_reads(index: BaseIndex, layer_stream: BinaryIO, home: int | None) -> It
             partner = index.partner(entry.name, entry.size, entry.typeflag in REGULAR_TYPES, paths)
             if partner is None:
                 continue
-            yield partner.layer, partner.index, PART_PRE, 0, None
+            yield BaseRead(partner.layer, partner.index, PART_PRE, 0, None)
             usable = _usable(partner)
             if entry.size and usable is not None:
                 digest = hashlib.sha256()
                 for chunk in splitter.payload_chunks():
                     digest.update(chunk)
                 if _same_content(index, entry, digest.digest()) is None:
-                    yield usable.layer, usable.index, PART_DATA, 0, None
+                    yield BaseRead(usable.layer, usable.index, PART_DATA, 0, None)
     except EOFError:
         raise ImageReadError("a layer of the target image is a truncated tar") from None
 

@@ -19,7 +19,7 @@ from deltaimg.diff.images import change_summary
 from deltaimg.images.model import Image
 from deltaimg.streams import HashingReader
 from deltaimg.images.daemon import DaemonImage
-from deltaimg.delta.base_content import BaseContent, BaseIndex
+from deltaimg.delta.base_content import BaseContent, BaseIndex, BaseRead
 
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 
@@ -63,7 +63,7 @@ def make_bundle(base: Image, target: Image, output: str, private_key, progress: 
             "bundle_size": writer.size, "files": writer.paths}
 
 
-def _base_reads(index: BaseIndex, base: Image, target: Image, changed: set[str]) -> Iterator[tuple[int, int, int, int, None]]:
+def _base_reads(index: BaseIndex, base: Image, target: Image, changed: set[str]) -> Iterator[BaseRead]:
     """What the encoder will read of the base image for these target layers; reading them costs
     one more pass over the target image's changed layers."""
     for diff_id, stream in target.layer_streams(changed):
