@@ -8,6 +8,7 @@ code 3, reads nothing outside the image, writes no bundle and leaves no temporar
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import re
@@ -139,6 +140,22 @@ def test_a_truncated_layer_tar(images, keypair, tmp_path):
         layer = tree / entry["Layers"][0]
         layer.write_bytes(layer.read_bytes()[:700])
     make_refused(images, str(edited_archive(images, tmp_path, truncate)), keypair, tmp_path, "")
+
+
+def test_a_truncated_layer_tar_whose_diff_id_matches_is_named_by_position_and_diff_id(images, keypair, tmp_path):
+    """The config names the truncated bytes, so only the tar's end is wrong: the error says which layer."""
+    whole = f.write_layer(tmp_path / "whole.layer", f.complete_tree([f.file("etc/version", b"2\n"), f.file("srv/app", b"app " * 901)]))
+    cut = tmp_path / "cut.layer"
+    cut.write_bytes(whole.path.read_bytes()[:-3000])  # inside srv/app's 3,604 bytes
+    layer = f.LayerFile(cut, "sha256:" + hashlib.sha256(cut.read_bytes()).hexdigest(), cut.stat().st_size)
+    new = f.write_docker_archive(tmp_path / "cut.tar", [f.ImageSpec([layer], ["hostile/app:2"])])[0].path
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = run_cli("make", str(images["old"]), str(new), "-o", str(out_dir / "b.dimg"), "--key", keypair[0], "--quiet")
+    assert result.returncode == IMAGE_EXIT
+    assert result.stderr == (f"deltaimg: error: {new}: layer 0 ({layer.diff_id[:19]}) is a truncated tar; the target "
+                             "image is damaged\n")
+    assert os.listdir(out_dir) == []
 
 
 # --------------------------------------------------------------------------- names that lead out of the image

@@ -4,15 +4,51 @@ bsdiff wins on executables and other files whose small edits move many internal 
 the partner as its reference prefix wins everywhere else, and costs far less. Both are estimated at
 ``ESTIMATE_LEVEL`` and the smaller kept. A header that only changed in a few bytes (timestamps)
 is coded as edit runs instead.
+
+bsdiff4's diff is quadratic in the length of stretches that repeat themselves: zeros with 16 bytes
+changed take 1.2 s at 256 KiB and 6 s at 512 KiB (measured here), so a preallocated database or a
+disk image in a layer would keep ``make`` busy for hours. Such stretches are what zstd codes best,
+so :func:`code` cuts them out first, with one linear zstd -1 pass over ``WINDOW``-sized windows:
+
+- runs: every window that zstd -1 codes ``RUN_RATIO`` times smaller (one byte repeated, or a short
+  pattern) is coded literally (zstd, with the partner as reference), and so is its stretch;
+- long repeats: a piece between runs, past ``REPEAT_MIN`` bytes, that zstd -1 codes ``REPEAT_GAIN``
+  times smaller as a whole than in separate windows (a block repeated at long range), is coded
+  literally too.
+
+Runs in the partner's bytes alone cost bsdiff only its suffix sort, n log n (measured: 1 MiB of
+data against a partner with 1, 2 and 4 MiB of zeros: 1.4, 1.6 and 2.0 s, against 1.1 s without).
+
+What reaches bsdiff holds no run longer than two windows and no long-range repetition, so its
+quadratic term stays a small constant per byte. Of 3051 executables, libraries and Python files of
+this machine's Debian, bsdiff still takes every one whole: none has a run-like window.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from deltaimg.codec import bsdiff, zstd_ref
 
 WHOLE_OLD_MAX = 8 << 20  # up to this size the whole partner is the reference; bsdiff needs ~17x it
 SEGMENT_MARGIN = 1 << 20
 ESTIMATE_LEVEL = 9
+WINDOW = 16 << 10
+RUN_RATIO = 256  # zstd -1 codes 16 KiB of one byte ~1000x smaller, a 16-byte pattern ~400x; code and text < 20x
+REPEAT_GAIN = 4
+REPEAT_MIN = 16 * WINDOW  # shorter data costs bsdiff little whatever it holds
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Bytes [start, start + length) of a target, coded against the partner's bytes
+    [base_start, base_start + base_len): as bsdiff's streams, or literally when ``streams`` is None."""
+
+    start: int
+    length: int
+    base_start: int
+    base_len: int
+    streams: tuple[bytes, bytes, bytes] | None
 
 
 def base_region(partner_size: int, start: int, end: int, size: int) -> tuple[int, int]:
@@ -26,12 +62,47 @@ def base_region(partner_size: int, start: int, end: int, size: int) -> tuple[int
     return lo, hi
 
 
+def code(base: bytes, base_start: int, target: bytes) -> list[Piece]:
+    """``target`` coded against ``base`` (the partner's bytes from ``base_start`` on), piece by piece:
+    runs literally, each stretch between them by bsdiff where it codes smaller than zstd."""
+    pieces = []
+    for start, end, may_bsdiff in plan(target):
+        lo, hi = base_region(len(base), start, end, len(target))
+        streams = choose_delta(base[lo:hi], target[start:end]) if may_bsdiff else None
+        pieces.append(Piece(start, end - start, base_start + lo, hi - lo, streams))
+    return pieces
+
+
+def plan(target: bytes) -> list[tuple[int, int, bool]]:
+    """(start, end, whether bsdiff may code it) of consecutive pieces covering ``target``: each
+    stretch of run-like windows is one piece bsdiff may not code, each stretch between them one it may."""
+    pieces: list[tuple[int, int, bool]] = []
+    for at in range(0, len(target), WINDOW):
+        window = target[at:at + WINDOW]
+        may_bsdiff = len(zstd_ref.compress(window, level=1)) * RUN_RATIO > len(window)
+        if pieces and pieces[-1][2] == may_bsdiff:
+            pieces[-1] = (pieces[-1][0], at + len(window), may_bsdiff)
+        else:
+            pieces.append((at, at + len(window), may_bsdiff))
+    return pieces or [(0, 0, False)]
+
+
 def choose_delta(base: bytes, target: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """bsdiff's streams when they code smaller than zstd against the base file; else None."""
+    """bsdiff's streams when they code smaller than zstd against the base bytes; else None (also
+    when bsdiff's time on these bytes would not stay linear)."""
+    if not _no_long_repeat(target):
+        return None
     control, diff, extra = bsdiff.diff(base, target)
     as_bsdiff = len(zstd_ref.compress(control + diff + extra, level=ESTIMATE_LEVEL))
     as_zstd = len(zstd_ref.compress(target, prefix=base, level=ESTIMATE_LEVEL))
     return (control, diff, extra) if as_bsdiff < as_zstd else None
+
+
+def _no_long_repeat(data: bytes) -> bool:
+    if len(data) < REPEAT_MIN:
+        return True
+    windows = sum(len(zstd_ref.compress(data[at:at + WINDOW], level=1)) for at in range(0, len(data), WINDOW))
+    return windows < REPEAT_GAIN * len(zstd_ref.compress(data, level=1))
 
 
 def edit_runs(base: bytes, target: bytes) -> list[tuple[int, int]] | None:
