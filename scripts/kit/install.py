@@ -292,7 +292,7 @@ if __name__ == "__main__":
     except Refused as refused:
         print("install: " + str(refused), file=sys.stderr)
         sys.exit(refused.code)
-    except (OSError, subprocess.CalledProcessError) as exc:
+    except (OSError, zipfile.BadZipFile, subprocess.CalledProcessError) as exc:
         print("install: %s (nothing was switched: the previous version, if any, is still the current one)" % exc,
               file=sys.stderr)
         sys.exit(1)
