@@ -39,8 +39,9 @@ def make(base: str, target: str, output: str, key: str, passphrase_file: Optiona
          split_size: Optional[str], as_json: bool, quiet: bool) -> None:
     """Compare two images and write one signed bundle with what changed."""
     from deltaimg import progress
-    from deltaimg.bundle.format import parse_size
+    from deltaimg.units import parse_size
     from deltaimg.images import open_image
+    from deltaimg.images.model import layer_bytes
     from deltaimg.make.build import make_bundle
 
     part_size = parse_size(split_size) if split_size is not None else None
@@ -48,12 +49,12 @@ def make(base: str, target: str, output: str, key: str, passphrase_file: Optiona
     private = keys.signing_key(key, passphrase_file)
     base_image = open_image(base, platform)
     target_image = open_image(target, platform)
-    total = progress.layer_bytes(lyr for lyr in target_image.layers if lyr.diff_id not in base_image.diff_ids)
+    total = layer_bytes(lyr for lyr in target_image.layers if lyr.diff_id not in base_image.diff_ids)
     with progress.bar("make", total, not (quiet or as_json)) as advance:
         manifest = make_bundle(base_image, target_image, output, private, advance, part_size)
     written = output if manifest["files"] == [output] else f"{manifest['files'][0]} to {manifest['files'][-1]}"
     lines = [f"{written}: {report.name_of(manifest['base'])} -> {report.name_of(manifest['target'])}",
-             *report.layer_lines(manifest),
+             *report.layer_lines(manifest["layers"]),
              report.ratio_line(manifest["bundle_size"], manifest["full_image_size"]),
              *report.change_lines(manifest["changes"])]
     _emit(as_json, manifest, lines)
@@ -61,7 +62,7 @@ def make(base: str, target: str, output: str, key: str, passphrase_file: Optiona
 
 def _one_bundle(path: str) -> str:
     """The bundle file ``path`` names: itself, or ``PATH.001`` when only a split bundle's parts exist."""
-    from deltaimg.bundle.format import bundle_files
+    from deltaimg.bundle.reader import bundle_files
 
     if os.path.isdir(path):
         raise UsageError(f"{path} is a folder; name one bundle file (apply takes folders)")
@@ -70,7 +71,7 @@ def _one_bundle(path: str) -> str:
 
 def _open(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], quiet: bool):
     from deltaimg import progress
-    from deltaimg.bundle.format import open_bundle
+    from deltaimg.bundle.reader import open_bundle
 
     trusted = keys.trusted_keys(trust or [], trust_dir)
     bundle = _one_bundle(bundle)
@@ -81,20 +82,16 @@ def _open(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], qui
 
 def verify(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], as_json: bool, quiet: bool) -> None:
     """Check a bundle's signature and every payload hash; change nothing."""
-    from deltaimg.apply.archive import read_plan
-
     opened = _open(bundle, trust, trust_dir, quiet or as_json)
-    read_plan(opened)
     m = opened.manifest
     data = {"bundle": bundle, "valid": True, "key_id": opened.signer.key_id if opened.signer else None,
-            "base": m["base"], "target": m["target"]}
-    _emit(as_json, data, [f"{bundle}: OK, signed by key {data['key_id']}; "
-                          f"{report.name_of(m['base'])} -> {report.name_of(m['target'])}"])
+            "base": m.base.as_json(), "target": m.target.as_json()}
+    _emit(as_json, data, [f"{bundle}: OK, signed by key {data['key_id']}; {m.base.name} -> {m.target.name}"])
 
 
 def inspect(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], as_json: bool) -> None:
     """Show what a bundle updates and how; the signature is checked when a trusted key is given."""
-    from deltaimg.bundle.format import open_bundle, payload_area, read_header
+    from deltaimg.bundle.reader import open_bundle, read_header, read_manifest
 
     bundle = _one_bundle(bundle)
     manifest_bytes, signature, payload_start, size = read_header(bundle)
@@ -103,13 +100,11 @@ def inspect(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], a
         m = open_bundle(bundle, trusted).manifest
         checked = "signature and payloads verified"
     else:
-        from deltaimg.bundle.format import _parse_manifest
-
-        m = _parse_manifest(manifest_bytes, bundle)
+        m = read_manifest(manifest_bytes, bundle)
         checked = "NOT verified (pass --trust KEY.pub to check)"
     key_id = signature.get("key_id") if isinstance(signature, dict) else None
-    if "split" in m:  # BUNDLE is the first part; the manifest says how large they are together
-        size = payload_start + payload_area(m)
+    if m.split:  # BUNDLE is the first part; the manifest says how large they are together
+        size = payload_start + m.payload_area
     data, lines = report.inspection(bundle, size, key_id, bool(trusted), checked, m)
     _emit(as_json, data, lines)
 
@@ -119,10 +114,11 @@ def diff(base: str, target: str, platform: Optional[str], limit: int, as_json: b
     from deltaimg import progress
     from deltaimg.diff.images import diff_images
     from deltaimg.images import open_image
+    from deltaimg.images.model import layer_bytes
 
     base_image = open_image(base, platform)
     target_image = open_image(target, platform)
-    with progress.bar("diff", progress.layer_bytes([*base_image.layers, *target_image.layers]), not (quiet or as_json)) as advance:
+    with progress.bar("diff", layer_bytes([*base_image.layers, *target_image.layers]), not (quiet or as_json)) as advance:
         result = diff_images(base_image, target_image, advance)
     _emit(as_json, result, report.diff_lines(result, limit))
 
@@ -131,19 +127,20 @@ def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str]
           output: Optional[str], force: bool, platform: Optional[str], container: Optional[List[str]],
           no_swap: bool, grace: float, dry_run: bool, state_dir: Optional[str], wait: float,
           allow_downgrade: bool, retry: bool, log_format: str, as_json: bool, quiet: bool) -> None:
-    """Verify bundles, rebuild the new images byte-exactly, load them into the engine and swap their containers."""
+    """Verify bundles, rebuild the target images byte-exactly, load them into the engine and swap their containers."""
     if base or output:
         if not (base and output):
             raise UsageError("--base and --output go together (rebuild into an archive); give both or neither")
         if len(paths) != 1:
             raise UsageError("--base and --output rebuild one bundle; give exactly one")
         from deltaimg import progress
-        from deltaimg.apply.archive import apply_to_archive, read_plan, rebuild_size
+        from deltaimg.apply.archive import apply_to_archive
+        from deltaimg.apply.rebuild import read_rebuild, rebuild_size
         from deltaimg.images import open_image
 
         opened = _open(paths[0], trust, trust_dir, quiet or as_json)
         base_image = open_image(base, platform)
-        with progress.bar("apply", rebuild_size(read_plan(opened)), not (quiet or as_json)) as advance:
+        with progress.bar("apply", rebuild_size(read_rebuild(opened)), not (quiet or as_json)) as advance:
             plan = apply_to_archive(opened, base_image, output, force, advance)
         data = {"bundle": paths[0], "output": output, "image_id": plan.target_id, "tags": plan.target_tags,
                 "outcome": "rebuilt"}

@@ -56,6 +56,11 @@ def _platform(parser: argparse.ArgumentParser, which: str) -> None:
     parser.add_argument("--platform", metavar="OS/ARCH", help=f"the image to use when {which} several")
 
 
+def _images(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("base", metavar="BASE", help=f"base image, the version the host has: {IMAGE_FORMS}")
+    parser.add_argument("target", metavar="TARGET", help="target image, the version to ship; same forms")
+
+
 def _state_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", metavar="DIR",
                         help="journal, lock and scratch space (default $DELTAIMG_STATE_DIR or /var/lib/deltaimg)")
@@ -68,8 +73,7 @@ def _keygen(p: argparse.ArgumentParser) -> None:
 
 
 def _make(p: argparse.ArgumentParser) -> None:
-    p.add_argument("base", metavar="BASE", help=f"the image edge hosts have: {IMAGE_FORMS}")
-    p.add_argument("target", metavar="TARGET", help="the image they are to get, same forms")
+    _images(p)
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="bundle file to write")
     p.add_argument("--key", metavar="KEY", required=True, help="private signing key (from deltaimg keygen)")
     _passphrase(p)
@@ -94,8 +98,7 @@ def _inspect(p: argparse.ArgumentParser) -> None:
 
 
 def _diff(p: argparse.ArgumentParser) -> None:
-    p.add_argument("base", metavar="BASE", help=f"one image: {IMAGE_FORMS}")
-    p.add_argument("target", metavar="TARGET", help="the other image, same forms")
+    _images(p)
     _platform(p, "an input holds")
     p.add_argument("--limit", metavar="N", type=int, default=DEFAULT_LIMIT,
                    help=f"files listed per kind of change (0: all; default {DEFAULT_LIMIT}); --json lists all")
@@ -113,11 +116,11 @@ def _apply(p: argparse.ArgumentParser) -> None:
                    help="bundle files, first parts of split bundles, or folders of them")
     _trust(p)
     p.add_argument("--base", metavar="IMAGE", help="rebuild from this image (archive or layout) instead of the engine")
-    p.add_argument("-o", "--output", metavar="FILE", help="with --base: write the new image as a docker save archive")
+    p.add_argument("-o", "--output", metavar="FILE", help="with --base: write the target image as a docker save archive")
     p.add_argument("--force", action="store_true", help="overwrite --output")
     _platform(p, "the base holds")
     p.add_argument("--container", action="append", metavar="NAME", help="swap only this container (repeatable)")
-    p.add_argument("--no-swap", action="store_true", help="load the new image; touch no container")
+    p.add_argument("--no-swap", action="store_true", help="load the target image; touch no container")
     p.add_argument("--grace", metavar="SECONDS", type=float, default=10.0,
                    help="how long a container without healthcheck must run before it counts as up (default 10)")
     p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")

@@ -72,9 +72,14 @@ class OutputError(DeltaimgError):
 
 
 class EngineError(DeltaimgError):
-    """The Docker engine cannot be reached or refused an operation."""
+    """The container engine cannot be reached or refused an operation. ``reason`` is the
+    engine's own one-line answer, for a caller that words the message itself."""
 
     exit_code = 20
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
 
 
 class SwapFailedRolledBack(DeltaimgError):

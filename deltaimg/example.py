@@ -110,7 +110,7 @@ def run_demo(directory: str | None, say) -> dict:
     from deltaimg import report
     from deltaimg.bundle import signing
     from deltaimg.apply.archive import apply_to_archive
-    from deltaimg.bundle.format import open_bundle
+    from deltaimg.bundle.reader import open_bundle
     from deltaimg.images import open_image
     from deltaimg.make.build import make_bundle
 

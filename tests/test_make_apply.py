@@ -105,8 +105,7 @@ def test_keygen_writes_a_private_key_only_its_owner_can_read(tmp_path):
 def test_a_full_disk_while_make_writes_is_an_output_error_not_a_damaged_image(example_pair, keypair, tmp_path, monkeypatch):
     import errno
 
-    from deltaimg.bundle import format as bundle
-
+    from deltaimg.bundle import writer
     from deltaimg.bundle import keys
     from deltaimg.images import open_image
     from deltaimg.make.build import make_bundle
@@ -114,7 +113,7 @@ def test_a_full_disk_while_make_writes_is_an_output_error_not_a_damaged_image(ex
     def full(self, data: bytes) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(bundle._HashingWriter, "write", full)
+    monkeypatch.setattr(writer.HashingWriter, "write", full)
     output = tmp_path / "out.dimg"
     try:
         make_bundle(open_image(example_pair[0]), open_image(example_pair[1]), str(output), keys.signing_key(keypair[0], None))

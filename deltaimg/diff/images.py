@@ -23,7 +23,7 @@ from typing import BinaryIO, Callable, Iterable
 from deltaimg.diff import packages
 from deltaimg.errors import ImageReadError
 from deltaimg.images.model import Image
-from deltaimg.tar.split import BLOCK, EXTENSION_TYPES, TRAILER, TarSplitter, _parse_pax
+from deltaimg.tar.split import BLOCK, EXTENSION_TYPES, TRAILER, TarSplitter, parse_pax
 
 Progress = Callable[[int], None]
 
@@ -153,7 +153,7 @@ def _header(pre: bytes) -> tuple[bytes, dict[str, str]]:
     while position + BLOCK < len(pre) and pre[position + 156:position + 157] in EXTENSION_TYPES:
         size = _number(pre[position + 124:position + 136])
         if pre[position + 156:position + 157] == b"x":
-            records.update(_parse_pax(pre[position + BLOCK:position + BLOCK + size]))
+            records.update(parse_pax(pre[position + BLOCK:position + BLOCK + size]))
         position += BLOCK + size + (-size) % BLOCK
     return pre[position:position + BLOCK], records
 

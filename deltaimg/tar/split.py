@@ -142,7 +142,7 @@ class TarSplitter:
                 if len(body) < size + (-size) % BLOCK:
                     return self._trailer(index, start, bytes(pre))
                 if typeflag == b"x":
-                    pax.update(_parse_pax(body[:size]))
+                    pax.update(parse_pax(body[:size]))
                 elif typeflag == b"L":
                     gnu_name = body[:size].split(b"\0", 1)[0]
                 elif typeflag == b"K":
@@ -237,7 +237,8 @@ def _number(field: bytes) -> int | None:
     return _octal(field)
 
 
-def _parse_pax(body: bytes) -> dict[str, str]:
+def parse_pax(body: bytes) -> dict[str, str]:
+    """The records of a PAX extended header body; parsing stops at the first malformed record."""
     records: dict[str, str] = {}
     pos = 0
     while pos < len(body):
