@@ -13,7 +13,7 @@ import sys
 from typing import Callable, List, NoReturn, Optional
 
 from deltaimg import __version__, report
-from deltaimg import cliargs
+from deltaimg.cli import grammar
 
 from deltaimg.bundle import keys
 from deltaimg.errors import DeltaimgError, UsageError
@@ -211,7 +211,7 @@ def main() -> None:
     """Run the command line; every failure deltaimg expects ends as one line and its exit code."""
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
-        command, arguments = cliargs.parse(sys.argv[1:], COMMANDS)
+        command, arguments = grammar.parse(sys.argv[1:], COMMANDS)
         result = command(**arguments)
     except DeltaimgError as exc:
         from deltaimg.apply.runlog import write_error

@@ -1,4 +1,4 @@
-"""The command line's grammar: every command, option, metavar and default, and its help.
+"""The command line's grammar: every command, option, metavar and default, and its help (argparse).
 
 Help reads the way git's and skopeo's does (``usage: deltaimg make [options] BASE TARGET``, options
 with named values such as ``--trust KEY.pub``). A wrong command line is a :class:`UsageError`, so it
