@@ -1,0 +1,203 @@
+"""The offline install kit (scripts/make-kit, docs/install.md), built from this checkout and installed
+into a Debian root that has python3 and nothing else (no pip, no venv), with no network.
+
+Building the kit needs PyPI (pip download); the root is made once with debootstrap and cached
+(tests/kitroot.py). Without them the tests skip, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+from deltaimg import __version__
+from tests.conftest import archive_image, assert_same_image
+from tests.kitroot import Root, debian_root
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+KIT = f"deltaimg-kit-{__version__}"
+DAMAGED = ("install: the kit is damaged: {} does not match SHA256SUMS (copy the kit again; "
+           "check it with sha256sum -c SHA256SUMS)\n")
+
+
+def needs(what: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {what}", pytrace=False)
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("kit")
+    made = subprocess.run([str(CHECKOUT / "scripts/make-kit"), "--output-dir", str(out)], capture_output=True,
+                          text=True, timeout=1800)
+    if made.returncode != 0:
+        needs(f"scripts/make-kit failed (is PyPI reachable?): {made.stderr.strip()[-300:]}")
+    return out / f"{KIT}.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def lower() -> Path:
+    missing = [tool for tool in ("debootstrap", "unshare", "chroot") if not shutil.which(tool)]
+    if missing or os.geteuid() != 0:
+        needs(f"the kit test runs as root with debootstrap, unshare and chroot (missing: {missing or 'root'})")
+    return debian_root()
+
+
+@pytest.fixture
+def root(lower, tmp_path) -> Root:
+    return Root(lower, tmp_path / "root")
+
+
+def wheels_of(kit: Path) -> list[tarfile.TarInfo]:
+    with tarfile.open(kit) as tar:
+        return [m for m in tar.getmembers() if m.name.startswith(f"{KIT}/wheels/")]
+
+
+def test_the_kit_holds_wheels_for_both_cpus_and_every_python_and_sums_for_every_file(kit):
+    with tarfile.open(kit) as tar:
+        names = tar.getnames()
+        files = {m.name[len(KIT) + 1:] for m in tar.getmembers() if m.isfile()}
+        sums = tar.extractfile(f"{KIT}/SHA256SUMS").read().decode()
+        targets = {name.rsplit("/", 1)[1]: tar.extractfile(name).read().decode().split()
+                   for name in names if name.startswith(f"{KIT}/targets/")}
+        for line in sums.splitlines():
+            digest, name = line.split("  ")
+            assert hashlib.sha256(tar.extractfile(f"{KIT}/{name}").read()).hexdigest() == digest
+    listed = {line.split("  ")[1] for line in sums.splitlines()}
+    assert {"install", "install.py", "VERSION", "README", "scripts/install-edge"} <= listed
+    assert sorted(targets) == [f"cp3{minor}-{cpu}" for minor in (10, 11, 12, 13) for cpu in ("aarch64", "x86_64")]
+    for target, wheels in targets.items():
+        cpu = target.split("-")[1]
+        assert f"deltaimg-{__version__}-py3-none-any.whl" in wheels
+        compiled = [w for w in wheels if not w.endswith("-none-any.whl")]
+        assert {w.split("-")[0] for w in compiled} >= {"bsdiff4", "cryptography", "cffi", "backports_zstd"}, target
+        assert all(cpu in w for w in compiled), target
+        assert set(wheels) <= {name.split("/")[1] for name in listed if name.startswith("wheels/")}
+    assert not any(w.name.split("/")[-1].split("-")[0] in ("typer", "rich", "pydantic_core", "click")
+                   for w in wheels_of(kit))
+    assert files == listed | {"SHA256SUMS"}
+
+
+def test_installed_offline_with_only_python3_it_runs_the_demo_and_an_archive_apply(kit, root, example_pair,
+                                                                                    example_bundle, keypair):
+    base, target = example_pair
+    for host, inside in ((kit, "/root/kit.tar.gz"), (base, "/root/app-1.0.tar"), (example_bundle, "/root/app.dimg"),
+                         (keypair[1], "/root/release-key.pub")):
+        root.put(host, inside)
+    config = archive_image(target)[0]
+    target_id = "sha256:" + hashlib.sha256(config).hexdigest()
+
+    ran = root.run(f"! python3 -m pip --version 2>/dev/null && ! python3 -m ensurepip --version 2>/dev/null && "
+                   f"tar xzf kit.tar.gz && {KIT}/install && deltaimg --version && deltaimg demo && "
+                   f"deltaimg apply app.dimg --trust release-key.pub --base app-1.0.tar -o app-1.1.tar && "
+                   f"readlink /opt/deltaimg/current && ls -A /tmp")
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert lines[:2] == [f"install: deltaimg {__version__} installed in /opt/deltaimg/{__version__} "
+                         f"(for cp311-x86_64); command /usr/local/bin/deltaimg", f"deltaimg {__version__}"]
+    demo = lines[2:-2]
+    assert len(demo) == 8 and re.fullmatch(r"rebuilt image sha256:[0-9a-f]{12}: identical to app-1.1", demo[5])
+    scratch = demo[0].split()[2].rsplit("/", 1)[0]
+    assert demo[7] == f"the example files in {scratch} are removed now (deltaimg demo --dir DIR keeps them)"
+    assert lines[-2:] == [f"app-1.1.tar: example/app:1.1 {target_id[:19]} rebuilt, every layer matches its diff_id",
+                          __version__]  # and ls -A /tmp printed nothing: the demo left nothing there
+    assert_same_image(str(root.path("/root/app-1.1.tar")), config)
+
+
+def test_an_install_killed_halfway_leaves_the_installed_version_working_and_the_next_one_cleans_up(kit, root):
+    root.put(kit, "/root/kit.tar.gz")
+    partial = f"/opt/deltaimg/.{__version__}.partial"
+    ran = root.run(f"tar xzf kit.tar.gz && {KIT}/install >/dev/null && "
+                   f"{{ {KIT}/install & }} && while [ ! -d {partial}/lib/cryptography ]; do sleep 0.01; done && "
+                   f"kill -KILL $! && wait; "
+                   f"ls -A /opt/deltaimg && deltaimg --version && {KIT}/install >/dev/null && ls -A /opt/deltaimg")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == [f".{__version__}.partial", __version__, "current", f"deltaimg {__version__}",
+                                       __version__, "current"]
+
+
+def test_uninstall_removes_the_versions_and_the_command(kit, root):
+    root.put(kit, "/root/kit.tar.gz")
+    ran = root.run(f"tar xzf kit.tar.gz && {KIT}/install >/dev/null && {KIT}/install --uninstall && "
+                   f"! test -e /opt/deltaimg && ! test -e /usr/local/bin/deltaimg")
+    assert (ran.returncode, ran.stdout) == (0, "install: removed /usr/local/bin/deltaimg and /opt/deltaimg\n"), ran.stderr
+
+
+def truncated_inside(kit: Path, member: tarfile.TarInfo) -> bytes:
+    """The kit's first bytes, cut where the uncompressed tar stream is halfway through ``member``'s data."""
+    middle = member.offset_data + member.size // 2
+    data = kit.read_bytes()
+    inflate, out = zlib.decompressobj(zlib.MAX_WBITS | 16), 0
+    for cut in range(0, len(data), 4096):
+        out += len(inflate.decompress(data[cut:cut + 4096]))
+        if out >= middle:
+            return data[:cut]
+    raise AssertionError("member not in the kit")
+
+
+def test_a_truncated_kit_is_refused_and_changes_nothing(kit, root, tmp_path):
+    largest = max(wheels_of(kit), key=lambda m: m.size)
+    (tmp_path / "cut.tar.gz").write_bytes(truncated_inside(kit, largest))
+    root.put(tmp_path / "cut.tar.gz", "/root/kit.tar.gz")
+    ran = root.run(f"tar xzf kit.tar.gz 2>/dev/null; {KIT}/install; echo $?; ls -A /opt /usr/local/bin")
+    assert ran.stderr == DAMAGED.format(largest.name[len(KIT) + 1:])
+    assert ran.stdout == "3\n/opt:\n\n/usr/local/bin:\n"  # both as empty as before
+
+
+def test_a_kit_with_one_altered_wheel_is_refused_and_changes_nothing(kit, root, tmp_path):
+    with tarfile.open(kit) as tar:
+        tar.extractall(tmp_path / "kit", filter="data")
+    wheel = sorted((tmp_path / "kit" / KIT / "wheels").iterdir())[0]
+    data = bytearray(wheel.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    wheel.write_bytes(bytes(data))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(tmp_path / "kit" / KIT, KIT)
+    (tmp_path / "altered.tar.gz").write_bytes(buffer.getvalue())
+    root.put(tmp_path / "altered.tar.gz", "/root/kit.tar.gz")
+    ran = root.run(f"tar xzf kit.tar.gz && {KIT}/install; echo $?; ls -A /opt /usr/local/bin")
+    assert ran.stderr == DAMAGED.format(f"wheels/{wheel.name}")
+    assert ran.stdout == "3\n/opt:\n\n/usr/local/bin:\n"  # both as empty as before
+
+
+def installer():
+    spec = importlib.util.spec_from_file_location("kit_install", CHECKOUT / "scripts/kit/install.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SERVED = "CPython 3.10 to 3.13 on Linux x86_64 or aarch64 with glibc 2.28 or newer"
+
+
+@pytest.mark.parametrize("python, machine, libc, refusal", [
+    ((3, 9, 2), "x86_64", ("glibc", (2, 31)), f"this host's python3 is CPython 3.9; the kit serves {SERVED} "
+                                               "(set DELTAIMG_PYTHON to another python3)"),
+    ((3, 11, 2), "armv7l", ("glibc", (2, 36)), f"this host's CPU is 'armv7l'; the kit serves {SERVED}"),
+    ((3, 11, 2), "x86_64", ("musl", None), f"this host's C library is musl, not glibc; the kit serves {SERVED}"),
+    ((3, 11, 2), "aarch64", ("glibc", (2, 27)), f"this host has glibc 2.27; the kit serves {SERVED}"),
+])
+def test_a_host_the_kit_cannot_serve_is_named_with_what_it_needs(python, machine, libc, refusal):
+    install = installer()
+    with pytest.raises(install.Refused) as refused:
+        install.host_target(python, machine, libc, (2, 28))
+    assert (str(refused.value), refused.value.code) == (refusal, 2)
+
+
+@pytest.mark.parametrize("python, machine, target", [((3, 10, 0), "x86_64", "cp310-x86_64"),
+                                                      ((3, 13, 1), "aarch64", "cp313-aarch64"),
+                                                      ((3, 12, 3), "arm64", "cp312-aarch64")])
+def test_a_host_the_kit_serves_gets_its_own_wheels(python, machine, target):
+    assert installer().host_target(python, machine, ("glibc", (2, 36)), (2, 28)) == target
