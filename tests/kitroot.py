@@ -35,16 +35,20 @@ def mirror() -> str:
 
 
 def debian_root(arch: str = "amd64") -> Path:
-    """CACHE/bookworm-ARCH, a minbase root with python3, made on first use (about 50 s for amd64 here)."""
+    """CACHE/bookworm-ARCH, a minbase root with python3, made on first use (about 50 s for amd64 here;
+    another ARCH needs binfmt_misc and qemu-user-static, as scripts/test-kit-arm64 sets up)."""
     root = CACHE / f"{SUITE}-{arch}"
     if (root / "usr/bin/python3").exists():
         return root
     partial = CACHE / f".{SUITE}-{arch}.{os.getpid()}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     CACHE.mkdir(parents=True, exist_ok=True)
-    foreign = [] if arch == "amd64" else ["--arch", arch]
+    foreign = [] if arch == "amd64" else ["--arch", arch, "--foreign"]  # second stage run through qemu-user
     subprocess.run(["debootstrap", "--variant=minbase", "--include=python3", *foreign, SUITE, str(partial), mirror()],
                    check=True, capture_output=True, timeout=3600)
+    if foreign:
+        subprocess.run(["chroot", str(partial), "/debootstrap/debootstrap", "--second-stage"], check=True,
+                       capture_output=True, timeout=7200)
     try:
         os.rename(partial, root)
     except OSError:  # another run made it meanwhile

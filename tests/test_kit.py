@@ -3,6 +3,7 @@ into a Debian root that has python3 and nothing else (no pip, no venv), with no 
 
 Building the kit needs PyPI (pip download); the root is made once with debootstrap and cached
 (tests/kitroot.py). Without them the tests skip, except under CI=true, where they fail.
+DELTAIMG_TEST_KIT_ARCH=arm64 runs the same tests in an arm64 root (scripts/test-kit-arm64).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from tests.kitroot import Root, debian_root
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 KIT = f"deltaimg-kit-{__version__}"
+ARCH = os.environ.get("DELTAIMG_TEST_KIT_ARCH", "amd64")  # arm64: scripts/test-kit-arm64, through qemu-user
+CPU = {"amd64": "x86_64", "arm64": "aarch64"}[ARCH]
 DAMAGED = ("install: the kit is damaged: {} does not match SHA256SUMS (copy the kit again; "
            "check it with sha256sum -c SHA256SUMS)\n")
 
@@ -51,7 +54,7 @@ def lower() -> Path:
     missing = [tool for tool in ("debootstrap", "unshare", "chroot") if not shutil.which(tool)]
     if missing or os.geteuid() != 0:
         needs(f"the kit test runs as root with debootstrap, unshare and chroot (missing: {missing or 'root'})")
-    return debian_root()
+    return debian_root(ARCH)
 
 
 @pytest.fixture
@@ -105,7 +108,7 @@ def test_installed_offline_with_only_python3_it_runs_the_demo_and_an_archive_app
     assert ran.returncode == 0, ran.stderr
     lines = ran.stdout.splitlines()
     assert lines[:2] == [f"install: deltaimg {__version__} installed in /opt/deltaimg/{__version__} "
-                         f"(for cp311-x86_64); command /usr/local/bin/deltaimg", f"deltaimg {__version__}"]
+                         f"(for cp311-{CPU}); command /usr/local/bin/deltaimg", f"deltaimg {__version__}"]
     demo = lines[2:-2]
     assert len(demo) == 8 and re.fullmatch(r"rebuilt image sha256:[0-9a-f]{12}: identical to app-1.1", demo[5])
     scratch = demo[0].split()[2].rsplit("/", 1)[0]
@@ -201,3 +204,15 @@ def test_a_host_the_kit_cannot_serve_is_named_with_what_it_needs(python, machine
                                                       ((3, 12, 3), "arm64", "cp312-aarch64")])
 def test_a_host_the_kit_serves_gets_its_own_wheels(python, machine, target):
     assert installer().host_target(python, machine, ("glibc", (2, 36)), (2, 28)) == target
+
+
+def test_the_glibc_a_kit_needs_is_the_newest_that_one_of_its_wheels_needs_at_least(tmp_path):
+    install = installer()
+    install.KIT = str(tmp_path)
+    (tmp_path / "wheels").mkdir()
+    for name in ("bsdiff4-1.3.2-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl",
+                 "cffi-2.1.1-cp311-cp311-manylinux_2_17_x86_64.manylinux_2_24_x86_64.whl", "idna-3.20-py3-none-any.whl"):
+        (tmp_path / "wheels" / name).touch()
+    assert install.glibc_floor() == (2, 17)
+    (tmp_path / "wheels" / "cryptography-50.0.2-cp39-abi3-manylinux_2_28_x86_64.whl").touch()
+    assert install.glibc_floor() == (2, 28)

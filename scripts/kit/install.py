@@ -135,13 +135,18 @@ def _listdir(path):
 
 
 def glibc_floor():
-    """The newest glibc any wheel of the kit asks for (manylinux_2_X), as (2, X)."""
+    """The newest glibc a wheel of the kit asks for, as (2, X). A wheel tagged for several
+    (manylinux_2_17_x86_64.manylinux_2_28_x86_64) runs on the oldest of them."""
     floor = (2, 17)
     for name in _listdir(os.path.join(KIT, "wheels")):
+        needs = []
         for tag in name[:-len(".whl")].split("-")[-1].split("."):
             parts = tag.split("_")
             if tag.startswith("manylinux_") and len(parts) >= 3 and parts[1].isdigit() and parts[2].isdigit():
-                floor = max(floor, (int(parts[1]), int(parts[2])))
+                needs.append((int(parts[1]), int(parts[2])))
+        if needs and not any(tag.startswith(("manylinux1_", "manylinux2010_", "manylinux2014_"))
+                             for tag in name.split("-")[-1].split(".")):
+            floor = max(floor, min(needs))
     return floor
 
 
