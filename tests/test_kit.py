@@ -130,6 +130,23 @@ def test_an_install_killed_halfway_leaves_the_installed_version_working_and_the_
                                        __version__, "current"]
 
 
+def test_with_units_on_a_host_without_systemd_the_hourly_apply_is_a_cron_entry_for_the_installed_command(kit, root):
+    root.put(kit, "/root/kit.tar.gz")
+    ran = root.run(f"tar xzf kit.tar.gz && {KIT}/install --with-units && tail -n 1 /etc/cron.d/deltaimg")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == [
+        f"install: deltaimg {__version__} installed in /opt/deltaimg/{__version__} (for cp311-{CPU}); "
+        "command /usr/local/bin/deltaimg",
+        "install: no systemd on this host: the hourly apply goes into /etc/cron.d/deltaimg",
+        "mkdir -m 0755 /var/lib/deltaimg",
+        "mkdir -m 0755 /var/lib/deltaimg/inbox",
+        "mkdir -m 0755 /etc/deltaimg/trusted.d",
+        f"install /root/{KIT}/docs/examples/deltaimg.cron -> /etc/cron.d/deltaimg",
+        "next: copy the release key's public half into /etc/deltaimg/trusted.d/ (e.g. release-key.pub)",
+        "17 * * * * root /usr/local/bin/deltaimg apply /var/lib/deltaimg/inbox --wait 600 --log-format json "
+        ">>/var/log/deltaimg.jsonl"]
+
+
 def test_uninstall_removes_the_versions_and_the_command(kit, root):
     root.put(kit, "/root/kit.tar.gz")
     ran = root.run(f"tar xzf kit.tar.gz && {KIT}/install >/dev/null && {KIT}/install --uninstall && "

@@ -38,7 +38,7 @@ class Refused(Exception):
 
 
 def say(message):
-    print("install: " + message)
+    print("install: " + message, flush=True)  # before what install-edge prints
 
 
 def main(argv):
@@ -64,7 +64,19 @@ def main(argv):
     check_wrapper(wrapper)
     install(version, target, prefix, wrapper)
     if args.with_units:
-        subprocess.check_call(["bash", os.path.join(KIT, "scripts", "install-edge"), "--deltaimg", wrapper])
+        install_units(wrapper)
+
+
+def install_units(wrapper):
+    """scripts/install-edge's units for this command: the systemd timer and stick units, or the cron
+    entry on a host without systemd. deltaimg itself is installed by now, whatever happens here."""
+    edge = ["bash", os.path.join(KIT, "scripts", "install-edge"), "--deltaimg", wrapper]
+    if not shutil.which("systemctl"):
+        say("no systemd on this host: the hourly apply goes into /etc/cron.d/deltaimg")
+        edge.append("--cron")
+    if subprocess.call(edge) != 0:
+        raise Refused("deltaimg is installed, its units are not (see install-edge's message above); "
+                      "run %s by hand once the cause is fixed" % " ".join(edge[1:]), 1)
 
 
 def read_version():
