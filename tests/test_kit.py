@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from deltaimg import __version__
-from tests.conftest import archive_image, assert_same_image
+from tests import imagefactory as f
+from tests.conftest import archive_image, assert_same_image, run_cli
 from tests.kitroot import Root, debian_root
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -116,6 +117,49 @@ def test_installed_offline_with_only_python3_it_runs_the_demo_and_an_archive_app
     assert lines[-2:] == [f"app-1.1.tar: example/app:1.1 {target_id[:19]} rebuilt, every layer matches its diff_id",
                           __version__]  # and ls -A /tmp printed nothing: the demo left nothing there
     assert_same_image(str(root.path("/root/app-1.1.tar")), config)
+
+
+def two_platform_index(folder: Path, binaries: dict[str, Path], tag: str) -> dict[str, bytes]:
+    """An oci: layout whose index lists this root's CPU (an image of ``binaries``, real ELF files from
+    the root) and the other one (noise); the config bytes of each, by platform."""
+    other = {"amd64": "arm64", "arm64": "amd64"}[ARCH]
+    own = f.write_layer(folder.with_suffix(".own.tar"), f.complete_tree(
+        [f.file(name, path.read_bytes(), mode=0o755) for name, path in binaries.items()]))
+    noise = f.write_layer(folder.with_suffix(".other.tar"), f.complete_tree([f.file("usr/bin/noise", os.urandom(4096))]))
+    written = f.write_oci_dir(folder, [f.ImageSpec([own], config={"architecture": ARCH}),
+                                       f.ImageSpec([noise], config={"architecture": other})], nested_index_ref=tag)
+    return {image.platform: image.config_bytes for image in written}
+
+
+def test_a_bundle_made_for_this_cpu_from_a_two_platform_index_rebuilds_its_image_and_the_binaries_run(
+        kit, root, lower, keypair, tmp_path):
+    usr_bin = lower / "usr/bin"
+    base = two_platform_index(tmp_path / "v1", {"usr/bin/ls": usr_bin / "ls", "usr/bin/cat": usr_bin / "cat"}, "app:1")
+    target = two_platform_index(tmp_path / "v2", {"usr/bin/ls": usr_bin / "dir", "usr/bin/cat": usr_bin / "cat",
+                                                  "usr/bin/sort": usr_bin / "sort"}, "app:2")
+    made = run_cli("make", f"oci:{tmp_path / 'v1'}", f"oci:{tmp_path / 'v2'}", "--platform", f"linux/{ARCH}",
+                   "-o", str(tmp_path / "app.dimg"), "--key", keypair[0])
+    assert made.returncode == 0, made.stderr
+    root.put(kit, "/root/kit.tar.gz")
+    root.put(tmp_path / "app.dimg", "/root/app.dimg")
+    root.put(keypair[1], "/root/release-key.pub")
+    for path in (tmp_path / "v1").rglob("*"):
+        if path.is_file():
+            root.put(path, f"/root/v1/{path.relative_to(tmp_path / 'v1')}")
+    target_id = "sha256:" + hashlib.sha256(target[f"linux/{ARCH}"]).hexdigest()
+
+    ran = root.run(f"tar xzf kit.tar.gz && {KIT}/install >/dev/null && deltaimg apply app.dimg --trust "
+                   f"release-key.pub --base oci:/root/v1 --platform linux/{ARCH} -o app-2.tar")
+    assert (ran.returncode, ran.stdout) == (0, f"app-2.tar: app:2 {target_id[:19]} rebuilt, every layer "
+                                               "matches its diff_id\n"), ran.stderr
+    assert_same_image(str(root.path("/root/app-2.tar")), target[f"linux/{ARCH}"])
+    layer = archive_image(str(root.path("/root/app-2.tar")))[1][0]
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        for name in ("ls", "sort"):
+            root.path(f"/root/{name}").write_bytes(tar.extractfile(f"usr/bin/{name}").read())
+            root.path(f"/root/{name}").chmod(0o755)
+    ran = root.run("./sort --version | head -n 1 && ./ls --version | head -n 1")
+    assert ran.stdout.splitlines() == ["sort (GNU coreutils) 9.1", "dir (GNU coreutils) 9.1"], ran.stderr
 
 
 def test_an_install_killed_halfway_leaves_the_installed_version_working_and_the_next_one_cleans_up(kit, root):
