@@ -30,7 +30,8 @@ MAX_UNPACKED = 512 * 1024 * 1024  # bytes, all wheels of one target together (ab
 
 
 class Refused(Exception):
-    """Why the install stops; exit code 2 for the host or the command line, 3 for the kit."""
+    """Why the install stops; exit code 2 for the host or the command line, 3 for the kit, 1 when
+    deltaimg was installed but its units were not."""
 
     def __init__(self, message, code=2):
         Exception.__init__(self, message)
