@@ -8,10 +8,12 @@ DELTAIMG_TEST_KIT_ARCH=arm64 runs the same tests in an arm64 root (scripts/test-
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.util
 import io
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -234,6 +236,42 @@ def test_a_kit_with_one_altered_wheel_is_refused_and_changes_nothing(kit, root, 
     ran = root.run(f"tar xzf kit.tar.gz && {KIT}/install; echo $?; ls -A /opt /usr/local/bin")
     assert ran.stderr == DAMAGED.format(f"wheels/{wheel.name}")
     assert ran.stdout == "3\n/opt:\n\n/usr/local/bin:\n"  # both as empty as before
+
+
+def python(version: str) -> str:
+    """A CPython of that version on this machine: pyenv's, or pythonX.Y on PATH (not a pyenv shim)."""
+    installed = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python3")))
+    found = installed[-1] if installed else shutil.which(f"python{version}")
+    if not found:
+        needs(f"no python{version} here (pyenv install {version} gives one)")
+    return found
+
+
+@pytest.mark.parametrize("version", ["3.10", "3.12", "3.13"])
+def test_each_other_python_the_kit_serves_gets_its_wheels_and_runs_the_demo(kit, version, tmp_path):
+    with tarfile.open(kit) as tar:
+        tar.extractall(tmp_path, filter="data")
+    env = {"PATH": os.environ["PATH"], "DELTAIMG_PYTHON": python(version), "TMPDIR": str(tmp_path)}
+    ran = subprocess.run([str(tmp_path / KIT / "install"), "--prefix", str(tmp_path / "p")], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert (ran.returncode, ran.stdout) == (0, f"install: deltaimg {__version__} installed in {tmp_path}/p/{__version__} "
+                                               f"(for cp{version.replace('.', '')}-{platform.machine()}); command {tmp_path}/p/bin/deltaimg\n")
+    demo = subprocess.run([str(tmp_path / "p/bin/deltaimg"), "demo"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert demo.returncode == 0, demo.stderr
+    assert demo.stdout.splitlines()[5].endswith(": identical to app-1.1")
+
+
+@pytest.mark.parametrize("version", ["3.6", "3.9"])
+def test_an_older_python_is_refused_before_anything_changes(kit, version, tmp_path):
+    with tarfile.open(kit) as tar:
+        tar.extractall(tmp_path, filter="data")
+    env = {"PATH": os.environ["PATH"], "DELTAIMG_PYTHON": python(version)}
+    ran = subprocess.run([str(tmp_path / KIT / "install"), "--prefix", str(tmp_path / "p")], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert (ran.returncode, ran.stderr) == (2, f"install: this host's python3 is CPython {version}; the kit serves "
+                                               f"{SERVED} (set DELTAIMG_PYTHON to another python3)\n")
+    assert not (tmp_path / "p").exists()
 
 
 def installer():
