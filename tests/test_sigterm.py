@@ -1,8 +1,8 @@
 """SIGTERM (cron, systemd, kill) during make or an archive apply: the command unwinds as for Ctrl-C,
 removes every temporary file it made, says so in one line and exits 130 (docs/exit-codes.md).
 
-The images are large enough (three 24 MiB layers of noise) that each command is still at work when
-its first temporary file appears; that is when the signal is sent.
+The target adds three layers of 24 MiB files (zeros: quick to compress, as long as any to write), so
+each command is still at work when its first temporary file appears; that is when the signal is sent.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ LAYER = 24 << 20
 
 @pytest.fixture(scope="module")
 def large_pair(tmp_path_factory) -> tuple[str, str]:
-    """A small base, and a target that adds three layers of incompressible bytes to it."""
+    """A small base, and a target that adds three large layers to it."""
     folder = tmp_path_factory.mktemp("large")
     base_layer = f.write_layer(folder / "base.tar", f.complete_tree([f.file("etc/motd", b"base\n")]))
-    added = [f.write_layer(folder / f"noise{n}.tar", f.complete_tree([f.file(f"srv/noise{n}", os.urandom(LAYER))]))
+    added = [f.write_layer(folder / f"zeros{n}.tar", f.complete_tree([f.file(f"srv/zeros{n}", bytes(LAYER))]))
              for n in range(3)]
     base = f.write_docker_archive(folder / "base-archive.tar", [f.ImageSpec([base_layer], ["big:1"])])[0].path
     target = f.write_docker_archive(folder / "target-archive.tar", [f.ImageSpec([base_layer, *added], ["big:2"])])[0].path
