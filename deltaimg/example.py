@@ -133,5 +133,7 @@ def run_demo(directory: str | None, say) -> dict:
         say(f"deltaimg apply {bundle_path} --trust {key}.pub --base {base} -o {rebuilt}")
         say(f"rebuilt image {rebuild.target_id[:19]}: {'identical to' if same else 'DIFFERENT FROM'} app-1.1")
         say(report.ratio_line(manifest["bundle_size"], manifest["full_image_size"]))
+        say(f"the example files stay in {directory}" if directory else
+            f"the example files in {scratch} are removed now (deltaimg demo --dir DIR keeps them)")
         return {"bundle_size": manifest["bundle_size"], "full_image_size": manifest["full_image_size"],
                 "identical": same, "directory": directory}

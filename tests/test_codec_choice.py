@@ -6,7 +6,6 @@ from it byte for byte; what bsdiff was given is the observable cap on its work.
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest

@@ -1,27 +1,22 @@
-"""The command line. Thin: parse, call one function, print its result."""
+"""The command line. Thin: parse, call one function, print its result.
+
+Parsed with the standard library's argparse: the command line needs nothing more, and every
+dependency weighs on every air-gapped host's install kit (docs/install.md).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
-from typing import List, NoReturn, Optional
-
-import typer
+from typing import Callable, List, NoReturn, Optional
 
 from deltaimg import __version__, report
+from deltaimg.cli import grammar
 
 from deltaimg.bundle import keys
 from deltaimg.errors import DeltaimgError, UsageError, printable
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Signed binary-delta bundles that update container images on air-gapped hosts.")
-
-TrustOpt = typer.Option(None, "--trust", help="Public key to trust (repeatable).")
-TrustDirOpt = typer.Option(None, "--trust-dir", help=f"Directory of trusted *.pub keys (default {keys.DEFAULT_TRUST_DIR} when no --trust).")
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object for scripts.")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
-PassphraseFileOpt = typer.Option(None, "--passphrase-file", help=f"File whose first line is the private key's passphrase (mode 0600); else ${keys.PASSPHRASE_ENV}.")
 
 
 def _emit(as_json: bool, data: dict, lines: list[str]) -> None:
@@ -32,10 +27,7 @@ def _emit(as_json: bool, data: dict, lines: list[str]) -> None:
             print(printable(line))
 
 
-@app.command()
-def keygen(name: str = typer.Argument(..., help="Writes NAME (private, mode 0600) and NAME.pub."),
-           force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
-           passphrase_file: Optional[str] = PassphraseFileOpt) -> None:
+def keygen(name: str, force: bool, passphrase_file: Optional[str]) -> None:
     """Create an Ed25519 signing key pair, protected by a passphrase if one is given."""
     from deltaimg.bundle import signing
 
@@ -43,16 +35,8 @@ def keygen(name: str = typer.Argument(..., help="Writes NAME (private, mode 0600
     print(f"wrote {name} (private, keep it on the build host) and {name}.pub (copy to edge hosts); key id {key_id}")
 
 
-@app.command()
-def make(base: str = typer.Argument(..., help="Base image, the version the host has: docker-archive:FILE, oci-archive:FILE, oci:DIR, docker-daemon:REF or a path."),
-         target: str = typer.Argument(..., help="Target image, the version to ship; same forms."),
-         output: str = typer.Option(..., "--output", "-o", help="Bundle file to write."),
-         key: str = typer.Option(..., "--key", help="Private signing key (from deltaimg keygen)."),
-         passphrase_file: Optional[str] = PassphraseFileOpt,
-         platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when an input holds several."),
-         split_size: Optional[str] = typer.Option(None, "--split-size", help="Write a bundle larger than this (e.g. 3900M for FAT32) as parts OUTPUT.001, .002, ..."),
-         force: bool = typer.Option(False, "--force", help="Replace an existing OUTPUT (and the parts of a bundle there)."),
-         as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
+def make(base: str, target: str, output: str, key: str, passphrase_file: Optional[str], platform: Optional[str],
+         split_size: Optional[str], force: bool, as_json: bool, quiet: bool) -> None:
     """Compare two images and write one signed bundle with what changed."""
     from deltaimg import progress
     from deltaimg.units import parse_size
@@ -96,9 +80,7 @@ def _open(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], qui
         return open_bundle(bundle, trusted, progress=advance)
 
 
-@app.command()
-def verify(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
-           trust_dir: Optional[str] = TrustDirOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
+def verify(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], as_json: bool, quiet: bool) -> None:
     """Check a bundle's signature and every payload hash; change nothing."""
     opened = _open(bundle, trust, trust_dir, quiet or as_json)
     m = opened.manifest
@@ -107,9 +89,7 @@ def verify(bundle: str = typer.Argument(..., help="Bundle file."), trust: Option
     _emit(as_json, data, [f"{bundle}: OK, signed by key {data['key_id']}; {m.base.name} -> {m.target.name}"])
 
 
-@app.command()
-def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
-            trust_dir: Optional[str] = TrustDirOpt, as_json: bool = JsonOpt) -> None:
+def inspect(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], as_json: bool) -> None:
     """Show what a bundle updates and how; the signature is checked when a trusted key is given."""
     from deltaimg.bundle.reader import open_bundle, read_header, read_manifest
 
@@ -129,12 +109,7 @@ def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optio
     _emit(as_json, data, lines)
 
 
-@app.command()
-def diff(base: str = typer.Argument(..., help="Base image, the version the host has: docker-archive:FILE, oci-archive:FILE, oci:DIR, docker-daemon:REF or a path."),
-         target: str = typer.Argument(..., help="Target image, the version to ship; same forms."),
-         platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when an input holds several."),
-         limit: int = typer.Option(report.DEFAULT_LIMIT, "--limit", help="Files listed per kind of change (0: all); --json lists all."),
-         as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
+def diff(base: str, target: str, platform: Optional[str], limit: int, as_json: bool, quiet: bool) -> None:
     """Show what differs between two images: layers, files, packages and config."""
     from deltaimg import progress
     from deltaimg.diff.images import diff_images
@@ -148,31 +123,11 @@ def diff(base: str = typer.Argument(..., help="Base image, the version the host 
     _emit(as_json, result, report.diff_lines(result, limit))
 
 
-LogFormatOpt = typer.Option("text", "--log-format", help="text: readable lines; json: one JSON object per line (for cron and log collectors).")
-StateDirOpt = typer.Option(None, "--state-dir", help="Journal, lock and scratch space (default $DELTAIMG_STATE_DIR or /var/lib/deltaimg).")
-
-
-@app.command()
-def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts of split bundles, or folders of them."),
-          trust: Optional[List[str]] = TrustOpt, trust_dir: Optional[str] = TrustDirOpt,
-          base: Optional[str] = typer.Option(None, "--base", help="Rebuild from this image (archive or layout) instead of the engine."),
-          output: Optional[str] = typer.Option(None, "--output", "-o", help="With --base: write the target image as a docker save archive."),
-          force: bool = typer.Option(False, "--force", help="Overwrite --output."),
-          platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when the base holds several."),
-          container: Optional[List[str]] = typer.Option(None, "--container", help="Swap only this container (repeatable)."),
-          no_swap: bool = typer.Option(False, "--no-swap", help="Load the target image; touch no container."),
-          grace: float = typer.Option(10.0, "--grace", help="Seconds a container without healthcheck must run before it counts as up."),
-          dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
-          state_dir: Optional[str] = StateDirOpt,
-          wait: float = typer.Option(0.0, "--wait", help="Wait up to SECONDS for another run to finish instead of exiting at once."),
-          allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Apply a bundle whose target is older than what it replaces."),
-          retry: bool = typer.Option(False, "--retry", help="Try again a bundle whose last attempt was rolled back."),
-          log_format: str = LogFormatOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
-    """Verify bundles, rebuild the target images byte-exactly, load them into the engine and swap their containers.
-
-    Given a folder or several bundles, applies those that take this host forward, in chain order.
-    With --base and --output, rebuilds one bundle into an archive instead and leaves the engine alone.
-    """
+def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str], base: Optional[str],
+          output: Optional[str], force: bool, platform: Optional[str], container: Optional[List[str]],
+          no_swap: bool, grace: float, dry_run: bool, state_dir: Optional[str], wait: float,
+          allow_downgrade: bool, retry: bool, log_format: str, as_json: bool, quiet: bool) -> None:
+    """Verify bundles, rebuild the target images byte-exactly, load them into the engine and swap their containers."""
     if base or output:
         if not (base and output):
             raise UsageError("--base and --output go together (rebuild into an archive); give both or neither")
@@ -218,10 +173,7 @@ def _reporter(log_format: str, as_json: bool):
     return runlog.JsonLines() if _json_lines else runlog.TextLog()
 
 
-@app.command()
-def status(state_dir: Optional[str] = StateDirOpt,
-           limit: int = typer.Option(20, "--limit", help="Show the last N attempts (0: all)."),
-           as_json: bool = JsonOpt) -> None:
+def status(state_dir: Optional[str], limit: int, as_json: bool) -> None:
     """Show what apply did on this host: the journal of every bundle applied, and any run in progress."""
     from deltaimg.apply.journal import StateDir, state_dir_path
     from deltaimg.apply.lock import holder
@@ -236,28 +188,19 @@ def status(state_dir: Optional[str] = StateDirOpt,
     _emit(as_json, data, lines)
 
 
-@app.command()
-def demo(directory: Optional[str] = typer.Option(None, "--dir", help="Keep the example files here."),
-         as_json: bool = JsonOpt) -> None:
+def demo(directory: Optional[str], as_json: bool) -> int:
     """Run keygen, make, verify and apply on a built-in example image pair (no engine needed)."""
     from deltaimg.example import run_demo
 
     lines: list[str] = []
     result = run_demo(directory, lines.append)
     _emit(as_json, result, lines)
-    if not result["identical"]:
-        raise typer.Exit(1)
+    return 0 if result["identical"] else 1
 
 
-@app.command()
 def version() -> None:
     """Print the version."""
     print(f"deltaimg {__version__}")
-
-
-# Older typer raises click's own usage errors, typer 0.2x those of the copy of click it carries (and
-# click itself may not be installed): find the class through typer's public one.
-CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 INTERRUPTED = 130
@@ -265,28 +208,46 @@ _json_lines = False  # set by apply --log-format json: its failure is logged as 
 
 
 def main() -> None:
+    """Run the command line; every failure deltaimg expects ends as one line and its exit code."""
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
-        result = app(standalone_mode=False)
+        command, arguments = grammar.parse(sys.argv[1:], COMMANDS)
+        result = command(**arguments)
     except DeltaimgError as exc:
         from deltaimg.apply.runlog import write_error
 
         write_error(str(exc), exc.exit_code, _json_lines)
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):  # older typer lets an interrupt through
+    except KeyboardInterrupt:
         _interrupted()
-    except CLICK_ERRORS as exc:  # a wrong command line: one line too, with where to look
-        print(f"deltaimg: error: {printable(exc.format_message())} (see deltaimg --help)", file=sys.stderr)
-        sys.exit(UsageError.exit_code)
-    if result == INTERRUPTED:  # typer 0.2x turns an interrupt into Exit(130), and says nothing
-        _interrupted()
+    except Exception as exc:  # a bug: still one line, saying what to report (DELTAIMG_DEBUG=1 shows where)
+        if os.environ.get("DELTAIMG_DEBUG"):
+            raise
+        from deltaimg.apply.runlog import write_error
+
+        write_error(f"unexpected {type(exc).__name__}: {exc}; this is a bug in deltaimg: please report it with the "
+                    "command line (DELTAIMG_DEBUG=1 prints where it happened)", 1, _json_lines)
+        sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     sys.exit(result if isinstance(result, int) else 0)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (cron, systemd, kill) unwinds like Ctrl-C, so temporary files and the lock are let go."""
+    raise KeyboardInterrupt
+
+
 def _interrupted() -> NoReturn:
-    """Ctrl-C, or SIGTERM during an apply: one line, and a JSON line too when the run logs them."""
+    """Ctrl-C or SIGTERM: one line, and a JSON line too when the run logs them."""
     if _json_lines:
         from deltaimg.apply.runlog import JsonLines
 
         JsonLines().error("interrupted", INTERRUPTED)
     print("deltaimg: interrupted", file=sys.stderr)
     sys.exit(INTERRUPTED)
+
+
+COMMANDS: dict[str, Callable[..., Optional[int]]] = {
+    "keygen": keygen, "make": make, "verify": verify, "inspect": inspect, "diff": diff, "apply": apply,
+    "status": status, "demo": demo, "version": version}
