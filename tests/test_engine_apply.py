@@ -154,3 +154,54 @@ def test_an_archive_rebuilt_by_apply_o_is_what_docker_load_takes(docker_client, 
         loaded = docker_client.images.load(archive.read())
     assert [image.id for image in loaded] == [images["v2"]]
     assert docker_client.images.get(images["tag"]["v2"]).id == images["v2"]
+
+
+def bad_pax_layer(path: Path) -> Path:
+    """A layer whose PAX record says 99 bytes where it has 14: Go's archive/tar (Docker's) refuses it;
+    deltaimg carries it byte for byte."""
+    import tarfile
+
+    body = b"99 path=hello\n"
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, len(body)
+    entry = tarfile.TarInfo("hello")
+    entry.size = 3
+    path.write_bytes(header.tobuf(format=tarfile.USTAR_FORMAT) + body + bytes(-len(body) % 512)
+                     + entry.tobuf(format=tarfile.USTAR_FORMAT) + b"hi\n" + bytes(509) + bytes(1024))
+    return path
+
+
+def test_a_target_docker_cannot_load_is_refused_by_the_load_and_changes_nothing(
+        docker_client, engine_resources, images, keypair, tmp_path):
+    import hashlib
+    import tarfile
+
+    from tests import imagefactory as f
+
+    saved = tmp_path / "v1.tar"
+    with open(saved, "wb") as out:
+        for chunk in docker_client.images.get(images["v1"]).save(named=False):
+            out.write(chunk)
+    with tarfile.open(saved) as archive:
+        manifest = json.load(archive.extractfile("manifest.json"))[0]
+        archive.extractall(tmp_path / "v1", filter="tar")
+    layers = [f.LayerFile(tmp_path / "v1" / name, "sha256:" + hashlib.sha256((tmp_path / "v1" / name).read_bytes()).hexdigest(),
+                          (tmp_path / "v1" / name).stat().st_size) for name in manifest["Layers"]]
+    bad = bad_pax_layer(tmp_path / "bad.layer")
+    layers.append(f.LayerFile(bad, "sha256:" + hashlib.sha256(bad.read_bytes()).hexdigest(), bad.stat().st_size))
+    tag = engine_resources.name("gotar") + ":2"
+    target = f.write_docker_archive(tmp_path / "target.tar", [f.ImageSpec(layers, [tag], {"created": "2030-01-01T00:00:00Z"})])[0]
+    bundle = tmp_path / "gotar.dimg"
+    made = run_cli("make", f"docker-daemon:{images['v1']}", str(target.path), "-o", str(bundle), "--key", keypair[0])
+    assert made.returncode == 0, made.stderr
+    container = docker_client.api.create_container(images["tag"]["v1"], ["sh", "-c", SLEEP_FOREVER],
+                                                   name=engine_resources.name("gotar-app"))["Id"]
+    docker_client.api.start(container)
+    result = run_cli("apply", str(bundle), "--trust", keypair[1], "--grace", "1")
+    assert result.returncode == 20
+    assert result.stderr.endswith("archive/tar: invalid tar header; a layer of the image is a tar that Docker's (Go's) "
+                                  "tar reader refuses, so no Docker can load this image: nothing was changed; rebuild "
+                                  "the image with a tool that writes standard tars\n"), result.stderr
+    assert docker_client.api.images(filters={"reference": tag}) == []
+    assert docker_client.api.inspect_container(container)["State"]["Running"]
+    assert docker_client.api.inspect_container(engine_resources.name("gotar-app"))["Id"] == container

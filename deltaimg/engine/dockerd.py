@@ -252,6 +252,10 @@ class DockerEngine:
                     reason = one_line(detail.get("message") or message["error"])
                     # A missing layer file is what a thin archive whose base the engine lacks gives.
                     hint = "; load its base image first" if "layer.tar: no such file" in reason else ""
+                    if "archive/tar:" in reason:  # Go's tar reader refuses a layer that deltaimg carries byte for byte
+                        hint = ("; a layer of the image is a tar that Docker's (Go's) tar reader refuses, so no Docker "
+                                "can load this image: nothing was changed; rebuild the image with a tool that writes "
+                                "standard tars")
                     raise EngineError(f"docker load of {what} failed: {reason}{hint}")
                 for line in str(message.get("stream", "")).splitlines():
                     for prefix in ("Loaded image: ", "Loaded image ID: "):

@@ -1,4 +1,4 @@
-"""The four image pairs, built locally with ``docker build`` from content no one here wrote."""
+"""The image pairs, built locally with ``docker build`` from content no one here wrote."""
 
 from __future__ import annotations
 
@@ -169,6 +169,34 @@ def rebuild(shop: Workshop) -> tuple[str, str]:
     return old_tag, new_tag
 
 
+DISK_SIZE = 256 << 20
+DISK_EDITS = 8  # places changed in v2, 4 KiB each
+
+
+def disk_image(shop: Workshop) -> tuple[str, str]:
+    """A preallocated 256 MiB file, mostly zeros: the python3 .debs written at spread offsets (the
+    used blocks); v2 overwrites 4 KiB at eight places with bytes of another .deb (a few writes)."""
+    debs = sorted(shop.python_debs.glob("*.deb"))
+    shop.notes["disk-image"] = (f"a {DISK_SIZE >> 20} MiB file of zeros holding {len(debs)} python3 .debs at spread "
+                                f"offsets; v2 changes 4 KiB at {DISK_EDITS} places")
+    built = []
+    for version, tag in enumerate(_tags("disk-image")):
+        context = shop.context(tag.split(":")[1])
+        with open(context / "disk.img", "wb") as disk:
+            disk.truncate(DISK_SIZE)
+            for number, deb in enumerate(debs):
+                disk.seek(number * DISK_SIZE // len(debs))
+                disk.write(deb.read_bytes()[: DISK_SIZE // len(debs) // 4])
+            if version:
+                patch = debs[-1].read_bytes()
+                for place in range(DISK_EDITS):
+                    disk.seek((2 * place + 1) * DISK_SIZE // (2 * DISK_EDITS))
+                    disk.write(patch[place * 4096:(place + 1) * 4096])
+        log(f"docker build {tag}: the base + a {DISK_SIZE >> 20} MiB mostly-zero disk image")
+        built.append(images.build(tag, context, f"FROM {shop.debian}\nCOPY disk.img /var/lib/app/disk.img\n"))
+    return built[0], built[1]
+
+
 def _touch_tree(root: Path) -> None:
     time.sleep(1.1)  # tar headers keep whole seconds: make sure the new times differ
     for directory, _, files in os.walk(root):
@@ -193,4 +221,6 @@ SCENARIOS = [
              app_change, quick=True),
     Scenario("rebuild", "The same Dockerfile built twice with --no-cache: only times differ",
              rebuild, quick=False),
+    Scenario("disk-image", "Debian + a 256 MiB preallocated file, mostly zeros; v2 writes 4 KiB at 8 places",
+             disk_image, quick=False),
 ]
