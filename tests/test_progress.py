@@ -100,7 +100,7 @@ def on_terminal(*args: str) -> str:
 
 @pytest.mark.parametrize("command", ["make", "diff"])
 def test_on_a_real_terminal_a_bar_is_drawn_and_quiet_silences_it(command, example_pair, keypair, tmp_path):
-    args = [command, *example_pair] + (["-o", str(tmp_path / "b.dimg"), "--key", keypair[0]] if command == "make" else [])
+    args = [command, *example_pair] + (["-o", str(tmp_path / "b.dimg"), "--key", keypair[0], "--force"] if command == "make" else [])
     drawn = on_terminal(*args)
     assert command in drawn and re.search(r"\d+(\.\d+)? [kMG]?B/s", drawn), drawn
     assert on_terminal(*args, "--quiet") == ""

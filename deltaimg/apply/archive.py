@@ -8,6 +8,7 @@ renamed into place only after every layer hashed to its diff_id.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 
 from deltaimg.apply.chain import refuse_downgrade
@@ -33,7 +34,7 @@ def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = Fal
     if base.diff_ids != rebuild.base_diff_ids:
         raise BaseMismatchError(f"{bundle.path}: the base image's layers differ from its config's")
     if os.path.lexists(output):  # lexists: a dangling symlink is there too
-        if not os.path.isfile(output) or os.path.islink(output):
+        if not _replaceable(output):
             raise OutputError(f"{output} exists and is not a regular file; choose another -o")
         if not force:
             raise OutputError(f"{output} exists; choose another path or pass --force")
@@ -63,3 +64,9 @@ def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = Fal
         if os.path.exists(tmp):
             os.unlink(tmp)
     return rebuild
+
+
+def _replaceable(path: str) -> bool:
+    """A regular file, or a symlink (renamed over, never followed): never a device, FIFO or folder."""
+    mode = os.lstat(path).st_mode
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)

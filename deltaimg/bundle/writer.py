@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from typing import BinaryIO, Callable
 
@@ -176,10 +177,11 @@ def _earlier_bundle(output: str, force: bool) -> set[str]:
     """Refuse, before anything is made, to replace what is at ``output`` (or its parts) unless
     ``force``; then return the files of the deltaimg bundle found there, the only ones a new bundle
     may remove beyond those it replaces. A file without the bundle magic is never removed, and
-    only regular files are replaced."""
+    only regular files and symlinks (the link itself) are replaced."""
     existing = [path for path in (output, *_parts_after(output, 0)) if os.path.lexists(path)]
     for path in existing:
-        if not os.path.isfile(path) or os.path.islink(path):
+        mode = os.lstat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):  # a symlink is renamed over, never followed
             raise OutputError(f"{path} exists and is not a regular file; choose another -o")
     if existing and not force:
         if len(existing) == 1:
