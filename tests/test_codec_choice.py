@@ -48,6 +48,15 @@ def edited(data: bytes, *at: int) -> bytes:
     return bytes(out)
 
 
+def shifted(binary: bytes, step: int = 64) -> bytes:
+    """What a rebuild does to an executable: small changes all over (here every ``step``-th byte of its
+    middle third moves by one, as offsets do when code moves), which zstd codes poorly and bsdiff well."""
+    out = bytearray(binary)
+    for at in range(len(out) // 3, 2 * len(out) // 3, step):
+        out[at] = (out[at] + 1) % 256
+    return bytes(out)
+
+
 def round_trip(tmp_path, keypair, base_files: dict[str, bytes], target_files: dict[str, bytes]) -> int:
     """Make the bundle from an image of ``base_files`` to one of ``target_files``, rebuild the target
     from it, check it is the target byte for byte; the bundle's size."""
@@ -75,7 +84,8 @@ def test_five_files_of_5_mib_of_zeros_with_16_bytes_changed_never_reach_bsdiff(t
 def test_a_disk_image_of_runs_and_data_gives_bsdiff_only_the_data_between_the_runs(tmp_path, keypair, bsdiff_inputs):
     data = noise(MiB, 1) + bytes(2 * MiB) + noise(MiB, 2)
     assert choice.plan(data) == [(0, MiB, True), (MiB, 3 * MiB, False), (3 * MiB, 4 * MiB, True)]
-    round_trip(tmp_path, keypair, {"disk.img": data}, {"disk.img": edited(data, 1000, 2 * MiB, 3 * MiB + 1000)})
+    changed = shifted(data[:MiB], 8) + edited(data[MiB:3 * MiB], MiB) + shifted(data[3 * MiB:], 8)
+    round_trip(tmp_path, keypair, {"disk.img": data}, {"disk.img": changed})
     assert [target for _, target in bsdiff_inputs] == [MiB, MiB]
 
 
@@ -85,9 +95,17 @@ def test_a_block_repeated_at_long_range_is_coded_by_zstd_not_bsdiff(tmp_path, ke
     assert bsdiff_inputs == []
 
 
-def test_an_executable_still_goes_to_bsdiff_whole(tmp_path, keypair, bsdiff_inputs):
+def test_an_executable_changed_all_over_still_goes_to_bsdiff_whole(tmp_path, keypair, bsdiff_inputs):
     with open(BUSYBOX, "rb") as exe:
         binary = exe.read()
     assert choice.plan(binary) == [(0, len(binary), True)]
-    round_trip(tmp_path, keypair, {"bin/busybox": binary}, {"bin/busybox": edited(binary, len(binary) // 3)})
+    round_trip(tmp_path, keypair, {"bin/busybox": binary}, {"bin/busybox": shifted(binary)})
     assert bsdiff_inputs == [(len(binary), len(binary))]
+
+
+def test_bytes_copied_over_with_a_few_edits_are_left_to_zstd(tmp_path, keypair, bsdiff_inputs):
+    """zstd -1 against the partner already codes them to a 64th: bsdiff could not win enough to pay for itself."""
+    with open(BUSYBOX, "rb") as exe:
+        binary = exe.read()
+    size = round_trip(tmp_path, keypair, {"bin/busybox": binary}, {"bin/busybox": edited(binary, len(binary) // 3)})
+    assert bsdiff_inputs == [] and size < 4096
