@@ -1,14 +1,17 @@
 """Putting the host back in order after a run that was killed (power cut, ``kill -9``, OOM).
 
-Every run starts here, holding the lock, before it looks at any bundle. For each attempt the
-journal shows as begun and never closed, every container whose swap had begun and not finished
-is settled by one deterministic rule, from what the journal says and what the engine shows:
+Every run starts here, holding the lock, before it looks at any bundle. An update is all or
+nothing, and so is its recovery: for each attempt the journal shows as begun and never closed,
+one rule, from what the journal says and what the engine shows, settles every container of it
+whose swap had begun and not finished:
 
-- the new container had passed its check (``ready``): roll forward, remove the old container
-  (it sits under ``<name>-deltaimg-old``) if it is still there;
-- otherwise roll back: remove the new container if one was created (found by the container's
-  name, and only if it runs the bundle's target image: nothing else is ours to remove), give the
-  old one its name back, and start it if it was running before.
+- every container of the update had passed its check (``ready``): roll forward, remove each old
+  container (it sits under ``<name>-deltaimg-old``) if it is still there;
+- otherwise roll every one of them back, those that were ready too (their old container is still
+  aside, as the swap removes old containers only once all are ready): remove the new container if
+  one was created (found by the container's name, and only if it runs the bundle's target image:
+  nothing else is ours to remove), give the old one its name back, and start it if it was running
+  before (and pause it again if it was paused).
 
 No volume the old container mounts is removed (``v=False``): its anonymous volumes are the ones
 the new container had reattached. A new container that is removed takes with it only the
@@ -25,7 +28,8 @@ from typing import Callable
 
 from deltaimg import faults
 from deltaimg.apply.journal import Attempt, Journal
-from deltaimg.apply.swap import SIDE_SUFFIX, remove_new_container
+from deltaimg.apply.plan import SIDE_SUFFIX
+from deltaimg.apply.rollback import pause_if_running, remove_new_container
 from deltaimg.bundle.manifest import image_name
 from deltaimg.engine.interface import Engine
 from deltaimg.errors import EngineError, RecoveryError
@@ -40,9 +44,11 @@ def recover(engine: Engine, journal: Journal, outcome: Outcome) -> None:
             continue
         target_id = attempt.begin.get("to", {}).get("image_id", "")
         actions = []
-        for container in _touched(attempt):
-            actions.append(_settle(engine, container, attempt, target_id))
+        forward = _all_ready(attempt)
+        for container in reversed(_touched(attempt)):
+            actions.append(_settle(engine, container, attempt, target_id, forward))
             faults.killpoint("recover")
+        actions.reverse()
         record = journal.append({"type": "recovered", "id": attempt.id, "outcome": "recovered",
                                  "bundle": attempt.begin.get("bundle"), "from": attempt.begin.get("from"),
                                  "to": attempt.begin.get("to"), "containers": actions})
@@ -61,9 +67,14 @@ def _touched(attempt: Attempt) -> list[dict]:
     return touched
 
 
-def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str) -> dict:
+def _all_ready(attempt: Attempt) -> bool:
+    """Whether every container of the attempt passed its check and none was rolled back since."""
+    steps = [attempt.steps.get(str(c.get("name")), set()) for c in attempt.containers]
+    return all(("ready" in s or "done" in s) and "rolled-back" not in s for s in steps)
+
+
+def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str, forward: bool) -> dict:
     name, old_id = str(container.get("name")), str(container.get("old_container"))
-    ready = "ready" in attempt.steps.get(name, set())
     by_hand = (f"by hand: keep one container named {name} (docker ps -a --filter name={name}), "
                f"docker rm the other, docker rename it to {name} if needed and docker start it")
     try:
@@ -80,7 +91,7 @@ def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str) -
                 raise RecoveryError(f"{name}: an interrupted update left neither the old container {old_id[:12]} nor a "
                                     f"new one; recreate {name} by hand")
             return {"name": name, "action": "rolled-forward", "container": new["Id"], "image": new["Image"]}
-        if ready and new is not None:
+        if forward and new is not None:
             engine.remove_container(old_id, force=True)
             return {"name": name, "action": "rolled-forward", "container": new["Id"], "image": new["Image"]}
         if new is not None:
@@ -89,6 +100,8 @@ def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str) -
             engine.rename(old_id, name)
         if container.get("started") and not old["State"].get("Running"):
             engine.start(old_id)
+        if container.get("paused"):
+            pause_if_running(engine, old_id)
         return {"name": name, "action": "rolled-back", "container": old_id, "image": old["Image"]}
     except EngineError as exc:
         raise RecoveryError(f"{name}: cannot settle the update interrupted at {attempt.begin.get('time')} "

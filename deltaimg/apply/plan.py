@@ -1,0 +1,200 @@
+"""Working out a swap before any container is touched: which containers, in which state, in which
+order, with which create body; and what refuses the whole update or leaves one container out.
+
+Checked for the whole set before anything changes (:func:`survey`, which the unattended apply
+runs before it loads the image):
+
+- a container run with ``--rm`` is left out alone and reported (stopping it would delete it);
+- a container that shares a swapped container's network or IPC namespace (``--network
+  container:X``, ``--ipc container:X``), links to it (``--link X``) or takes its volumes
+  (``--volumes-from X``) would be left pointing at a container that is gone: the update is refused
+  with :class:`DependentsError`, naming them, whatever image they run (recreating them is not done
+  yet). So no swapped container depends on another, and the set is swapped oldest first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from deltaimg.apply.recreate import create_body
+from deltaimg.engine.interface import Engine
+from deltaimg.errors import DependentsError, ImageReadError, UsageError, printable
+
+SIDE_SUFFIX = "-deltaimg-old"
+DEFAULT_STOP_TIMEOUT = 10  # seconds; the engine's own default
+RUNNING, PAUSED, CREATED = "running", "paused", "created"
+
+
+@dataclasses.dataclass
+class SwapResult:
+    """One container's recreation, done or (dry run) planned."""
+
+    name: str
+    old_container_id: str
+    new_container_id: str | None  # None in a dry run
+    target_image_id: str
+    started: bool  # the new container is (or would be) started: the old one was running or paused
+    config: dict  # the /containers/create body
+    networks: dict[str, dict] = dataclasses.field(default_factory=dict)  # further networks: name -> EndpointConfig
+    stop_timeout: int = DEFAULT_STOP_TIMEOUT
+    paused: bool = False  # the old container was paused: the new one is paused once it passed its check
+
+    @property
+    def state(self) -> str:
+        """What the old container was, and the new one becomes: running, paused or created."""
+        return PAUSED if self.paused else RUNNING if self.started else CREATED
+
+
+@dataclasses.dataclass
+class Survey:
+    """The containers an update swaps (inspect data, oldest first) and those it leaves out, with why."""
+
+    targets: list[dict]
+    skipped: list[dict] = dataclasses.field(default_factory=list)  # [{"name", "reason"}]
+
+
+def survey(engine: Engine, image_id: str, names: list[str] | None) -> Survey:
+    """The containers to swap from ``image_id`` (all, or those in ``names``), checked as a set.
+
+    Raises :class:`UsageError` for a named container that is missing or on another image, and
+    :class:`DependentsError` when a container outside the swap depends on one in it."""
+    if names is None:
+        refs = [c["Id"] for c in engine.containers() if c.get("ImageID") == image_id]
+    else:
+        refs = list(dict.fromkeys(names))
+    found = []
+    for ref in refs:
+        info = engine.inspect_container(ref)
+        if info is None:
+            raise UsageError(f"no container named {printable(ref)} (see docker ps -a)")
+        if info["Image"] != image_id:
+            raise UsageError(f"container {printable(_name(info))} runs image {short(info['Image'])}, not {short(image_id)}; "
+                             "leave it out of the names")
+        found.append(info)
+    result = Survey([])
+    for info in sorted(found, key=lambda i: (i.get("Created", ""), _name(i))):
+        if info["HostConfig"].get("AutoRemove"):
+            result.skipped.append({"name": _name(info), "reason": "it runs with --rm, so stopping it deletes it; "
+                                                                  "recreate it by hand"})
+        else:
+            result.targets.append(info)
+    _refuse_dependents(engine, result.targets)
+    return result
+
+
+def _refuse_dependents(engine: Engine, targets: list[dict]) -> None:
+    by_id = {info["Id"]: _name(info) for info in targets}
+    by_name = {name: name for name in by_id.values()}
+    found = []
+    for listed in engine.containers():
+        info = engine.inspect_container(listed["Id"])
+        if info is None:
+            continue
+        for kind, ref in dependencies(info):
+            on = by_id.get(ref) or by_name.get(ref)
+            if on is not None:
+                found.append(printable(f"{_name(info)} ({kind} {on})"))
+    if found:
+        raise DependentsError(f"containers depend on one this update would recreate: {', '.join(found)}; "
+                              "deltaimg does not recreate them yet: remove them first (and run them again "
+                              "after the update), or leave their container out with --container")
+
+
+def dependencies(info: dict) -> list[tuple[str, str]]:
+    """(kind, container ID or name) of every other container ``info`` depends on: the option it was
+    run with (``--network container:``, ``--ipc container:``, ``--link``, ``--volumes-from``) and the
+    container as the engine records it (an ID for namespaces, a name for links and volumes)."""
+    host = info.get("HostConfig") or {}
+    found = []
+    for option, key in (("--network", "NetworkMode"), ("--ipc", "IpcMode"), ("--pid", "PidMode")):
+        mode = host.get(key) or ""
+        if mode.startswith("container:"):
+            found.append((option, mode.removeprefix("container:")))
+    for link in host.get("Links") or []:  # "/target:/name/alias"
+        found.append(("--link", link.split(":", 1)[0].lstrip("/")))
+    for source in host.get("VolumesFrom") or []:  # "name[:ro|rw]"
+        found.append(("--volumes-from", source.split(":", 1)[0]))
+    return found
+
+
+def plan(engine: Engine, info: dict, base_image: dict, target_image: dict, target_tags: list[str]) -> SwapResult:
+    """Check one container can be swapped and work out its create body."""
+    name = _name(info)
+    side = name + SIDE_SUFFIX
+    if name.endswith(SIDE_SUFFIX):
+        name = printable(name)
+        raise UsageError(
+            f"container {name} is left over from an interrupted swap; remove it (docker rm {name}) or "
+            f"rename it back (docker rename {name} {name.removesuffix(SIDE_SUFFIX)}) first"
+        )
+    if engine.inspect_container(side) is not None:
+        raise UsageError(f"a container named {printable(side)} already exists; remove or rename it first")
+    ref = image_ref(engine, info["Config"].get("Image", ""), target_image["Id"], target_tags)
+    config, others = create_body(info, base_image.get("Config") or {}, ref)
+    state = info["State"]
+    return SwapResult(
+        name=name,
+        old_container_id=info["Id"],
+        new_container_id=None,
+        target_image_id=target_image["Id"],
+        started=bool(state.get("Running")),
+        paused=bool(state.get("Running") and state.get("Paused")),
+        config=config,
+        networks=others,
+        stop_timeout=info["Config"].get("StopTimeout") or DEFAULT_STOP_TIMEOUT,
+    )
+
+
+def image_ref(engine: Engine, user_ref: str, target_image_id: str, target_tags: list[str]) -> str:
+    """The name the new container is created from, which ``docker ps`` shows: the user's own when
+    it names the target image now; else the bundle's target tag (of the user's repository if it
+    has one there), when it names the target; else the target's ID."""
+    if user_ref and not user_ref.startswith("sha256:") and _names(engine, user_ref, target_image_id):
+        return user_ref
+    repo = user_ref.rsplit(":", 1)[0] if ":" in user_ref.rsplit("/", 1)[-1] else user_ref
+    ranked = sorted(target_tags, key=lambda tag: tag.rsplit(":", 1)[0] != repo)
+    for tag in ranked:
+        if _names(engine, tag, target_image_id):
+            return tag
+    return target_image_id
+
+
+def _names(engine: Engine, ref: str, image_id: str) -> bool:
+    attrs = engine.find_image(ref)
+    return attrs is not None and attrs["Id"] == image_id
+
+
+def describe(plan: SwapResult, grace: float, position: int, count: int) -> str:
+    """One dry-run line: the container's place in the order, its state, and what its swap does."""
+    config, host = plan.config, plan.config["HostConfig"]
+    kept = [k for k in config if k not in ("Image", "HostConfig", "NetworkingConfig")]
+    mounts = [b.split(":")[1] for b in host.get("Binds") or [] if ":" in b]
+    mounts += [m["Target"] for m in host.get("Mounts") or []]
+    networks = list((config.get("NetworkingConfig") or {}).get("EndpointsConfig", {})) + list(plan.networks)
+    side = plan.name + SIDE_SUFFIX
+    if plan.started:
+        first = f"would stop {short(plan.old_container_id)} ({plan.state}) and rename it {side}"
+        after = f"start it and wait until healthy or {grace:g} s up" + ("; pause it" if plan.paused else "")
+    else:
+        first, after = f"would rename {short(plan.old_container_id)} ({plan.state}) {side}", "leave it created"
+    return (
+        f"{position}/{count} {plan.name}: {first}, "
+        f"create {plan.name} on {config['Image']} keeping {', '.join(kept) or 'no Config overrides'}, "
+        f"mounts {' '.join(mounts) or 'none'}, networks {' '.join(networks) or 'none'}; {after}; "
+        "once every container is ready, remove the old ones (volumes kept); dependents: none"
+    )
+
+
+def find_image(engine: Engine, image_id: str, which: str) -> dict:
+    attrs = engine.find_image(image_id)
+    if attrs is None:
+        raise ImageReadError(f"the {which} image {image_id} is not in the engine (see docker images)")
+    return attrs
+
+
+def _name(info: dict) -> str:
+    return info["Name"].lstrip("/")
+
+
+def short(object_id: str) -> str:
+    return object_id.removeprefix("sha256:")[:12]
