@@ -67,7 +67,7 @@ def test_a_dependent_container_refuses_the_run_before_the_image_is_loaded(app, e
     assert app.client.api.inspect_container(db)["State"]["Running"]
 
 
-def test_an_rm_container_is_reported_before_the_load_and_left_alone(app, engine_resources, keypair):
+def test_an_rm_container_is_reported_before_the_load_and_left_alone(app, engine_resources, keypair, state_dir):
     app.host_has("1")
     res = engine_resources
     create(app, res, "app")
@@ -88,3 +88,8 @@ def test_an_rm_container_is_reported_before_the_load_and_left_alone(app, engine_
     info = app.client.api.inspect_container(ephemeral)
     assert (info["Image"], info["State"]["Running"]) == (app.ids["1"], True)
     assert app.client.api.inspect_container(res.name("app"))["Image"] == app.ids["2"]
+
+    again = apply(app.bundles["1", "2"], "--trust", keypair[1], "--log-format", "json")
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["event"] for line in again.stdout.splitlines()][-1] == "already-applied"
+    assert [a[2] for a in attempts(state_dir)] == ["applied"]  # nothing journalled for the container left out

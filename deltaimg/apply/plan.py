@@ -15,7 +15,9 @@ runs before it loads the image):
 from __future__ import annotations
 
 import dataclasses
+import datetime
 
+from deltaimg.apply.chain import parse_time
 from deltaimg.apply.recreate import create_body
 from deltaimg.engine.interface import Engine
 from deltaimg.errors import DependentsError, ImageReadError, UsageError, printable
@@ -23,6 +25,7 @@ from deltaimg.errors import DependentsError, ImageReadError, UsageError, printab
 SIDE_SUFFIX = "-deltaimg-old"
 DEFAULT_STOP_TIMEOUT = 10  # seconds; the engine's own default
 RUNNING, PAUSED, CREATED = "running", "paused", "created"
+EPOCH = datetime.datetime.fromtimestamp(0, datetime.timezone.utc)
 
 
 @dataclasses.dataclass
@@ -72,7 +75,7 @@ def survey(engine: Engine, image_id: str, names: list[str] | None) -> Survey:
                              "leave it out of the names")
         found.append(info)
     result = Survey([])
-    for info in sorted(found, key=lambda i: (i.get("Created", ""), _name(i))):
+    for info in sorted(found, key=_age):
         if info["HostConfig"].get("AutoRemove"):
             result.skipped.append({"name": _name(info), "reason": "it runs with --rm, so stopping it deletes it; "
                                                                   "recreate it by hand"})
@@ -190,6 +193,11 @@ def find_image(engine: Engine, image_id: str, which: str) -> dict:
     if attrs is None:
         raise ImageReadError(f"the {which} image {image_id} is not in the engine (see docker images)")
     return attrs
+
+
+def _age(info: dict) -> tuple[datetime.datetime, str]:
+    """Oldest first (the engine's ``Created`` has nanoseconds with trailing zeros cut: not sortable as text)."""
+    return parse_time(info.get("Created")) or EPOCH, _name(info)
 
 
 def _name(info: dict) -> str:

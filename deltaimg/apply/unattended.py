@@ -293,7 +293,8 @@ class _Run:
     # -- applying
 
     def _apply_one(self, bundle: Bundle, rebuild: Rebuild) -> None:
-        names = _EngineHost(self.engine, self.options).containers_on(rebuild.base_id)
+        left_out = {skipped["name"] for skipped in self.skipped.get(bundle.path, [])}
+        names = [n for n in _EngineHost(self.engine, self.options).containers_on(rebuild.base_id) if n not in left_out]
         loaded = self.engine.find_image(rebuild.target_id) is not None
         if loaded and not names:
             self._outcome("already-applied", bundle, f"already applied: {bundle.manifest.target.name} is "
