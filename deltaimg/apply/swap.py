@@ -17,11 +17,11 @@ from typing import Callable, Protocol
 
 from deltaimg.apply.plan import SIDE_SUFFIX, SwapResult, describe, find_image, plan, short, survey
 from deltaimg.apply.readiness import wait_ready
-from deltaimg.apply.rollback import by_hand, pause_if_running, remove_new_container, roll_back_ready, roll_back_swap
+from deltaimg.apply.rollback import by_hand, pause_if_running, roll_back_ready, roll_back_swap
 from deltaimg.engine.interface import Engine
 from deltaimg.errors import EngineError, SwapFailedNotRolledBack, SwapFailedRolledBack, UsageError, printable
 
-__all__ = ["SIDE_SUFFIX", "SwapObserver", "SwapResult", "remove_new_container", "swap_containers"]
+__all__ = ["SIDE_SUFFIX", "SwapObserver", "SwapResult", "swap_containers"]
 
 
 class SwapObserver(Protocol):
