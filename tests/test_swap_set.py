@@ -1,5 +1,5 @@
 """An update's containers as one set, on a real engine: all or nothing, each back in its state,
-``--rm`` ones left out alone, dependents refused before anything changes, the target's tag shown."""
+``--rm`` ones left out alone, dependents recreated after what they depend on, the target's tag shown."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from deltaimg.apply.swap import SIDE_SUFFIX, swap_containers
 from deltaimg.engine.dockerd import DockerEngine
 from deltaimg.errors import DependentsError, SwapFailedRolledBack
-from tests.engine_helpers import SLEEP_FOREVER, EngineResources, docker_client, engine_resources  # noqa: F401
+from tests.engine_helpers import SLEEP_FOREVER, EngineResources, docker_client, engine_resources, run  # noqa: F401
 
 CMD = ["sh", "-c", SLEEP_FOREVER]
 # Healthy on v1 only: the container that fails the update on v2.
@@ -28,7 +28,7 @@ def images(docker_client):
 
 
 def create(client, res: EngineResources, image: str, suffix: str, *, start: bool = True, **options) -> str:
-    host = {k: options.pop(k) for k in ("auto_remove", "network_mode", "ipc_mode", "links", "volumes_from")
+    host = {k: options.pop(k) for k in ("auto_remove", "network_mode", "ipc_mode", "links", "volumes_from", "binds")
             if k in options}
     container = client.api.create_container(image, name=res.name(suffix),
                                             host_config=client.api.create_host_config(**host), **options)["Id"]
@@ -110,24 +110,47 @@ def test_the_new_container_is_created_from_the_bundles_target_tag_and_the_old_ta
     assert client.api.inspect_image(pinned)["Id"] == images["v1"]  # the user's tag still names the base
 
 
-def test_dependents_refuse_the_update_before_anything_changes(docker_client, engine_resources, images):
+def test_dependents_are_recreated_after_what_they_depend_on_on_their_own_image_pointing_at_the_new_container(
+        docker_client, engine_resources, images):
     client, res = docker_client, engine_resources
-    other = engine_resources.build("other", base=images["v1"])  # dependents on another image count too
-    db = create(client, res, images["v1"], "db", ipc_mode="shareable")
-    create(client, res, other, "net", network_mode=f"container:{db}")
-    create(client, res, other, "ipc", ipc_mode=f"container:{res.name('db')}")
-    create(client, res, other, "link", links={res.name("db"): "database"})
-    create(client, res, other, "vols", volumes_from=[res.name("db")])
+    other = res.build("other", base=images["v1"])  # the dependents run another image
+    gone = create(client, res, images["v1"], "db")
+    link = create(client, res, other, "link", links={res.name("db"): "database"})  # older than the db it names
+    client.api.remove_container(gone, force=True)
+    db = create(client, res, images["v1"], "db", volumes=["/data"], ipc_mode="shareable")
+    run(client, db, "echo kept > /data/blob")
+    ids = {"db": db, "link": link,
+           "net": create(client, res, other, "net", network_mode=f"container:{db}"),
+           "ipc": create(client, res, other, "ipc", ipc_mode=f"container:{res.name('db')}"),
+           "vols": create(client, res, other, "vols", volumes_from=[res.name("db")])}
+
+    results = swap_containers(DockerEngine(client), images["v1"], images["v2"], grace=1, log=print)
+
+    assert [r.name for r in results] == [res.name(s) for s in ("db", "link", "net", "ipc", "vols")]
+    new = {suffix: client.api.inspect_container(res.name(suffix)) for suffix in ids}
+    assert {s: (i["Id"] != ids[s], i["Image"], i["State"]["Status"]) for s, i in new.items()} == {
+        "db": (True, images["v2"], "running"), **{s: (True, other, "running") for s in ("vols", "net", "ipc", "link")}}
+    new_db = new["db"]["Id"]
+    assert new["net"]["HostConfig"]["NetworkMode"] == f"container:{new_db}"
+    assert new["ipc"]["HostConfig"]["IpcMode"] == f"container:{new_db}"
+    assert new["link"]["HostConfig"]["Links"] == [f"/{res.name('db')}:/{res.name('link')}/database"]
+    assert run(client, new["vols"]["Id"], "cat /data/blob") == "kept\n"
+    assert run(client, new["net"]["Id"], "hostname") == run(client, new_db, "hostname")  # one UTS/network namespace
+    assert len(res.containers()) == 5
+
+
+def test_a_dependent_run_with_rm_refuses_the_update_before_anything_changes(docker_client, engine_resources, images):
+    client, res = docker_client, engine_resources
+    db = create(client, res, images["v1"], "db")
+    create(client, res, images["v1"], "sidecar", network_mode=f"container:{db}", auto_remove=True)
     before = {c["Id"]: c["State"] for c in res.containers()}
 
     with pytest.raises(DependentsError) as caught:
         swap_containers(DockerEngine(client), images["v1"], images["v2"], grace=1, log=print)
 
     assert caught.value.exit_code == 28
-    message = str(caught.value)
-    assert message.startswith("containers depend on one this update would recreate: ")
-    for suffix, option in (("net", "--network"), ("ipc", "--ipc"), ("link", "--link"), ("vols", "--volumes-from")):
-        assert f"{res.name(suffix)} ({option} {res.name('db')})" in message
+    assert str(caught.value) == (f"container {res.name('sidecar')} depends on one this update recreates and runs with "
+                                 "--rm, so it cannot be recreated; remove it first (and run it again after the update)")
     assert {c["Id"]: c["State"] for c in res.containers()} == before
 
 
@@ -142,7 +165,25 @@ def test_dry_run_shows_every_container_its_state_and_the_order(docker_client, en
 
     assert [(p.name, p.state) for p in plans] == [(res.name("first"), "paused"), (res.name("second"), "created")]
     assert lines[0].startswith(f"1/2 {res.name('first')}: would stop {first[:12]} (paused) and rename it ")
-    assert "; pause it;" in lines[0] and lines[0].endswith("dependents: none")
+    assert "; pause it;" in lines[0] and lines[0].endswith("remove the old ones (volumes kept)")
     assert lines[1].startswith(f"2/2 {res.name('second')}: would rename ") and "(created)" in lines[1]
     assert len(lines) == 2
     assert state(client, res.name("first")) == (first, images["v1"], "paused")
+
+
+def test_a_failure_after_a_dependent_was_recreated_puts_it_back_once_its_dependency_runs_again(
+        docker_client, engine_resources, images):
+    client, res = docker_client, engine_resources
+    other = res.build("other", base=images["v1"])
+    db = create(client, res, images["v1"], "db")
+    ids = {"db": db, "net": create(client, res, other, "net", network_mode=f"container:{db}"),
+           "failing": create(client, res, images["v1"], "failing", healthcheck=ON_V1_ONLY)}
+
+    with pytest.raises(SwapFailedRolledBack, match=f"rolled back too: {res.name('db')}, {res.name('net')} "):
+        swap_containers(DockerEngine(client), images["v1"], images["v2"], grace=1, log=print)
+
+    assert {s: state(client, res.name(s)) for s in ids} == {
+        "db": (db, images["v1"], "running"), "net": (ids["net"], other, "running"),
+        "failing": (ids["failing"], images["v1"], "running")}
+    assert client.api.inspect_container(ids["net"])["HostConfig"]["NetworkMode"] == f"container:{db}"
+    assert len(res.containers()) == 3

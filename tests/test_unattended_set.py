@@ -1,12 +1,13 @@
 """An unattended apply of one bundle to several containers, through the command line on the real
 engine: a later failure rolls the whole set back and the journal, ``status`` and the JSON log say
-so; dependents refuse the run before the image is loaded; a ``--rm`` container is reported before
-the image is loaded and left alone."""
+so; a dependent joins the set (or, run with ``--rm``, refuses the run before the image is loaded); a
+``--rm`` container is reported before the image is loaded and left alone."""
 
 from __future__ import annotations
 
 import json
 
+from deltaimg.apply.journal import Journal
 from deltaimg.errors import DependentsError, SwapFailedRolledBack
 from tests.conftest import run_cli
 from tests.engine_helpers import EngineResources
@@ -50,21 +51,40 @@ def test_a_later_container_failing_rolls_the_whole_update_back_and_status_says_w
     assert f"rolled back too: {res.name('first')}" in last["message"]
 
 
-def test_a_dependent_container_refuses_the_run_before_the_image_is_loaded(app, engine_resources, keypair, state_dir):
+def test_a_dependent_that_cannot_be_recreated_refuses_the_run_before_the_image_is_loaded(
+        app, engine_resources, keypair, state_dir):
+    app.host_has("1")
+    res = engine_resources
+    db = create(app, res, "db")
+    create(app, res, "sidecar", network_mode=f"container:{db}", auto_remove=True)
+
+    refused = apply(app.bundles["1", "2"], "--trust", keypair[1])
+
+    assert refused.returncode == DependentsError.exit_code == 28
+    assert refused.stderr == (f"deltaimg: error: container {res.name('sidecar')} depends on one this update recreates "
+                              "and runs with --rm, so it cannot be recreated; remove it first (and run it again after "
+                              "the update)\n")
+    assert not app.in_engine("2") and attempts(state_dir) == []
+    assert app.client.api.inspect_container(db)["State"]["Running"]
+
+
+def test_a_sidecar_on_the_same_image_is_swapped_after_the_container_whose_network_it_shares(
+        app, engine_resources, keypair, state_dir):
     app.host_has("1")
     res = engine_resources
     db = create(app, res, "db")
     create(app, res, "sidecar", network_mode=f"container:{db}")
 
-    refused = apply(app.bundles["1", "2"], "--trust", keypair[1])
+    done = apply(app.bundles["1", "2"], "--trust", keypair[1])
 
-    assert refused.returncode == DependentsError.exit_code == 28
-    assert refused.stderr == (f"deltaimg: error: containers depend on one this update would recreate: "
-                              f"{res.name('sidecar')} (--network {res.name('db')}); deltaimg does not recreate them "
-                              "yet: remove them first (and run them again after the update), or leave their "
-                              "container out with --container\n")
-    assert not app.in_engine("2") and attempts(state_dir) == []
-    assert app.client.api.inspect_container(db)["State"]["Running"]
+    assert done.returncode == 0, done.stderr
+    new_db = app.client.api.inspect_container(res.name("db"))
+    sidecar = app.client.api.inspect_container(res.name("sidecar"))
+    assert (new_db["Image"], sidecar["Image"]) == (app.ids["2"], app.ids["2"])
+    assert sidecar["HostConfig"]["NetworkMode"] == f"container:{new_db['Id']}" and sidecar["State"]["Running"]
+    [attempt] = Journal(f"{state_dir}/journal.jsonl").attempts()
+    assert [(c["name"], c["image"]) for c in attempt.containers] == [(res.name("db"), app.ids["2"]),
+                                                                     (res.name("sidecar"), app.ids["2"])]
 
 
 def test_an_rm_container_is_reported_before_the_load_and_left_alone(app, engine_resources, keypair, state_dir):

@@ -1,15 +1,12 @@
 """Working out a swap before any container is touched: which containers, in which state, in which
-order, with which create body; and what refuses the whole update or leaves one container out.
+order, with which create body; and what leaves one container out.
 
 Checked for the whole set before anything changes (:func:`survey`, which the unattended apply
 runs before it loads the image):
 
 - a container run with ``--rm`` is left out alone and reported (stopping it would delete it);
-- a container that shares a swapped container's network or IPC namespace (``--network
-  container:X``, ``--ipc container:X``), links to it (``--link X``) or takes its volumes
-  (``--volumes-from X``) would be left pointing at a container that is gone: the update is refused
-  with :class:`DependentsError`, naming them, whatever image they run (recreating them is not done
-  yet). So no swapped container depends on another, and the set is swapped oldest first.
+- the containers that depend on one of the set (:mod:`deltaimg.apply.dependents`) join it, to be
+  recreated on their own image; the set is swapped dependencies first, else oldest first.
 """
 
 from __future__ import annotations
@@ -20,7 +17,8 @@ import datetime
 from deltaimg.apply.chain import parse_time
 from deltaimg.apply.recreate import create_body
 from deltaimg.engine.interface import Engine
-from deltaimg.errors import DependentsError, ImageReadError, UsageError, printable
+from deltaimg.apply.dependents import describe_links, find_dependents, in_order, name_references
+from deltaimg.errors import ImageReadError, UsageError, printable
 
 SIDE_SUFFIX = "-deltaimg-old"
 DEFAULT_STOP_TIMEOUT = 10  # seconds; the engine's own default
@@ -41,6 +39,7 @@ class SwapResult:
     networks: dict[str, dict] = dataclasses.field(default_factory=dict)  # further networks: name -> EndpointConfig
     stop_timeout: int = DEFAULT_STOP_TIMEOUT
     paused: bool = False  # the old container was paused: the new one is paused once it passed its check
+    depends_on: list[str] = dataclasses.field(default_factory=list)  # "X (--network)": in the set, for the dry run
 
     @property
     def state(self) -> str:
@@ -50,17 +49,23 @@ class SwapResult:
 
 @dataclasses.dataclass
 class Survey:
-    """The containers an update swaps (inspect data, oldest first) and those it leaves out, with why."""
+    """The containers an update swaps (inspect data, in swap order), which of them are dependents
+    (recreated on their own image), and those it leaves out, with why."""
 
-    targets: list[dict]
+    ordered: list[dict]
+    dependents: set[str] = dataclasses.field(default_factory=set)  # container IDs
     skipped: list[dict] = dataclasses.field(default_factory=list)  # [{"name", "reason"}]
+
+    def names(self) -> dict[str, str]:
+        """ID -> name of every container of the set."""
+        return {info["Id"]: _name(info) for info in self.ordered}
 
 
 def survey(engine: Engine, image_id: str, names: list[str] | None) -> Survey:
     """The containers to swap from ``image_id`` (all, or those in ``names``), checked as a set.
 
     Raises :class:`UsageError` for a named container that is missing or on another image, and
-    :class:`DependentsError` when a container outside the swap depends on one in it."""
+    :class:`DependentsError` for a dependent that cannot be recreated."""
     if names is None:
         refs = [c["Id"] for c in engine.containers() if c.get("ImageID") == image_id]
     else:
@@ -74,54 +79,22 @@ def survey(engine: Engine, image_id: str, names: list[str] | None) -> Survey:
             raise UsageError(f"container {printable(_name(info))} runs image {short(info['Image'])}, not {short(image_id)}; "
                              "leave it out of the names")
         found.append(info)
-    result = Survey([])
-    for info in sorted(found, key=_age):
+    targets, skipped = [], []
+    for info in found:
         if info["HostConfig"].get("AutoRemove"):
-            result.skipped.append({"name": _name(info), "reason": "it runs with --rm, so stopping it deletes it; "
-                                                                  "recreate it by hand"})
+            skipped.append({"name": _name(info), "reason": "it runs with --rm, so stopping it deletes it; "
+                                                           "recreate it by hand"})
         else:
-            result.targets.append(info)
-    _refuse_dependents(engine, result.targets)
-    return result
+            targets.append(info)
+    dependents = find_dependents(engine, targets)
+    ordered = in_order(targets + dependents, key=_age)
+    return Survey(ordered, {info["Id"] for info in dependents}, sorted(skipped, key=lambda s: s["name"]))
 
 
-def _refuse_dependents(engine: Engine, targets: list[dict]) -> None:
-    by_id = {info["Id"]: _name(info) for info in targets}
-    by_name = {name: name for name in by_id.values()}
-    found = []
-    for listed in engine.containers():
-        info = engine.inspect_container(listed["Id"])
-        if info is None:
-            continue
-        for kind, ref in dependencies(info):
-            on = by_id.get(ref) or by_name.get(ref)
-            if on is not None:
-                found.append(printable(f"{_name(info)} ({kind} {on})"))
-    if found:
-        raise DependentsError(f"containers depend on one this update would recreate: {', '.join(found)}; "
-                              "deltaimg does not recreate them yet: remove them first (and run them again "
-                              "after the update), or leave their container out with --container")
-
-
-def dependencies(info: dict) -> list[tuple[str, str]]:
-    """(kind, container ID or name) of every other container ``info`` depends on: the option it was
-    run with (``--network container:``, ``--ipc container:``, ``--link``, ``--volumes-from``) and the
-    container as the engine records it (an ID for namespaces, a name for links and volumes)."""
-    host = info.get("HostConfig") or {}
-    found = []
-    for option, key in (("--network", "NetworkMode"), ("--ipc", "IpcMode"), ("--pid", "PidMode")):
-        mode = host.get(key) or ""
-        if mode.startswith("container:"):
-            found.append((option, mode.removeprefix("container:")))
-    for link in host.get("Links") or []:  # "/target:/name/alias"
-        found.append(("--link", link.split(":", 1)[0].lstrip("/")))
-    for source in host.get("VolumesFrom") or []:  # "name[:ro|rw]"
-        found.append(("--volumes-from", source.split(":", 1)[0]))
-    return found
-
-
-def plan(engine: Engine, info: dict, base_image: dict, target_image: dict, target_tags: list[str]) -> SwapResult:
-    """Check one container can be swapped and work out its create body."""
+def plan(engine: Engine, info: dict, base_image: dict, target_image: dict, target_tags: list[str],
+         set_names: dict[str, str]) -> SwapResult:
+    """Check one container can be swapped and work out its create body; ``set_names`` (ID -> name)
+    are the containers of the update, which the body names rather than by their old IDs."""
     name = _name(info)
     side = name + SIDE_SUFFIX
     if name.endswith(SIDE_SUFFIX):
@@ -134,6 +107,7 @@ def plan(engine: Engine, info: dict, base_image: dict, target_image: dict, targe
         raise UsageError(f"a container named {printable(side)} already exists; remove or rename it first")
     ref = image_ref(engine, info["Config"].get("Image", ""), target_image["Id"], target_tags)
     config, others = create_body(info, base_image.get("Config") or {}, ref)
+    config["HostConfig"] = name_references(config["HostConfig"], set_names)
     state = info["State"]
     return SwapResult(
         name=name,
@@ -145,6 +119,7 @@ def plan(engine: Engine, info: dict, base_image: dict, target_image: dict, targe
         config=config,
         networks=others,
         stop_timeout=info["Config"].get("StopTimeout") or DEFAULT_STOP_TIMEOUT,
+        depends_on=describe_links(info, set_names),
     )
 
 
@@ -184,7 +159,8 @@ def describe(plan: SwapResult, grace: float, position: int, count: int) -> str:
         f"{position}/{count} {plan.name}: {first}, "
         f"create {plan.name} on {config['Image']} keeping {', '.join(kept) or 'no Config overrides'}, "
         f"mounts {' '.join(mounts) or 'none'}, networks {' '.join(networks) or 'none'}; {after}; "
-        "once every container is ready, remove the old ones (volumes kept); dependents: none"
+        "once every container is ready, remove the old ones (volumes kept)"
+        + (f"; after {', '.join(plan.depends_on)}, which it depends on" if plan.depends_on else "")
     )
 
 

@@ -11,7 +11,8 @@ whose swap had begun and not finished:
   aside, as the swap removes old containers only once all are ready): remove the new container if
   one was created (found by the container's name, and only if it runs the bundle's target image:
   nothing else is ours to remove), give the old one its name back, and start it if it was running
-  before (and pause it again if it was paused).
+  before (and pause it again if it was paused). Containers are put back newest first, and started
+  again oldest first, in the update's order (dependencies first).
 
 No volume the old container mounts is removed (``v=False``): its anonymous volumes are the ones
 the new container had reattached. A new container that is removed takes with it only the
@@ -45,10 +46,14 @@ def recover(engine: Engine, journal: Journal, outcome: Outcome) -> None:
         target_id = attempt.begin.get("to", {}).get("image_id", "")
         actions = []
         forward = _all_ready(attempt)
-        for container in reversed(_touched(attempt)):
-            actions.append(_settle(engine, container, attempt, target_id, forward))
+        touched = _touched(attempt)
+        for container in reversed(touched):  # newest first, then their states oldest first: dependencies first
+            actions.append(_settle(engine, container, attempt, container.get("image") or target_id, forward))
             faults.killpoint("recover")
         actions.reverse()
+        for container, action in zip(touched, actions):
+            if action["action"] == "rolled-back":
+                _restore(engine, container, attempt)
         record = journal.append({"type": "recovered", "id": attempt.id, "outcome": "recovered",
                                  "bundle": attempt.begin.get("bundle"), "from": attempt.begin.get("from"),
                                  "to": attempt.begin.get("to"), "containers": actions})
@@ -75,8 +80,6 @@ def _all_ready(attempt: Attempt) -> bool:
 
 def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str, forward: bool) -> dict:
     name, old_id = str(container.get("name")), str(container.get("old_container"))
-    by_hand = (f"by hand: keep one container named {name} (docker ps -a --filter name={name}), "
-               f"docker rm the other, docker rename it to {name} if needed and docker start it")
     try:
         old = engine.inspect_container(old_id)
         holder = engine.inspect_container(name)
@@ -85,7 +88,7 @@ def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str, f
         new = holder if holder is not None and holder["Id"] != old_id else None
         if new is not None and new["Image"] != target_id:
             raise RecoveryError(f"{name}: an interrupted update left its old container as {name}{SIDE_SUFFIX}, and the "
-                                f"container now named {name} is not on the update's image; {by_hand}")
+                                f"container now named {name} is not on the update's image; {by_hand(name)}")
         if old is None:
             if new is None:
                 raise RecoveryError(f"{name}: an interrupted update left neither the old container {old_id[:12]} nor a "
@@ -98,14 +101,28 @@ def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str, f
             remove_new_container(engine, new["Id"], old_id)
         if old["Name"].lstrip("/") != name:
             engine.rename(old_id, name)
-        if container.get("started") and not old["State"].get("Running"):
-            engine.start(old_id)
-        if container.get("paused"):
-            pause_if_running(engine, old_id)
         return {"name": name, "action": "rolled-back", "container": old_id, "image": old["Image"]}
     except EngineError as exc:
         raise RecoveryError(f"{name}: cannot settle the update interrupted at {attempt.begin.get('time')} "
-                            f"({exc.reason}); {by_hand}") from None
+                            f"({exc.reason}); {by_hand(name)}") from None
+
+
+def _restore(engine: Engine, container: dict, attempt: Attempt) -> None:
+    """Start a rolled-back old container again if it ran, and pause it if it was paused."""
+    name, old_id = str(container.get("name")), str(container.get("old_container"))
+    try:
+        if container.get("started") and not (engine.inspect_container(old_id) or {}).get("State", {}).get("Running"):
+            engine.start(old_id)
+        if container.get("paused"):
+            pause_if_running(engine, old_id)
+    except EngineError as exc:
+        raise RecoveryError(f"{name}: cannot start the old container again after the update interrupted at "
+                            f"{attempt.begin.get('time')} ({exc.reason}); {by_hand(name)}") from None
+
+
+def by_hand(name: str) -> str:
+    return (f"by hand: keep one container named {name} (docker ps -a --filter name={name}), "
+            f"docker rm the other, docker rename it to {name} if needed and docker start it")
 
 
 def _describe(attempt: Attempt, actions: list[dict]) -> str:

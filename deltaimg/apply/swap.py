@@ -2,7 +2,7 @@
 recreate is the model).
 
 The set is surveyed and planned first (:mod:`deltaimg.apply.plan`: ``--rm`` containers left out,
-dependents refused). Then each container in turn is renamed aside, recreated from
+dependents joined, recreated on their own image after what they depend on). Then each container in turn is renamed aside, recreated from
 :func:`deltaimg.apply.recreate.create_body`, started and waited on until it runs (and is
 healthy, when it has a healthcheck), and put back in its state: running stays running, paused
 is paused again, exited or created is created and not started. The old containers stay aside,
@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 
 from deltaimg.apply.plan import SIDE_SUFFIX, SwapResult, describe, find_image, plan, short, survey
 from deltaimg.apply.readiness import wait_ready
-from deltaimg.apply.rollback import by_hand, pause_if_running, roll_back_ready, roll_back_swap
+from deltaimg.apply.rollback import by_hand, pause_if_running, restore_state, undo_ready, undo_swap
 from deltaimg.engine.interface import Engine
 from deltaimg.errors import EngineError, SwapFailedNotRolledBack, SwapFailedRolledBack, UsageError, printable
 
@@ -61,7 +61,8 @@ def swap_containers(
     observer: SwapObserver | None = None,
 ) -> list[SwapResult]:
     """Recreate the containers of ``base_image_id`` (all of them, or those in ``names``) on
-    ``target_image_id``, created from one of ``target_tags`` (the bundle's) where one names it.
+    ``target_image_id``, created from one of ``target_tags`` (the bundle's) where one names it,
+    and their dependents on their own images.
 
     Everything is checked and planned before any container is touched. A failure rolls every
     container of the update back and raises :class:`SwapFailedRolledBack`
@@ -74,7 +75,14 @@ def swap_containers(
     found = survey(engine, base_image["Id"], names)
     for skipped in found.skipped:
         log(printable(f"{skipped['name']}: skipped: {skipped['reason']}"))
-    plans = [plan(engine, info, base_image, target_image, target_tags or []) for info in found.targets]
+    set_names = found.names()
+    plans = []
+    for info in found.ordered:
+        if info["Id"] in found.dependents:  # recreated on the image it runs
+            own = find_image(engine, info["Image"], f"container {printable(set_names[info['Id']])}'s")
+            plans.append(plan(engine, info, own, own, [], set_names))
+        else:
+            plans.append(plan(engine, info, base_image, target_image, target_tags or [], set_names))
     if not plans:
         log(f"no container to swap uses image {short(base_image['Id'])}; nothing to swap")
     if dry_run:
@@ -87,14 +95,23 @@ def swap_containers(
     try:
         for planned in plans:
             ready.append(_swap_one(engine, planned, grace, log, observer))
-    except (SwapFailedRolledBack, SwapFailedNotRolledBack) as exc:
-        raise _roll_back_set(engine, ready, exc, log, observer) from None
-    except KeyboardInterrupt:
-        _roll_back_set(engine, ready, SwapFailedRolledBack("interrupted"), log, observer)
+    except _Failed as failed:
+        raise _roll_back_set(engine, ready, failed, log, observer) from None
+    except KeyboardInterrupt:  # between two containers
+        _roll_back_set(engine, ready, None, log, observer)
         raise
     for result in ready:
         _remove_old(engine, result, log, observer)
     return ready
+
+
+class _Failed(Exception):
+    """One container's swap failed; its own steps are undone (``failures``: what could not be), its
+    old container's state is not put back yet."""
+
+    def __init__(self, plan: SwapResult, reason: str, failures: list[str]) -> None:
+        super().__init__(reason)
+        self.plan, self.reason, self.failures = plan, reason, failures
 
 
 def _swap_one(
@@ -137,36 +154,36 @@ def _swap_one(
     except (Exception, KeyboardInterrupt) as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _reason(exc)
         log(printable(f"{name}: failed ({reason}); rolling back"))
-        failures = roll_back_swap(engine, plan, new_id, renamed, stopping)
-        if failures:
-            raise SwapFailedNotRolledBack(printable(
-                f"{name}: swap failed ({reason}) and the rollback failed too ({'; '.join(failures)}); "
-                f"by hand: {by_hand(name, old_id)}"))
-        observer.step(plan, "rolled-back")
-        raise SwapFailedRolledBack(printable(f"{name}: swap failed ({reason}); the old container is back ({plan.state})"))
+        raise _Failed(plan, reason, undo_swap(engine, plan, new_id, renamed, stopping)) from None
     return dataclasses.replace(plan, new_container_id=new_id)
 
 
-def _roll_back_set(engine: Engine, ready: list[SwapResult], failure: SwapFailedRolledBack | SwapFailedNotRolledBack, log: Callable[[str], None],
+def _roll_back_set(engine: Engine, ready: list[SwapResult], failed: _Failed | None, log: Callable[[str], None],
                    observer: SwapObserver) -> SwapFailedRolledBack | SwapFailedNotRolledBack:
-    """Put back every container swapped before the one that failed, newest first; the error to raise."""
-    failed = []
+    """Put back the container that failed and every one swapped before it: undo newest first, then
+    restore the old containers' states in swap order (dependencies first). The error to raise."""
+    failures: dict[str, list[str]] = {failed.plan.name: list(failed.failures)} if failed else {}
     for result in reversed(ready):
         log(printable(f"{result.name}: rolling back (a later container of the update failed)"))
-        failures = roll_back_ready(engine, result)
-        if failures:
-            failed.append(printable(f"{result.name}: {'; '.join(failures)}; by hand: "
-                                    f"{by_hand(result.name, result.old_container_id)}"))
-        else:
-            observer.step(result, "rolled-back")
-    if not ready:
-        return failure
-    names = printable(", ".join(r.name for r in ready))
-    if failed or isinstance(failure, SwapFailedNotRolledBack):
-        return SwapFailedNotRolledBack(f"{failure}; rolling back the containers swapped before it ({names}) "
-                                       + (f"failed too: {' | '.join(failed)}" if failed else "went through"))
-    return SwapFailedRolledBack(f"{failure}; rolled back too: {names} (every container of the update is on its old "
-                                "container again)")
+        failures[result.name] = undo_ready(engine, result)
+    back = ready + ([failed.plan] if failed else [])
+    for old in back:
+        failures[old.name] += restore_state(engine, old)
+        if not failures[old.name]:
+            observer.step(old, "rolled-back")
+    if failed is None:
+        return SwapFailedRolledBack("interrupted")
+    too = printable(", ".join(r.name for r in ready))
+    if any(failures.values()):
+        broken = " | ".join(printable(f"{name}: {'; '.join(f)}; by hand: {by_hand(name, old_id)}")
+                            for name, f, old_id in ((p.name, failures[p.name], p.old_container_id) for p in back)
+                            if f)
+        return SwapFailedNotRolledBack(printable(f"{failed.plan.name}: swap failed ({failed.reason}) and the rollback "
+                                                 f"failed too ({broken})"))
+    message = f"{failed.plan.name}: swap failed ({failed.reason}); the old container is back ({failed.plan.state})"
+    if ready:
+        message += f"; rolled back too: {too} (every container of the update is on its old container again)"
+    return SwapFailedRolledBack(printable(message))
 
 
 def _remove_old(engine: Engine, result: SwapResult, log: Callable[[str], None], observer: SwapObserver) -> None:

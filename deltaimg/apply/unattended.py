@@ -321,7 +321,7 @@ class _Run:
                 raise KeyboardInterrupt from None  # stopped, not failed: the next run's recovery confirms
             failed = "rolled-back" if isinstance(exc, SwapFailedRolledBack) else "failed"
             self.journal.append({"type": "end", "id": attempt, "outcome": failed, "message": str(exc), "loaded": None,
-                                 "containers": recorder.swapped + recorder.rolled_back[::-1], **summary})
+                                 "containers": recorder.swapped + recorder.rolled_back, **summary})
             raise
         swapped = [_swap_record(result) for result in outcome.swapped]
         self.journal.append({"type": "end", "id": attempt, "outcome": "applied", "loaded": outcome.loaded,
@@ -347,11 +347,11 @@ class _Recorder:
         self.journal = journal
         self.attempt = attempt
         self.swapped: list[dict] = []
-        self.rolled_back: list[dict] = []  # newest first, as the rollback goes
+        self.rolled_back: list[dict] = []  # in swap order, as the rollback restores them
 
     def planned(self, plans: list[SwapResult]) -> None:
         containers = [{"name": p.name, "old_container": p.old_container_id, "started": p.started, "paused": p.paused,
-                       "state": p.state} for p in plans]
+                       "state": p.state, "image": p.target_image_id} for p in plans]
         self.journal.append({"type": "swap", "id": self.attempt, "containers": containers})
 
     def step(self, plan: SwapResult, step: str) -> None:
