@@ -131,8 +131,8 @@ class RecoveryError(DeltaimgError):
 
 
 class DependentsError(DeltaimgError):
-    """Other containers depend on one the update would recreate (its network, IPC or PID namespace,
-    a link, its volumes); nothing was changed."""
+    """A container that cannot be recreated (it runs with --rm) depends on one the update recreates
+    (its network, IPC or PID namespace, a link, its volumes); nothing was changed."""
 
     exit_code = 28
 
