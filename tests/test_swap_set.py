@@ -123,6 +123,8 @@ def test_dependents_are_recreated_after_what_they_depend_on_on_their_own_image_p
            "net": create(client, res, other, "net", network_mode=f"container:{db}"),
            "ipc": create(client, res, other, "ipc", ipc_mode=f"container:{res.name('db')}"),
            "vols": create(client, res, other, "vols", volumes_from=[res.name("db")])}
+    planned: list[str] = []
+    swap_containers(DockerEngine(client), images["v1"], images["v2"], grace=1, dry_run=True, log=planned.append)
 
     results = swap_containers(DockerEngine(client), images["v1"], images["v2"], grace=1, log=print)
 
@@ -137,6 +139,11 @@ def test_dependents_are_recreated_after_what_they_depend_on_on_their_own_image_p
     assert run(client, new["vols"]["Id"], "cat /data/blob") == "kept\n"
     assert run(client, new["net"]["Id"], "hostname") == run(client, new_db, "hostname")  # one UTS/network namespace
     assert len(res.containers()) == 5
+    assert [line.split(":", 1)[0] for line in planned] == [f"{n}/5 {res.name(s)}" for n, s in enumerate(
+        ("db", "link", "net", "ipc", "vols"), 1)]
+    assert planned[0].endswith("remove the old ones (volumes kept)")
+    assert planned[2].endswith(f"; after {res.name('db')} (--network), which it depends on")
+    assert planned[3].endswith(f"; after {res.name('db')} (--ipc), which it depends on")
 
 
 def test_a_dependent_run_with_rm_refuses_the_update_before_anything_changes(docker_client, engine_resources, images):

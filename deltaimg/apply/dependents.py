@@ -85,9 +85,14 @@ def name_references(host: dict, names: dict[str, str]) -> dict:
         if mode.startswith("container:") and mode.removeprefix("container:") in names:
             host[key] = "container:" + names[mode.removeprefix("container:")]
     if host.get("VolumesFrom"):
-        host["VolumesFrom"] = [names.get(v.split(":", 1)[0], v.split(":", 1)[0]) + v[len(v.split(":", 1)[0]):]
-                               for v in host["VolumesFrom"]]
+        host["VolumesFrom"] = [_by_name(source, names) for source in host["VolumesFrom"]]
     return host
+
+
+def _by_name(source: str, names: dict[str, str]) -> str:
+    """``<ID>[:ro]`` of a container of the set as ``<name>[:ro]``; anything else as it is."""
+    ref, colon, mode = source.partition(":")
+    return names.get(ref, ref) + colon + mode
 
 
 def describe_links(info: dict, set_names: dict[str, str]) -> list[str]:
