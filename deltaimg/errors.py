@@ -141,6 +141,13 @@ class RecoveryError(DeltaimgError):
     exit_code = 27
 
 
+class DependentsError(DeltaimgError):
+    """A container that cannot be recreated (it runs with --rm) depends on one the update recreates
+    (its network, IPC or PID namespace, a link, its volumes); nothing was changed."""
+
+    exit_code = 28
+
+
 def printable(message: object) -> str:
     """``message`` as one line of printable text. An error may quote what an input holds (a name in
     an archive's manifest.json, a key id): newlines and terminal escapes in it are shown escaped."""

@@ -196,7 +196,7 @@ def test_dry_run_changes_nothing(docker_client, engine_resources, images):
 
     assert [(r.name, r.new_container_id, r.started) for r in results] == [(res.name("app"), None, True)]
     assert results[0].config["Image"] == images["v2"]
-    assert len(lines) == 1 and lines[0].startswith(f"{res.name('app')}: would stop")
+    assert len(lines) == 1 and lines[0].startswith(f"1/1 {res.name('app')}: would stop {app[:12]} (running)")
     after = client.api.inspect_container(app)
     assert after["Image"] == images["v1"] and after["State"] == before["State"]
     assert [c["Id"] for c in res.containers()] == [app]

@@ -97,7 +97,8 @@ def apply_to_engine(bundle: Bundle, engine: Engine, *, containers: list[str] | N
             log("then every container on the base image would be swapped onto it")
         else:
             outcome.swapped = swap.swap_containers(engine, rebuild.base_id, rebuild.target_id, names=containers,
-                                                   grace=grace, dry_run=dry_run, log=log, observer=observer)
+                                                   target_tags=rebuild.target_tags, grace=grace, dry_run=dry_run,
+                                                   log=log, observer=observer)
     return outcome
 
 

@@ -1,14 +1,18 @@
 """Putting the host back in order after a run that was killed (power cut, ``kill -9``, OOM).
 
-Every run starts here, holding the lock, before it looks at any bundle. For each attempt the
-journal shows as begun and never closed, every container whose swap had begun and not finished
-is settled by one deterministic rule, from what the journal says and what the engine shows:
+Every run starts here, holding the lock, before it looks at any bundle. An update is all or
+nothing, and so is its recovery: for each attempt the journal shows as begun and never closed,
+one rule, from what the journal says and what the engine shows, settles every container of it
+whose swap had begun and not finished:
 
-- the new container had passed its check (``ready``): roll forward, remove the old container
-  (it sits under ``<name>-deltaimg-old``) if it is still there;
-- otherwise roll back: remove the new container if one was created (found by the container's
-  name, and only if it runs the bundle's target image: nothing else is ours to remove), give the
-  old one its name back, and start it if it was running before.
+- every container of the update had passed its check (``ready``): roll forward, remove each old
+  container (it sits under ``<name>-deltaimg-old``) if it is still there;
+- otherwise roll every one of them back, those that were ready too (their old container is still
+  aside, as the swap removes old containers only once all are ready): remove the new container if
+  one was created (found by the container's name, and only if it runs the bundle's target image:
+  nothing else is ours to remove), give the old one its name back, and start it if it was running
+  before (and pause it again if it was paused). Containers are put back newest first, and started
+  again oldest first, in the update's order (dependencies first).
 
 No volume the old container mounts is removed (``v=False``): its anonymous volumes are the ones
 the new container had reattached. A new container that is removed takes with it only the
@@ -25,7 +29,8 @@ from typing import Callable
 
 from deltaimg import faults
 from deltaimg.apply.journal import Attempt, Journal
-from deltaimg.apply.swap import SIDE_SUFFIX, remove_new_container
+from deltaimg.apply.plan import SIDE_SUFFIX
+from deltaimg.apply.rollback import pause_if_running, remove_new_container
 from deltaimg.bundle.manifest import image_name
 from deltaimg.engine.interface import Engine
 from deltaimg.errors import EngineError, RecoveryError
@@ -40,9 +45,15 @@ def recover(engine: Engine, journal: Journal, outcome: Outcome) -> None:
             continue
         target_id = attempt.begin.get("to", {}).get("image_id", "")
         actions = []
-        for container in _touched(attempt):
-            actions.append(_settle(engine, container, attempt, target_id))
+        forward = _all_ready(attempt)
+        touched = _touched(attempt)
+        for container in reversed(touched):  # newest first, then their states oldest first: dependencies first
+            actions.append(_settle(engine, container, attempt, container.get("image") or target_id, forward))
             faults.killpoint("recover")
+        actions.reverse()
+        for container, action in zip(touched, actions):
+            if action["action"] == "rolled-back":
+                _restore(engine, container, attempt)
         record = journal.append({"type": "recovered", "id": attempt.id, "outcome": "recovered",
                                  "bundle": attempt.begin.get("bundle"), "from": attempt.begin.get("from"),
                                  "to": attempt.begin.get("to"), "containers": actions})
@@ -61,11 +72,14 @@ def _touched(attempt: Attempt) -> list[dict]:
     return touched
 
 
-def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str) -> dict:
+def _all_ready(attempt: Attempt) -> bool:
+    """Whether every container of the attempt passed its check and none was rolled back since."""
+    steps = [attempt.steps.get(str(c.get("name")), set()) for c in attempt.containers]
+    return all(("ready" in s or "done" in s) and "rolled-back" not in s for s in steps)
+
+
+def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str, forward: bool) -> dict:
     name, old_id = str(container.get("name")), str(container.get("old_container"))
-    ready = "ready" in attempt.steps.get(name, set())
-    by_hand = (f"by hand: keep one container named {name} (docker ps -a --filter name={name}), "
-               f"docker rm the other, docker rename it to {name} if needed and docker start it")
     try:
         old = engine.inspect_container(old_id)
         holder = engine.inspect_container(name)
@@ -74,25 +88,41 @@ def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str) -
         new = holder if holder is not None and holder["Id"] != old_id else None
         if new is not None and new["Image"] != target_id:
             raise RecoveryError(f"{name}: an interrupted update left its old container as {name}{SIDE_SUFFIX}, and the "
-                                f"container now named {name} is not on the update's image; {by_hand}")
+                                f"container now named {name} is not on the update's image; {by_hand(name)}")
         if old is None:
             if new is None:
                 raise RecoveryError(f"{name}: an interrupted update left neither the old container {old_id[:12]} nor a "
                                     f"new one; recreate {name} by hand")
             return {"name": name, "action": "rolled-forward", "container": new["Id"], "image": new["Image"]}
-        if ready and new is not None:
+        if forward and new is not None:
             engine.remove_container(old_id, force=True)
             return {"name": name, "action": "rolled-forward", "container": new["Id"], "image": new["Image"]}
         if new is not None:
             remove_new_container(engine, new["Id"], old_id)
         if old["Name"].lstrip("/") != name:
             engine.rename(old_id, name)
-        if container.get("started") and not old["State"].get("Running"):
-            engine.start(old_id)
         return {"name": name, "action": "rolled-back", "container": old_id, "image": old["Image"]}
     except EngineError as exc:
         raise RecoveryError(f"{name}: cannot settle the update interrupted at {attempt.begin.get('time')} "
-                            f"({exc.reason}); {by_hand}") from None
+                            f"({exc.reason}); {by_hand(name)}") from None
+
+
+def _restore(engine: Engine, container: dict, attempt: Attempt) -> None:
+    """Start a rolled-back old container again if it ran, and pause it if it was paused."""
+    name, old_id = str(container.get("name")), str(container.get("old_container"))
+    try:
+        if container.get("started") and not (engine.inspect_container(old_id) or {}).get("State", {}).get("Running"):
+            engine.start(old_id)
+        if container.get("paused"):
+            pause_if_running(engine, old_id)
+    except EngineError as exc:
+        raise RecoveryError(f"{name}: cannot start the old container again after the update interrupted at "
+                            f"{attempt.begin.get('time')} ({exc.reason}); {by_hand(name)}") from None
+
+
+def by_hand(name: str) -> str:
+    return (f"by hand: keep one container named {name} (docker ps -a --filter name={name}), "
+            f"docker rm the other, docker rename it to {name} if needed and docker start it")
 
 
 def _describe(attempt: Attempt, actions: list[dict]) -> str:

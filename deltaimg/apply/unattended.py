@@ -54,10 +54,11 @@ from deltaimg.errors import (
     SwapFailedRolledBack,
     PartialChainError,
     UsageError,
+    printable,
 )
 from deltaimg.apply.journal import Journal, StateDir, new_id
 from deltaimg.apply.lock import RunLock
-from deltaimg.apply.swap import SwapResult
+from deltaimg.apply.plan import SwapResult, survey
 
 
 @dataclass
@@ -126,6 +127,7 @@ class _Run:
         self.engine = engine
         self.strict = strict
         self.termination = termination
+        self.skipped: dict[str, list[dict]] = {}  # bundle path -> containers left out of its swap, with why
 
     # -- the two ways through
 
@@ -233,6 +235,7 @@ class _Run:
 
     def _preflight(self, bundles: list[Bundle], rebuilds: dict[str, Rebuild]) -> None:
         """Refuse, before anything changes, what the run could not finish or should not do."""
+        self._survey(bundles, rebuilds)
         if not self.options.allow_downgrade:
             for bundle in bundles:
                 self._refuse_tag_downgrade(bundle, rebuilds[bundle.path])
@@ -244,6 +247,22 @@ class _Run:
             sizes.append(0 if loaded else rebuild_size(rebuild, shared_prefix(rebuild) if thin else 0))
         if any(sizes):
             diskspace.check(self.state.work_path, self.engine.data_root(), sizes, self.reporter.progress)
+
+    def _survey(self, bundles: list[Bundle], rebuilds: dict[str, Rebuild]) -> None:
+        """Check every set of containers to swap (dependents refuse the run) and say, before any image is
+        loaded, which containers will be left out and why."""
+        self.skipped = {}
+        if not self.options.swap:
+            return
+        for bundle in bundles:
+            base_id = rebuilds[bundle.path].base_id
+            if self.engine.find_image(base_id) is None:
+                continue  # made by a bundle before it in the chain: surveyed when its swap plans
+            found = survey(self.engine, base_id, self._names(base_id))
+            self.skipped[bundle.path] = found.skipped
+            for skipped in found.skipped:
+                self.reporter.progress(printable(f"{bundle.path}: container {skipped['name']} will be left on "
+                                                 f"{bundle.manifest.base.name}: {skipped['reason']}"))
 
     def _hold_back(self, bundles: list[Bundle]) -> tuple[list[Bundle], list[str]]:
         """Leave out each bundle whose last attempt was rolled back and the rest of its chain."""
@@ -272,7 +291,8 @@ class _Run:
     # -- applying
 
     def _apply_one(self, bundle: Bundle, rebuild: Rebuild) -> None:
-        names = _EngineHost(self.engine, self.options).containers_on(rebuild.base_id)
+        left_out = {skipped["name"] for skipped in self.skipped.get(bundle.path, [])}
+        names = [n for n in _EngineHost(self.engine, self.options).containers_on(rebuild.base_id) if n not in left_out]
         loaded = self.engine.find_image(rebuild.target_id) is not None
         if loaded and not names:
             self._outcome("already-applied", bundle, f"already applied: {bundle.manifest.target.name} is "
@@ -299,7 +319,7 @@ class _Run:
                 raise KeyboardInterrupt from None  # stopped, not failed: the next run's recovery confirms
             failed = "rolled-back" if isinstance(exc, SwapFailedRolledBack) else "failed"
             self.journal.append({"type": "end", "id": attempt, "outcome": failed, "message": str(exc), "loaded": None,
-                                 "containers": recorder.swapped, **summary})
+                                 "containers": recorder.swapped + recorder.rolled_back, **summary})
             raise
         swapped = [_swap_record(result) for result in outcome.swapped]
         self.journal.append({"type": "end", "id": attempt, "outcome": "applied", "loaded": outcome.loaded,
@@ -307,7 +327,8 @@ class _Run:
         done = f"swapped {', '.join(s['name'] for s in swapped)}" if swapped else "no container to swap"
         self._outcome("applied", bundle, f"applied: {bundle.manifest.base.name} -> "
                                          f"{bundle.manifest.target.name}; {done}",
-                      image_id=rebuild.target_id, loaded=outcome.loaded, containers=swapped)
+                      image_id=rebuild.target_id, loaded=outcome.loaded, containers=swapped,
+                      skipped_containers=self.skipped.get(bundle.path, []))
 
     def _outcome(self, event: str, bundle: Bundle, text: str, **extra: object) -> None:
         record = {"bundle": _bundle_record(bundle), "from": bundle.manifest.base.as_json(),
@@ -324,17 +345,22 @@ class _Recorder:
         self.journal = journal
         self.attempt = attempt
         self.swapped: list[dict] = []
+        self.rolled_back: list[dict] = []  # in swap order, as the rollback restores them
 
     def planned(self, plans: list[SwapResult]) -> None:
-        containers = [{"name": p.name, "old_container": p.old_container_id, "started": p.started} for p in plans]
+        containers = [{"name": p.name, "old_container": p.old_container_id, "started": p.started, "paused": p.paused,
+                       "state": p.state, "image": p.target_image_id} for p in plans]
         self.journal.append({"type": "swap", "id": self.attempt, "containers": containers})
 
     def step(self, plan: SwapResult, step: str) -> None:
-        recorded = {"begin": "begin", "ready": "ready", "removed": "done"}.get(step)
+        recorded = {"begin": "begin", "ready": "ready", "removed": "done", "rolled-back": "rolled-back"}.get(step)
         if recorded:
             self.journal.append({"type": "container", "id": self.attempt, "name": plan.name, "step": recorded})
         if step == "removed":
             self.swapped.append({"name": plan.name, "old_container": plan.old_container_id})
+        if step == "rolled-back":
+            self.rolled_back.append({"name": plan.name, "old_container": plan.old_container_id,
+                                     "action": "rolled-back"})
         if step in self.KILL_AFTER:
             faults.killpoint(self.KILL_AFTER[step])
 

@@ -319,6 +319,14 @@ class DockerEngine:
         with _engine_errors(f"cannot stop {container_id[:12]}"):
             self.client.api.stop(container_id, timeout=timeout)
 
+    def pause(self, container_id: str) -> None:
+        with _engine_errors(f"cannot pause {container_id[:12]}"):
+            self.client.api.pause(container_id)
+
+    def unpause(self, container_id: str) -> None:
+        with _engine_errors(f"cannot unpause {container_id[:12]}"):
+            self.client.api.unpause(container_id)
+
     def rename(self, container_id: str, name: str) -> None:
         with _engine_errors(f"cannot rename {container_id[:12]} to {name}"):
             self.client.api.rename(container_id, name)

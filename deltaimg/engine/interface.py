@@ -67,6 +67,10 @@ class Engine(Protocol):
 
     def rename(self, container_id: str, name: str) -> None: ...
 
+    def pause(self, container_id: str) -> None: ...
+
+    def unpause(self, container_id: str) -> None: ...
+
     def remove_container(self, container_id: str, force: bool = False) -> None:
         """Remove the container, never its volumes."""
 
