@@ -76,8 +76,10 @@ def code(base: bytes, base_start: int, target: bytes) -> list[Piece]:
     pieces = []
     for start, end, may_bsdiff in plan(target):
         lo, hi = base_region(len(base), start, end, len(target))
-        streams = choose_delta(base[lo:hi], target[start:end]) if may_bsdiff else None
-        pieces.append(Piece(start, end - start, base_start + lo, hi - lo, streams))
+        if not may_bsdiff:  # a run needs no reference: zstd codes it to almost nothing alone, and fast
+            pieces.append(Piece(start, end - start, base_start + lo, 0, None))
+            continue
+        pieces.append(Piece(start, end - start, base_start + lo, hi - lo, choose_delta(base[lo:hi], target[start:end])))
     return pieces
 
 
