@@ -141,6 +141,17 @@ def test_a_truncated_layer_tar(images, keypair, tmp_path):
     make_refused(images, str(edited_archive(images, tmp_path, truncate)), keypair, tmp_path, "")
 
 
+def test_a_layer_that_is_a_truncated_tar_with_a_matching_diff_id_is_named_by_its_index_and_diff_id(images, keypair, tmp_path):
+    base_layer = f.write_layer(tmp_path / "base.layer", f.complete_tree([f.file("etc/version", b"1\n")]))
+    whole = f.write_layer(tmp_path / "whole.layer", f.complete_tree([f.file("srv/app", b"app " * 900)]))
+    cut = tmp_path / "cut.layer"
+    cut.write_bytes(whole.path.read_bytes()[:3000])  # inside srv/app's payload
+    cut_layer = f.LayerFile(cut, f.sha256_file(cut), cut.stat().st_size)
+    new = f.write_docker_archive(tmp_path / "new.tar", [f.ImageSpec([base_layer, cut_layer], ["hostile/app:2"])])[0].path
+    make_refused(images, str(new), keypair, tmp_path,
+                 f"layer 1 ({cut_layer.diff_id}) of the target image is a truncated tar; rebuild or re-export the image")
+
+
 # --------------------------------------------------------------------------- names that lead out of the image
 
 

@@ -4,15 +4,54 @@ bsdiff wins on executables and other files whose small edits move many internal 
 the partner as its reference prefix wins everywhere else, and costs far less. Both are estimated at
 ``ESTIMATE_LEVEL`` and the smaller kept. A header that only changed in a few bytes (timestamps)
 is coded as edit runs instead.
+
+bsdiff is offered only pieces where its cost stays linear: bsdiff4's diff is quadratic in the length
+of stretches that repeat themselves. Measured here on 6 MiB with four 16-byte edits, an executable
+takes 1.8 s, but a 64-byte pattern 19 s, a repeated 4 KiB block 25 s, a repeated 64 KiB block 14 s,
+and zeros 9.6 s at only 2 MiB (about 86 s at 6). Disk images, preallocated databases and sparse logs
+are made of such stretches. Two linear tests with zstd level 1 find them before bsdiff sees them:
+
+- runs: a ``WINDOW`` that zstd -1 codes ``RUN_RATIO`` times smaller is one byte repeated or a pattern
+  of at most about 100 bytes. Stretches of ``RUN_WINDOWS`` or more such windows are cut out and
+  coded literally (zstd codes them nearly free); so is what lies between them when it is shorter
+  than ``MIN_PIECE``. A run left inside a bsdiff piece is shorter than ``RUN_WINDOWS + 2`` windows,
+  so bsdiff's quadratic term stays within a constant per byte.
+- long repeats: a piece that zstd -1 codes ``REPEAT_GAIN`` times smaller as a whole (long-distance
+  matching) than in independent windows repeats itself at long range; it is coded literally too.
+
+Of 4026 executables, libraries, Python and data files on a Debian system, 11 have any window past
+``RUN_RATIO`` and 6 a gain past ``REPEAT_GAIN`` (JSON enumerations, a test tar); bsdiff keeps every
+other file whole, exactly as before these tests existed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from deltaimg.codec import bsdiff, zstd_ref
+from deltaimg.zstdlib import zstd
 
 WHOLE_OLD_MAX = 8 << 20  # up to this size the whole partner is the reference; bsdiff needs ~17x it
 SEGMENT_MARGIN = 1 << 20
 ESTIMATE_LEVEL = 9
+WINDOW = 64 << 10
+RUN_RATIO = 512  # zstd -1 codes 64 KiB of one byte ~3300x smaller, a 64-byte pattern ~780x, executables < 250x
+RUN_WINDOWS = 4
+MIN_PIECE = 1 << 20
+REPEAT_GAIN = 4
+REPEAT_MIN = RUN_WINDOWS * WINDOW  # shorter pieces cost bsdiff little whatever they hold
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Bytes [start, start + length) of a target, coded against the partner's bytes
+    [base_start, base_start + base_len): as bsdiff's streams, or literally when ``streams`` is None."""
+
+    start: int
+    length: int
+    base_start: int
+    base_len: int
+    streams: tuple[bytes, bytes, bytes] | None
 
 
 def base_region(partner_size: int, start: int, end: int, size: int) -> tuple[int, int]:
@@ -42,3 +81,66 @@ def edit_runs(base: bytes, target: bytes) -> list[tuple[int, int]] | None:
     runs = [(start, end - start) for start, end in bsdiff.nonzero_runs(xor)]
     changed = sum(length for _, length in runs)
     return runs if changed + 2 * len(runs) < len(target) // 2 else None
+
+
+def code(base: bytes, base_start: int, target: bytes) -> list[Piece]:
+    """``target`` coded against ``base`` (the partner's bytes from ``base_start``), piece by piece."""
+    pieces = []
+    for start, end, try_bsdiff in plan(target):
+        streams = None
+        lo, hi = 0, len(base)
+        if try_bsdiff:
+            lo, hi = base_region(len(base), start, end, len(target))
+            streams = choose_delta(base[lo:hi], target[start:end])
+        pieces.append(Piece(start, end - start, base_start + lo, hi - lo, streams))
+    return pieces
+
+
+def plan(target: bytes) -> list[tuple[int, int, bool]]:
+    """(start, end, whether bsdiff may code it) for consecutive pieces covering ``target``."""
+    sizes = _window_sizes(target)
+    runs = _runs(sizes)
+    pieces: list[tuple[int, int, bool]] = []
+    at = 0
+    for first, last in [*runs, (len(sizes), len(sizes))]:
+        if first > at:
+            short = bool(runs) and (first - at) * WINDOW < MIN_PIECE
+            pieces.append((at, first, not short and not _repeats(target, at, first, sizes)))
+        if last > first:
+            pieces.append((first, last, False))
+        at = last
+    merged: list[tuple[int, int, bool]] = []
+    for first, last, try_bsdiff in pieces:
+        if merged and not try_bsdiff and not merged[-1][2]:
+            merged[-1] = (merged[-1][0], last, False)
+        else:
+            merged.append((first, last, try_bsdiff))
+    return [(first * WINDOW, min(last * WINDOW, len(target)), ok) for first, last, ok in merged]
+
+
+def _window_sizes(target: bytes) -> list[int]:
+    """zstd -1's size of each ``WINDOW`` of ``target``, coded on its own."""
+    compressor = zstd.ZstdCompressor(level=1)
+    return [len(compressor.compress(target[at : at + WINDOW], mode=zstd.ZstdCompressor.FLUSH_FRAME))
+            for at in range(0, len(target), WINDOW)]
+
+
+def _runs(sizes: list[int]) -> list[tuple[int, int]]:
+    """[first, last) window numbers of the stretches of at least ``RUN_WINDOWS`` run-like windows."""
+    runs, first = [], None
+    for at, size in enumerate([*sizes, WINDOW]):  # the sentinel ends the last stretch
+        if size * RUN_RATIO <= WINDOW:
+            first = at if first is None else first
+            continue
+        if first is not None and at - first >= RUN_WINDOWS:
+            runs.append((first, at))
+        first = None
+    return runs
+
+
+def _repeats(target: bytes, first: int, last: int, sizes: list[int]) -> bool:
+    """Whether windows [first, last) of ``target`` repeat themselves at long range."""
+    data = target[first * WINDOW : last * WINDOW]
+    if len(data) < REPEAT_MIN:
+        return False
+    return sum(sizes[first:last]) >= REPEAT_GAIN * len(zstd_ref.compress(data, level=1))

@@ -50,7 +50,7 @@ from deltaimg.delta.recipe import (
     with_checksum,
 )
 from deltaimg.delta.base_content import BaseEntry, BaseIndex, BaseRead
-from deltaimg.delta.choice import WHOLE_OLD_MAX, base_region, choose_delta, edit_runs
+from deltaimg.delta.choice import WHOLE_OLD_MAX, Piece, base_region, code, edit_runs
 from deltaimg.tar.split import BLOCK, REGULAR_TYPES, TRAILER, Entry, TarSplitter
 
 CHUNK_LITERAL = 8 << 20  # literal bytes per zstd frame
@@ -207,8 +207,9 @@ def _header_edits(base: bytes, target: bytes) -> tuple[int, list[tuple[int, int]
 class LayerEncoder:
     """Encodes one target layer; see the module docstring."""
 
-    def __init__(self, index: BaseIndex, pool: Executor, workdir: str, home: int | None) -> None:
-        """``home``: the base layer this one replaces, if any (see :meth:`BaseIndex.home`)."""
+    def __init__(self, index: BaseIndex, pool: Executor, workdir: str, home: int | None, name: str) -> None:
+        """``home``: the base layer this one replaces (:meth:`BaseIndex.home`); ``name``: it in messages."""
+        self._name = name
         self._index = index
         self._home = index.home(home)
         self._pool = pool
@@ -235,7 +236,7 @@ class LayerEncoder:
                     self._held += sum(p.held for p in parts)
                     self._drain(pending, literal, records, everything=False)
             except EOFError:
-                raise ImageReadError("a layer of the target image is a truncated tar") from None
+                raise truncated(self._name) from None
             chunks = literal.close()
             recipe = encode_recipe(chunks, bytes(records.out))
             if len(recipe) > MAX_RECIPE_BYTES:  # apply would refuse it: say so now, not on the edge host
@@ -310,7 +311,7 @@ class LayerEncoder:
         record.data_kind = DATA_DELTA
         if isinstance(payload, bytes) and usable.size <= WHOLE_OLD_MAX:
             base = self._index.content.read_data(usable)
-            job = self._pool.submit(choose_delta, base, payload)
+            job = self._pool.submit(code, base, 0, payload)
             parts.append(_Part(job, partner=usable, fallback=payload, base_len=usable.size))
         else:
             parts.append(_Part(_Segmented(payload), partner=usable))
@@ -340,7 +341,7 @@ class LayerEncoder:
         data = part.data
         if isinstance(data, Future):
             assert part.partner is not None
-            self._emit_segment(record, part.partner, part.fallback, 0, part.base_len, data, literal)
+            self._emit_pieces(record, part.partner, part.fallback, data, literal)
         elif isinstance(data, _Segmented):
             assert part.partner is not None
             self._emit_segmented(record, part.partner, data.payload, literal)
@@ -357,33 +358,34 @@ class LayerEncoder:
             else:
                 self.stats.zstd_delta += 1
 
-    def _emit_segment(self, record: Record, partner: BaseEntry, target: bytes, base_start: int, base_len: int,
-                      job: Future, literal: LiteralStream) -> None:
-        """Code one segment as bsdiff streams or literally, whichever ``choose_delta`` found smaller."""
-        streams = job.result()
-        span = Span(partner.layer, partner.index, PART_DATA, base_start, base_len)
-        if streams is None:
-            record.segments.append(Segment(SEGMENT_LITERAL, len(target), base_start, base_len))
-            self._add_literal(target, [span], literal)
-        else:
-            lens = (len(streams[0]), len(streams[1]), len(streams[2]))
-            record.segments.append(Segment(SEGMENT_BSDIFF, len(target), base_start, base_len, lens))
-            self._add_literal(b"".join(streams), [span], literal)
+    def _emit_pieces(self, record: Record, partner: BaseEntry, target: bytes, job: Future, literal: LiteralStream) -> None:
+        """One segment per piece of ``target`` that :func:`code` made: bsdiff streams or literal bytes."""
+        pieces: list[Piece] = job.result()
+        for piece in pieces:
+            span = Span(partner.layer, partner.index, PART_DATA, piece.base_start, piece.base_len)
+            streams = piece.streams
+            if streams is None:
+                record.segments.append(Segment(SEGMENT_LITERAL, piece.length, piece.base_start, piece.base_len))
+                self._add_literal(target[piece.start : piece.start + piece.length], [span], literal)
+            else:
+                lens = (len(streams[0]), len(streams[1]), len(streams[2]))
+                record.segments.append(Segment(SEGMENT_BSDIFF, piece.length, piece.base_start, piece.base_len, lens))
+                self._add_literal(b"".join(streams), [span], literal)
 
     def _emit_segmented(self, record: Record, partner: BaseEntry, payload: bytes | str, literal: LiteralStream) -> None:
         """Segments of a large payload, bsdiffed in parallel a few at a time, emitted in order."""
-        window: collections.deque[tuple[bytes, int, int, Future]] = collections.deque()
+        window: collections.deque[tuple[bytes, Future]] = collections.deque()
         source = io.BytesIO(payload) if isinstance(payload, bytes) else open(payload, "rb")
         with source:
             for start in range(0, record.size, SEGMENT):
                 target = source.read(SEGMENT)
                 lo, hi = base_region(partner.size, start, start + len(target), record.size)
                 base = self._index.content.read_data(partner, lo, hi - lo)
-                window.append((target, lo, hi - lo, self._pool.submit(choose_delta, base, target)))
+                window.append((target, self._pool.submit(code, base, lo, target)))
                 if len(window) >= SEGMENT_JOBS:
-                    self._emit_segment(record, partner, *window.popleft(), literal)
+                    self._emit_pieces(record, partner, *window.popleft(), literal)
             while window:
-                self._emit_segment(record, partner, *window.popleft(), literal)
+                self._emit_pieces(record, partner, *window.popleft(), literal)
         _discard(payload)
 
     def _add_literal(self, data: bytes, spans: list[Span], literal: LiteralStream) -> None:
@@ -402,7 +404,7 @@ class LayerEncoder:
         records.add(Record(pre_kind=PRE_LITERAL, data_kind=DATA_LITERAL, size=entry.size, trailer=True))
 
 
-def base_reads(index: BaseIndex, layer_stream: BinaryIO, home: int | None) -> Iterator[BaseRead]:
+def base_reads(index: BaseIndex, layer_stream: BinaryIO, home: int | None, name: str) -> Iterator[BaseRead]:
     """What :meth:`LayerEncoder.encode` reads of the base image to encode this target layer, by the
     same rules, as :meth:`BaseContent.fetch_entries` references: each partner's header, and the
     partner's payload unless the target payload is found whole in the base image."""
@@ -424,7 +426,11 @@ def base_reads(index: BaseIndex, layer_stream: BinaryIO, home: int | None) -> It
                 if _same_content(index, entry, digest.digest()) is None:
                     yield BaseRead(usable.layer, usable.index, PART_DATA, 0, None)
     except EOFError:
-        raise ImageReadError("a layer of the target image is a truncated tar") from None
+        raise truncated(name) from None
+
+
+def truncated(name: str) -> ImageReadError:
+    return ImageReadError(f"{name} of the target image is a truncated tar; rebuild or re-export the image")
 
 
 def _usable(partner: BaseEntry | None) -> BaseEntry | None:
