@@ -1,9 +1,10 @@
-"""The four image pairs, built locally with ``docker build`` from content no one here wrote."""
+"""The five image pairs, built locally with ``docker build`` from content no one here wrote."""
 
 from __future__ import annotations
 
 import functools
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -176,6 +177,36 @@ def _touch_tree(root: Path) -> None:
             os.utime(os.path.join(directory, name))
 
 
+DISK_SIZE = 256 << 20
+DISK_BLOCKS = 24  # 64 KiB blocks of data in the zeros, like a new filesystem's metadata
+DISK_EDITS = 8  # 1 KiB written in v2 at each of these many places, half in the data, half in the zeros
+
+
+def sparse_disk(shop: Workshop) -> tuple[str, str]:
+    shop.notes["sparse-disk"] = (f"one {DISK_SIZE >> 20} MiB file of zeros holding {DISK_BLOCKS} random 64 KiB "
+                                 f"blocks; v2 writes 1 KiB of random bytes at {DISK_EDITS} places")
+    rnd = random.Random(19)
+    blocks = sorted(rnd.sample(range(DISK_SIZE >> 16), DISK_BLOCKS))
+    edits = [(block << 16) + rnd.randrange(63 << 10) for block in blocks[:DISK_EDITS // 2]]
+    edits += [rnd.randrange(DISK_SIZE - 1024) for _ in range(DISK_EDITS - len(edits))]
+    built = []
+    for tag, writes in zip(_tags("sparse-disk"), ([], edits)):
+        log(f"docker build {tag}: base + a {DISK_SIZE >> 20} MiB disk image, mostly zeros")
+        context = shop.context(tag.split(":")[1])
+        data = random.Random(20)
+        with open(context / "disk.img", "wb") as disk:
+            disk.truncate(DISK_SIZE)
+            for block in blocks:
+                disk.seek(block << 16)
+                disk.write(data.randbytes(64 << 10))
+            edit = random.Random(21)
+            for at in writes:
+                disk.seek(at)
+                disk.write(edit.randbytes(1024))
+        built.append(images.build(tag, context, f"FROM {shop.debian}\nCOPY disk.img /var/lib/disk.img\n"))
+    return built[0], built[1]
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -193,4 +224,6 @@ SCENARIOS = [
              app_change, quick=True),
     Scenario("rebuild", "The same Dockerfile built twice with --no-cache: only times differ",
              rebuild, quick=False),
+    Scenario("sparse-disk", f"Debian + a {DISK_SIZE >> 20} MiB disk image of mostly zeros; v2 writes "
+             f"{DISK_EDITS} KiB in {DISK_EDITS} places", sparse_disk, quick=False),
 ]
