@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deltaimg.bundle import signing
+from deltaimg.codec import bsdiff
 from deltaimg.delta import choice
 from tests import imagefactory as f
 from tests.test_formats import round_trip
@@ -45,6 +45,22 @@ def test_a_run_between_two_random_stretches_is_cut_out_and_they_stay_bsdiff_piec
     assert choice.plan(target) == [(0, 2 << 20, True), (2 << 20, 5 << 20, False), (5 << 20, 7 << 20, True)]
 
 
+def test_a_run_with_a_few_bytes_edited_in_place_is_an_aligned_delta_of_its_edits_only():
+    base = bytes(6 << 20)
+    target = edited(base, 10)
+    [piece] = choice.code(base, 4096, target)
+    assert (piece.start, piece.length, piece.base_start, piece.base_len) == (0, len(target), 4096, len(base))
+    control, diff, extra = piece.streams
+    assert (len(control), extra) == (24, b"") and len(diff) < 4 * 16 + 4 * 8
+    assert bsdiff.patch(base, len(target), control, diff, extra) == target
+
+
+def test_a_run_unlike_the_base_bytes_it_lines_up_with_is_literal():
+    base = noise(6 << 20, 11)
+    [piece] = choice.code(base, 0, edited(bytes(6 << 20), 12))
+    assert piece.streams is None
+
+
 def test_an_executable_reaches_bsdiff_whole():
     [elf] = f.find_elf_files(1 << 20, min_file_bytes=1 << 20, max_file_bytes=4 << 20)[:1]
     data = elf.read_bytes()
@@ -77,4 +93,4 @@ def test_make_gives_bsdiff_no_long_run_and_the_bundle_rebuilds_byte_for_byte(key
     longest_allowed = re.compile(rb"(.)\1{%d}" % RUN_CAP, re.S)
     assert [len(t) for _, t in inputs if longest_allowed.search(t)] == []
     assert sorted(len(t) for _, t in inputs) == sorted([len(f.patch_elf(program, seed="v2")), 1 << 20])  # the disk's random MiB
-    assert manifest["layers"][0]["stats"]["bsdiff"] == 2
+    assert manifest["layers"][0]["stats"]["bsdiff"] == 3  # and the database, as an aligned delta

@@ -40,6 +40,7 @@ RUN_WINDOWS = 4
 MIN_PIECE = 1 << 20
 REPEAT_GAIN = 4
 REPEAT_MIN = RUN_WINDOWS * WINDOW  # shorter pieces cost bsdiff little whatever they hold
+ALIGNED_CHANGED = 1 / 8  # an aligned delta changing more is coded literally
 
 
 @dataclass(frozen=True)
@@ -83,15 +84,23 @@ def edit_runs(base: bytes, target: bytes) -> list[tuple[int, int]] | None:
     return runs if changed + 2 * len(runs) < len(target) // 2 else None
 
 
-def code(base: bytes, base_start: int, target: bytes) -> list[Piece]:
-    """``target`` coded against ``base`` (the partner's bytes from ``base_start``), piece by piece."""
+def code(base: bytes, base_start: int, target: bytes, offset: int = 0) -> list[Piece]:
+    """``target`` coded against ``base`` (the partner's bytes from ``base_start``), piece by piece;
+    ``target[0]`` lines up with ``base[offset]``. A piece bsdiff may not take is coded as an aligned
+    delta (bsdiff's streams without its search) where it is the aligned base bytes with few edited,
+    since zstd spends bytes on every 128 KiB block even of zeros; else literally."""
     pieces = []
     for start, end, try_bsdiff in plan(target):
-        streams = None
-        lo, hi = 0, len(base)
+        lo, hi = base_region(len(base), start, end, len(target))
         if try_bsdiff:
-            lo, hi = base_region(len(base), start, end, len(target))
             streams = choose_delta(base[lo:hi], target[start:end])
+        else:
+            at = max(0, offset + start)
+            aligned = base[at : at + end - start]
+            runs = _aligned_runs(aligned, target[start:end])
+            if runs is not None:
+                lo, hi = at, at + end - start
+            streams = None if runs is None else bsdiff.aligned(aligned, target[start:end], runs)
         pieces.append(Piece(start, end - start, base_start + lo, hi - lo, streams))
     return pieces
 
@@ -116,6 +125,19 @@ def plan(target: bytes) -> list[tuple[int, int, bool]]:
         else:
             merged.append((first, last, try_bsdiff))
     return [(first * WINDOW, min(last * WINDOW, len(target)), ok) for first, last, ok in merged]
+
+
+def _aligned_runs(base: bytes, target: bytes) -> list[tuple[int, int]] | None:
+    """(start, length) of the bytes where ``target`` differs from the same-length ``base``, found
+    window by window (equal windows cost a compare); None when over ``ALIGNED_CHANGED`` of them."""
+    if len(base) != len(target):
+        return None
+    runs: list[tuple[int, int]] = []
+    for at in range(0, len(target), WINDOW):
+        if base[at : at + WINDOW] != target[at : at + WINDOW]:
+            runs += [(at + start, length) for start, length in edit_runs(base[at : at + WINDOW], target[at : at + WINDOW]) or
+                     [(0, len(target[at : at + WINDOW]))]]
+    return runs if sum(length for _, length in runs) <= len(target) * ALIGNED_CHANGED else None
 
 
 def _window_sizes(target: bytes) -> list[int]:

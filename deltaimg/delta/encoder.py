@@ -50,7 +50,7 @@ from deltaimg.delta.recipe import (
     with_checksum,
 )
 from deltaimg.delta.base_content import BaseEntry, BaseIndex, BaseRead
-from deltaimg.delta.choice import WHOLE_OLD_MAX, Piece, base_region, code, edit_runs
+from deltaimg.delta.choice import WHOLE_OLD_MAX, base_region, code, edit_runs
 from deltaimg.tar.split import BLOCK, REGULAR_TYPES, TRAILER, Entry, TarSplitter
 
 CHUNK_LITERAL = 8 << 20  # literal bytes per zstd frame
@@ -360,11 +360,9 @@ class LayerEncoder:
 
     def _emit_pieces(self, record: Record, partner: BaseEntry, target: bytes, job: Future, literal: LiteralStream) -> None:
         """One segment per piece of ``target`` that :func:`code` made: bsdiff streams or literal bytes."""
-        pieces: list[Piece] = job.result()
-        for piece in pieces:
+        for piece in job.result():
             span = Span(partner.layer, partner.index, PART_DATA, piece.base_start, piece.base_len)
-            streams = piece.streams
-            if streams is None:
+            if (streams := piece.streams) is None:
                 record.segments.append(Segment(SEGMENT_LITERAL, piece.length, piece.base_start, piece.base_len))
                 self._add_literal(target[piece.start : piece.start + piece.length], [span], literal)
             else:
@@ -381,7 +379,8 @@ class LayerEncoder:
                 target = source.read(SEGMENT)
                 lo, hi = base_region(partner.size, start, start + len(target), record.size)
                 base = self._index.content.read_data(partner, lo, hi - lo)
-                window.append((target, self._pool.submit(code, base, lo, target)))
+                aligned = int(start * partner.size / record.size) - lo  # where ``target`` lines up in ``base``
+                window.append((target, self._pool.submit(code, base, lo, target, aligned)))
                 if len(window) >= SEGMENT_JOBS:
                     self._emit_pieces(record, partner, *window.popleft(), literal)
             while window:
