@@ -53,6 +53,7 @@ class Piece:
     base_start: int
     base_len: int
     streams: tuple[bytes, bytes, bytes] | None
+    as_reference: bool = True  # whether those base bytes help zstd code it (an aligned delta's do not)
 
 
 def base_region(partner_size: int, start: int, end: int, size: int) -> tuple[int, int]:
@@ -101,7 +102,7 @@ def code(base: bytes, base_start: int, target: bytes, offset: int = 0) -> list[P
             if runs is not None:
                 lo, hi = at, at + end - start
             streams = None if runs is None else bsdiff.aligned(aligned, target[start:end], runs)
-        pieces.append(Piece(start, end - start, base_start + lo, hi - lo, streams))
+        pieces.append(Piece(start, end - start, base_start + lo, hi - lo, streams, try_bsdiff or streams is None))
     return pieces
 
 

@@ -368,7 +368,7 @@ class LayerEncoder:
             else:
                 lens = (len(streams[0]), len(streams[1]), len(streams[2]))
                 record.segments.append(Segment(SEGMENT_BSDIFF, piece.length, piece.base_start, piece.base_len, lens))
-                self._add_literal(b"".join(streams), [span], literal)
+                self._add_literal(b"".join(streams), [span] if piece.as_reference else [], literal)
 
     def _emit_segmented(self, record: Record, partner: BaseEntry, payload: bytes | str, literal: LiteralStream) -> None:
         """Segments of a large payload, bsdiffed in parallel a few at a time, emitted in order."""
