@@ -20,6 +20,7 @@ leaves nothing behind for long).
 from __future__ import annotations
 
 import os
+import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
@@ -27,6 +28,7 @@ from typing import BinaryIO, Callable, Iterator
 from deltaimg import faults
 
 from deltaimg.tar import writer as archivewriter
+from deltaimg.tar.gocheck import go_rejects
 
 from deltaimg.engine.interface import Engine
 
@@ -139,6 +141,7 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
                 sources = layer_sources(bundle, rebuild, content, advance)
                 thin = [(d, size, fill if position >= keep else None) for position, (d, size, fill) in enumerate(sources)]
                 archivewriter.write_image(out, rebuild.target_config, rebuild.target_tags, thin)
+        check_loadable(archive, bundle, rebuild, keep)
         log(f"rebuilt {len(rebuild.layers) - keep} layer(s), every one matching its diff_id; loading")
         with open(archive, "rb") as stream:
             engine.load_archive(_Upload(stream, os.path.getsize(archive)))
@@ -148,6 +151,22 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
                           "containerd image store, which deltaimg does not support yet")
     if loaded["Id"] != rebuild.target_id:
         raise IntegrityError(f"the engine loaded {loaded['Id'][:19]}, not {rebuild.target_id[:19]}")
+
+
+def check_loadable(archive: str, bundle: Bundle, rebuild: Rebuild, keep: int) -> None:
+    """Raise :class:`EngineError` before ``docker load`` if a layer the bundle rebuilt (a base layer is
+    in the engine already) has a header Go's tar reader rejects: the load would fail half way."""
+    with tarfile.open(archive) as written:  # written by deltaimg a moment ago
+        for position in range(keep, len(rebuild.layers)):
+            diff_id = rebuild.target_diff_ids[position]
+            if rebuild.layers[position].method is not Method.DELTA:
+                continue
+            with written.extractfile(f"{diff_id.split(':', 1)[1]}/layer.tar") as layer:  # type: ignore[union-attr]
+                problem = go_rejects(layer)
+            if problem is not None:
+                raise EngineError(f"layer {position} ({diff_id}) of {bundle.manifest.target.name} {problem}, which "
+                                  "Docker's tar reader rejects, so docker load would fail; nothing was loaded. "
+                                  "Make the target image with a standard tar writer and make the bundle again")
 
 
 def _references(bundle: Bundle, rebuild: Rebuild, keep: int) -> Iterator[BaseRead]:

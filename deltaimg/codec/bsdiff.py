@@ -31,6 +31,21 @@ def patch(base: bytes, target_size: int, control: bytes, sparse_diff: bytes, ext
         raise IntegrityError(f"a binary delta does not apply ({exc})") from None
 
 
+def aligned(base: bytes, target: bytes, runs: list[tuple[int, int]]) -> tuple[bytes, bytes, bytes]:
+    """bsdiff's streams for a ``target`` that is the same-length ``base`` with the sorted, disjoint
+    byte ``runs`` (start, length) changed: one control triple adding the whole of ``base``, the diff
+    stream sparse as :func:`sparse_encode` makes it, from the runs alone; no suffix sort, no scan."""
+    sparse = bytearray()
+    last = 0
+    for start, length in runs:
+        varint.put(sparse, start - last)
+        varint.put(sparse, length)
+        sparse += bytes((t - b) & 0xFF for t, b in zip(target[start : start + length], base[start : start + length]))
+        last = start + length
+    varint.put(sparse, len(target) - last)
+    return len(target).to_bytes(8, "little") + bytes(16), bytes(sparse), b""
+
+
 _NONZERO_RUN = re.compile(rb"[^\x00]+(?:\x00{1,3}[^\x00]+)*")
 
 

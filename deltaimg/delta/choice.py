@@ -5,30 +5,23 @@ the partner as its reference prefix wins everywhere else, and costs far less. Bo
 ``ESTIMATE_LEVEL`` and the smaller kept. A header that only changed in a few bytes (timestamps)
 is coded as edit runs instead.
 
-bsdiff4's diff is quadratic in the length of stretches that repeat themselves: zeros with 16 bytes
-changed take 1.2 s at 256 KiB and 6 s at 512 KiB (measured here), so a preallocated database or a
-disk image in a layer would keep ``make`` busy for hours. Such stretches are what zstd codes best,
-so :func:`code` cuts them out first, with one linear zstd -1 pass over ``WINDOW``-sized windows:
+bsdiff is offered only pieces where its cost stays linear: bsdiff4's diff is quadratic in the length
+of stretches that repeat themselves. Measured here on 6 MiB with four 16-byte edits, an executable
+takes 1.8 s, but a 64-byte pattern 19 s, a repeated 4 KiB block 25 s, a repeated 64 KiB block 14 s,
+and zeros 9.6 s at only 2 MiB (about 86 s at 6). Disk images, preallocated databases and sparse logs
+are made of such stretches. Two linear tests with zstd level 1 find them before bsdiff sees them:
 
-- runs: every window that zstd -1 codes ``RUN_RATIO`` times smaller (one byte repeated, or a short
-  pattern) is coded literally (zstd, with the partner as reference), and so is its stretch;
-- long repeats: a piece between runs, past ``REPEAT_MIN`` bytes, that zstd -1 codes ``REPEAT_GAIN``
-  times smaller as a whole than in separate windows (a block repeated at long range), is coded
-  literally too.
+- runs: a ``WINDOW`` that zstd -1 codes ``RUN_RATIO`` times smaller is one byte repeated or a pattern
+  of at most about 100 bytes. Stretches of ``RUN_WINDOWS`` or more such windows are cut out and
+  coded literally (zstd codes them nearly free); so is what lies between them when it is shorter
+  than ``MIN_PIECE``. A run left inside a bsdiff piece is shorter than ``RUN_WINDOWS + 2`` windows,
+  so bsdiff's quadratic term stays within a constant per byte.
+- long repeats: a piece that zstd -1 codes ``REPEAT_GAIN`` times smaller as a whole (long-distance
+  matching) than in independent windows repeats itself at long range; it is coded literally too.
 
-Runs in the partner's bytes alone cost bsdiff only its suffix sort, n log n (measured: 1 MiB of
-data against a partner with 1, 2 and 4 MiB of zeros: 1.4, 1.6 and 2.0 s, against 1.1 s without).
-
-What reaches bsdiff holds no run longer than two windows and no long-range repetition, so its
-quadratic term stays a small constant per byte. Of 3051 executables, libraries and Python files of
-this machine's Debian, 6 have a run-like window (python3.11 and libpython among them): their runs go
-to zstd, the rest of each file to bsdiff as before; the other 3045 reach bsdiff whole, as before.
-
-bsdiff costs about a second per MiB even where it cannot win, so a piece that zstd -1 against the
-partner already codes to a ``NEARLY``-th of its size (bytes copied over with a few edits) is left to
-zstd: what bsdiff could save there is below that. On the 18 shared libraries that changed between
-numpy 1.26.3 and 1.26.4 and between libssl3 3.0.20 and 3.0.22, bsdiff wins on 14; it still codes
-12 of them; the other 2, where it won by 25 and 28 bytes, now go to zstd.
+Of 4026 executables, libraries, Python and data files on a Debian system, 11 have any window past
+``RUN_RATIO`` and 6 a gain past ``REPEAT_GAIN`` (JSON enumerations, a test tar); bsdiff keeps every
+other file whole, exactly as before these tests existed.
 """
 
 from __future__ import annotations
@@ -36,15 +29,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deltaimg.codec import bsdiff, zstd_ref
+from deltaimg.zstdlib import zstd
 
 WHOLE_OLD_MAX = 8 << 20  # up to this size the whole partner is the reference; bsdiff needs ~17x it
 SEGMENT_MARGIN = 1 << 20
 ESTIMATE_LEVEL = 9
-WINDOW = 16 << 10
-RUN_RATIO = 256  # zstd -1 codes 16 KiB of one byte ~1000x smaller, a 16-byte pattern ~400x; code and text < 20x
+WINDOW = 64 << 10
+RUN_RATIO = 512  # zstd -1 codes 64 KiB of one byte ~3300x smaller, a 64-byte pattern ~780x, executables < 250x
+RUN_WINDOWS = 4
+MIN_PIECE = 1 << 20
 REPEAT_GAIN = 4
-REPEAT_MIN = 16 * WINDOW  # shorter data costs bsdiff little whatever it holds
-NEARLY = 1024  # zstd -1 within 0.1% of the size: what bsdiff could still save is smaller than that
+REPEAT_MIN = RUN_WINDOWS * WINDOW  # shorter pieces cost bsdiff little whatever they hold
+ALIGNED_CHANGED = 1 / 8  # an aligned delta changing more is coded literally
 
 
 @dataclass(frozen=True)
@@ -57,6 +53,7 @@ class Piece:
     base_start: int
     base_len: int
     streams: tuple[bytes, bytes, bytes] | None
+    as_reference: bool = True  # whether those base bytes help zstd code it (an aligned delta's do not)
 
 
 def base_region(partner_size: int, start: int, end: int, size: int) -> tuple[int, int]:
@@ -70,55 +67,12 @@ def base_region(partner_size: int, start: int, end: int, size: int) -> tuple[int
     return lo, hi
 
 
-def code(base: bytes, base_start: int, target: bytes) -> list[Piece]:
-    """``target`` coded against ``base`` (the partner's bytes from ``base_start`` on), piece by piece:
-    runs literally, each stretch between them by bsdiff where it codes smaller than zstd."""
-    pieces = []
-    for start, end, may_bsdiff in plan(target):
-        lo, hi = base_region(len(base), start, end, len(target))
-        if not may_bsdiff:  # a run needs no reference: zstd codes it to almost nothing alone, and fast
-            pieces.append(Piece(start, end - start, base_start + lo, 0, None))
-            continue
-        pieces.append(Piece(start, end - start, base_start + lo, hi - lo, choose_delta(base[lo:hi], target[start:end])))
-    return pieces
-
-
-def plan(target: bytes) -> list[tuple[int, int, bool]]:
-    """(start, end, whether bsdiff may code it) of consecutive pieces covering ``target``: each
-    stretch of run-like windows is one piece bsdiff may not code, each stretch between them one it may."""
-    pieces: list[tuple[int, int, bool]] = []
-    for at in range(0, len(target), WINDOW):
-        window = target[at:at + WINDOW]
-        may_bsdiff = len(zstd_ref.compress(window, level=1)) * RUN_RATIO > len(window)
-        if pieces and pieces[-1][2] == may_bsdiff:
-            pieces[-1] = (pieces[-1][0], at + len(window), may_bsdiff)
-        else:
-            pieces.append((at, at + len(window), may_bsdiff))
-    return pieces or [(0, 0, False)]
-
-
 def choose_delta(base: bytes, target: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """bsdiff's streams when they code smaller than zstd against the base bytes; else None (also
-    when bsdiff's time on these bytes would not stay linear)."""
-    if not _no_long_repeat(target) or _nearly_the_reference(base, target):
-        return None
+    """bsdiff's streams when they code smaller than zstd against the base file; else None."""
     control, diff, extra = bsdiff.diff(base, target)
     as_bsdiff = len(zstd_ref.compress(control + diff + extra, level=ESTIMATE_LEVEL))
     as_zstd = len(zstd_ref.compress(target, prefix=base, level=ESTIMATE_LEVEL))
     return (control, diff, extra) if as_bsdiff < as_zstd else None
-
-
-def _nearly_the_reference(base: bytes, target: bytes) -> bool:
-    """Whether zstd -1 with ``base`` as reference already codes ``target`` to a ``NEARLY``-th of its
-    size: bytes copied over with a few edits, where bsdiff cannot win enough to pay for its run."""
-    return len(zstd_ref.compress(target, prefix=base, level=1)) * NEARLY <= len(target)
-
-
-def _no_long_repeat(data: bytes) -> bool:
-    if len(data) < REPEAT_MIN:
-        return True
-    windows = sum(len(zstd_ref.compress(data[at:at + WINDOW], level=1)) for at in range(0, len(data), WINDOW))
-    return windows < REPEAT_GAIN * len(zstd_ref.compress(data, level=1))
 
 
 def edit_runs(base: bytes, target: bytes) -> list[tuple[int, int]] | None:
@@ -129,3 +83,87 @@ def edit_runs(base: bytes, target: bytes) -> list[tuple[int, int]] | None:
     runs = [(start, end - start) for start, end in bsdiff.nonzero_runs(xor)]
     changed = sum(length for _, length in runs)
     return runs if changed + 2 * len(runs) < len(target) // 2 else None
+
+
+def code(base: bytes, base_start: int, target: bytes, offset: int = 0) -> list[Piece]:
+    """``target`` coded against ``base`` (the partner's bytes from ``base_start``), piece by piece;
+    ``target[0]`` lines up with ``base[offset]``. A piece bsdiff may not take is coded as an aligned
+    delta (bsdiff's streams without its search) where it is the aligned base bytes with few edited,
+    since zstd spends bytes on every 128 KiB block even of zeros; else literally."""
+    pieces = []
+    for start, end, try_bsdiff in plan(target):
+        lo, hi = base_region(len(base), start, end, len(target))
+        if try_bsdiff:
+            streams = choose_delta(base[lo:hi], target[start:end])
+        else:
+            at = max(0, offset + start)
+            aligned = base[at : at + end - start]
+            runs = _aligned_runs(aligned, target[start:end])
+            if runs is not None:
+                lo, hi = at, at + end - start
+            streams = None if runs is None else bsdiff.aligned(aligned, target[start:end], runs)
+        pieces.append(Piece(start, end - start, base_start + lo, hi - lo, streams, try_bsdiff or streams is None))
+    return pieces
+
+
+def plan(target: bytes) -> list[tuple[int, int, bool]]:
+    """(start, end, whether bsdiff may code it) for consecutive pieces covering ``target``."""
+    sizes = _window_sizes(target)
+    runs = _runs(sizes)
+    pieces: list[tuple[int, int, bool]] = []
+    at = 0
+    for first, last in [*runs, (len(sizes), len(sizes))]:
+        if first > at:
+            short = bool(runs) and (first - at) * WINDOW < MIN_PIECE
+            pieces.append((at, first, not short and not _repeats(target, at, first, sizes)))
+        if last > first:
+            pieces.append((first, last, False))
+        at = last
+    merged: list[tuple[int, int, bool]] = []
+    for first, last, try_bsdiff in pieces:
+        if merged and not try_bsdiff and not merged[-1][2]:
+            merged[-1] = (merged[-1][0], last, False)
+        else:
+            merged.append((first, last, try_bsdiff))
+    return [(first * WINDOW, min(last * WINDOW, len(target)), ok) for first, last, ok in merged]
+
+
+def _aligned_runs(base: bytes, target: bytes) -> list[tuple[int, int]] | None:
+    """(start, length) of the bytes where ``target`` differs from the same-length ``base``, found
+    window by window (equal windows cost a compare); None when over ``ALIGNED_CHANGED`` of them."""
+    if len(base) != len(target):
+        return None
+    runs: list[tuple[int, int]] = []
+    for at in range(0, len(target), WINDOW):
+        if base[at : at + WINDOW] != target[at : at + WINDOW]:
+            runs += [(at + start, length) for start, length in edit_runs(base[at : at + WINDOW], target[at : at + WINDOW]) or
+                     [(0, len(target[at : at + WINDOW]))]]
+    return runs if sum(length for _, length in runs) <= len(target) * ALIGNED_CHANGED else None
+
+
+def _window_sizes(target: bytes) -> list[int]:
+    """zstd -1's size of each ``WINDOW`` of ``target``, coded on its own."""
+    compressor = zstd.ZstdCompressor(level=1)
+    return [len(compressor.compress(target[at : at + WINDOW], mode=zstd.ZstdCompressor.FLUSH_FRAME))
+            for at in range(0, len(target), WINDOW)]
+
+
+def _runs(sizes: list[int]) -> list[tuple[int, int]]:
+    """[first, last) window numbers of the stretches of at least ``RUN_WINDOWS`` run-like windows."""
+    runs, first = [], None
+    for at, size in enumerate([*sizes, WINDOW]):  # the sentinel ends the last stretch
+        if size * RUN_RATIO <= WINDOW:
+            first = at if first is None else first
+            continue
+        if first is not None and at - first >= RUN_WINDOWS:
+            runs.append((first, at))
+        first = None
+    return runs
+
+
+def _repeats(target: bytes, first: int, last: int, sizes: list[int]) -> bool:
+    """Whether windows [first, last) of ``target`` repeat themselves at long range."""
+    data = target[first * WINDOW : last * WINDOW]
+    if len(data) < REPEAT_MIN:
+        return False
+    return sum(sizes[first:last]) >= REPEAT_GAIN * len(zstd_ref.compress(data, level=1))

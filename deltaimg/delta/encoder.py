@@ -50,7 +50,7 @@ from deltaimg.delta.recipe import (
     with_checksum,
 )
 from deltaimg.delta.base_content import BaseEntry, BaseIndex, BaseRead
-from deltaimg.delta.choice import WHOLE_OLD_MAX, Piece, base_region, code, edit_runs
+from deltaimg.delta.choice import WHOLE_OLD_MAX, base_region, code, edit_runs
 from deltaimg.tar.split import BLOCK, REGULAR_TYPES, TRAILER, Entry, TarSplitter
 
 CHUNK_LITERAL = 8 << 20  # literal bytes per zstd frame
@@ -207,10 +207,9 @@ def _header_edits(base: bytes, target: bytes) -> tuple[int, list[tuple[int, int]
 class LayerEncoder:
     """Encodes one target layer; see the module docstring."""
 
-    def __init__(self, index: BaseIndex, pool: Executor, workdir: str, home: int | None, what: str) -> None:
-        """``home``: the base layer this one replaces, if any (see :meth:`BaseIndex.home`); ``what``
-        names the layer in errors ("docker-archive:v2.tar: layer 3 (sha256:...)")."""
-        self._what = what
+    def __init__(self, index: BaseIndex, pool: Executor, workdir: str, home: int | None, name: str) -> None:
+        """``home``: the base layer this one replaces (:meth:`BaseIndex.home`); ``name``: it in messages."""
+        self._name = name
         self._index = index
         self._home = index.home(home)
         self._pool = pool
@@ -237,7 +236,7 @@ class LayerEncoder:
                     self._held += sum(p.held for p in parts)
                     self._drain(pending, literal, records, everything=False)
             except EOFError:
-                raise ImageReadError(f"{self._what} is a truncated tar; the target image is damaged") from None
+                raise truncated(self._name) from None
             chunks = literal.close()
             recipe = encode_recipe(chunks, bytes(records.out))
             if len(recipe) > MAX_RECIPE_BYTES:  # apply would refuse it: say so now, not on the edge host
@@ -360,21 +359,19 @@ class LayerEncoder:
                 self.stats.zstd_delta += 1
 
     def _emit_pieces(self, record: Record, partner: BaseEntry, target: bytes, job: Future, literal: LiteralStream) -> None:
-        """Code ``target`` as the pieces :func:`code` chose: each as bsdiff streams or literally."""
-        pieces: list[Piece] = job.result()
-        for piece in pieces:
+        """One segment per piece of ``target`` that :func:`code` made: bsdiff streams or literal bytes."""
+        for piece in job.result():
             span = Span(partner.layer, partner.index, PART_DATA, piece.base_start, piece.base_len)
-            data = target[piece.start:piece.start + piece.length]
-            if piece.streams is None:
+            if (streams := piece.streams) is None:
                 record.segments.append(Segment(SEGMENT_LITERAL, piece.length, piece.base_start, piece.base_len))
-                self._add_literal(data, [span], literal)
+                self._add_literal(target[piece.start : piece.start + piece.length], [span], literal)
             else:
-                lens = (len(piece.streams[0]), len(piece.streams[1]), len(piece.streams[2]))
+                lens = (len(streams[0]), len(streams[1]), len(streams[2]))
                 record.segments.append(Segment(SEGMENT_BSDIFF, piece.length, piece.base_start, piece.base_len, lens))
-                self._add_literal(b"".join(piece.streams), [span], literal)
+                self._add_literal(b"".join(streams), [span] if piece.as_reference else [], literal)
 
     def _emit_segmented(self, record: Record, partner: BaseEntry, payload: bytes | str, literal: LiteralStream) -> None:
-        """Segments of a large payload, coded in parallel a few at a time, emitted in order."""
+        """Segments of a large payload, bsdiffed in parallel a few at a time, emitted in order."""
         window: collections.deque[tuple[bytes, Future]] = collections.deque()
         source = io.BytesIO(payload) if isinstance(payload, bytes) else open(payload, "rb")
         with source:
@@ -382,7 +379,8 @@ class LayerEncoder:
                 target = source.read(SEGMENT)
                 lo, hi = base_region(partner.size, start, start + len(target), record.size)
                 base = self._index.content.read_data(partner, lo, hi - lo)
-                window.append((target, self._pool.submit(code, base, lo, target)))
+                aligned = int(start * partner.size / record.size) - lo  # where ``target`` lines up in ``base``
+                window.append((target, self._pool.submit(code, base, lo, target, aligned)))
                 if len(window) >= SEGMENT_JOBS:
                     self._emit_pieces(record, partner, *window.popleft(), literal)
             while window:
@@ -405,7 +403,7 @@ class LayerEncoder:
         records.add(Record(pre_kind=PRE_LITERAL, data_kind=DATA_LITERAL, size=entry.size, trailer=True))
 
 
-def base_reads(index: BaseIndex, layer_stream: BinaryIO, home: int | None, what: str) -> Iterator[BaseRead]:
+def base_reads(index: BaseIndex, layer_stream: BinaryIO, home: int | None, name: str) -> Iterator[BaseRead]:
     """What :meth:`LayerEncoder.encode` reads of the base image to encode this target layer, by the
     same rules, as :meth:`BaseContent.fetch_entries` references: each partner's header, and the
     partner's payload unless the target payload is found whole in the base image."""
@@ -427,7 +425,11 @@ def base_reads(index: BaseIndex, layer_stream: BinaryIO, home: int | None, what:
                 if _same_content(index, entry, digest.digest()) is None:
                     yield BaseRead(usable.layer, usable.index, PART_DATA, 0, None)
     except EOFError:
-        raise ImageReadError(f"{what} is a truncated tar; the target image is damaged") from None
+        raise truncated(name) from None
+
+
+def truncated(name: str) -> ImageReadError:
+    return ImageReadError(f"{name} of the target image is a truncated tar; rebuild or re-export the image")
 
 
 def _usable(partner: BaseEntry | None) -> BaseEntry | None:

@@ -67,11 +67,11 @@ def _base_reads(index: BaseIndex, base: Image, target: Image, changed: set[str])
     """What the encoder will read of the base image for these target layers; reading them costs
     one more pass over the target image's changed layers."""
     for diff_id, stream in target.layer_streams(changed):
+        position = target.diff_ids.index(diff_id)
         try:
-            position = target.diff_ids.index(diff_id)
-            yield from base_reads(index, stream, _home(base, target, position), _layer_name(target, position))
+            yield from base_reads(index, stream, _home(base, target, position), f"layer {position} ({diff_id})")
         except OSError as exc:
-            raise ImageReadError(f"{target.source}: cannot read layer {target.diff_ids.index(diff_id)} ({exc})") from None
+            raise ImageReadError(f"{target.source}: cannot read layer {position} ({exc})") from None
 
 
 def _home(base: Image, target: Image, position: int) -> int | None:
@@ -94,10 +94,6 @@ def _stored(layer: dict) -> dict:
     return stored
 
 
-def _layer_name(image: Image, position: int) -> str:
-    return f"{image.source}: layer {position} ({image.diff_ids[position][:19]})"
-
-
 def _encode_layers(base: Image, target: Image, content: BaseContent, writer: BundleWriter, pool, workdir: str, progress) -> list[dict]:
     records: list[dict] = []
     done: dict[str, int] = {}
@@ -118,7 +114,7 @@ def _encode_layers(base: Image, target: Image, content: BaseContent, writer: Bun
                             "size": records[done[layer.diff_id]]["size"]})
             continue
         assert index is not None
-        encoder = LayerEncoder(index, pool, workdir, _home(base, target, position), _layer_name(target, position))
+        encoder = LayerEncoder(index, pool, workdir, _home(base, target, position), f"layer {position} ({layer.diff_id})")
         name = f"layer-{position}"
         reader_box: list[HashingReader] = []
 
