@@ -1,0 +1,179 @@
+"""deltaimg against Podman's Docker-compatible API, on a private Podman the test setup starts.
+
+What holds today, through the same engine adapter as Docker: Podman's images are read (inspect,
+the exact config bytes, every layer from its ``docker save``), a full archive loads and keeps
+its image ID, a thin archive is refused (so apply loads a full one), tags move, and
+``deltaimg apply`` rebuilds, loads and swaps a container keeping its volumes, or rolls back a
+target that fails its health check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pytest
+
+from deltaimg.engine import dockerd as engine
+from deltaimg.errors import EngineError, SwapFailedRolledBack
+from deltaimg.tar import writer as archivewriter
+from tests.conftest import run_cli
+from tests.engine_helpers import SLEEP_FOREVER, EngineResources, run
+from tests.podman_helpers import PodmanService, health_timer
+
+V1_CMD = ["sh", "-c", f"echo v1 > /cmd; {SLEEP_FOREVER}"]
+V2_LINES = ["RUN echo 2 > /etc/app-version", "ENV VERSION=2 NEWVAR=yes", "LABEL app.version=2",
+            f"CMD {json.dumps(['sh', '-c', f'echo v2 > /cmd; {SLEEP_FOREVER}'])}"]
+
+
+@pytest.fixture(scope="module")
+def images(podman: PodmanService):
+    """v1, v2 (one new layer) and bad (v2 with a failing health check), built by Podman."""
+    resources = EngineResources(podman.client)
+    v1 = resources.build("v1", ["VOLUME /anon", "ENV VERSION=1", f"CMD {json.dumps(V1_CMD)}"])
+    v2 = resources.build("v2", V2_LINES, base=v1)
+    bad = resources.build("bad", [*V2_LINES, 'HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD ["false"]'],
+                          base=v1)
+    # Podman names a local build docker.io/library/NAME; that is the name its images carry.
+    tags = {k: f"docker.io/library/{resources.name(k)}:test" for k in ("v1", "v2", "bad")}
+    yield {"v1": v1, "v2": v2, "bad": bad, "tag": tags}
+    resources.cleanup()
+
+
+@pytest.fixture(scope="module")
+def bundles(podman, images, keypair, tmp_path_factory) -> dict[str, str]:
+    """Bundles v1->v2 and v1->bad, made from Podman's images (make reads them as docker-daemon:)."""
+    made = {}
+    for target in ("v2", "bad"):
+        made[target] = str(tmp_path_factory.mktemp("bundles") / f"{target}.dimg")
+        result = run_cli("make", f"docker-daemon:{images['tag']['v1']}", f"docker-daemon:{images['tag'][target]}",
+                         "-o", made[target], "--key", keypair[0], env={"DOCKER_HOST": podman.docker_host})
+        assert result.returncode == 0, result.stderr
+    return made
+
+
+@pytest.fixture
+def resources(podman):
+    res = EngineResources(podman.client)
+    yield res
+    res.cleanup()
+
+
+def remove_image(podman: PodmanService, tag: str) -> None:
+    if podman.client.api.images(filters={"reference": tag}):
+        podman.client.api.remove_image(tag)
+    assert podman.client.api.images(filters={"reference": tag}) == []
+
+
+def start_app(podman: PodmanService, res: EngineResources, image: str) -> str:
+    """A container on ``image`` with a named volume, the image's anonymous volume and an env
+    override; data written in both volumes."""
+    api = podman.client.api
+    named = res.name("data")
+    api.create_volume(named)
+    container = api.create_container(image, name=res.name("app"), environment={"SITE": "ship-7"},
+                                     host_config=api.create_host_config(binds={named: {"bind": "/named", "mode": "rw"}}))
+    api.start(container["Id"])
+    run(podman.client, container["Id"], "head -c 100000 /dev/urandom > /named/blob; head -c 100000 /dev/urandom > /anon/blob")
+    return container["Id"]
+
+
+def checksums(podman: PodmanService, container: str) -> str:
+    return run(podman.client, container, "sha256sum /named/blob /anon/blob")
+
+
+def test_the_engine_adapter_reads_a_podman_image_exactly(podman, images):
+    attrs = engine.find_image(podman.client, images["tag"]["v2"])
+    assert attrs is not None and attrs["Id"] == images["v2"]
+
+    config = engine.read_config(podman.client, images["v2"])
+    assert "sha256:" + hashlib.sha256(config).hexdigest() == images["v2"]
+    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+    assert attrs["RootFS"]["Layers"] == diff_ids and len(diff_ids) == 3
+
+    # export_layers hashes every layer it hands out against its diff_id (IntegrityError otherwise)
+    exported = [(diff_id, len(stream.read())) for diff_id, stream in engine.export_layers(podman.client, images["v2"],
+                                                                                          set(diff_ids), {})]
+    assert [diff_id for diff_id, _ in exported] == diff_ids
+    assert all(size > 0 for _, size in exported)
+
+
+def test_podman_loads_a_full_archive_keeping_its_id_and_refuses_a_thin_one(podman, images, resources):
+    client = podman.client
+    config = engine.read_config(client, images["v2"])
+    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+    layers = {d: stream.read() for d, stream in engine.export_layers(client, images["v2"], set(diff_ids), {})}
+    tag = f"{resources.name('copy')}:test"
+    resources.images.append(tag)
+
+    def archive(keep: int) -> io.BytesIO:
+        out = io.BytesIO()
+        sources = [(d, len(layers[d]), None if position < keep else _fill(layers[d]))
+                   for position, d in enumerate(diff_ids)]
+        archivewriter.write_image(out, config, [tag], sources)
+        out.seek(0)
+        return out
+
+    assert engine.loads_thin_archives(client) is False
+    with pytest.raises(EngineError, match="docker load of the archive failed: .*layer tarfiles are missing"):
+        engine.load_archive(client, archive(keep=2))
+
+    # Podman qualifies a loaded image's short name with localhost/ (a build's with docker.io/library/)
+    assert engine.load_archive(client, archive(keep=0)) == [f"localhost/{tag}"]
+    assert engine.find_image(client, tag)["Id"] == images["v2"]
+    engine.tag(client, images["v1"], [tag])
+    assert engine.find_image(client, tag)["Id"] == images["v1"]
+
+
+def _fill(data: bytes):
+    return lambda write: write(data)
+
+
+def test_apply_into_podman_loads_the_target_and_swaps_the_container_keeping_its_volumes(
+        podman, images, bundles, resources, keypair):
+    client = podman.client
+    remove_image(podman, images["tag"]["v2"])
+    old = start_app(podman, resources, images["tag"]["v1"])
+    before = checksums(podman, old)
+
+    result = run_cli("apply", bundles["v2"], "--trust", keypair[1], "--grace", "2", "--json",
+                     env={"DOCKER_HOST": podman.docker_host})
+    assert result.returncode == 0, result.stderr
+    [applied] = [o for o in json.loads(result.stdout)["outcomes"] if o["event"] == "applied"]
+    assert applied["loaded"] is True and [c["name"] for c in applied["containers"]] == [resources.name("app")]
+    assert engine.find_image(client, images["tag"]["v2"])["Id"] == images["v2"]
+
+    new = client.api.inspect_container(resources.name("app"))
+    assert new["Id"] != old and new["Image"] == images["v2"] and new["State"]["Running"]
+    assert checksums(podman, new["Id"]) == before
+    assert run(client, new["Id"], "echo $SITE $VERSION $NEWVAR; cat /cmd /etc/app-version").split() == \
+        ["ship-7", "2", "yes", "v2", "2"]
+    assert [c["Id"] for c in client.api.containers(all=True, filters={"name": resources.prefix})] == [new["Id"]]
+
+
+def test_dry_run_into_podman_changes_nothing(podman, images, bundles, resources, keypair):
+    remove_image(podman, images["tag"]["v2"])
+    old = start_app(podman, resources, images["tag"]["v1"])
+    result = run_cli("apply", bundles["v2"], "--trust", keypair[1], "--dry-run", env={"DOCKER_HOST": podman.docker_host})
+    assert result.returncode == 0, result.stderr
+    assert "would rebuild and load" in result.stdout
+    assert podman.client.api.images(filters={"reference": images["tag"]["v2"]}) == []
+    assert podman.client.api.inspect_container(resources.name("app"))["Id"] == old
+
+
+def test_a_target_failing_its_health_check_in_podman_is_rolled_back(podman, images, bundles, resources, keypair):
+    client = podman.client
+    remove_image(podman, images["tag"]["bad"])
+    old = start_app(podman, resources, images["tag"]["v1"])
+    before = checksums(podman, old)
+
+    with health_timer(podman):
+        result = run_cli("apply", bundles["bad"], "--trust", keypair[1], "--grace", "2",
+                         env={"DOCKER_HOST": podman.docker_host})
+    assert result.returncode == SwapFailedRolledBack.exit_code, result.stderr
+    assert "Traceback" not in result.stderr and "unhealthy" in result.stderr
+    back = client.api.inspect_container(resources.name("app"))
+    assert back["Id"] == old and back["State"]["Running"] and back["Image"] == images["v1"]
+    assert checksums(podman, old) == before
+    assert [c["Id"] for c in client.api.containers(all=True, filters={"name": resources.prefix})] == [old]
