@@ -43,6 +43,12 @@ class PodmanService:
     env: dict[str, str]  # CONTAINERS_CONF and CONTAINERS_STORAGE_CONF of this store
     root: str
     runroot: str
+    pid: int
+
+    def written_bytes(self) -> int:
+        """Bytes the service process has written to storage so far (its ``write_bytes``)."""
+        with open(f"/proc/{self.pid}/io") as io_stats:
+            return next(int(line.split()[1]) for line in io_stats if line.startswith("write_bytes:"))
 
     @property
     def docker_host(self) -> str:
@@ -81,7 +87,7 @@ def start_service(folder: str) -> tuple[subprocess.Popen, PodmanService]:
         try:
             if os.path.exists(socket):  # the client asks the API version as it is made
                 client = docker.DockerClient(base_url=f"unix://{socket}", timeout=300)
-                return process, PodmanService(client, socket, env, root, runroot)
+                return process, PodmanService(client, socket, env, root, runroot, process.pid)
         except (docker.errors.DockerException, requests.RequestException):
             pass
         if process.poll() is not None or time.monotonic() > deadline:

@@ -16,8 +16,10 @@ import json
 import pytest
 
 from deltaimg.engine import dockerd as engine
+from deltaimg.engine import podman as podman_engine
 from deltaimg.errors import EngineError, SwapFailedRolledBack
 from deltaimg.tar import writer as archivewriter
+from deltaimg.tar.oci_writer import write_oci_image
 from tests.conftest import run_cli
 from tests.engine_helpers import SLEEP_FOREVER, EngineResources, run
 from tests.podman_helpers import PodmanService, health_timer
@@ -128,6 +130,52 @@ def test_podman_loads_a_full_archive_keeping_its_id_and_refuses_a_thin_one(podma
 
 def _fill(data: bytes):
     return lambda write: write(data)
+
+
+def exported(podman: PodmanService, image_id: str) -> tuple[bytes, list[str], dict[str, bytes]]:
+    """(config bytes, diff_ids, layer tar per diff_id) of a Podman image, read by the engine adapter."""
+    config = engine.read_config(podman.client, image_id)
+    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+    return config, diff_ids, {d: s.read() for d, s in engine.export_layers(podman.client, image_id, set(diff_ids), {})}
+
+
+def thin_oci(config: bytes, diff_ids: list[str], layers: dict[str, bytes], tag: str, keep: int) -> io.BytesIO:
+    """An OCI archive of the image naming its first ``keep`` layers by diff_id, without them."""
+    out = io.BytesIO()
+    write_oci_image(out, config, [tag], [
+        (podman_engine.held_layer(d, len(layers[d])) if position < keep else None, d, len(layers[d]), _fill(layers[d]))
+        for position, d in enumerate(diff_ids)])
+    out.seek(0)
+    return out
+
+
+def test_a_thin_oci_archive_loads_through_the_libpod_api_keeping_the_target_id(podman, images, bundles, resources):
+    client = podman.client
+    config, diff_ids, layers = exported(podman, images["v2"])
+    remove_image(podman, images["tag"]["v2"])  # the bundles are made: the next test that needs v2 reloads it
+    assert engine.find_image(client, images["v2"]) is None
+    tag = f"localhost/{resources.name('thin')}:test"
+    resources.images.append(tag)
+    archive = thin_oci(config, diff_ids, layers, tag, keep=2)
+
+    assert podman_engine.load_oci_archive(client, archive, "the thin archive") == [tag]
+    assert engine.find_image(client, tag)["Id"] == images["v2"]
+    container = client.api.create_container(tag, command=["cat", "/etc/app-version"])["Id"]
+    client.api.start(container)
+    assert client.api.wait(container)["StatusCode"] == 0
+    assert client.api.logs(container) == b"2\n"
+    client.api.remove_container(container)
+
+
+def test_a_thin_oci_archive_of_a_base_podman_lacks_is_one_engine_error(podman, images):
+    config, diff_ids, layers = exported(podman, images["v1"])
+    absent = "sha256:" + "ab" * 32
+    layers[absent] = b"x" * 1024
+    config = config.replace(diff_ids[0].encode(), absent.encode())
+    with pytest.raises(EngineError, match=r"^podman load of the archive failed \(500\): .*blobs/sha256/abab.*"
+                                          r"; load its base image first$"):
+        podman_engine.load_oci_archive(podman.client, thin_oci(config, [absent, *diff_ids[1:]], layers, "localhost/x:1",
+                                                               keep=1), "the archive")
 
 
 def test_apply_into_podman_loads_the_target_and_swaps_the_container_keeping_its_volumes(
