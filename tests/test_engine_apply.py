@@ -138,3 +138,19 @@ def test_dry_run_prints_the_plan_and_changes_nothing(docker_client, engine_resou
     assert "would rebuild and load" in result.stdout
     assert client.api.images(filters={"reference": images["tag"]["v2"]}) == []
     assert client.api.inspect_container(res.name("app"))["Id"] == old
+
+
+def test_an_archive_rebuilt_by_apply_o_is_what_docker_load_takes(docker_client, images, bundles, keypair, tmp_path):
+    """The edge host without deltaimg near its engine: rebuild on a laptop, carry the archive, docker load."""
+    base = tmp_path / "v1.tar"
+    with open(base, "wb") as out:
+        for chunk in docker_client.images.get(images["v1"]).save(named=True):
+            out.write(chunk)
+    rebuilt = tmp_path / "v2.tar"
+    result = run_cli("apply", bundles["v2"], "--trust", keypair[1], "--base", str(base), "-o", str(rebuilt))
+    assert result.returncode == 0, result.stderr
+    remove_target(docker_client, images, "v2")
+    with open(rebuilt, "rb") as archive:
+        loaded = docker_client.images.load(archive.read())
+    assert [image.id for image in loaded] == [images["v2"]]
+    assert docker_client.images.get(images["tag"]["v2"]).id == images["v2"]

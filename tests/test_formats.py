@@ -11,8 +11,8 @@ import pytest
 
 from deltaimg.bundle import signing
 from deltaimg.apply.archive import apply_to_archive
-from deltaimg.bundle.format import open_bundle
-from deltaimg.errors import ImageReadError
+from deltaimg.bundle.reader import open_bundle
+from deltaimg.errors import BaseMismatchError, ImageReadError
 from deltaimg.images import open_image
 from deltaimg.make.build import make_bundle
 from tests import imagefactory as f
@@ -188,3 +188,31 @@ def test_a_changed_layer_is_coded_against_the_old_layer_it_replaces(keypair, tmp
         _, records = read_recipe(payload)
     app = RecordReader(records).next()
     assert (app.partner, app.pre_kind) == ((0, 0), PRE_PARTNER)
+
+
+def test_platform_on_the_command_line_picks_one_image_of_a_multi_platform_index(keypair, tmp_path):
+    """``skopeo copy --all`` layouts hold one image per platform: --platform chooses, its absence is a
+    one-line error listing the choices."""
+    layers = {(arch, v): f.write_layer(tmp_path / f"{arch}-{v}.layer", f.complete_tree([f.file("etc/arch", f"{arch} {v}\n".encode())]))
+              for arch in ("amd64", "arm64") for v in (1, 2)}
+    for version in (1, 2):
+        f.write_oci_dir(tmp_path / f"v{version}", [f.ImageSpec([layers["amd64", version]], config={"architecture": "amd64"}),
+                                                   f.ImageSpec([layers["arm64", version]], config={"architecture": "arm64"})],
+                        nested_index_ref=str(version))
+    base, target = f"oci:{tmp_path / 'v1'}", f"oci:{tmp_path / 'v2'}"
+    ambiguous = run_cli("make", base, target, "-o", str(tmp_path / "x.dimg"), "--key", keypair[0])
+    assert ambiguous.returncode == ImageReadError.exit_code
+    assert ambiguous.stderr == (f"deltaimg: error: {tmp_path / 'v1'}: 2 images match (it holds: 1 (linux/amd64), 1 "
+                                "(linux/arm64)); pick one with PATH:REF or --platform OS/ARCH\n")
+    bundle = tmp_path / "arm64.dimg"
+    made = run_cli("make", base, target, "-o", str(bundle), "--key", keypair[0], "--platform", "linux/arm64", "--json")
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "arm64-v2.tar"
+    applied = run_cli("apply", str(bundle), "--trust", keypair[1], "--base", base, "--platform", "linux/arm64", "-o", str(out))
+    assert applied.returncode == 0, applied.stderr
+    rebuilt = open_image(str(out))
+    assert json.loads(rebuilt.config_bytes)["architecture"] == "arm64"
+    assert rebuilt.config_digest == open_image(target, "linux/arm64").config_digest
+    wrong = run_cli("apply", str(bundle), "--trust", keypair[1], "--base", base, "--platform", "linux/amd64",
+                    "-o", str(tmp_path / "amd64.tar"))
+    assert wrong.returncode == BaseMismatchError.exit_code and not (tmp_path / "amd64.tar").exists()

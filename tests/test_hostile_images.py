@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import hashlib
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -20,7 +22,7 @@ from typing import Callable
 
 import pytest
 
-from deltaimg.errors import ImageReadError
+from deltaimg.errors import ImageReadError, OutputError
 from tests import imagefactory as f
 from tests.conftest import run_cli
 
@@ -266,3 +268,56 @@ def test_a_layer_tar_with_absurd_sizes(images, keypair, tmp_path):
     def replace_layer(tree: Path, entry: dict) -> None:
         (tree / entry["Layers"][0]).write_bytes(buffer.getvalue())
     make_refused(images, str(edited_archive(images, tmp_path, replace_layer)), keypair, tmp_path, "")
+
+
+# --------------------------------------------------------------------------- what reaches the terminal
+
+
+def test_an_error_quoting_a_15_mib_name_is_one_line_of_2000_characters_that_still_says_what_is_wrong(images, tmp_path):
+    from tests.memory import measured
+
+    def long_layer_name(tree: Path, entry: dict) -> None:
+        entry["Layers"][0] = "A" * (15 << 20)
+    result = measured("diff", str(images["old"]), str(edited_archive(images, tmp_path, long_layer_name)))
+    assert result.returncode == IMAGE_EXIT
+    assert result.stderr.count("\n") == 1 and result.stderr.endswith("A is missing from the archive\n")
+    assert len(result.stderr) < 2100 and re.search(r"A \.\.\. \(157\d{5} characters left out\) \.\.\. A", result.stderr)
+    assert result.peak_rss < 512 << 20
+
+
+def test_file_names_with_terminal_escapes_are_shown_escaped_by_diff(images, tmp_path):
+    name = "srv/\x1b[2J\x1b[1;32mverified\r"
+    layer = f.write_layer(tmp_path / "l.tar", f.complete_tree([f.file("etc/version", b"2\n"), f.file(name, b"x")]))
+    new = f.write_docker_archive(tmp_path / "new.tar", [f.ImageSpec([layer], ["hostile/app:2"])])[0].path
+    result = run_cli("diff", str(images["old"]), str(new))
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\r" not in result.stdout
+    assert "+ /srv/\\x1b[2J\\x1b[1;32mverified\\r" in result.stdout, result.stdout
+
+
+def test_a_base_layer_that_decompresses_past_the_free_space_blames_the_work_directory(keypair, tmp_path):
+    """A gzip layer of 4 MiB of zeros (a few KiB compressed) against a 1 MiB TMPDIR: the error says
+    where the space ran out and what to do, not that the output cannot be written."""
+    tmpfs = tmp_path / "small-tmp"
+    tmpfs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tmpfs)], check=True)
+    try:
+        big = f.write_layer(tmp_path / "big.layer", f.complete_tree([f.file("var/zeros", bytes(4 << 20))]))
+        app1 = f.write_layer(tmp_path / "app1.layer", f.complete_tree([f.file("app", b"1\n")]))
+        app2 = f.write_layer(tmp_path / "app2.layer", f.complete_tree([f.file("app", b"2\n")]))
+        f.write_oci_dir(tmp_path / "base", [f.ImageSpec([big, app1], ["1"])], compression="gzip")
+        target = f.write_docker_archive(tmp_path / "target.tar", [f.ImageSpec([big, app2], ["bomb/app:2"])])[0].path
+        bundle = tmp_path / "b.dimg"
+        made = run_cli("make", f"oci:{tmp_path / 'base'}", str(target), "-o", str(bundle), "--key", keypair[0])
+        assert made.returncode == 0, made.stderr
+        out = tmp_path / "out"
+        out.mkdir()
+        result = run_cli("apply", str(bundle), "--trust", keypair[1], "--base", f"oci:{tmp_path / 'base'}",
+                         "-o", str(out / "app.tar"), env={"TMPDIR": str(tmpfs)})
+        assert result.returncode == OutputError.exit_code
+        assert re.fullmatch(rf"deltaimg: error: cannot decompress base layer 0 into {tmpfs}/deltaimg-apply-\w+: No space "
+                            r"left on device; free space there or point TMPDIR at a larger disk, and run again\n",
+                            result.stderr), result.stderr
+        assert os.listdir(out) == [] and os.listdir(tmpfs) == []
+    finally:
+        subprocess.run(["umount", str(tmpfs)], check=True)

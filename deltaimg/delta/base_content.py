@@ -23,9 +23,10 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-from deltaimg.errors import ImageReadError
+from deltaimg.errors import ImageReadError, OutputError
 from deltaimg.images.model import Image
-from deltaimg.images.blobs import HashingReader, open_range
+from deltaimg.images.blobs import open_range
+from deltaimg.streams import HashingReader
 from deltaimg.delta.recipe import PART_PRE
 from deltaimg.tar.split import REGULAR_TYPES, TRAILER, Entry, TarSplitter
 
@@ -107,7 +108,7 @@ class BaseContent:
                 with source.open() as src, open(path, "wb") as dst:
                     while chunk := src.read(COPY_CHUNK):
                         digest.update(chunk)
-                        dst.write(chunk)
+                        _write_work(dst, chunk, layer, self._workdir)
                 self._check(layer, digest)
                 self._files[layer] = (path, 0, os.path.getsize(path))
         return self._files[layer]
@@ -117,8 +118,8 @@ class BaseContent:
         those their diff_ids name."""
         diff_id = self.image.layers[layer].diff_id
         if "sha256:" + digest.hexdigest() != diff_id:
-            raise ImageReadError(f"{self.image.source}: layer {layer} does not hash to its diff_id "
-                                 f"{diff_id[:19]}; the image is damaged")
+            raise ImageReadError(f"{self.image.source}: base layer {layer} does not hash to its diff_id "
+                                 f"{diff_id[:19]}; the base image is damaged: export it again")
 
     def layer_size(self, layer: int) -> int:
         """Size of the layer's uncompressed tar (decompressing it into the work directory if need be)."""
@@ -197,6 +198,13 @@ class BaseContent:
                 continue  # the same layer twice: once is enough
             self._entries[layer] = [entry for entry, _ in found]
             yield from found
+
+    def check_layers_read(self) -> None:
+        """Raise :class:`ImageReadError` naming the first base layer read in place that does not hash
+        to its diff_id. Layers read in place are not hashed on the way (a rebuild seeks in them); when
+        a rebuilt layer does not hash to its diff_id, this tells a damaged base from a damaged bundle."""
+        for layer in sorted(self._files):
+            self._check_in_place(layer)
 
     def _check_in_place(self, layer: int) -> None:
         """A decompressed layer was checked on the way; one read in place is checked here, once."""
@@ -309,6 +317,16 @@ class BaseIndex:
 
 
 Visit = Callable[[TarSplitter, Entry, BaseEntry], "bytes | None"]
+
+
+def _write_work(out: BinaryIO, data: bytes, layer: int, workdir: str) -> None:
+    """A write into the work directory; its failure names that directory, not the command's output
+    (a compressed base layer may decompress to far more than it looked)."""
+    try:
+        out.write(data)
+    except OSError as exc:
+        raise OutputError(f"cannot decompress base layer {layer} into {workdir}: {exc.strerror}; free space there "
+                          "or point TMPDIR at a larger disk, and run again") from None
 
 
 def _payload_digest(splitter: TarSplitter, entry: Entry, base: BaseEntry) -> bytes | None:
