@@ -164,6 +164,7 @@ def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts
           grace: float = typer.Option(10.0, "--grace", help="Seconds a container without healthcheck must run before it counts as up."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
           state_dir: Optional[str] = StateDirOpt,
+          engine: Optional[str] = typer.Option(None, "--engine", help="docker (default), podman[=unix:///PATH.sock] or containerd[=SOCKET[,NAMESPACE]]; default $DELTAIMG_ENGINE."),
           wait: float = typer.Option(0.0, "--wait", help="Wait up to SECONDS for another run to finish instead of exiting at once."),
           allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Apply a bundle whose target is older than what it replaces."),
           retry: bool = typer.Option(False, "--retry", help="Try again a bundle whose last attempt was rolled back."),
@@ -200,7 +201,8 @@ def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts
     options = unattended.Options(paths=list(paths), trusted=keys.trusted_keys(trust or [], trust_dir),
                                  state_dir=state_dir_path(state_dir), wait=wait, containers=container or None,
                                  swap=not no_swap, grace=grace, dry_run=dry_run, allow_downgrade=allow_downgrade,
-                                 retry=retry, progress_bars=not (quiet or as_json or log_format == "json"))
+                                 retry=retry, progress_bars=not (quiet or as_json or log_format == "json"),
+                                 engine=engine)
     unattended.run(options, reporter)
     if isinstance(reporter, runlog.Collected):
         _emit(True, reporter.report(), [])

@@ -16,7 +16,8 @@ from typing import Iterator
 
 import pytest
 
-from deltaimg.engine import containerd
+from deltaimg.engine.containerd import ContainerdEngine
+from deltaimg.engine.ctr import Ctr
 from tests.engine_helpers import _unavailable
 
 START_TIMEOUT = 30
@@ -27,7 +28,16 @@ class ContainerdService:
     process: subprocess.Popen
     folder: str
     socket: str
-    ctr: containerd.Ctr  # namespace k8s.io
+    ctr: Ctr  # namespace k8s.io
+
+    @property
+    def engine_option(self) -> str:
+        """``deltaimg apply --engine`` naming this containerd."""
+        return f"containerd={self.socket},k8s.io"
+
+    @property
+    def engine(self) -> ContainerdEngine:
+        return ContainerdEngine(self.ctr)
 
     @property
     def root(self) -> str:
@@ -57,7 +67,7 @@ def start_containerd(folder: str) -> ContainerdService:
     with open(log_path, "wb") as log:
         process = subprocess.Popen(["containerd", "--config", config], stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)
-    ctr = containerd.Ctr(socket, "k8s.io")
+    ctr = Ctr(socket, "k8s.io")
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if os.path.exists(socket) and subprocess.run(ctr.argv("version"), capture_output=True).returncode == 0:

@@ -1,20 +1,19 @@
 """deltaimg apply into containerd (Debian's 1.6, private to each test), through ctr.
 
 The images are built by the Docker engine; the base is put into containerd the way a host gets
-it there (``ctr images import`` of a docker save archive), then the bundle is applied.
+it there (``ctr images import`` of a docker save archive), then the bundle is applied with
+``deltaimg apply --engine containerd=SOCKET,k8s.io``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 
 import pytest
 
-from deltaimg.apply.containerd import apply_to_containerd, normalize_ref
-from deltaimg.bundle.format import open_bundle
-from deltaimg.bundle.keys import trusted_keys
-from deltaimg.engine import containerd
+from deltaimg.engine.containerd import connect, normalize_ref
 from deltaimg.errors import BaseMissingError, EngineError
 from tests.conftest import run_cli
 from tests.containerd_helpers import ContainerdService, containerd_service, start_containerd, stop_containerd  # noqa: F401
@@ -26,7 +25,7 @@ BIG = 8 << 20  # the base's large layer
 @pytest.fixture(scope="module")
 def pair(docker_client, keypair, tmp_path_factory):
     """v1 (busybox and an 8 MiB layer) and v2 (v1 and a layer with /only-new) built by Docker;
-    v1 as a docker save archive, the bundle v1 -> v2."""
+    v1 as a docker save archive, the bundle v1 -> v2, and v2 rebuilt from it into a full archive."""
     resources = EngineResources(docker_client)
     v1 = resources.build("v1", [f"RUN head -c {BIG} /dev/urandom > /big", "ENV VERSION=1"])
     v2 = resources.build("v2", ["RUN echo new-layer-only > /only-new", "ENV VERSION=2"], base=v1)
@@ -40,42 +39,58 @@ def pair(docker_client, keypair, tmp_path_factory):
     result = run_cli("make", f"docker-daemon:{tags['v1']}", f"docker-daemon:{tags['v2']}", "-o", bundle,
                      "--key", keypair[0])
     assert result.returncode == 0, result.stderr
-    yield {"v1": v1, "v2": v2, "tag": tags, "archive": archive, "bundle": bundle}
+    full = str(folder / "v2.tar")
+    result = run_cli("apply", bundle, "--trust", keypair[1], "--base", archive, "-o", full)
+    assert result.returncode == 0, result.stderr
+    yield {"v1": v1, "v2": v2, "tag": tags, "archive": archive, "bundle": bundle, "full": full}
     resources.cleanup()
 
 
 def import_base(service: ContainerdService, pair) -> None:
     service.ctr.run("images", "import", pair["archive"])
-    assert normalize_ref(pair["tag"]["v1"]) in containerd.image_refs(service.ctr)
+    assert normalize_ref(pair["tag"]["v1"]) in service.engine.references()
 
 
-def bundle_of(pair, keypair):
-    return open_bundle(pair["bundle"], trusted_keys([keypair[1]], None))
+def apply(service: ContainerdService, pair, keypair, *options: str) -> subprocess.CompletedProcess:
+    return run_cli("apply", pair["bundle"], "--trust", keypair[1], "--engine", service.engine_option, *options)
 
 
 def test_apply_imports_only_the_new_layer_and_the_image_has_the_target_id(containerd_service, pair, keypair):
     service = containerd_service
     import_base(service, pair)
-    lines: list[str] = []
 
-    outcome = apply_to_containerd(bundle_of(pair, keypair), service.ctr, log=lines.append)
+    result = apply(service, pair, keypair)
 
+    assert result.returncode == 0, result.stderr
     ref = normalize_ref(pair["tag"]["v2"])
-    assert outcome.imported and outcome.image_id == pair["v2"] and outcome.refs == [ref]
-    assert outcome.reused_layers == 3  # busybox, its links, the 8 MiB layer: named, not sent
-    assert outcome.layer_bytes < 64 << 10 and outcome.archive_bytes < 64 << 10
-    listed = containerd.image_refs(service.ctr)
-    assert listed[ref] == outcome.manifest_digest
-    image = containerd.read_image(service.ctr, ref, listed[ref])
-    assert "sha256:" + hashlib.sha256(image.config_bytes).hexdigest() == pair["v2"]
-    assert lines[0].startswith("rebuilt 1 layer(s), every one matching its diff_id; importing")
-    assert any("kubectl set image deployment/NAME CONTAINER=" + ref in step for step in outcome.next_steps)
+    listed = service.engine.references()
+    assert set(listed) == {normalize_ref(pair["tag"]["v1"]), ref}  # namespace k8s.io, no stray short name
+    config = service.engine.read_config(ref)
+    assert "sha256:" + hashlib.sha256(config).hexdigest() == pair["v2"]
+    assert "rebuilt 1 layer(s), every one matching its diff_id; loading" in result.stdout + result.stderr
+    assert "containerd's containers belong to its orchestrator; deltaimg swaps none" in result.stdout + result.stderr
+    assert "kubectl set image deployment/NAME" in result.stdout + result.stderr
+
+
+def test_the_adapter_reads_the_base_exactly(containerd_service, pair):
+    service = containerd_service
+    import_base(service, pair)
+    engine = service.engine
+    record = engine.find_image(pair["v1"])
+    assert record["Id"] == pair["v1"] and record["RepoTags"] == [normalize_ref(pair["tag"]["v1"])]
+    assert engine.find_image(pair["tag"]["v1"]) == record  # by its short name, normalized
+    config = engine.read_config(pair["v1"])
+    assert "sha256:" + hashlib.sha256(config).hexdigest() == pair["v1"]
+    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+    assert record["RootFS"]["Layers"] == diff_ids
+    sizes = {d: len(stream.read()) for d, stream in engine.export_layers(pair["v1"], set(diff_ids), {})}
+    assert list(sizes) == list(dict.fromkeys(diff_ids)) and max(sizes.values()) > BIG
 
 
 def test_a_container_run_from_the_imported_image_reads_the_new_layer(containerd_service, pair, keypair):
     service = containerd_service
     import_base(service, pair)
-    apply_to_containerd(bundle_of(pair, keypair), service.ctr, log=lambda line: None)
+    assert apply(service, pair, keypair).returncode == 0
 
     ref = normalize_ref(pair["tag"]["v2"])
     run = subprocess.run(service.ctr.argv("run", "--rm", "--cgroup", "", ref, "deltaimg-test-run", "sh", "-c",
@@ -85,54 +100,71 @@ def test_a_container_run_from_the_imported_image_reads_the_new_layer(containerd_
     assert run.stdout.split() == ["new-layer-only", "2", str(BIG)]
 
 
-def test_reuse_writes_a_fraction_of_what_a_full_import_writes(containerd_service, pair, keypair, tmp_path):
-    """The same target, applied into two fresh containerds holding the base: with reuse, and with
-    every layer in the archive. What containerd writes tells them apart (its content store keeps
-    one copy per digest, so its root ends the same size)."""
+def test_the_thin_import_writes_a_fraction_of_what_a_full_import_writes(pair, keypair, tmp_path, capsys):
+    """The same target into two fresh containerds holding the base: deltaimg apply (an OCI archive
+    naming the base's blobs), and the full archive deltaimg apply -o rebuilds, loaded by the
+    adapter. What containerd writes tells them apart (its root ends the same size)."""
     written, grown = {}, {}
-    for reuse in (True, False):
-        folder = tmp_path / f"ctd-{reuse}"
+    for way in ("thin", "full"):
+        folder = tmp_path / way
         folder.mkdir()
         service = start_containerd(str(folder))
         try:
             import_base(service, pair)
             before, root_before = service.written_bytes(), service.root_bytes()
-            outcome = apply_to_containerd(bundle_of(pair, keypair), service.ctr, reuse=reuse, log=lambda line: None)
-            assert outcome.image_id == pair["v2"] and outcome.reused_layers == (3 if reuse else 0)
-            written[reuse], grown[reuse] = service.written_bytes() - before, service.root_bytes() - root_before
+            if way == "thin":
+                assert apply(service, pair, keypair).returncode == 0
+            else:
+                assert service.engine.load_archive(pair["full"]) == [normalize_ref(pair["tag"]["v2"])]
+            assert service.engine.find_image(pair["tag"]["v2"])["Id"] == pair["v2"]
+            written[way], grown[way] = service.written_bytes() - before, service.root_bytes() - root_before
         finally:
             stop_containerd(service)
-    assert written[False] > BIG  # the full import sends the 8 MiB layer again
-    assert written[True] < written[False] / 4
-    assert abs(grown[True] - grown[False]) < 64 << 10
+    with capsys.disabled():
+        print(f"\ncontainerd wrote {written['thin']} bytes (thin) vs {written['full']} (full); "
+              f"its root grew {grown['thin']} vs {grown['full']}")
+    assert written["full"] > BIG  # the full import sends the 8 MiB layer again
+    assert written["thin"] < written["full"] / 4
+    assert abs(grown["thin"] - grown["full"]) < 64 << 10
 
 
 def test_a_namespace_without_the_base_gets_nothing(containerd_service, pair, keypair):
     service = containerd_service
-    with pytest.raises(BaseMissingError, match="containerd's namespace k8s.io lacks sha256:"):
-        apply_to_containerd(bundle_of(pair, keypair), service.ctr, log=lambda line: None)
-    assert containerd.image_refs(service.ctr) == {}
+    result = apply(service, pair, keypair)
+    assert result.returncode == BaseMissingError.exit_code
+    assert "Traceback" not in result.stderr and f"this engine lacks {pair['v1'][:19]}" in result.stderr
+    assert service.engine.references() == {}
 
 
 def test_dry_run_and_a_second_apply_import_nothing(containerd_service, pair, keypair):
     service = containerd_service
     import_base(service, pair)
-    lines: list[str] = []
-    dry = apply_to_containerd(bundle_of(pair, keypair), service.ctr, dry_run=True, log=lines.append)
-    assert not dry.imported and lines[0].startswith("would rebuild ")
-    assert normalize_ref(pair["tag"]["v2"]) not in containerd.image_refs(service.ctr)
+    dry = apply(service, pair, keypair, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would rebuild and load" in dry.stdout
+    assert normalize_ref(pair["tag"]["v2"]) not in service.engine.references()
 
-    first = apply_to_containerd(bundle_of(pair, keypair), service.ctr, log=lambda line: None)
-    lines.clear()
-    again = apply_to_containerd(bundle_of(pair, keypair), service.ctr, log=lines.append)
-    assert first.imported and not again.imported and again.manifest_digest == first.manifest_digest
-    assert "already in containerd" in lines[0]
+    assert apply(service, pair, keypair).returncode == 0
+    digest = service.engine.references()[normalize_ref(pair["tag"]["v2"])]
+    again = apply(service, pair, keypair)
+    assert again.returncode == 0, again.stderr
+    assert "already applied" in again.stdout + again.stderr
+    assert service.engine.references()[normalize_ref(pair["tag"]["v2"])] == digest
 
 
-def test_an_unreachable_containerd_is_one_engine_error(tmp_path):
-    with pytest.raises(EngineError, match=r"^cannot reach containerd at .*nothing\.sock .*start containerd or pass "
-                                          r"--address \(k3s: /run/k3s/containerd/containerd.sock\)$"):
-        containerd.connect(str(tmp_path / "nothing.sock"))
+def test_an_unreachable_containerd_is_one_engine_error(tmp_path, pair, keypair):
+    with pytest.raises(EngineError, match=r"^cannot reach containerd at .*nothing\.sock \(.*\); start containerd "
+                                          r"or name its socket: --engine containerd=SOCKET \(k3s: "
+                                          r"/run/k3s/containerd/containerd.sock\)$"):
+        connect(str(tmp_path / "nothing.sock"))
+    result = run_cli("apply", pair["bundle"], "--trust", keypair[1], "--engine", f"containerd={tmp_path}/nothing.sock")
+    assert result.returncode == EngineError.exit_code and "Traceback" not in result.stderr
+    assert "cannot reach containerd at" in result.stderr
+
+
+def test_an_unknown_engine_is_a_usage_error(pair, keypair):
+    result = run_cli("apply", pair["bundle"], "--trust", keypair[1], "--engine", "cri-o")
+    assert result.returncode == 2 and "engine cri-o: give docker, podman" in result.stderr
 
 
 @pytest.mark.parametrize("ref, stored", [

@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from deltaimg.engine import dockerd as engine
+from deltaimg.engine.dockerd import DockerEngine
 from deltaimg.engine import podman as podman_engine
 from deltaimg.errors import EngineError, SwapFailedRolledBack
 from deltaimg.tar import writer as archivewriter
@@ -86,16 +86,16 @@ def checksums(podman: PodmanService, container: str) -> str:
 
 
 def test_the_engine_adapter_reads_a_podman_image_exactly(podman, images):
-    attrs = engine.find_image(podman.client, images["tag"]["v2"])
+    attrs = DockerEngine(podman.client).find_image(images["tag"]["v2"])
     assert attrs is not None and attrs["Id"] == images["v2"]
 
-    config = engine.read_config(podman.client, images["v2"])
+    config = DockerEngine(podman.client).read_config(images["v2"])
     assert "sha256:" + hashlib.sha256(config).hexdigest() == images["v2"]
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
     assert attrs["RootFS"]["Layers"] == diff_ids and len(diff_ids) == 3
 
     # export_layers hashes every layer it hands out against its diff_id (IntegrityError otherwise)
-    exported = [(diff_id, len(stream.read())) for diff_id, stream in engine.export_layers(podman.client, images["v2"],
+    exported = [(diff_id, len(stream.read())) for diff_id, stream in DockerEngine(podman.client).export_layers(images["v2"],
                                                                                           set(diff_ids), {})]
     assert [diff_id for diff_id, _ in exported] == diff_ids
     assert all(size > 0 for _, size in exported)
@@ -103,9 +103,9 @@ def test_the_engine_adapter_reads_a_podman_image_exactly(podman, images):
 
 def test_podman_loads_a_full_archive_keeping_its_id_and_refuses_a_thin_one(podman, images, resources):
     client = podman.client
-    config = engine.read_config(client, images["v2"])
+    config = DockerEngine(client).read_config(images["v2"])
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-    layers = {d: stream.read() for d, stream in engine.export_layers(client, images["v2"], set(diff_ids), {})}
+    layers = {d: stream.read() for d, stream in DockerEngine(client).export_layers(images["v2"], set(diff_ids), {})}
     tag = f"{resources.name('copy')}:test"
     resources.images.append(tag)
 
@@ -117,15 +117,15 @@ def test_podman_loads_a_full_archive_keeping_its_id_and_refuses_a_thin_one(podma
         out.seek(0)
         return out
 
-    assert engine.loads_thin_archives(client) is False
+    assert DockerEngine(client).loads_thin_archives() is False
     with pytest.raises(EngineError, match="docker load of the archive failed: .*layer tarfiles are missing"):
-        engine.load_archive(client, archive(keep=2))
+        DockerEngine(client).load_archive(archive(keep=2))
 
     # Podman qualifies a loaded image's short name with localhost/ (a build's with docker.io/library/)
-    assert engine.load_archive(client, archive(keep=0)) == [f"localhost/{tag}"]
-    assert engine.find_image(client, tag)["Id"] == images["v2"]
-    engine.tag(client, images["v1"], [tag])
-    assert engine.find_image(client, tag)["Id"] == images["v1"]
+    assert DockerEngine(client).load_archive(archive(keep=0)) == [f"localhost/{tag}"]
+    assert DockerEngine(client).find_image(tag)["Id"] == images["v2"]
+    DockerEngine(client).tag(images["v1"], [tag])
+    assert DockerEngine(client).find_image(tag)["Id"] == images["v1"]
 
 
 def _fill(data: bytes):
@@ -134,16 +134,16 @@ def _fill(data: bytes):
 
 def exported(podman: PodmanService, image_id: str) -> tuple[bytes, list[str], dict[str, bytes]]:
     """(config bytes, diff_ids, layer tar per diff_id) of a Podman image, read by the engine adapter."""
-    config = engine.read_config(podman.client, image_id)
+    config = DockerEngine(podman.client).read_config(image_id)
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-    return config, diff_ids, {d: s.read() for d, s in engine.export_layers(podman.client, image_id, set(diff_ids), {})}
+    return config, diff_ids, {d: s.read() for d, s in DockerEngine(podman.client).export_layers(image_id, set(diff_ids), {})}
 
 
 def thin_oci(config: bytes, diff_ids: list[str], layers: dict[str, bytes], tag: str, keep: int) -> io.BytesIO:
     """An OCI archive of the image naming its first ``keep`` layers by diff_id, without them."""
     out = io.BytesIO()
     write_oci_image(out, config, [tag], [
-        (podman_engine.held_layer(d, len(layers[d])) if position < keep else None, d, len(layers[d]), _fill(layers[d]))
+        ({"digest": d} if position < keep else None, d, len(layers[d]), _fill(layers[d]))
         for position, d in enumerate(diff_ids)])
     out.seek(0)
     return out
@@ -153,13 +153,13 @@ def test_a_thin_oci_archive_loads_through_the_libpod_api_keeping_the_target_id(p
     client = podman.client
     config, diff_ids, layers = exported(podman, images["v2"])
     remove_image(podman, images["tag"]["v2"])  # the bundles are made: the next test that needs v2 reloads it
-    assert engine.find_image(client, images["v2"]) is None
+    assert DockerEngine(client).find_image(images["v2"]) is None
     tag = f"localhost/{resources.name('thin')}:test"
     resources.images.append(tag)
     archive = thin_oci(config, diff_ids, layers, tag, keep=2)
 
-    assert podman_engine.load_oci_archive(client, archive, "the thin archive") == [tag]
-    assert engine.find_image(client, tag)["Id"] == images["v2"]
+    assert podman_DockerEngine(client).load_oci_archive(archive, "the thin archive") == [tag]
+    assert DockerEngine(client).find_image(tag)["Id"] == images["v2"]
     container = client.api.create_container(tag, command=["cat", "/etc/app-version"])["Id"]
     client.api.start(container)
     assert client.api.wait(container)["StatusCode"] == 0
@@ -174,7 +174,7 @@ def test_a_thin_oci_archive_of_a_base_podman_lacks_is_one_engine_error(podman, i
     config = config.replace(diff_ids[0].encode(), absent.encode())
     with pytest.raises(EngineError, match=r"^podman load of the archive failed \(500\): .*blobs/sha256/abab.*"
                                           r"; load its base image first$"):
-        podman_engine.load_oci_archive(podman.client, thin_oci(config, [absent, *diff_ids[1:]], layers, "localhost/x:1",
+        podman_DockerEngine(podman.client).load_oci_archive(thin_oci(config, [absent, *diff_ids[1:]], layers, "localhost/x:1",
                                                                keep=1), "the archive")
 
 
@@ -186,11 +186,11 @@ def test_apply_into_podman_loads_the_target_and_swaps_the_container_keeping_its_
     before = checksums(podman, old)
 
     result = run_cli("apply", bundles["v2"], "--trust", keypair[1], "--grace", "2", "--json",
-                     env={"DOCKER_HOST": podman.docker_host})
+                     "--engine", f"podman={podman.docker_host}")
     assert result.returncode == 0, result.stderr
     [applied] = [o for o in json.loads(result.stdout)["outcomes"] if o["event"] == "applied"]
     assert applied["loaded"] is True and [c["name"] for c in applied["containers"]] == [resources.name("app")]
-    assert engine.find_image(client, images["tag"]["v2"])["Id"] == images["v2"]
+    assert DockerEngine(client).find_image(images["tag"]["v2"])["Id"] == images["v2"]
 
     new = client.api.inspect_container(resources.name("app"))
     assert new["Id"] != old and new["Image"] == images["v2"] and new["State"]["Running"]

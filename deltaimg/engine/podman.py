@@ -1,4 +1,4 @@
-"""What Podman does beyond its Docker-compatible API: loading a *thin* OCI archive.
+"""The Podman adapter: Docker's adapter over Podman's Docker-compatible API, except for loading.
 
 Podman's Docker-compatible load (and ``podman load``) refuses a docker-archive that lacks any
 layer file. Its libpod API's load (``POST /libpod/images/load``, what ``podman load`` calls)
@@ -12,27 +12,67 @@ before reading it; the thin archive keeps that copy to the rebuilt layers.
 from __future__ import annotations
 
 import json
+import os
 from typing import BinaryIO
 
 import docker
 import docker.errors
 import requests
 
-from deltaimg.engine.dockerd import API_TIMEOUT, CHUNK, one_line
-from deltaimg.errors import EngineError
+from deltaimg.engine.dockerd import API_TIMEOUT, CHUNK, PROBE_TIMEOUT, DockerEngine, one_line
+from deltaimg.errors import EngineError, ImageReadError, printable
 from deltaimg.tar.oci_writer import MEDIA_LAYER
 
+DEFAULT_SOCKET = "unix:///run/podman/podman.sock"
 MAX_ANSWER = 1 << 20  # the load's answer names the loaded images; nothing near this
 
 
-def held_layer(diff_id: str, size: int) -> dict:
-    """The descriptor a thin OCI archive names a layer the store holds by: its uncompressed
-    tar, by its diff_id."""
-    return {"mediaType": MEDIA_LAYER, "digest": diff_id, "size": size}
+def connect(base_url: str = DEFAULT_SOCKET) -> PodmanEngine:
+    """Podman's API service at ``base_url`` (``podman system service`` or podman.socket)."""
+    try:
+        client = docker.DockerClient(base_url=base_url, timeout=PROBE_TIMEOUT)
+        client.ping()
+        client.api.timeout = API_TIMEOUT
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise EngineError(f"cannot reach Podman at {printable(base_url)} ({one_line(exc)}); start its API service "
+                          "(systemctl enable --now podman.socket) or name its socket: --engine podman=unix://PATH") from None
+    return PodmanEngine(client)
+
+
+class PodmanEngine(DockerEngine):
+    """Podman through the Docker SDK; loads through the libpod API, thin OCI archives included."""
+
+    name = "Podman"
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        super().__init__(client, read_store=False)  # Podman's store is not Docker's overlay2 layout
+
+    def loads_thin_archives(self) -> bool:
+        return False  # a docker save archive must carry every layer; a thin one is an OCI archive
+
+    def layer_blobs(self, image_id: str) -> list[dict] | None:
+        """containers-storage finds a layer by its uncompressed digest: a thin OCI archive names a
+        layer by its diff_id (the writer adds the layer's size)."""
+        layers = ((self.find_image(image_id) or {}).get("RootFS") or {}).get("Layers")
+        if not isinstance(layers, list):
+            raise EngineError(f"Podman does not list the layers of {image_id[:19]}")
+        return [{"mediaType": MEDIA_LAYER, "digest": diff_id} for diff_id in layers]
+
+    def load_archive(self, stream_or_path: BinaryIO | str | os.PathLike) -> list[str]:
+        """Load a docker save or an OCI archive; the names Podman reports loading."""
+        if not isinstance(stream_or_path, (str, os.PathLike)):
+            return load_oci_archive(self.client, stream_or_path, "the archive")
+        path = os.fspath(stream_or_path)
+        try:
+            stream = open(path, "rb")
+        except OSError as exc:
+            raise ImageReadError(f"cannot open {path}: {exc.strerror}") from None
+        with stream:
+            return load_oci_archive(self.client, stream, path)
 
 
 def load_oci_archive(client: docker.DockerClient, stream: BinaryIO, what: str) -> list[str]:
-    """Load an OCI archive through the libpod API; return the names Podman reports loading."""
+    """Load an archive (OCI or docker save) through the libpod API; the names Podman reports loading."""
     body = iter(lambda: stream.read(CHUNK), b"")
     try:
         response = client.api._post(client.api._url("/libpod/images/load"), data=body,

@@ -3,8 +3,8 @@ the form ``ctr images import`` reads, thin or full.
 
 A layer written here is stored uncompressed, under its diff_id, and hashed as it is streamed (see
 :class:`deltaimg.tar.writer.ArchiveWriter`). A layer given a descriptor instead is not written:
-the manifest names that blob (the base's, as the content store holds it, compressed or not), and
-the importer must already have it.
+the manifest names that blob (the base's, as the engine's store holds it, compressed or not; a
+descriptor without a size takes the layer's), and the importer must already have it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def write_oci_image(out: BinaryIO, config_bytes: bytes, refs: list[str], layers:
     layer_bytes = 0
     for reused, diff_id, size, fill in layers:
         if reused is not None:
-            descriptors.append({k: reused[k] for k in ("mediaType", "digest", "size") if k in reused})
+            descriptors.append({"mediaType": reused.get("mediaType", MEDIA_LAYER), "digest": reused["digest"],
+                                "size": reused.get("size", size)})
             continue
         descriptors.append({"mediaType": MEDIA_LAYER, "digest": diff_id, "size": size})
         if diff_id in written:
