@@ -16,7 +16,7 @@ import json
 import pytest
 
 from deltaimg.engine.dockerd import DockerEngine
-from deltaimg.engine import podman as podman_engine
+from deltaimg.engine.podman import PodmanEngine
 from deltaimg.errors import EngineError, SwapFailedRolledBack
 from deltaimg.tar import writer as archivewriter
 from deltaimg.tar.oci_writer import write_oci_image
@@ -158,7 +158,7 @@ def test_a_thin_oci_archive_loads_through_the_libpod_api_keeping_the_target_id(p
     resources.images.append(tag)
     archive = thin_oci(config, diff_ids, layers, tag, keep=2)
 
-    assert podman_DockerEngine(client).load_oci_archive(archive, "the thin archive") == [tag]
+    assert PodmanEngine(client).load_archive(archive) == [tag]
     assert DockerEngine(client).find_image(tag)["Id"] == images["v2"]
     container = client.api.create_container(tag, command=["cat", "/etc/app-version"])["Id"]
     client.api.start(container)
@@ -174,8 +174,8 @@ def test_a_thin_oci_archive_of_a_base_podman_lacks_is_one_engine_error(podman, i
     config = config.replace(diff_ids[0].encode(), absent.encode())
     with pytest.raises(EngineError, match=r"^podman load of the archive failed \(500\): .*blobs/sha256/abab.*"
                                           r"; load its base image first$"):
-        podman_DockerEngine(podman.client).load_oci_archive(thin_oci(config, [absent, *diff_ids[1:]], layers, "localhost/x:1",
-                                                               keep=1), "the archive")
+        PodmanEngine(podman.client).load_archive(thin_oci(config, [absent, *diff_ids[1:]], layers, "localhost/x:1",
+                                                          keep=1))
 
 
 def test_apply_into_podman_loads_the_target_and_swaps_the_container_keeping_its_volumes(
