@@ -225,3 +225,29 @@ def test_a_target_failing_its_health_check_in_podman_is_rolled_back(podman, imag
     assert back["Id"] == old and back["State"]["Running"] and back["Image"] == images["v1"]
     assert checksums(podman, old) == before
     assert [c["Id"] for c in client.api.containers(all=True, filters={"name": resources.prefix})] == [old]
+
+
+def test_apply_through_libpod_writes_less_than_through_the_compatible_api(podman, images, bundles, keypair, capsys):
+    """The same bundle applied twice, the target removed before each: through Podman's Docker-
+    compatible API (a full docker archive: Podman loads no thin one) and with --engine podman (a
+    thin OCI archive naming the base's layers by diff_id). Podman copies what it is sent to
+    /var/tmp before reading it, so what its service writes tells them apart."""
+    written, lines = {}, {}
+    for way, options in (("compatible", []), ("libpod", ["--engine", f"podman={podman.docker_host}"])):
+        remove_image(podman, images["tag"]["v2"])
+        before = podman.written_bytes()
+        result = run_cli("apply", bundles["v2"], "--trust", keypair[1], "--no-swap", *options,
+                         env={"DOCKER_HOST": podman.docker_host})
+        assert result.returncode == 0, result.stderr
+        assert DockerEngine(podman.client).find_image(images["tag"]["v2"])["Id"] == images["v2"]
+        written[way] = podman.written_bytes() - before
+        lines[way] = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("rebuilt ")]
+    held = sum(len(layer) for layer in exported(podman, images["v1"])[2].values())  # v2's first two layers
+    with capsys.disabled():
+        print(f"\nPodman's service wrote {written['libpod']} bytes (thin OCI) vs {written['compatible']} "
+              f"(full archive); the layers the thin archive leaves out are {held} bytes")
+    assert lines == {"compatible": ["rebuilt 3 layer(s), every one matching its diff_id; loading"],
+                     "libpod": ["rebuilt 1 layer(s), every one matching its diff_id; loading"]}
+    # both read the base the same way (Podman's docker save also goes through /var/tmp): the
+    # difference is the copy of the layers the thin archive does not carry
+    assert written["compatible"] - written["libpod"] >= held
