@@ -1,10 +1,11 @@
-"""deltaimg against Podman's Docker-compatible API, on a private Podman the test setup starts.
+"""deltaimg against Podman, on a private Podman the test setup starts.
 
-What holds today, through the same engine adapter as Docker: Podman's images are read (inspect,
-the exact config bytes, every layer from its ``docker save``), a full archive loads and keeps
-its image ID, a thin archive is refused (so apply loads a full one), tags move, and
+Through Docker's adapter over Podman's Docker-compatible API: Podman's images are read (inspect,
+the exact config bytes, every layer from its ``docker save``), a full archive loads and keeps its
+image ID, a thin docker archive is refused (so apply loads a full one), tags move, and
 ``deltaimg apply`` rebuilds, loads and swaps a container keeping its volumes, or rolls back a
-target that fails its health check.
+target that fails its health check. Through the Podman adapter (``--engine podman=...``): a thin
+OCI archive loads through the libpod API, so apply sends only the rebuilt layers.
 """
 
 from __future__ import annotations
