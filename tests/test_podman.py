@@ -17,6 +17,7 @@ import json
 import pytest
 
 from deltaimg.engine.dockerd import DockerEngine
+from deltaimg.engine import choose
 from deltaimg.engine.podman import PodmanEngine
 from deltaimg.errors import EngineError, SwapFailedRolledBack
 from deltaimg.tar import writer as archivewriter
@@ -252,3 +253,10 @@ def test_apply_through_libpod_writes_less_than_through_the_compatible_api(podman
     # both read the base the same way (Podman's docker save also goes through /var/tmp): the
     # difference is the copy of the layers the thin archive does not carry
     assert written["compatible"] - written["libpod"] >= held
+
+
+def test_an_unreachable_podman_is_one_engine_error(tmp_path):
+    with pytest.raises(EngineError, match=r"^cannot reach Podman at unix://.*nothing\.sock \(.*\); start its API "
+                                          r"service \(systemctl enable --now podman.socket\) or name its socket: "
+                                          r"--engine podman=unix://PATH$"):
+        choose.connect(f"podman=unix://{tmp_path}/nothing.sock")
