@@ -88,10 +88,10 @@ def load_size(engine: Engine, rebuild: Rebuild) -> int:
                 for position, layer in enumerate(rebuild.layers) if position not in held}.values())
 
 
-def check_base_layers(bundle: Bundle, rebuild: Rebuild, keep: int) -> None:
+def check_base_layers(bundle: Bundle, rebuild: Rebuild) -> None:
     """Refuse, before the engine exports anything, deltas that read a base layer the base lacks
     (:func:`bind_base` checked the layers the target takes whole)."""
-    used = {reference[0] for reference in _references(bundle, rebuild, keep)}
+    used = {reference[0] for reference in _references(bundle, rebuild)}
     if any(index >= len(rebuild.base_diff_ids) for index in used):
         raise BundleFormatError(f"{bundle.path}: a layer delta refers to base layer {max(used)}, which the base "
                                 "lacks: the bundle is damaged")
@@ -153,7 +153,7 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
     bind_base(bundle, rebuild, layers)  # the engine's record of the base's config; checked against it below
     blobs = engine.layer_blobs(rebuild.base_id)  # not None: a thin OCI archive names every base layer it holds
     held = held_layers(engine, rebuild, blobs)
-    check_base_layers(bundle, rebuild, 0)
+    check_base_layers(bundle, rebuild)
     whole = {rebuild.base_diff_ids[layer.base_layer] for position, layer in enumerate(rebuild.layers)  # type: ignore[index]
              if layer.method is Method.BASE and position not in held}
     with tempfile.TemporaryDirectory(prefix="deltaimg-engine-", dir=work_dir) as workdir:
@@ -163,7 +163,7 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
             faults.killpoint("rebuild")
             base.fetch(whole)
             with BaseContent(base, workdir, partial=True) as content, open(archive, "wb") as out:
-                content.fetch_entries(_references(bundle, rebuild, 0))
+                content.fetch_entries(_references(bundle, rebuild))
                 sources = layer_sources(bundle, rebuild, content, advance)
                 if blobs is None:
                     thin = [(d, size, None if position in held else fill) for position, (d, size, fill) in enumerate(sources)]
@@ -183,9 +183,9 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
         raise IntegrityError(f"the engine loaded {loaded['Id'][:19]}, not {rebuild.target_id[:19]}")
 
 
-def _references(bundle: Bundle, rebuild: Rebuild, keep: int) -> Iterator[tuple[int, int, int, int, int | None]]:
-    """What rebuilding the target's delta layers past the first ``keep`` reads of the base."""
-    for layer in rebuild.layers[keep:]:
+def _references(bundle: Bundle, rebuild: Rebuild) -> Iterator[tuple[int, int, int, int, int | None]]:
+    """What rebuilding the target's delta layers reads of the base."""
+    for layer in rebuild.layers:
         if layer.method is Method.DELTA:
             with bundle.open_payload(layer.payload) as payload:  # type: ignore[arg-type]
                 yield from base_references(payload)
