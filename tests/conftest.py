@@ -102,3 +102,4 @@ def assert_same_image(rebuilt_archive: str, config_bytes: bytes) -> None:
 
 
 from tests.engine_helpers import docker_client, engine_resources  # noqa: E402,F401  (engine fixtures)
+from tests.podman_helpers import podman  # noqa: E402,F401  (the private Podman)

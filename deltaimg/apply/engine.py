@@ -9,8 +9,11 @@
    needs little disk.
 3. The target's layers past the prefix it shares with the base are rebuilt into a *thin* archive
    (the engine already holds the shared prefix, so ``docker load`` skips it), loaded, checked to
-   have the target's image ID, and tagged.
-4. The containers on the base image are swapped onto the target (:mod:`deltaimg.apply.swap`).
+   have the target's image ID, and tagged. Where the engine takes OCI archives naming the blobs it
+   holds (Podman, containerd: :meth:`Engine.layer_blobs`), every layer the target takes whole from
+   the base is named, not carried, wherever it sits.
+4. The containers on the base image are swapped onto the target (:mod:`deltaimg.apply.swap`);
+   on containerd, whose containers are the orchestrator's, a line says how to roll them instead.
 
 Everything is written under ``work_dir`` (the state directory's scratch space when run by
 :mod:`deltaimg.apply.unattended`, which empties it at the start of every run, so a killed rebuild
@@ -29,11 +32,12 @@ from deltaimg import faults
 
 from deltaimg.tar import writer as archivewriter
 from deltaimg.tar.gocheck import go_rejects
+from deltaimg.tar.oci_writer import write_oci_image
 
 from deltaimg.engine.interface import Engine
 
 from deltaimg.apply import swap
-from deltaimg.apply.rebuild import Rebuild, bind_base, layer_sources, load_target_config, read_rebuild
+from deltaimg.apply.rebuild import Rebuild, bind_base, layer_sources, load_target_config, read_rebuild, rebuild_size
 from deltaimg.bundle.manifest import Method
 from deltaimg.bundle.reader import Bundle
 from deltaimg.delta.decoder import base_references
@@ -67,10 +71,29 @@ def layers_to_load(engine: Engine, rebuild: Rebuild) -> int:
     return shared_prefix(rebuild) if engine.loads_thin_archives() else 0
 
 
-def check_base_layers(bundle: Bundle, rebuild: Rebuild, keep: int) -> None:
+def held_layers(engine: Engine, rebuild: Rebuild, blobs: list[dict] | None) -> set[int]:
+    """The positions of the target layers the archive names but does not carry: with ``blobs``
+    (an OCI archive), every layer taken whole from the base; else the shared prefix, where the
+    engine loads thin archives."""
+    if blobs is None:
+        return set(range(layers_to_load(engine, rebuild)))
+    return {position for position, layer in enumerate(rebuild.layers) if layer.method is Method.BASE}
+
+
+def load_size(engine: Engine, rebuild: Rebuild) -> int:
+    """Bytes of the layers the rebuild writes for this engine (each distinct layer once): those
+    the archive carries, when the engine holds the base; else past the shared prefix, if it may."""
+    if engine.find_image(rebuild.base_id) is None:
+        return rebuild_size(rebuild, layers_to_load(engine, rebuild))
+    held = held_layers(engine, rebuild, engine.layer_blobs(rebuild.base_id))
+    return sum({layer.key(position): layer.size
+                for position, layer in enumerate(rebuild.layers) if position not in held}.values())
+
+
+def check_base_layers(bundle: Bundle, rebuild: Rebuild) -> None:
     """Refuse, before the engine exports anything, deltas that read a base layer the base lacks
     (:func:`bind_base` checked the layers the target takes whole)."""
-    used = {reference[0] for reference in _references(bundle, rebuild, keep)}
+    used = {reference[0] for reference in _references(bundle, rebuild)}
     if any(index >= len(rebuild.base_diff_ids) for index in used):
         raise BundleFormatError(f"{bundle.path}: a layer delta refers to base layer {max(used)}, which the base "
                                 "lacks: the bundle is damaged")
@@ -94,7 +117,11 @@ def apply_to_engine(bundle: Bundle, engine: Engine, *, containers: list[str] | N
     if not dry_run:
         engine.tag(rebuild.target_id, rebuild.target_tags)
     outcome = EngineOutcome(rebuild.target_id, loaded=not present and not dry_run)
-    if swap_containers and engine.find_image(rebuild.base_id) is not None:
+    if swap_containers and not engine.swaps_containers:
+        log(f"{engine.name}'s containers belong to its orchestrator; deltaimg swaps none: roll each workload onto "
+            f"{' '.join(rebuild.target_tags) or rebuild.target_id[:19]} (kubectl set image deployment/NAME "
+            "CONTAINER=IMAGE -n NAMESPACE; with imagePullPolicy IfNotPresent, as no registry serves it)")
+    elif swap_containers and engine.find_image(rebuild.base_id) is not None:
         if dry_run and not present:
             log("then every container on the base image would be swapped onto it")
         else:
@@ -127,9 +154,11 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
     if not isinstance(layers, list):
         raise EngineError(f"the engine does not list the layers of {rebuild.base_id[:19]}")
     bind_base(bundle, rebuild, layers)  # the engine's record of the base's config; checked against it below
-    keep = layers_to_load(engine, rebuild)
-    check_base_layers(bundle, rebuild, keep)
-    whole = {rebuild.base_diff_ids[layer.base_layer] for layer in rebuild.layers[keep:] if layer.method is Method.BASE}  # type: ignore[index]
+    blobs = engine.layer_blobs(rebuild.base_id)  # not None: a thin OCI archive names every base layer it holds
+    held = held_layers(engine, rebuild, blobs)
+    check_base_layers(bundle, rebuild)
+    whole = {rebuild.base_diff_ids[layer.base_layer] for position, layer in enumerate(rebuild.layers)  # type: ignore[index]
+             if layer.method is Method.BASE and position not in held}
     with tempfile.TemporaryDirectory(prefix="deltaimg-engine-", dir=work_dir) as workdir:
         archive = os.path.join(workdir, "target.tar")
         with open_daemon_image(engine, rebuild.base_id, tmp_dir=workdir) as base:  # its files go on leaving
@@ -137,31 +166,38 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
             faults.killpoint("rebuild")
             base.fetch(whole)
             with BaseContent(base, workdir, partial=True) as content, open(archive, "wb") as out:
-                content.fetch_entries(_references(bundle, rebuild, keep))
+                content.fetch_entries(_references(bundle, rebuild))
                 sources = layer_sources(bundle, rebuild, content, advance)
-                thin = [(d, size, fill if position >= keep else None) for position, (d, size, fill) in enumerate(sources)]
-                archivewriter.write_image(out, rebuild.target_config, rebuild.target_tags, thin)
-        check_loadable(archive, bundle, rebuild, keep)
-        log(f"rebuilt {len(rebuild.layers) - keep} layer(s), every one matching its diff_id; loading")
+                if blobs is None:
+                    thin = [(d, size, None if position in held else fill) for position, (d, size, fill) in enumerate(sources)]
+                    archivewriter.write_image(out, rebuild.target_config, rebuild.target_tags, thin)
+                else:
+                    write_oci_image(out, rebuild.target_config, rebuild.target_tags, [
+                        (blobs[layer.base_layer] if position in held else None, d, size, None if position in held else fill)  # type: ignore[index]
+                        for position, (layer, (d, size, fill)) in enumerate(zip(rebuild.layers, sources))])
+        check_loadable(archive, bundle, rebuild, held, oci=blobs is not None)
+        log(f"rebuilt {len(rebuild.layers) - len(held)} layer(s), every one matching its diff_id; loading")
         with open(archive, "rb") as stream:
             engine.load_archive(_Upload(stream, os.path.getsize(archive)))
     loaded = engine.find_image(rebuild.target_id)
     if loaded is None:
-        raise EngineError(f"docker load did not produce image {rebuild.target_id[:19]}; the engine may use the "
-                          "containerd image store, which deltaimg does not support yet")
+        raise EngineError(f"{engine.name}'s load did not produce image {rebuild.target_id[:19]}; a Docker engine may "
+                          "use the containerd image store, which deltaimg does not support yet")
     if loaded["Id"] != rebuild.target_id:
         raise IntegrityError(f"the engine loaded {loaded['Id'][:19]}, not {rebuild.target_id[:19]}")
 
 
-def check_loadable(archive: str, bundle: Bundle, rebuild: Rebuild, keep: int) -> None:
-    """Raise :class:`EngineError` before ``docker load`` if a layer the bundle rebuilt (a base layer is
-    in the engine already) has a header Go's tar reader rejects: the load would fail half way."""
+def check_loadable(archive: str, bundle: Bundle, rebuild: Rebuild, held: set[int], oci: bool) -> None:
+    """Raise :class:`EngineError` before the load if a layer the bundle rebuilt (a base layer is in
+    the engine already) has a header Go's tar reader rejects: the load would fail half way."""
     with tarfile.open(archive) as written:  # written by deltaimg a moment ago
-        for position in range(keep, len(rebuild.layers)):
+        for position, layer_record in enumerate(rebuild.layers):
             diff_id = rebuild.target_diff_ids[position]
-            if rebuild.layers[position].method is not Method.DELTA:
+            if position in held or layer_record.method is not Method.DELTA:
                 continue
-            with written.extractfile(f"{diff_id.split(':', 1)[1]}/layer.tar") as layer:  # type: ignore[union-attr]
+            hexdigest = diff_id.split(":", 1)[1]
+            member = f"blobs/sha256/{hexdigest}" if oci else f"{hexdigest}/layer.tar"
+            with written.extractfile(member) as layer:  # type: ignore[union-attr]
                 problem = go_rejects(layer)
             if problem is not None:
                 raise EngineError(f"layer {position} ({diff_id}) of {bundle.manifest.target.name} {problem}, which "
@@ -169,9 +205,9 @@ def check_loadable(archive: str, bundle: Bundle, rebuild: Rebuild, keep: int) ->
                                   "Make the target image with a standard tar writer and make the bundle again")
 
 
-def _references(bundle: Bundle, rebuild: Rebuild, keep: int) -> Iterator[BaseRead]:
-    """What rebuilding the target's delta layers past the first ``keep`` reads of the base."""
-    for layer in rebuild.layers[keep:]:
+def _references(bundle: Bundle, rebuild: Rebuild) -> Iterator[BaseRead]:
+    """What rebuilding the target's delta layers reads of the base."""
+    for layer in rebuild.layers:
         if layer.method is Method.DELTA:
             with bundle.open_payload(layer.payload) as payload:  # type: ignore[arg-type]
                 yield from base_references(payload)

@@ -37,16 +37,16 @@ from deltaimg.apply import chain
 
 from deltaimg.apply import diskspace
 
-from deltaimg.engine import dockerd
+from deltaimg.engine import choose
 from deltaimg.engine.interface import Engine
 
 from deltaimg.apply import recovery
 
 from deltaimg.bundle import signing
-from deltaimg.apply.rebuild import Rebuild, read_rebuild, rebuild_size
+from deltaimg.apply.rebuild import Rebuild, read_rebuild
 from deltaimg.bundle.reader import Bundle, bundle_files, open_bundle
 from deltaimg.bundle.verify import verify_payloads
-from deltaimg.apply.engine import apply_to_engine, layers_to_load, require_base, shared_prefix
+from deltaimg.apply.engine import apply_to_engine, load_size, require_base
 from deltaimg.errors import (
     DeltaimgError,
     DowngradeError,
@@ -74,6 +74,7 @@ class Options:
     allow_downgrade: bool = False
     retry: bool = False
     progress_bars: bool = True
+    engine: str | None = None  # which engine, and where (deltaimg.engine.choose); None: $DELTAIMG_ENGINE or Docker
 
 
 class Reporter(Protocol):
@@ -89,12 +90,12 @@ def run(options: Options, reporter: Reporter) -> None:
     strict = len(options.paths) == 1 and not os.path.isdir(options.paths[0])
     state = StateDir(options.state_dir)
     if options.dry_run:  # changes nothing, so it takes no lock and writes no state
-        _Run(options, reporter, state, dockerd.connect(), strict).dry_run(files)
+        _Run(options, reporter, state, choose.connect(options.engine), strict).dry_run(files)
         return
     state.create()
     with RunLock(state.lock_path, options.wait), _Termination() as termination:
         state.clean_work()
-        engine = dockerd.connect()
+        engine = choose.connect(options.engine)
         recovery.recover(engine, state.journal, reporter.outcome)
         _Run(options, reporter, state, engine, strict, termination).apply(files)
 
@@ -239,12 +240,11 @@ class _Run:
         if not self.options.allow_downgrade:
             for bundle in bundles:
                 self._refuse_tag_downgrade(bundle, rebuilds[bundle.path])
-        thin = self.engine.loads_thin_archives() if bundles else True
         sizes = []
         for bundle in bundles:
             rebuild = rebuilds[bundle.path]
             loaded = self.engine.find_image(rebuild.target_id) is not None
-            sizes.append(0 if loaded else rebuild_size(rebuild, shared_prefix(rebuild) if thin else 0))
+            sizes.append(0 if loaded else load_size(self.engine, rebuild))
         if any(sizes):
             diskspace.check(self.state.work_path, self.engine.data_root(), sizes, self.reporter.progress)
 
@@ -299,7 +299,7 @@ class _Run:
                                                      f"already in the engine and no container to swap runs "
                                                      f"{bundle.manifest.base.name}")
             return
-        size = 0 if loaded else rebuild_size(rebuild, layers_to_load(self.engine, rebuild))
+        size = 0 if loaded else load_size(self.engine, rebuild)
         attempt = new_id()
         summary = {"bundle": _bundle_record(bundle), "from": bundle.manifest.base.as_json(),
                    "to": bundle.manifest.target.as_json()}

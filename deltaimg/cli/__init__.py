@@ -125,7 +125,7 @@ def diff(base: str, target: str, platform: Optional[str], limit: int, as_json: b
 
 def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str], base: Optional[str],
           output: Optional[str], force: bool, platform: Optional[str], container: Optional[List[str]],
-          no_swap: bool, grace: float, dry_run: bool, state_dir: Optional[str], wait: float,
+          no_swap: bool, grace: float, dry_run: bool, state_dir: Optional[str], engine: Optional[str], wait: float,
           allow_downgrade: bool, retry: bool, log_format: str, as_json: bool, quiet: bool) -> None:
     """Verify bundles, rebuild the target images byte-exactly, load them into the engine and swap their containers."""
     if base or output:
@@ -155,7 +155,8 @@ def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str]
     options = unattended.Options(paths=list(paths), trusted=keys.trusted_keys(trust or [], trust_dir),
                                  state_dir=state_dir_path(state_dir), wait=wait, containers=container or None,
                                  swap=not no_swap, grace=grace, dry_run=dry_run, allow_downgrade=allow_downgrade,
-                                 retry=retry, progress_bars=not (quiet or as_json or log_format == "json"))
+                                 retry=retry, progress_bars=not (quiet or as_json or log_format == "json"),
+                                 engine=engine)
     unattended.run(options, reporter)
     if isinstance(reporter, runlog.Collected):
         _emit(True, reporter.report(), [])

@@ -126,6 +126,9 @@ def _apply(p: argparse.ArgumentParser) -> None:
                    help="how long a container without healthcheck must run before it counts as up (default 10)")
     p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     _state_dir(p)
+    p.add_argument("--engine", metavar="ENGINE",
+                   help="docker (default), podman[=unix:///PATH.sock] or containerd[=SOCKET[,NAMESPACE]]; "
+                        "default $DELTAIMG_ENGINE")
     p.add_argument("--wait", metavar="SECONDS", type=float, default=0.0,
                    help="wait up to SECONDS for another run to finish instead of exiting at once")
     p.add_argument("--allow-downgrade", action="store_true",

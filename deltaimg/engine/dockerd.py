@@ -54,6 +54,7 @@ class DockerEngine:
     Docker-compatible API. Every failure of the engine is an :class:`EngineError`."""
 
     name = "Docker"
+    swaps_containers = True
 
     def __init__(self, client: docker.DockerClient, read_store: bool = True) -> None:
         """``read_store`` False: always ``docker save``, never the store in place (benchmarks compare both)."""
@@ -230,6 +231,10 @@ class DockerEngine:
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise EngineError(f"cannot ask the engine its version: {one_line(exc)}") from None
         return not any("podman" in str(c.get("Name", "")).lower() for c in components)
+
+    def layer_blobs(self, image_id: str) -> list[dict] | None:
+        """None: Docker loads docker save archives only (thin ones, see :meth:`loads_thin_archives`)."""
+        return None
 
     def tag(self, image_id: str, tags: Iterable[str]) -> None:
         """Point each ``repo[:tag]`` at ``image_id`` (moving it if it names another image)."""

@@ -2,7 +2,7 @@
 
 Reading a base image (images/daemon), loading a target (apply/engine), recreating containers
 (apply/swap), settling an interrupted run (apply/recovery) and the unattended run see an engine
-only through this Protocol. An adapter (Docker's SDK today; Podman's API or containerd next)
+only through this Protocol. An adapter (engine/dockerd: Docker's SDK; engine/podman: Podman's API; engine/containerd: ctr)
 implements it and turns every failure of its engine into an :class:`deltaimg.errors.EngineError`
 with a one-line message, so nothing above this package knows which engine it talks to.
 
@@ -18,7 +18,10 @@ from typing import BinaryIO, Iterable, Iterator, Protocol
 
 
 class Engine(Protocol):
-    name: str  # for messages: "Docker", "Podman"
+    name: str  # for messages: "Docker", "Podman", "containerd"
+    # False: the engine's containers are an orchestrator's (containerd's kubelet); deltaimg lists
+    # and swaps none, and the container methods below raise EngineError.
+    swaps_containers: bool
 
     # -- images
     def find_image(self, image_id_or_ref: str) -> dict | None:
@@ -37,10 +40,16 @@ class Engine(Protocol):
         """Each wanted layer of the image once, as (diff_id, stream of its tar), checked against its diff_id."""
 
     def load_archive(self, stream_or_path: BinaryIO | str | os.PathLike) -> list[str]:
-        """Load a ``docker save`` archive; the names of what was loaded."""
+        """Load a ``docker save`` archive (or an OCI archive, where ``layer_blobs`` is not None);
+        the names of what was loaded."""
 
     def loads_thin_archives(self) -> bool:
         """Whether a load may leave out the layers the engine holds."""
+
+    def layer_blobs(self, image_id: str) -> list[dict] | None:
+        """OCI descriptors of the image's layers as the engine's store holds them (a descriptor
+        without ``size`` takes the layer's): a thin OCI archive names these instead of carrying the
+        layers. None: the engine loads ``docker save`` archives only."""
 
     def tag(self, image_id: str, tags: Iterable[str]) -> None:
         """Point each ``repo[:tag]`` at the image."""
