@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,21 +19,38 @@ class Outcome:
 
 # A process's peak RSS (ru_maxrss) starts at that of the process it was forked from: Linux carries
 # the parent's high-water mark over the fork and the exec. So the command is started by a small
-# launcher, and the launcher's os.wait4 on it gives the command's own peak, not pytest's.
+# launcher, and the launcher's os.wait4 on it gives the command's own peak, not pytest's. The
+# launcher also enforces the time cap: a command still running after it is killed (and so is
+# not left behind eating memory), and the launcher says so.
 LAUNCHER = """
-import os, subprocess, sys
+import os, subprocess, sys, threading
+timeout = float(sys.argv[2])
 with open(sys.argv[1], "wb") as out:
-    child = subprocess.Popen(sys.argv[2:], stdout=out)
+    child = subprocess.Popen(sys.argv[3:], stdout=out)
+    timer = threading.Timer(timeout, child.kill)
+    timer.start()
     _, status, usage = os.wait4(child.pid, 0)
-print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)
+    timer.cancel()
+killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024, int(killed))
 """
 
+MINUTE = 60  # the time cap of a command given hostile input: a cap, never a timing assertion
 
-def measured(*args: str) -> Outcome:
-    """Run ``deltaimg ARGS``; its exit code, output and peak RSS in bytes."""
+
+class TimedOut(AssertionError):
+    """The command was still running at its time cap (and was killed)."""
+
+
+def measured(*args: str, timeout: float = 600, env: dict | None = None) -> Outcome:
+    """Run ``deltaimg ARGS``; its exit code, output and peak RSS in bytes. Raises TimedOut if it
+    is still running after ``timeout`` seconds."""
     command = [sys.executable, "-m", "deltaimg", *args]
     with tempfile.NamedTemporaryFile() as stdout:
-        launched = subprocess.run([sys.executable, "-c", LAUNCHER, stdout.name, *command], capture_output=True,
-                                  text=True, timeout=600)
-        returncode, peak = map(int, launched.stdout.split())
+        launched = subprocess.run([sys.executable, "-c", LAUNCHER, stdout.name, str(timeout), *command],
+                                  capture_output=True, text=True, timeout=timeout + 60,
+                                  env={**os.environ, **(env or {})})
+        returncode, peak, killed = map(int, launched.stdout.split())
+        if killed:
+            raise TimedOut(f"deltaimg {' '.join(args)} was still running after {timeout} s")
         return Outcome(returncode, stdout.read().decode(), launched.stderr, peak)

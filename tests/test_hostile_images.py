@@ -23,8 +23,10 @@ import pytest
 from deltaimg.errors import ImageReadError
 from tests import imagefactory as f
 from tests.conftest import run_cli
+from tests.memory import MINUTE, measured
 
 IMAGE_EXIT = ImageReadError.exit_code
+BUDGET = 512 << 20  # the peak memory any command may reach on hostile input
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +268,50 @@ def test_a_layer_tar_with_absurd_sizes(images, keypair, tmp_path):
     def replace_layer(tree: Path, entry: dict) -> None:
         (tree / entry["Layers"][0]).write_bytes(buffer.getvalue())
     make_refused(images, str(edited_archive(images, tmp_path, replace_layer)), keypair, tmp_path, "")
+
+
+# --------------------------------------------------------------------------- the outer archive's own headers
+
+
+def _negative_size_header(name: str, size: int) -> bytes:
+    """A ustar header whose size field holds ``size`` in base-256, which can say a negative number."""
+    block = bytearray(tarfile.TarInfo(name).tobuf(format=tarfile.USTAR_FORMAT))
+    field = bytearray(size.to_bytes(12, "big", signed=True))
+    field[0] = 0xFF  # the base-256 marker of a negative number
+    block[124:136] = field
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+@pytest.fixture
+def negative_size_archive(images, tmp_path) -> Path:
+    """The new image's archive with, after its first member, a member of size -512: tarfile,
+    believing it, reads that same header again forever."""
+    data = images["new"].read_bytes()
+    with tarfile.open(images["new"]) as tar:
+        second = tar.getmembers()[1].offset
+    path = tmp_path / "negative.tar"
+    path.write_bytes(data[:second] + _negative_size_header("b", -512) + bytes(1024))
+    return path
+
+
+def test_a_member_of_negative_size_in_the_outer_archive_is_refused_by_make_diff_and_apply(
+        images, negative_size_archive, example_bundle, keypair, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    before = negative_size_archive.read_bytes()
+    commands = {
+        "make": ["make", str(images["old"]), str(negative_size_archive), "-o", str(out / "b.dimg"), "--key", keypair[0]],
+        "diff": ["diff", str(images["old"]), str(negative_size_archive)],
+        "apply": ["apply", example_bundle, "--trust", keypair[1], "--base", str(negative_size_archive), "-o", str(out / "n.tar")],
+    }
+    for command, args in commands.items():
+        outcome = measured(*args, timeout=MINUTE)
+        assert outcome.returncode == IMAGE_EXIT, (command, outcome.stderr)
+        assert outcome.stderr == (f"deltaimg: error: {negative_size_archive}: not a readable tar archive (member 'b' at offset "
+                                  f"{len(before) - 1536} declares -512 bytes, outside the file); the archive is damaged "
+                                  "or was not written by a tar tool\n"), command
+        assert outcome.peak_rss < BUDGET, f"{command} peaked at {outcome.peak_rss >> 20} MiB"
+        assert os.listdir(out) == [], f"{command} left a file behind"
+    assert negative_size_archive.read_bytes() == before
