@@ -20,7 +20,7 @@ from typing import Callable
 
 import pytest
 
-from deltaimg.codec import zstd_ref
+from deltaimg.codec import varint, zstd_ref
 
 from deltaimg.tar import writer as archivewriter
 
@@ -29,7 +29,7 @@ from deltaimg.bundle import format as bundle_format
 from deltaimg.delta import recipe as lf
 from deltaimg.errors import BundleFormatError, IntegrityError, OutputError
 from deltaimg.delta.recipe import Chunk, Record, RecordWriter, Segment, Span
-from tests.memory import Outcome, measured
+from tests.memory import MINUTE, Outcome, measured
 from tests.conftest import run_cli
 
 BUDGET = 512 << 20  # apply's memory budget, as in test_resources.py
@@ -151,7 +151,8 @@ def forger(keypair, tmp_path_factory) -> Forger:
 def apply_measured(forger: Forger, bundle: Path, output: Path | None = None) -> Outcome:
     """Run ``deltaimg apply BUNDLE --base BASE -o OUT``."""
     output = output or forger.out_dir / "new.tar"
-    return measured("apply", str(bundle), "--trust", forger.public, "--base", forger.base_archive, "-o", str(output), "--quiet")
+    return measured("apply", str(bundle), "--trust", forger.public, "--base", forger.base_archive, "-o", str(output), "--quiet",
+                    timeout=MINUTE)
 
 
 def assert_refused(outcome: Outcome, code: int, reason: str, forger: Forger, peak: int = BUDGET) -> None:
@@ -242,6 +243,12 @@ def _chunked(spans: list[Span]) -> tuple[list[Chunk], list[bytes]]:
     return [Chunk(1, len(frame), spans)], [frame]
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    varint.put(out, value)
+    return bytes(out)
+
+
 def _one(record: Record) -> bytes:
     return delta_payload([], [], [record])
 
@@ -262,8 +269,14 @@ RECIPES: dict[str, tuple[Callable[[], bytes], int, str]] = {
                                 FORMAT, "which the base lacks"),
     "header edit past the header": (lambda: _one(Record(lf.PRE_EDITED, lf.DATA_PARTNER, partner=(0, 0), edits=[(BIG, 1)])),
                                     FORMAT, "runs past the header"),
-    "header edit count": (lambda: recipe_payload(bytes([1, 0, lf.PRE_EDITED | lf.HAS_PARTNER, 0, 0]) + b"\xff\xff\xff\x7f"),
+    "header edit count": (lambda: recipe_payload(bytes([1, 0, lf.PRE_EDITED | lf.HAS_PARTNER, 0, 0]) + _varint(lf.MAX_EDITS)),
                           FORMAT, "ends early"),
+    "header edit count beyond the cap": (lambda: recipe_payload(bytes([1, 0, lf.PRE_EDITED | lf.HAS_PARTNER, 0, 0])
+                                                                + _varint(lf.MAX_EDITS + 1)),
+                                         FORMAT, "too many header edits"),
+    "empty header edits": (lambda: recipe_payload(bytes([1, 0, lf.PRE_EDITED | lf.HAS_PARTNER, 0, 0]) + _varint(lf.MAX_EDITS)
+                                                  + bytes(2 * lf.MAX_EDITS)),
+                           FORMAT, "an empty header edit"),
     "segment count": (lambda: recipe_payload(bytes([1, 0, (lf.DATA_DELTA << 2) | lf.HAS_PARTNER, 0, 0, 0]) + b"\xff\xff\x7f"),
                       FORMAT, "too many delta segments"),
     "binary delta size": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_DELTA, partner=(0, 1),
@@ -284,6 +297,15 @@ def test_absurd_numbers_in_a_recipe_are_refused(forger, case):
     make_payload, code, reason = RECIPES[case]
     outcome = apply_measured(forger, forger.delta_bundle(make_payload()))
     assert_refused(outcome, code, reason, forger, peak=128 * MiB)
+
+
+def test_a_small_bundle_listing_sixty_million_header_edits_stays_within_the_budget(forger):
+    """Some 4 KiB of bundle: a recipe of one record claiming 60 million empty header edits, which
+    held as a list took 4.5 GB. The count is refused before a single edit is read."""
+    bundle = forger.delta_bundle(recipe_payload(bytes([1, 0, lf.PRE_EDITED | lf.HAS_PARTNER, 0, 0])
+                                                + _varint(60_000_000) + bytes(120_000_000)))
+    assert bundle.stat().st_size < 64 * 1024
+    assert_refused(apply_measured(forger, bundle), FORMAT, "layer recipe has too many header edits", forger)
 
 
 # --------------------------------------------------------------------------- absurd manifests

@@ -39,6 +39,7 @@ from deltaimg.delta.recipe import (
     PRE_PARTNER,
     SEGMENT_BSDIFF,
     SEGMENT_LITERAL,
+    MAX_EDITS,
     MAX_RECIPE_BYTES,
     Chunk,
     Record,
@@ -221,7 +222,7 @@ def edit_runs(base: bytes, target: bytes) -> list[tuple[int, int]] | None:
     xor = (int.from_bytes(base, "big") ^ int.from_bytes(target, "big")).to_bytes(len(target), "big")
     runs = [(start, end - start) for start, end in bsdiff.nonzero_runs(xor)]
     changed = sum(length for _, length in runs)
-    return runs if changed + 2 * len(runs) < len(target) // 2 else None
+    return runs if changed + 2 * len(runs) < len(target) // 2 and len(runs) <= MAX_EDITS else None
 
 
 def _header_edits(base: bytes, target: bytes) -> tuple[int, list[tuple[int, int]] | None]:

@@ -27,6 +27,7 @@ MAX_CHUNK_BYTES = 64 * 1024 * 1024  # literal bytes in one chunk, and reference 
 MAX_FRAME_BYTES = MAX_CHUNK_BYTES + (MAX_CHUNK_BYTES >> 8) + (1 << 16)  # zstd's worst case for a chunk
 MAX_SPANS = 1 << 20
 MAX_SEGMENTS = 1 << 16
+MAX_EDITS = 1 << 16  # byte runs replaced in one header; more and the encoder writes the header literally
 
 # entry record flags
 PRE_LITERAL, PRE_PARTNER, PRE_EDITED, PRE_EDITED_CHECKSUM = 0, 1, 2, 3
@@ -237,10 +238,15 @@ class RecordReader:
         if record.pre_kind == PRE_LITERAL:
             record.pre_len = r.get()
         elif record.pre_kind in (PRE_EDITED, PRE_EDITED_CHECKSUM):
+            count = r.get()
+            if count > MAX_EDITS:
+                raise BundleFormatError("layer recipe has too many header edits: the bundle is damaged")
             offset = 0
-            for _ in range(r.get()):
+            for _ in range(count):
                 offset += r.get()
                 length = r.get()
+                if not length:  # never written; allowed, they would let one header take any number of runs
+                    raise BundleFormatError("layer recipe has an empty header edit: the bundle is damaged")
                 record.edits.append((offset, length))
                 offset += length
         if record.data_kind == DATA_REF:
