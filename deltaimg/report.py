@@ -26,6 +26,8 @@ def arrow() -> str:
 
 
 def human_size(n: float) -> str:
+    if abs(n) >= 1000 ** 5:  # no image is that large; and an int past 10^308 has no float to divide
+        return ("-" if n < 0 else "") + "over 1000 TB"
     for unit in ("B", "KB", "MB"):
         if abs(n) < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -50,7 +52,7 @@ def image_line(image: dict, layers: int | None = None) -> str:
 
 
 def ratio_line(bundle_size: int, full_size: int) -> str:
-    ratio = full_size / bundle_size if bundle_size else 0
+    ratio = min(full_size, 1000 ** 5) / bundle_size if bundle_size else 0  # as human_size caps it
     return (f"bundle {human_size(bundle_size)} vs full image {human_size(full_size)} "
             f"(docker save): {ratio:.1f}x smaller")
 

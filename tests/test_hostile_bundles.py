@@ -379,6 +379,10 @@ MANIFESTS: dict[str, tuple[Callable[[Forger], Path], int, str]] = {
     "layer size true": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g, size=True)])), FORMAT, "layer 0 is malformed"),
     "layer size 2^62": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g, size=1 << 62)])), INTEGRITY,
                         f"not {1 << 62}"),
+    "layer size 2^88": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g, size=1 << 88)])), INTEGRITY,
+                        f"not {1 << 88}"),
+    "layer size 10^400": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g, size=10 ** 400)])), INTEGRITY,
+                          f"not {10 ** 400}"),
     "base layer out of range": (lambda g: _signed(g, g.manifest(_target(g), [_base_layer(g, base_layer=5)])),
                                 FORMAT, "layer 0 is malformed"),
     "a repeat of another layer": (lambda g: forge(g.path(), g.manifest(image_config([digest(g.base_layer), FAKE_DIFF_ID]),
@@ -415,6 +419,17 @@ def test_inspect_without_a_trusted_key_reports_absurd_manifests_in_one_line(forg
     result = run_cli("inspect", str(make_bundle(forger)))
     assert result.returncode in (0, FORMAT), result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("\n") <= 1, result.stderr
+
+
+def test_inspect_shows_a_layer_size_no_float_holds(forger):
+    """10^400 bytes: past what a float holds (human_size divided it: OverflowError)."""
+    bundle = _signed(forger, forger.manifest(_target(forger), [_base_layer(forger, size=10 ** 400)]))
+    for trust in ([], ["--trust", forger.public]):
+        outcome = measured("inspect", str(bundle), *trust, timeout=MINUTE)
+        assert outcome.returncode == 0 and outcome.stderr == "", outcome.stderr
+        assert outcome.peak_rss < BUDGET
+        assert "  layer 0: sha256:" in outcome.stdout and " over 1000 TB referenced: base layer 0\n" in outcome.stdout
+        assert "vs full image over 1000 TB (docker save)" in outcome.stdout
 
 
 def _values(count: int) -> bytes:

@@ -22,7 +22,7 @@ import pytest
 
 from deltaimg.errors import ImageReadError
 from tests import imagefactory as f
-from tests.conftest import run_cli
+from tests.conftest import assert_same_image, run_cli
 from tests.memory import MINUTE, measured
 
 IMAGE_EXIT = ImageReadError.exit_code
@@ -315,3 +315,81 @@ def test_a_member_of_negative_size_in_the_outer_archive_is_refused_by_make_diff_
         assert outcome.peak_rss < BUDGET, f"{command} peaked at {outcome.peak_rss >> 20} MiB"
         assert os.listdir(out) == [], f"{command} left a file behind"
     assert negative_size_archive.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- numbers int() refuses
+
+HUGE = "9" * 10_000  # int() refuses more than 4,300 digits
+
+
+def _pax_layer(path: Path, records: dict[str, str], owner: tuple[int, int]) -> f.LayerFile:
+    """A layer of one file, its ustar header naming ``owner``, its PAX header ``records`` as given."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("srv/data")
+        info.size, info.mtime, (info.uid, info.gid) = 5, 1_700_000_000, owner
+        info.pax_headers = records
+        tar.addfile(info, io.BytesIO(b"hello"))
+    path.write_bytes(buffer.getvalue())
+    return f.LayerFile(path, f.sha256_file(path), path.stat().st_size)
+
+
+def test_pax_numbers_that_are_not_ascii_digits_or_too_long_are_read_as_absent(images, keypair, tmp_path):
+    """A PAX size of '²' (str.isdigit() says yes, int() says no), a uid of 10,000 digits and a gid
+    of '٣' (an Arabic-Indic 3, which int() would take): the ustar fields hold instead, in diff
+    and in a bundle that applies byte-exactly."""
+    v1 = _pax_layer(tmp_path / "v1.layer", {"comment": "v1"}, (0, 0))
+    v2 = _pax_layer(tmp_path / "v2.layer", {"size": "\u00b2", "uid": HUGE, "gid": "\u0663"}, (7, 8))
+    base = f.write_docker_archive(tmp_path / "base.tar", [f.ImageSpec([v1], ["odd/app:1"])])[0].path
+    target = f.write_docker_archive(tmp_path / "target.tar", [f.ImageSpec([v2], ["odd/app:2"])])[0]
+    diff = measured("diff", str(base), str(target.path), "--json", timeout=MINUTE)
+    assert diff.returncode == 0, diff.stderr
+    assert diff.stderr == "" and diff.peak_rss < BUDGET
+    files = json.loads(diff.stdout)["files"]
+    assert [(r["path"], r["new_size"], r["changes"]) for r in files["modified"]] == [("/srv/data", 5, ["owner"])], files
+    bundle = tmp_path / "b.dimg"
+    made = measured("make", str(base), str(target.path), "-o", str(bundle), "--key", keypair[0], "--quiet", timeout=MINUTE)
+    assert made.returncode == 0 and made.stderr == "", made.stderr
+    out = tmp_path / "rebuilt.tar"
+    applied = measured("apply", str(bundle), "--trust", keypair[1], "--base", str(base), "-o", str(out), "--quiet",
+                       timeout=MINUTE)
+    assert applied.returncode == 0, applied.stderr
+    assert_same_image(str(out), target.config_bytes)
+
+
+def test_package_versions_int_refuses_are_ordered_without_it(keypair, tmp_path):
+    """dpkg versions with a '²' epoch, and with 10,000 digits: diff orders them as dpkg does
+    (ASCII digits only), no traceback."""
+    def image(name: str, versions: list[tuple[str, str]]) -> Path:
+        layer = f.write_layer(tmp_path / f"{name}.layer", f.complete_tree([f.dpkg_status(versions)]))
+        return f.write_docker_archive(tmp_path / f"{name}.tar", [f.ImageSpec([layer], [f"pkgs/{name}:1"])])[0].path
+    base = image("base", [("libc", "1"), ("odd", "\u00b2:1.0"), ("big", "1." + HUGE)])
+    target = image("target", [("libc", "1" + HUGE), ("odd", "\u00b2:1.1"), ("big", "1.1" + HUGE)])
+    outcome = measured("diff", str(base), str(target), "--json", timeout=MINUTE)
+    assert outcome.returncode == 0 and outcome.stderr == "", outcome.stderr
+    assert outcome.peak_rss < BUDGET
+    changes = {c["name"]: c["change"] for c in json.loads(outcome.stdout)["packages"]}
+    assert changes == {"libc": "upgraded", "odd": "upgraded", "big": "upgraded"}
+
+
+@pytest.mark.parametrize("labels, config", [([1, 2], None), ({"a": 1}, None), (None, "text")])
+def test_a_config_whose_labels_or_container_config_is_not_an_object_is_refused(images, keypair, tmp_path, labels, config):
+    def edit(tree: Path, entry: dict) -> None:
+        path = tree / entry["Config"]
+        document = json.loads(path.read_bytes())
+        if config is not None:
+            document["config"] = config
+        else:
+            document["config"]["Labels"] = labels
+        path.write_text(json.dumps(document))
+        entry["Config"] = entry["Config"]  # the archive's own name stays; make reads it by that name
+    archive = edited_archive(images, tmp_path, edit)
+    what = "config is not a JSON object" if config is not None else "config.Labels is not an object of strings"
+    for args in (["diff", str(images["old"]), str(archive)],
+                 ["make", str(images["old"]), str(archive), "-o", str(tmp_path / "out.dimg"), "--key", keypair[0]]):
+        outcome = measured(*args, timeout=MINUTE)
+        assert outcome.returncode == IMAGE_EXIT, outcome.stderr
+        assert outcome.stderr.startswith("deltaimg: error: ") and outcome.stderr.count("\n") == 1, outcome.stderr
+        assert f"image config's {what}; the image is malformed\n" in outcome.stderr
+        assert outcome.peak_rss < BUDGET
+    assert not (tmp_path / "out.dimg").exists()

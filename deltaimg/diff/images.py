@@ -23,7 +23,7 @@ from typing import BinaryIO, Callable, Iterable
 from deltaimg.diff import packages
 from deltaimg.errors import ImageReadError
 from deltaimg.images.model import Image
-from deltaimg.tar.split import BLOCK, EXTENSION_TYPES, TRAILER, TarSplitter, _parse_pax
+from deltaimg.tar.split import BLOCK, EXTENSION_TYPES, TRAILER, TarSplitter, _parse_pax, pax_number
 
 Progress = Callable[[int], None]
 
@@ -177,8 +177,10 @@ def scan_layer(stream: BinaryIO, hash_files: bool, progress: Progress | None = N
             continue
         header, pax = _header(entry.pre)
         mode = _number(header[100:108])
-        uid = int(pax["uid"]) if pax.get("uid", "").isdigit() else _number(header[108:116])
-        gid = int(pax["gid"]) if pax.get("gid", "").isdigit() else _number(header[116:124])
+        uid = pax_number(pax.get("uid"))
+        uid = _number(header[108:116]) if uid is None else uid
+        gid = pax_number(pax.get("gid"))
+        gid = _number(header[116:124]) if gid is None else gid
         xattrs = tuple(sorted((k[len(XATTR):], v) for k, v in pax.items() if k.startswith(XATTR)))
         digest, found, target = "", (), ""
         if kind == "file":
