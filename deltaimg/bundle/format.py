@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import hashlib
 import io
 import json
@@ -297,13 +298,18 @@ class Bundle:
         parts = self.parts or [(self.path, self.size)]
         return io.BufferedReader(_PartsReader(parts, offset, size), buffer_size=COPY_CHUNK)  # type: ignore[return-value]
 
+    @functools.cached_property
+    def _payloads(self) -> dict[str, dict]:
+        """Each payload record by name, with its ``offset``: computed once, as read_plan asks per layer."""
+        offsets = payload_offsets(self.manifest)
+        return {record["name"]: {**record, "offset": offsets[record["name"]]} for record in self.manifest["payloads"]}
+
     def payload(self, name: object) -> dict:
         """The payload record named ``name``, with its ``offset`` in the payload area."""
-        offsets = payload_offsets(self.manifest)
-        for record in self.manifest["payloads"]:
-            if record["name"] == name:
-                return {**record, "offset": offsets[record["name"]]}
-        raise BundleFormatError(f"{self.path}: the manifest names no payload {name!r}")
+        record = self._payloads.get(name) if isinstance(name, str) else None
+        if record is None:
+            raise BundleFormatError(f"{self.path}: the manifest names no payload {name!r}")
+        return dict(record)
 
     def open_payload(self, name: str) -> BinaryIO:
         record = self.payload(name)
