@@ -28,8 +28,8 @@ def _emit(as_json: bool, data: dict, lines: list[str]) -> None:
     if as_json:
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
-        for line in lines:
-            print(line)
+        for line in lines:  # names and labels come from images and bundles: escapes shown, not obeyed
+            print(printable(line))
 
 
 @app.command()
@@ -44,31 +44,33 @@ def keygen(name: str = typer.Argument(..., help="Writes NAME (private, mode 0600
 
 
 @app.command()
-def make(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oci-archive:FILE, oci:DIR, docker-daemon:REF or a path."),
-         new: str = typer.Argument(..., help="New image, same forms."),
+def make(base: str = typer.Argument(..., help="Base image, the version the host has: docker-archive:FILE, oci-archive:FILE, oci:DIR, docker-daemon:REF or a path."),
+         target: str = typer.Argument(..., help="Target image, the version to ship; same forms."),
          output: str = typer.Option(..., "--output", "-o", help="Bundle file to write."),
          key: str = typer.Option(..., "--key", help="Private signing key (from deltaimg keygen)."),
          passphrase_file: Optional[str] = PassphraseFileOpt,
          platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when an input holds several."),
          split_size: Optional[str] = typer.Option(None, "--split-size", help="Write a bundle larger than this (e.g. 3900M for FAT32) as parts OUTPUT.001, .002, ..."),
+         force: bool = typer.Option(False, "--force", help="Replace an existing OUTPUT (and the parts of a bundle there)."),
          as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Compare two images and write one signed bundle with what changed."""
     from deltaimg import progress
-    from deltaimg.bundle.format import parse_size
+    from deltaimg.units import parse_size
     from deltaimg.images import open_image
+    from deltaimg.images.model import layer_bytes
     from deltaimg.make.build import make_bundle
 
     part_size = parse_size(split_size) if split_size is not None else None
 
     private = keys.signing_key(key, passphrase_file)
-    old_image = open_image(old, platform)
-    new_image = open_image(new, platform)
-    total = progress.layer_bytes(lyr for lyr in new_image.layers if lyr.diff_id not in old_image.diff_ids)
+    base_image = open_image(base, platform)
+    target_image = open_image(target, platform)
+    total = layer_bytes(lyr for lyr in target_image.layers if lyr.diff_id not in base_image.diff_ids)
     with progress.bar("make", total, not (quiet or as_json)) as advance:
-        manifest = make_bundle(old_image, new_image, output, private, advance, part_size)
+        manifest = make_bundle(base_image, target_image, output, private, advance, part_size, force)
     written = output if manifest["files"] == [output] else f"{manifest['files'][0]} to {manifest['files'][-1]}"
     lines = [f"{written}: {report.name_of(manifest['base'])} -> {report.name_of(manifest['target'])}",
-             *report.layer_lines(manifest),
+             *report.layer_lines(manifest["layers"]),
              report.ratio_line(manifest["bundle_size"], manifest["full_image_size"]),
              *report.change_lines(manifest["changes"])]
     _emit(as_json, manifest, lines)
@@ -76,7 +78,7 @@ def make(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oc
 
 def _one_bundle(path: str) -> str:
     """The bundle file ``path`` names: itself, or ``PATH.001`` when only a split bundle's parts exist."""
-    from deltaimg.bundle.format import bundle_files
+    from deltaimg.bundle.reader import bundle_files
 
     if os.path.isdir(path):
         raise UsageError(f"{path} is a folder; name one bundle file (apply takes folders)")
@@ -85,7 +87,7 @@ def _one_bundle(path: str) -> str:
 
 def _open(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], quiet: bool):
     from deltaimg import progress
-    from deltaimg.bundle.format import open_bundle
+    from deltaimg.bundle.reader import open_bundle
 
     trusted = keys.trusted_keys(trust or [], trust_dir)
     bundle = _one_bundle(bundle)
@@ -98,22 +100,18 @@ def _open(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], qui
 def verify(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
            trust_dir: Optional[str] = TrustDirOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Check a bundle's signature and every payload hash; change nothing."""
-    from deltaimg.apply.archive import read_plan
-
     opened = _open(bundle, trust, trust_dir, quiet or as_json)
-    read_plan(opened)
     m = opened.manifest
     data = {"bundle": bundle, "valid": True, "key_id": opened.signer.key_id if opened.signer else None,
-            "base": m["base"], "target": m["target"]}
-    _emit(as_json, data, [f"{bundle}: OK, signed by key {data['key_id']}; "
-                          f"{report.name_of(m['base'])} -> {report.name_of(m['target'])}"])
+            "base": m.base.as_json(), "target": m.target.as_json()}
+    _emit(as_json, data, [f"{bundle}: OK, signed by key {data['key_id']}; {m.base.name} -> {m.target.name}"])
 
 
 @app.command()
 def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optional[List[str]] = TrustOpt,
             trust_dir: Optional[str] = TrustDirOpt, as_json: bool = JsonOpt) -> None:
     """Show what a bundle updates and how; the signature is checked when a trusted key is given."""
-    from deltaimg.bundle.format import open_bundle, payload_area, read_header
+    from deltaimg.bundle.reader import open_bundle, read_header, read_manifest
 
     bundle = _one_bundle(bundle)
     manifest_bytes, signature, payload_start, size = read_header(bundle)
@@ -122,20 +120,18 @@ def inspect(bundle: str = typer.Argument(..., help="Bundle file."), trust: Optio
         m = open_bundle(bundle, trusted).manifest
         checked = "signature and payloads verified"
     else:
-        from deltaimg.bundle.format import _parse_manifest
-
-        m = _parse_manifest(manifest_bytes, bundle)
+        m = read_manifest(manifest_bytes, bundle)
         checked = "NOT verified (pass --trust KEY.pub to check)"
     key_id = signature.get("key_id") if isinstance(signature, dict) else None
-    if "split" in m:  # BUNDLE is the first part; the manifest says how large they are together
-        size = payload_start + payload_area(m)
+    if m.split:  # BUNDLE is the first part; the manifest says how large they are together
+        size = payload_start + m.payload_area
     data, lines = report.inspection(bundle, size, key_id, bool(trusted), checked, m)
     _emit(as_json, data, lines)
 
 
 @app.command()
-def diff(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oci-archive:FILE, oci:DIR, docker-daemon:REF or a path."),
-         new: str = typer.Argument(..., help="New image, same forms."),
+def diff(base: str = typer.Argument(..., help="Base image, the version the host has: docker-archive:FILE, oci-archive:FILE, oci:DIR, docker-daemon:REF or a path."),
+         target: str = typer.Argument(..., help="Target image, the version to ship; same forms."),
          platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when an input holds several."),
          limit: int = typer.Option(report.DEFAULT_LIMIT, "--limit", help="Files listed per kind of change (0: all); --json lists all."),
          as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
@@ -143,11 +139,12 @@ def diff(old: str = typer.Argument(..., help="Old image: docker-archive:FILE, oc
     from deltaimg import progress
     from deltaimg.diff.images import diff_images
     from deltaimg.images import open_image
+    from deltaimg.images.model import layer_bytes
 
-    old_image = open_image(old, platform)
-    new_image = open_image(new, platform)
-    with progress.bar("diff", progress.layer_bytes([*old_image.layers, *new_image.layers]), not (quiet or as_json)) as advance:
-        result = diff_images(old_image, new_image, advance)
+    base_image = open_image(base, platform)
+    target_image = open_image(target, platform)
+    with progress.bar("diff", layer_bytes([*base_image.layers, *target_image.layers]), not (quiet or as_json)) as advance:
+        result = diff_images(base_image, target_image, advance)
     _emit(as_json, result, report.diff_lines(result, limit))
 
 
@@ -159,11 +156,11 @@ StateDirOpt = typer.Option(None, "--state-dir", help="Journal, lock and scratch 
 def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts of split bundles, or folders of them."),
           trust: Optional[List[str]] = TrustOpt, trust_dir: Optional[str] = TrustDirOpt,
           base: Optional[str] = typer.Option(None, "--base", help="Rebuild from this image (archive or layout) instead of the engine."),
-          output: Optional[str] = typer.Option(None, "--output", "-o", help="With --base: write the new image as a docker save archive."),
+          output: Optional[str] = typer.Option(None, "--output", "-o", help="With --base: write the target image as a docker save archive."),
           force: bool = typer.Option(False, "--force", help="Overwrite --output."),
           platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH when the base holds several."),
           container: Optional[List[str]] = typer.Option(None, "--container", help="Swap only this container (repeatable)."),
-          no_swap: bool = typer.Option(False, "--no-swap", help="Load the new image; touch no container."),
+          no_swap: bool = typer.Option(False, "--no-swap", help="Load the target image; touch no container."),
           grace: float = typer.Option(10.0, "--grace", help="Seconds a container without healthcheck must run before it counts as up."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
           state_dir: Optional[str] = StateDirOpt,
@@ -171,7 +168,7 @@ def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts
           allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Apply a bundle whose target is older than what it replaces."),
           retry: bool = typer.Option(False, "--retry", help="Try again a bundle whose last attempt was rolled back."),
           log_format: str = LogFormatOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
-    """Verify bundles, rebuild the new images byte-exactly, load them into the engine and swap their containers.
+    """Verify bundles, rebuild the target images byte-exactly, load them into the engine and swap their containers.
 
     Given a folder or several bundles, applies those that take this host forward, in chain order.
     With --base and --output, rebuilds one bundle into an archive instead and leaves the engine alone.
@@ -182,16 +179,17 @@ def apply(paths: List[str] = typer.Argument(..., help="Bundle files, first parts
         if len(paths) != 1:
             raise UsageError("--base and --output rebuild one bundle; give exactly one")
         from deltaimg import progress
-        from deltaimg.apply.archive import apply_to_archive, read_plan, rebuild_size
+        from deltaimg.apply.archive import apply_to_archive
+        from deltaimg.apply.rebuild import read_rebuild, rebuild_size
         from deltaimg.images import open_image
 
         opened = _open(paths[0], trust, trust_dir, quiet or as_json)
         base_image = open_image(base, platform)
-        with progress.bar("apply", rebuild_size(read_plan(opened)), not (quiet or as_json)) as advance:
-            plan = apply_to_archive(opened, base_image, output, force, advance)
-        data = {"bundle": paths[0], "output": output, "image_id": plan.target_id, "tags": plan.target_tags,
+        with progress.bar("apply", rebuild_size(read_rebuild(opened)), not (quiet or as_json)) as advance:
+            rebuild = apply_to_archive(opened, base_image, output, force, advance, allow_downgrade)
+        data = {"bundle": paths[0], "output": output, "image_id": rebuild.target_id, "tags": rebuild.target_tags,
                 "outcome": "rebuilt"}
-        _emit(as_json, data, [f"{output}: {' '.join(plan.target_tags) or '(untagged)'} {plan.target_id[:19]} "
+        _emit(as_json, data, [f"{output}: {' '.join(rebuild.target_tags) or '(untagged)'} {rebuild.target_id[:19]} "
                               "rebuilt, every layer matches its diff_id"])
         return
     from deltaimg.apply import runlog

@@ -9,12 +9,23 @@ from __future__ import annotations
 import errno
 
 WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # errors of writing, never of reading
+MAX_MESSAGE = 2000  # characters of an error message; past that it quotes an input whole
 
 
 class DeltaimgError(Exception):
-    """Base of all user-facing errors; ``exit_code`` is what the CLI exits with."""
+    """Base of all user-facing errors; ``exit_code`` is what the CLI exits with. A message that
+    quotes an input at length (a 15 MiB name in a manifest) keeps its first and last characters,
+    ``MAX_MESSAGE`` in all, and says how many were left out between them: one error stays one
+    readable line, and its end, which says what to do, stays in it."""
 
     exit_code = 1
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        text = str(message)
+        if len(text) > MAX_MESSAGE:
+            head, tail = MAX_MESSAGE * 3 // 4, MAX_MESSAGE // 4
+            text = f"{text[:head]} ... ({len(text) - head - tail} characters left out) ... {text[-tail:]}"
+        super().__init__(text, *args)
 
 
 class UsageError(DeltaimgError):
@@ -72,9 +83,14 @@ class OutputError(DeltaimgError):
 
 
 class EngineError(DeltaimgError):
-    """The Docker engine cannot be reached or refused an operation."""
+    """The container engine cannot be reached or refused an operation. ``reason`` is the
+    engine's own one-line answer, for a caller that words the message itself."""
 
     exit_code = 20
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
 
 
 class SwapFailedRolledBack(DeltaimgError):

@@ -110,28 +110,28 @@ def run_demo(directory: str | None, say) -> dict:
     from deltaimg import report
     from deltaimg.bundle import signing
     from deltaimg.apply.archive import apply_to_archive
-    from deltaimg.bundle.format import open_bundle
+    from deltaimg.bundle.reader import open_bundle
     from deltaimg.images import open_image
     from deltaimg.make.build import make_bundle
 
     with tempfile.TemporaryDirectory(prefix="deltaimg-example-") as scratch:
         work = directory or scratch
         os.makedirs(work, exist_ok=True)
-        old, new = build_pair(work)
-        say(f"example images: {old} and {new} (docker save archives)")
+        base, target = build_pair(work)
+        say(f"example images: {base} and {target} (docker save archives)")
         key = os.path.join(work, "release-key")
         key_id = signing.generate(key, force=True)
         say(f"deltaimg keygen {key}  -> key id {key_id}")
         bundle_path = os.path.join(work, "app-1.0-to-1.1.dimg")
-        manifest = make_bundle(open_image(old), open_image(new), bundle_path, signing.load_private(key))
-        say(f"deltaimg make {old} {new} -o {bundle_path} --key {key}")
+        manifest = make_bundle(open_image(base), open_image(target), bundle_path, signing.load_private(key))
+        say(f"deltaimg make {base} {target} -o {bundle_path} --key {key}")
         bundle = open_bundle(bundle_path, [signing.load_public(key + ".pub")])
         say(f"deltaimg verify {bundle_path} --trust {key}.pub  -> signature and every payload OK")
         rebuilt = os.path.join(work, "app-1.1-rebuilt.tar")
-        plan = apply_to_archive(bundle, open_image(old), rebuilt, force=True)
-        same = open_image(rebuilt).config_digest == open_image(new).config_digest == plan.target_id
-        say(f"deltaimg apply {bundle_path} --trust {key}.pub --base {old} -o {rebuilt}")
-        say(f"rebuilt image {plan.target_id[:19]}: {'identical to' if same else 'DIFFERENT FROM'} app-1.1")
+        rebuild = apply_to_archive(bundle, open_image(base), rebuilt, force=True)
+        same = open_image(rebuilt).config_digest == open_image(target).config_digest == rebuild.target_id
+        say(f"deltaimg apply {bundle_path} --trust {key}.pub --base {base} -o {rebuilt}")
+        say(f"rebuilt image {rebuild.target_id[:19]}: {'identical to' if same else 'DIFFERENT FROM'} app-1.1")
         say(report.ratio_line(manifest["bundle_size"], manifest["full_image_size"]))
         return {"bundle_size": manifest["bundle_size"], "full_image_size": manifest["full_image_size"],
                 "identical": same, "directory": directory}

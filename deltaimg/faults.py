@@ -5,7 +5,7 @@ a power cut or ``kill -9`` would: no ``finally`` block, no journal record, no cl
 ``<step>#<n>`` kills the n-th time the step is reached instead (``stop#2``: at the second
 container's stop). The steps, in the order an apply reaches them: ``recover`` (an interrupted
 attempt's container settled by the recovery, the attempt not yet closed), ``verify`` (payloads
-being hashed), ``rebuild`` (base layers exported, the new image's archive not yet written),
+being hashed), ``rebuild`` (base layers exported, the target image's archive not yet written),
 ``load`` (``docker load`` at least half sent, not all of it), ``stop``, ``rename``, ``create``,
 ``start`` (each right after the engine did it) and ``cleanup`` (the new container passed its
 check, the old one is not yet removed).

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Callable, Iterable, Iterator
-
-from deltaimg.images.model import Layer
+from typing import Callable, Iterator
 
 Advance = Callable[[int], None]
 
@@ -39,12 +37,3 @@ def metered(write: Callable[[bytes], object], advance: Advance) -> Callable[[byt
         write(data)
         advance(len(data))
     return counted
-
-
-def layer_bytes(layers: Iterable[Layer]) -> int | None:
-    """Uncompressed bytes of these layers (each counted once), or None when one is stored compressed
-    or only in an engine, so its uncompressed size is not known before it is read."""
-    sizes = {layer.diff_id: layer.local[2] if layer.local else None for layer in layers}
-    if any(size is None for size in sizes.values()):
-        return None
-    return sum(size for size in sizes.values() if size is not None)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import sys
 
-from deltaimg.bundle.format import CONFIG_PAYLOAD, FORMAT_VERSION, STATS_FIELDS
-from deltaimg.errors import BundleFormatError
+from deltaimg.bundle.format import FORMAT_VERSION
+
+from deltaimg.bundle.manifest import CONFIG_PAYLOAD, STATS_FIELDS, ImageRecord, Manifest, Method, image_name
+from deltaimg.units import human_size
 
 ECOSYSTEM_TITLES = {"deb": "Debian packages", "apk": "Alpine packages", "python": "Python distributions"}
 CHANGE_ORDER = ("upgraded", "downgraded", "changed", "added", "removed")
@@ -25,30 +27,20 @@ def arrow() -> str:
         return "->"
 
 
-def human_size(n: float) -> str:
-    if abs(n) >= 1000 ** 5:  # no image is that large; and an int past 10^308 has no float to divide
-        return ("-" if n < 0 else "") + "over 1000 TB"
-    for unit in ("B", "KB", "MB"):
-        if abs(n) < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
-
-
 def signed_size(n: int) -> str:
     return ("+" if n >= 0 else "-") + human_size(abs(n))
 
 
 def name_of(image: dict) -> str:
-    tags = image.get("tags") or []
-    return f"{tags[0] if tags else '(untagged)'} {image['image_id'][:19]}"
+    """How messages name an image of make's summary (see :func:`deltaimg.bundle.manifest.image_name`)."""
+    return image_name(image.get("tags"), image["image_id"])
 
 
-def image_line(image: dict, layers: int | None = None) -> str:
+def image_line(image: ImageRecord, layers: int | None = None) -> str:
     """All tags, the short ID, the layer count (when known) and when it was built."""
-    tags = " ".join(image.get("tags") or []) or "(untagged)"
+    tags = " ".join(image.tags) or "(untagged)"
     count = f", {layers} layers" if layers is not None else ""
-    return f"{tags} {image['image_id'][:19]}{count}, created {image.get('created')}"
+    return f"{tags} {image.image_id[:19]}{count}, created {image.created}"
 
 
 def ratio_line(bundle_size: int, full_size: int) -> str:
@@ -60,77 +52,73 @@ def ratio_line(bundle_size: int, full_size: int) -> str:
 # --------------------------------------------------------------------------- bundles
 
 
-def plan_of(layer: dict) -> str:
+def how_applied(layer: dict) -> str:
     """How apply gets a layer: referenced (base layer), repeated (an earlier target layer),
     rebuilt (a delta against the base's content) or shipped (a delta that uses nothing of the base)."""
     method = layer["method"]
-    if method == "base":
+    if method == Method.BASE:
         return "referenced"
-    if method == "repeat":
+    if method == Method.REPEAT:
         return "repeated"
     stats = layer.get("stats") or {}
     reused = sum(stats.get(key, 0) for key in ("identical", "bsdiff", "zstd_delta", "headers_from_old"))
     return "shipped" if stats and not reused else "rebuilt"
 
 
-def manifest_layers(manifest: dict) -> list[dict]:
-    """The manifest's layer records with what it says elsewhere filled in: a delta's payload size
-    (from the payload table), its stats as a dict, and a repeated layer's size. The manifest names
-    no diff_ids (they are in the image configs); make's own summary has them."""
-    sizes = {record["name"]: record["size"] for record in manifest.get("payloads", [])}
+def manifest_layers(manifest: Manifest) -> list[dict]:
+    """The manifest's layers as make's summary lists them, with what the manifest says elsewhere
+    filled in: a delta's payload size, its stats as a dict, and a repeated layer's size. The
+    manifest names no diff_ids (they are in the image configs); make's own summary has them."""
     layers: list[dict] = []
-    for layer in manifest["layers"]:
-        full = dict(layer)
-        if layer["method"] == "delta":
-            full.setdefault("payload_size", sizes.get(layer.get("payload"), 0))
-            if isinstance(layer.get("stats"), list):
-                full["stats"] = dict(zip(STATS_FIELDS, layer["stats"]))
-        elif layer["method"] == "repeat":
-            if not 0 <= layer["of"] < len(layers):
-                raise ValueError(f"layer {len(layers)} repeats layer {layer['of']}, which is not before it")
-            full["size"] = layers[layer["of"]]["size"]
+    for layer in manifest.layers:
+        full: dict = {"method": layer.method.value, "size": layer.size}
+        if layer.method is Method.BASE:
+            full["base_layer"] = layer.base_layer
+        elif layer.method is Method.REPEAT:
+            full["of"] = layer.of
+        else:
+            full["payload"] = layer.payload
+            full["payload_size"] = manifest.payload(layer.payload).size  # type: ignore[arg-type, union-attr]
+            if layer.stats:
+                full["stats"] = dict(zip(STATS_FIELDS, layer.stats))
         layers.append(full)
     return layers
 
 
-def full_image_size(layers: list[dict]) -> int:
+def full_image_size(manifest: Manifest) -> int:
     """The bytes of the image's distinct layers, about what ``docker save`` writes."""
-    from deltaimg.apply.archive import layer_key
-
-    return sum({layer_key(position, layer): layer["size"] for position, layer in enumerate(layers)}.values())
+    return sum({layer.key(position): layer.size for position, layer in enumerate(manifest.layers)}.values())
 
 
-def layer_lines(manifest: dict) -> list[str]:
+def layer_lines(layers: list[dict]) -> list[str]:
+    """One line per layer (and its counts, when it was rebuilt) of make's summary or :func:`manifest_layers`."""
     lines = []
-    for position, layer in enumerate(manifest_layers(manifest)):
-        plan = plan_of(layer)
+    for position, layer in enumerate(layers):
+        how = how_applied(layer)
         what = {
             "referenced": f"referenced: base layer {layer.get('base_layer')}",
             "repeated": f"repeated: same as layer {layer.get('of')}",
             "rebuilt": f"rebuilt from a {human_size(layer.get('payload_size', 0))} delta",
             "shipped": f"shipped: {human_size(layer.get('payload_size', 0))} of new content",
-        }[plan]
+        }[how]
         diff_id = f"{layer['diff_id'][:19]} " if "diff_id" in layer else ""
         lines.append(f"  layer {position}: {diff_id}{human_size(layer['size'])} {what}")
         stats = layer.get("stats")
-        if stats and plan == "rebuilt":
+        if stats and how == "rebuilt":
             lines.append(
                 "           {files} files: {identical} unchanged, {bsdiff} bsdiff, {zstd_delta} zstd delta, "
-                "{literal} new; {headers_from_old} headers from the old image".format(**stats)
+                "{literal} new; {headers_from_old} headers from the base image".format(**stats)
             )
     return lines
 
 
-def payload_bytes(manifest: dict, layers: list[dict], bundle_size: int) -> dict[str, int]:
+def payload_bytes(manifest: Manifest, layers: list[dict], bundle_size: int) -> dict[str, int]:
     """Bytes of the bundle by kind: layer deltas, shipped layers, the config, the manifest and signature."""
-    area = sum(record["size"] for record in manifest.get("payloads", []))
-    sizes = {"delta": 0, "shipped": 0, "config": 0, "header": bundle_size - area}
-    for record in manifest.get("payloads", []):
-        if record["name"] == CONFIG_PAYLOAD:
-            sizes["config"] += record["size"]
+    config = manifest.payload(CONFIG_PAYLOAD)
+    sizes = {"delta": 0, "shipped": 0, "config": config.size if config else 0, "header": bundle_size - manifest.payload_area}
     for layer in layers:
-        if layer["method"] == "delta":
-            sizes["delta" if plan_of(layer) == "rebuilt" else "shipped"] += layer.get("payload_size", 0)
+        if layer["method"] == Method.DELTA:
+            sizes["delta" if how_applied(layer) == "rebuilt" else "shipped"] += layer["payload_size"]
     return sizes
 
 
@@ -143,26 +131,22 @@ def payload_line(sizes: dict[str, int]) -> str:
 
 
 def inspection(bundle: str, size: int, key_id: str | None, verified: bool, checked: str,
-               manifest: dict) -> tuple[dict, list[str]]:
+               manifest: Manifest) -> tuple[dict, list[str]]:
     """``deltaimg inspect``: (the JSON object, the text lines). The section on package and config
     changes is there when the bundle's manifest has one (bundles made before it have none)."""
-    try:
-        layers = manifest_layers(manifest)
-        data = {"bundle": bundle, "size": size, "signer_key_id": key_id, "verified": verified, **manifest,
-                "version": FORMAT_VERSION, "layers": layers, "layer_plan": [plan_of(layer) for layer in layers],
-                "payload_bytes": payload_bytes(manifest, layers, size)}
-        lines = [f"{bundle}: {human_size(size)}, format {FORMAT_VERSION}, "
-                 f"made by {manifest.get('tool')} at {manifest.get('created')}",
-                 f"  signed by key {key_id}: {checked}",
-                 f"  base:   {image_line(manifest['base'])}",
-                 f"  target: {image_line(manifest['target'], len(layers))}",
-                 *layer_lines(manifest),
-                 "  " + payload_line(data["payload_bytes"]),
-                 "  " + ratio_line(size, full_image_size(layers))]
-        if "changes" in manifest:
-            lines += ["  " + line for line in change_lines(manifest["changes"])]
-    except (LookupError, TypeError, AttributeError, ValueError) as exc:
-        raise BundleFormatError(f"{bundle}: the manifest is malformed ({exc!r})") from None
+    layers = manifest_layers(manifest)
+    data = {"bundle": bundle, "size": size, "signer_key_id": key_id, "verified": verified, **manifest.document,
+            "version": FORMAT_VERSION, "layers": layers, "layer_plan": [how_applied(layer) for layer in layers],
+            "payload_bytes": payload_bytes(manifest, layers, size)}
+    lines = [f"{bundle}: {human_size(size)}, format {FORMAT_VERSION}, made by {manifest.tool} at {manifest.created}",
+             f"  signed by key {key_id}: {checked}",
+             f"  base:   {image_line(manifest.base)}",
+             f"  target: {image_line(manifest.target, len(layers))}",
+             *layer_lines(layers),
+             "  " + payload_line(data["payload_bytes"]),
+             "  " + ratio_line(size, full_image_size(manifest))]
+    if manifest.changes is not None:
+        lines += ["  " + line for line in change_lines(manifest.changes)]
     return data, lines
 
 

@@ -41,7 +41,7 @@ def _unavailable(reason: str) -> NoReturn:
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
     try:
-        client = engine.connect()
+        client = engine.connect().client
     except EngineError as exc:
         _unavailable(str(exc))
     if not os.path.exists(BUSYBOX):

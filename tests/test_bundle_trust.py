@@ -23,9 +23,10 @@ from cryptography.hazmat.primitives import serialization
 
 from deltaimg.bundle import format as bundle_format
 from deltaimg.bundle import signing
-from deltaimg.bundle.format import open_bundle, read_header
+from deltaimg.bundle.reader import open_bundle, read_header
 from deltaimg.errors import BundleFormatError, IntegrityError, SignatureError
 from deltaimg.bundle.signing import load_public
+from deltaimg.bundle.verify import verify_payloads
 from tests.conftest import archive_image, run_cli
 
 FORMAT, SIGNATURE, INTEGRITY = BundleFormatError.exit_code, SignatureError.exit_code, IntegrityError.exit_code
@@ -422,7 +423,7 @@ def test_a_part_that_goes_away_while_the_bundle_is_read_is_one_clear_error(examp
     last = opened.parts[-1][0]
     os.rename(last, last + ".gone")
     with pytest.raises(BundleFormatError, match=f"cannot read {last}: No such file"):
-        bundle_format.verify_payloads(opened)
+        verify_payloads(opened)
 
 
 def test_verify_and_inspect_take_a_split_bundle_by_its_name_as_apply_does(example_pair, keypair, tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from deltaimg.apply import chain
-from deltaimg.bundle.format import Bundle
+from deltaimg.bundle.manifest import ImageRecord, Manifest
+from deltaimg.bundle.reader import Bundle
 from deltaimg.errors import UsageError
 
 
@@ -15,8 +16,14 @@ def image(version: str, repo: str = "app") -> dict:
     return {"image_id": f"sha256:{repo}-{version}", "tags": [f"{repo}:{version}"], "created": f"2024-01-{day:02d}T00:00:00Z"}
 
 
+def record(version: str, repo: str = "app") -> ImageRecord:
+    fields = image(version, repo)
+    return ImageRecord(fields["image_id"], tuple(fields["tags"]), fields["created"])
+
+
 def bundle(path: str, base: str, target: str, repo: str = "app") -> Bundle:
-    manifest = {"base": image(base, repo), "target": image(target, repo)}
+    manifest = Manifest(tool=None, created=None, base=record(base, repo), target=record(target, repo), layers=(),
+                        payloads=(), split=None, changes=None, document={})
     return Bundle(path=path, manifest=manifest, signer=None, payload_start=0, size=0)
 
 

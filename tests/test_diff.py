@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deltaimg.report import human_size
+from deltaimg.units import human_size
 from tests import imagefactory as f
 from tests.conftest import run_cli
 from tests.memory import measured

@@ -11,7 +11,7 @@ import pytest
 
 from deltaimg.bundle import signing
 from deltaimg.apply.archive import apply_to_archive
-from deltaimg.bundle.format import open_bundle
+from deltaimg.bundle.reader import open_bundle
 from deltaimg.errors import ImageReadError
 from deltaimg.images import open_image
 from deltaimg.make.build import make_bundle

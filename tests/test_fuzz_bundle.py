@@ -1,5 +1,5 @@
 """Fuzzing the bundle reader and the rebuild: whatever a bundle holds, opening it (open_bundle),
-reading its plan (read_plan), rebuilding its layers as the engine path does, from a streamed base
+reading what it rebuilds (read_rebuild), rebuilding its layers as the engine path does, from a streamed base
 (base_references, fetch_entries), and rebuilding the target (apply_to_archive) either works or fails with one of
 deltaimg's own errors; on failure no output and no temporary file is left.
 
@@ -31,8 +31,10 @@ from deltaimg.bundle import signing
 from deltaimg.codec import varint
 from deltaimg.bundle import format as bundle_format
 from deltaimg.delta import recipe as lf
-from deltaimg.apply.archive import apply_to_archive, read_plan
-from deltaimg.bundle.format import open_bundle, read_header
+from deltaimg.apply.archive import apply_to_archive
+from deltaimg.apply.rebuild import read_rebuild
+from deltaimg.bundle.manifest import Method, parse_manifest
+from deltaimg.bundle.reader import open_bundle, read_header
 from deltaimg.delta.decoder import base_references, rebuild_layer
 from deltaimg.errors import DeltaimgError
 from deltaimg.images import open_image
@@ -105,8 +107,8 @@ def subject(keypair, tmp_path_factory) -> Subject:
     manifest_bytes, _, start, _ = read_header(path)
     data = Path(path).read_bytes()
     parsed = json.loads(bundle_format.manifest_json(manifest_bytes, path))
-    offsets = bundle_format.payload_offsets(parsed)
-    payloads = {p["name"]: data[start + offsets[p["name"]]: start + offsets[p["name"]] + p["size"]] for p in parsed["payloads"]}
+    records = parse_manifest(parsed, path).payloads
+    payloads = {p.name: data[start + p.offset: start + p.offset + p.size] for p in records}
     return Subject(data, parsed, payloads, old, private, [signing.load_public(keypair[1])])
 
 
@@ -118,8 +120,8 @@ def expect_only_own_errors(subject: Subject, bundle: bytes) -> str:
         out.parent.mkdir()
         try:
             opened = open_bundle(str(path), subject.trusted)
-            plan = read_plan(opened)
-            deltas = [layer["payload"] for layer in plan.layers if layer["method"] == "delta"]
+            plan = read_rebuild(opened)
+            deltas = [layer.payload for layer in plan.layers if layer.method is Method.DELTA]
             rebuild_from_the_engine_path(opened, deltas, subject.base, tmp)
             apply_to_archive(opened, open_image(subject.base), str(out))
         except DeltaimgError as exc:

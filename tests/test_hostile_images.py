@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import hashlib
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -407,3 +409,28 @@ def test_a_dpkg_status_of_a_hundred_thousand_packages_is_read_within_the_caps(tm
     assert outcome.peak_rss < BUDGET, f"diff peaked at {outcome.peak_rss >> 20} MiB"
     changes = json.loads(outcome.stdout)["packages"]
     assert len(changes) == 100_000 and {c["change"] for c in changes} == {"upgraded"}
+
+
+# --------------------------------------------------------------------------- what reaches the terminal
+
+
+def test_an_error_quoting_a_15_mib_name_is_one_line_of_2000_characters_that_still_says_what_is_wrong(images, tmp_path):
+    from tests.memory import measured
+
+    def long_layer_name(tree: Path, entry: dict) -> None:
+        entry["Layers"][0] = "A" * (15 << 20)
+    result = measured("diff", str(images["old"]), str(edited_archive(images, tmp_path, long_layer_name)))
+    assert result.returncode == IMAGE_EXIT
+    assert result.stderr.count("\n") == 1 and result.stderr.endswith("A is missing from the archive\n")
+    assert len(result.stderr) < 2100 and re.search(r"A \.\.\. \(157\d{5} characters left out\) \.\.\. A", result.stderr)
+    assert result.peak_rss < 512 << 20
+
+
+def test_file_names_with_terminal_escapes_are_shown_escaped_by_diff(images, tmp_path):
+    name = "srv/\x1b[2J\x1b[1;32mverified\r"
+    layer = f.write_layer(tmp_path / "l.tar", f.complete_tree([f.file("etc/version", b"2\n"), f.file(name, b"x")]))
+    new = f.write_docker_archive(tmp_path / "new.tar", [f.ImageSpec([layer], ["hostile/app:2"])])[0].path
+    result = run_cli("diff", str(images["old"]), str(new))
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\r" not in result.stdout
+    assert "+ /srv/\\x1b[2J\\x1b[1;32mverified\\r" in result.stdout, result.stdout

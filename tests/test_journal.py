@@ -13,6 +13,7 @@ import pytest
 
 from deltaimg.apply.journal import JOURNAL, MAX_LINE, Journal
 from deltaimg.errors import JournalError
+from tests.engine_proxy import recording_engine
 from tests.memory import MINUTE, measured
 
 BUDGET = 512 << 20
@@ -72,12 +73,12 @@ def test_the_recovery_every_apply_runs_first_stops_at_it_and_changes_nothing(doc
     line, why = HOSTILE[case]
     path = planted(state_dir, line)
     before = path.read_bytes()
-    containers = {c["Id"] for c in docker_client.api.containers(all=True)}
-    outcome = measured("apply", example_bundle, "--trust", keypair[1], timeout=MINUTE)
+    with recording_engine() as engine:
+        outcome = measured("apply", example_bundle, "--trust", keypair[1], timeout=MINUTE, env={"DOCKER_HOST": engine.url})
     assert (outcome.returncode, outcome.stderr) == (JournalError.exit_code, expected_error(path, why))
     assert outcome.peak_rss < BUDGET
     assert path.read_bytes() == before, "recovery wrote to a journal it could not read"
-    assert {c["Id"] for c in docker_client.api.containers(all=True)} == containers
+    assert engine.writes() == [], "apply changed the engine"
 
 
 def test_a_torn_line_is_still_skipped_and_the_records_around_it_count(tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-from deltaimg.errors import BaseMismatchError, ImageReadError, KeyFileError, OutputError, UsageError
+from deltaimg.errors import BaseMismatchError, DowngradeError, ImageReadError, KeyFileError, OutputError, UsageError
+from deltaimg.images import open_image
 from tests.conftest import archive_image, assert_same_image, run_cli
 
 
@@ -66,6 +67,79 @@ def test_apply_refuses_to_overwrite_unless_forced(example_pair, example_bundle, 
     assert run_cli(*args).returncode == OutputError.exit_code
     assert out.read_bytes() == b"keep me"
     assert run_cli(*args, "--force").returncode == 0
+    assert oct(out.stat().st_mode & 0o777) == oct(0o644 & ~current_umask())  # as docker save > FILE would be
+
+
+def test_apply_does_not_replace_a_device_or_a_symlink_even_forced(example_pair, example_bundle, keypair, tmp_path):
+    link = tmp_path / "link.tar"
+    link.symlink_to("/dev/null")
+    for output in ("/dev/null", str(link)):
+        result = run_cli("apply", example_bundle, "--trust", keypair[1], "--base", example_pair[0], "-o", output, "--force")
+        assert result.returncode == OutputError.exit_code
+        assert result.stderr == f"deltaimg: error: {output} exists and is not a regular file; choose another -o\n"
+    assert os.path.islink(link) and os.readlink(link) == "/dev/null"
+
+
+def test_make_refuses_an_existing_output_unless_forced_and_never_removes_a_file_it_did_not_write(
+        example_pair, keypair, tmp_path):
+    out = tmp_path / "app.dimg"
+    out.write_bytes(b"precious")
+    (tmp_path / "app.dimg.001").write_bytes(b"someone else's")
+    args = ["make", *example_pair, "-o", str(out), "--key", keypair[0]]
+    refused = run_cli(*args)
+    assert refused.returncode == OutputError.exit_code
+    assert refused.stderr == f"deltaimg: error: {out}, {out}.001 exist; pass --force to replace them, or choose another -o\n"
+    assert out.read_bytes() == b"precious" and sorted(os.listdir(tmp_path)) == ["app.dimg", "app.dimg.001"]
+
+    forced = run_cli(*args, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert out.read_bytes().startswith(b"DELTAIMG")
+    assert (tmp_path / "app.dimg.001").read_bytes() == b"someone else's"  # not a bundle part: left alone
+    assert oct(out.stat().st_mode & 0o777) == oct(0o644 & ~current_umask())
+
+
+def test_a_forced_make_replaces_an_earlier_split_bundle_and_only_its_parts(example_pair, keypair, tmp_path):
+    out = tmp_path / "app.dimg"
+    split = run_cli("make", *example_pair, "-o", str(out), "--key", keypair[0], "--split-size", "1K")
+    assert split.returncode == 0, split.stderr
+    parts = sorted(p.name for p in tmp_path.iterdir())
+    assert len(parts) >= 2 and parts[0] == "app.dimg.001"
+    (tmp_path / "app.dimg.notes").write_text("mine")
+    whole = run_cli("make", *example_pair, "-o", str(out), "--key", keypair[0], "--force")
+    assert whole.returncode == 0, whole.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.dimg", "app.dimg.notes"]
+
+
+def test_make_does_not_replace_what_is_not_a_regular_file(example_pair, keypair, tmp_path):
+    fifo = tmp_path / "pipe.dimg"
+    os.mkfifo(fifo)
+    result = run_cli("make", *example_pair, "-o", str(fifo), "--key", keypair[0], "--force")
+    assert result.returncode == OutputError.exit_code
+    assert result.stderr == f"deltaimg: error: {fifo} exists and is not a regular file; choose another -o\n"
+    assert sorted(os.listdir(tmp_path)) == ["pipe.dimg"]
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_apply_into_an_archive_refuses_a_downgrade_unless_allowed(example_pair, keypair, tmp_path):
+    back = tmp_path / "back.dimg"
+    assert run_cli("make", example_pair[1], example_pair[0], "-o", str(back), "--key", keypair[0]).returncode == 0
+    out = tmp_path / "old.tar"
+    args = ["apply", str(back), "--trust", keypair[1], "--base", example_pair[1], "-o", str(out)]
+    refused = run_cli(*args)
+    assert refused.returncode == DowngradeError.exit_code == 25
+    v1, v2 = (open_image(path).config_digest[:19] for path in example_pair)
+    assert refused.stderr == (f"deltaimg: error: {back} goes back from example/app:1.1 {v2} (created 2024-01-02T00:00:00Z) "
+                              f"to the older example/app:1.0 {v1} (created 2024-01-01T00:00:00Z); pass "
+                              "--allow-downgrade to apply it anyway\n")
+    assert not out.exists()
+    allowed = run_cli(*args, "--allow-downgrade")
+    assert allowed.returncode == 0, allowed.stderr
+    assert open_image(str(out)).config_digest == open_image(example_pair[0]).config_digest
 
 
 def test_bad_inputs_get_one_line_and_their_own_exit_code(example_pair, keypair, tmp_path):
@@ -105,8 +179,7 @@ def test_keygen_writes_a_private_key_only_its_owner_can_read(tmp_path):
 def test_a_full_disk_while_make_writes_is_an_output_error_not_a_damaged_image(example_pair, keypair, tmp_path, monkeypatch):
     import errno
 
-    from deltaimg.bundle import format as bundle
-
+    from deltaimg.bundle import writer
     from deltaimg.bundle import keys
     from deltaimg.images import open_image
     from deltaimg.make.build import make_bundle
@@ -114,7 +187,7 @@ def test_a_full_disk_while_make_writes_is_an_output_error_not_a_damaged_image(ex
     def full(self, data: bytes) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(bundle._HashingWriter, "write", full)
+    monkeypatch.setattr(writer.HashingWriter, "write", full)
     output = tmp_path / "out.dimg"
     try:
         make_bundle(open_image(example_pair[0]), open_image(example_pair[1]), str(output), keys.signing_key(keypair[0], None))

@@ -14,6 +14,7 @@ import pytest
 
 from deltaimg import progress
 from deltaimg.images import open_image
+from deltaimg.images.model import layer_bytes
 from tests import imagefactory as f
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -64,9 +65,9 @@ def test_layer_bytes_is_exact_for_stored_layers_and_unknown_for_compressed_ones(
     layer = f.write_layer(tmp_path / "l.tar", f.complete_tree([f.file("etc/motd", b"hello\n")]))
     spec = f.ImageSpec([layer, layer], ["motd:1"])
     archive = f.write_docker_archive(tmp_path / "motd.tar", [spec])[0].path
-    assert progress.layer_bytes(open_image(str(archive)).layers) == layer.size  # the same layer counts once
+    assert layer_bytes(open_image(str(archive)).layers) == layer.size  # the same layer counts once
     f.write_oci_dir(tmp_path / "oci", [spec], compression="gzip")
-    assert progress.layer_bytes(open_image(f"oci:{tmp_path / 'oci'}").layers) is None
+    assert layer_bytes(open_image(f"oci:{tmp_path / 'oci'}").layers) is None
 
 
 def test_commands_are_silent_on_stderr_when_it_is_not_a_terminal(example_pair, keypair, tmp_path):
@@ -107,8 +108,9 @@ def test_on_a_real_terminal_a_bar_is_drawn_and_quiet_silences_it(command, exampl
 
 def test_apply_tells_its_progress_callback_every_byte_of_every_layer_it_writes(example_bundle, example_pair, keypair,
                                                                                 tmp_path):
-    from deltaimg.apply.archive import apply_to_archive, read_plan, rebuild_size
-    from deltaimg.bundle.format import open_bundle
+    from deltaimg.apply.archive import apply_to_archive
+    from deltaimg.apply.rebuild import read_rebuild, rebuild_size
+    from deltaimg.bundle.reader import open_bundle
     from deltaimg.bundle.keys import trusted_keys
     from tests.conftest import archive_image
 
@@ -117,7 +119,7 @@ def test_apply_tells_its_progress_callback_every_byte_of_every_layer_it_writes(e
     apply_to_archive(bundle, open_image(example_pair[0]), str(tmp_path / "new.tar"), advance=done.append)
     _, layers = archive_image(str(tmp_path / "new.tar"))
     assert len(done) > len(layers)  # block by block, not once per layer
-    assert sum(done) == rebuild_size(read_plan(bundle)) == sum(len(layer) for layer in layers)
+    assert sum(done) == rebuild_size(read_rebuild(bundle)) == sum(len(layer) for layer in layers)
 
 
 def test_apply_is_silent_on_stderr_when_it_is_not_a_terminal(example_bundle, example_pair, keypair, tmp_path):

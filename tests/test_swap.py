@@ -7,6 +7,7 @@ import json
 import docker.errors
 import pytest
 
+from deltaimg.engine.dockerd import DockerEngine
 from deltaimg.errors import SwapFailedNotRolledBack, SwapFailedRolledBack
 from deltaimg.apply.swap import SIDE_SUFFIX, swap_containers
 from tests.engine_helpers import (  # noqa: F401
@@ -106,7 +107,7 @@ def test_swap_recreates_containers_on_the_new_image_keeping_user_config_and_data
 
     lines: list[str] = []
     results = swap_containers(
-        client, images["v1"], images["v2"], names=None, grace=2, dry_run=False, log=lines.append
+        DockerEngine(client), images["v1"], images["v2"], names=None, grace=2, dry_run=False, log=lines.append
     )
 
     assert sorted(r.name for r in results) == sorted([res.name("app"), res.name("idle")])
@@ -146,7 +147,7 @@ def test_failed_healthcheck_rolls_back_to_the_old_container(docker_client, engin
 
     with pytest.raises(SwapFailedRolledBack, match="unhealthy") as caught:
         swap_containers(
-            client, images["v1"], images["v2bad"], names=[res.name("app")], grace=1, dry_run=False, log=print
+            DockerEngine(client), images["v1"], images["v2bad"], names=[res.name("app")], grace=1, dry_run=False, log=print
         )
     assert caught.value.exit_code == 21
 
@@ -164,7 +165,7 @@ def test_exiting_container_rolls_back_and_a_failed_rollback_says_so(
     second = start_app(client, res, images["v1"], "second")
 
     with pytest.raises(SwapFailedRolledBack, match=r"exited with code 3 \(last output: boom\)"):
-        swap_containers(client, images["v1"], images["v2exit"], names=[res.name("first")], grace=2, log=print)
+        swap_containers(DockerEngine(client), images["v1"], images["v2exit"], names=[res.name("first")], grace=2, log=print)
     back = client.api.inspect_container(res.name("first"))
     assert back["Id"] == first and back["State"]["Running"]
 
@@ -177,7 +178,7 @@ def test_exiting_container_rolls_back_and_a_failed_rollback_says_so(
 
     monkeypatch.setattr(client.api, "rename", rename)
     with pytest.raises(SwapFailedNotRolledBack, match="cannot rename the old one back") as caught:
-        swap_containers(client, images["v1"], images["v2exit"], names=[res.name("second")], grace=2, log=print)
+        swap_containers(DockerEngine(client), images["v1"], images["v2exit"], names=[res.name("second")], grace=2, log=print)
     assert caught.value.exit_code == 22
     left = client.api.inspect_container(second)
     assert left["Name"] == f"/{res.name('second')}{SIDE_SUFFIX}" and left["State"]["Running"]
@@ -190,7 +191,7 @@ def test_dry_run_changes_nothing(docker_client, engine_resources, images):
     lines: list[str] = []
 
     results = swap_containers(
-        client, images["v1"], images["v2"], names=[res.name("app")], grace=1, dry_run=True, log=lines.append
+        DockerEngine(client), images["v1"], images["v2"], names=[res.name("app")], grace=1, dry_run=True, log=lines.append
     )
 
     assert [(r.name, r.new_container_id, r.started) for r in results] == [(res.name("app"), None, True)]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from deltaimg.engine.dockerd import DockerEngine
 from deltaimg.bundle import keys
 from deltaimg.errors import (
     BundlePartError,
@@ -419,18 +420,18 @@ def test_a_bundle_file_named_alone_for_an_image_the_host_lacks_is_an_error(app, 
 
 
 def test_the_rebuild_reports_every_byte_it_writes_and_a_terminal_shows_it_as_a_bar(app, keypair, tmp_path):
-    from deltaimg.apply.archive import read_plan, rebuild_size
-    from deltaimg.bundle.format import open_bundle
+    from deltaimg.apply.rebuild import read_rebuild, rebuild_size
+    from deltaimg.bundle.reader import open_bundle
     from deltaimg.apply.engine import apply_to_engine, layers_to_load
     from tests.test_progress import on_terminal
 
     app.host_has("1")
     bundle = open_bundle(app.bundles["1", "2"], keys.trusted_keys([keypair[1]], None))
     done: list[int] = []
-    apply_to_engine(bundle, app.client, containers=None, swap_containers=False, grace=1, dry_run=False,
+    apply_to_engine(bundle, DockerEngine(app.client), containers=None, swap_containers=False, grace=1, dry_run=False,
                     log=lambda line: None, work_dir=str(tmp_path), advance=done.append)
-    plan = read_plan(bundle)
-    assert app.in_engine("2") and sum(done) == rebuild_size(plan, layers_to_load(app.client, plan)) > 60000
+    plan = read_rebuild(bundle)
+    assert app.in_engine("2") and sum(done) == rebuild_size(plan, layers_to_load(DockerEngine(app.client), plan)) > 60000
 
     args = ["apply", app.bundles["1", "2"], "--trust", keypair[1], "--no-swap"]
     app.host_has("1")

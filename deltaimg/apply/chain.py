@@ -29,9 +29,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from deltaimg.bundle.format import Bundle
-from deltaimg.errors import UsageError
-from deltaimg.report import name_of
+from deltaimg.bundle.manifest import ImageRecord
+from deltaimg.bundle.reader import Bundle
+from deltaimg.errors import DowngradeError, UsageError
 
 APPLY = "apply"
 LEFT_OUT = ("already-applied", "superseded", "downgrade", "duplicate", "not-for-this-host")
@@ -85,15 +85,23 @@ def parse_time(value: object) -> datetime.datetime | None:
 
 def is_downgrade(bundle: Bundle) -> bool:
     """The bundle's target was created before its base (unknown times count as no downgrade)."""
-    base = parse_time(bundle.manifest["base"].get("created"))
-    target = parse_time(bundle.manifest["target"].get("created"))
+    base = parse_time(bundle.manifest.base.created)
+    target = parse_time(bundle.manifest.target.created)
     return base is not None and target is not None and target < base
+
+
+def refuse_downgrade(bundle: Bundle) -> None:
+    """Raise :class:`DowngradeError` for a bundle that goes back in time (``--allow-downgrade`` skips this)."""
+    if is_downgrade(bundle):
+        base, target = bundle.manifest.base, bundle.manifest.target
+        raise DowngradeError(f"{bundle.path} goes back from {base.name} (created {base.created}) to the older "
+                             f"{target.name} (created {target.created}); pass --allow-downgrade to apply it anyway")
 
 
 def repositories(tags: object) -> set[str]:
     """``app`` for ``app:1.0`` and ``registry:5000/app:1.0``; digests are left out."""
     names = set()
-    for tag in tags if isinstance(tags, list) else []:
+    for tag in tags if isinstance(tags, (list, tuple)) else []:
         if isinstance(tag, str) and "@" not in tag:
             head, sep, last = tag.rpartition(":")
             names.add(head if sep and "/" not in last else tag)
@@ -114,7 +122,7 @@ def select(bundles: list[Bundle], host: Host) -> Selection:
         if is_downgrade(bundle):
             relevant = host.has_image(_base(bundle))
             left_out.append(Step(bundle, "downgrade" if relevant else "not-for-this-host",
-                                 f"it goes back to the older {name_of(bundle.manifest['target'])}; to apply it, name it "
+                                 f"it goes back to the older {bundle.manifest.target.name}; to apply it, name it "
                                  "alone with --allow-downgrade" if relevant else _absent(bundle)))
             continue
         edges.append(bundle)
@@ -138,33 +146,56 @@ def select(bundles: list[Bundle], host: Host) -> Selection:
     return Selection(steps, _gaps(steps, graph, host, ends))
 
 
+def hold_back(bundles: list[Bundle], last: dict[str, dict]) -> tuple[list[Bundle], list[tuple[Bundle, str]]]:
+    """Split ``bundles`` (in chain order) into those that go ahead and those held back, with why: a
+    bundle whose last attempt (``last``: closing journal record by bundle sha256) was rolled back, and
+    every bundle after it in its chain. The others go ahead, so one failing update does not stall
+    every other one on the host; ``--retry`` skips this."""
+    kept: list[Bundle] = []
+    held: list[tuple[Bundle, str]] = []
+    blocked: set[str] = set()  # images a held bundle would have made
+    for bundle in bundles:
+        closed = last.get(bundle.sha256 or "")
+        if closed and closed.get("outcome") == "rolled-back":
+            message = (f"{bundle.path} was rolled back at {closed.get('time')} ({closed.get('message')}); not "
+                       "trying it again: pass --retry once the cause is fixed")
+        elif bundle.manifest.base.image_id in blocked:
+            message = f"{bundle.path} waits for the update before it in its chain, which was rolled back"
+        else:
+            kept.append(bundle)
+            continue
+        blocked.add(bundle.manifest.target.image_id)
+        held.append((bundle, message))
+    return kept, held
+
+
 def _base(bundle: Bundle) -> str:
-    return bundle.manifest["base"]["image_id"]
+    return bundle.manifest.base.image_id
 
 
 def _target(bundle: Bundle) -> str:
-    return bundle.manifest["target"]["image_id"]
+    return bundle.manifest.target.image_id
 
 
 def _absent(bundle: Bundle) -> str:
-    return f"this host does not have its base {name_of(bundle.manifest['base'])}, and no other bundle makes it"
+    return f"this host does not have its base {bundle.manifest.base.name}, and no other bundle makes it"
 
 
 class _Graph:
     def __init__(self, edges: list[Bundle]) -> None:
         self.out: dict[str, list[Bundle]] = {}
-        self.images: dict[str, dict] = {}
+        self.images: dict[str, ImageRecord] = {}
         for bundle in sorted(edges, key=lambda b: b.path):
             self.out.setdefault(_base(bundle), []).append(bundle)
-            self.images.setdefault(_base(bundle), bundle.manifest["base"])
-            self.images[_target(bundle)] = bundle.manifest["target"]
+            self.images.setdefault(_base(bundle), bundle.manifest.base)
+            self.images[_target(bundle)] = bundle.manifest.target
 
     @property
     def nodes(self) -> set[str]:
         return set(self.images)
 
     def created(self, node: str) -> datetime.datetime | None:
-        return parse_time(self.images[node].get("created"))
+        return parse_time(self.images[node].created)
 
     def paths_from(self, start: str) -> dict[str, list[Bundle]]:
         """Every image reachable from ``start`` (not itself), with the shortest bundle path to it."""
@@ -184,7 +215,7 @@ class _Graph:
 
 
 def _left_out(bundle: Bundle, graph: _Graph, present: set[str], chosen: dict[str, Bundle]) -> Step:
-    target = name_of(bundle.manifest["target"])
+    target = bundle.manifest.target.name
     if _target(bundle) in present:
         return Step(bundle, "already-applied", f"{target} is already in the engine")
     if graph.reaches(_target(bundle), present):
@@ -213,24 +244,24 @@ def _chain_order(bundles: list[Bundle]) -> list[Bundle]:
 
 def _gaps(steps: list[Step], graph: _Graph, host: Host, ends: dict[str, str]) -> list[str]:
     """Missing links: a bundle left out as not for this host that continues an image this host runs."""
-    current: dict[str, dict] = {}  # where the host ends up: image ID -> {"image_id", "tags", "created"}
+    current: dict[str, ImageRecord] = {}  # where the host ends up
     for image, (created, tags) in host.images_in_use().items():
         goal = ends.get(image, image)
-        current[goal] = graph.images.get(goal) or {"image_id": image, "tags": tags, "created": created}
+        current[goal] = graph.images.get(goal) or ImageRecord(image, tuple(tags), created)
     for goal in ends.values():
         current.setdefault(goal, graph.images[goal])
     gaps = []
     for step in steps:
         if step.action != "not-for-this-host":
             continue
-        base = step.bundle.manifest["base"]
-        base_created = parse_time(base.get("created"))
+        base = step.bundle.manifest.base
+        base_created = parse_time(base.created)
         for have in current.values():
-            created = parse_time(have.get("created"))
+            created = parse_time(have.created)
             if base_created and created and base_created > created and \
-                    repositories(base.get("tags")) & repositories(have.get("tags")):
-                gaps.append(f"this host runs {name_of(have)} but {step.bundle.path} updates the newer "
-                            f"{name_of(base)}; the bundle(s) in between are missing")
-                step.reason = f"{step.reason}; a missing link: the host is at {name_of(have)}"
+                    repositories(base.tags) & repositories(have.tags):
+                gaps.append(f"this host runs {have.name} but {step.bundle.path} updates the newer "
+                            f"{base.name}; the bundle(s) in between are missing")
+                step.reason = f"{step.reason}; a missing link: the host is at {have.name}"
                 break
     return gaps

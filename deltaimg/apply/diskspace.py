@@ -23,7 +23,7 @@ import os
 from typing import Callable
 
 from deltaimg.errors import DiskSpaceError
-from deltaimg.report import human_size
+from deltaimg.units import human_size
 
 FREE_ENV = "DELTAIMG_TEST_FREE_BYTES"
 

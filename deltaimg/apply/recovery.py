@@ -12,7 +12,7 @@ is settled by one deterministic rule, from what the journal says and what the en
 
 No volume the old container mounts is removed (``v=False``): its anonymous volumes are the ones
 the new container had reattached. A new container that is removed takes with it only the
-anonymous volumes the engine made for it alone (a ``VOLUME`` only the new image declares).
+anonymous volumes the engine made for it alone (a ``VOLUME`` only the target image declares).
 Images are left alone: a target that got loaded stays, and the next apply of the same bundle
 finds it there. Temporary files are the state directory's ``work/``, which every run empties. Recovery is idempotent: killed half way, it is redone.
 Then the attempt is closed with a ``recovered`` record, and the run goes on; a bundle still
@@ -23,22 +23,17 @@ from __future__ import annotations
 
 from typing import Callable
 
-import docker
-import docker.errors
-import requests
-
 from deltaimg import faults
-
-from deltaimg.engine import dockerd as engine
-from deltaimg.errors import RecoveryError
 from deltaimg.apply.journal import Attempt, Journal
-from deltaimg.report import name_of
 from deltaimg.apply.swap import SIDE_SUFFIX, remove_new_container
+from deltaimg.bundle.manifest import image_name
+from deltaimg.engine.interface import Engine
+from deltaimg.errors import EngineError, RecoveryError
 
 Outcome = Callable[[str, dict, str], None]
 
 
-def recover(client: docker.DockerClient, journal: Journal, outcome: Outcome) -> None:
+def recover(engine: Engine, journal: Journal, outcome: Outcome) -> None:
     """Settle every interrupted attempt; report each with ``outcome("recovered", record, text)``."""
     for attempt in journal.attempts():
         if not attempt.interrupted:
@@ -46,7 +41,7 @@ def recover(client: docker.DockerClient, journal: Journal, outcome: Outcome) -> 
         target_id = attempt.begin.get("to", {}).get("image_id", "")
         actions = []
         for container in _touched(attempt):
-            actions.append(_settle(client, container, attempt, target_id))
+            actions.append(_settle(engine, container, attempt, target_id))
             faults.killpoint("recover")
         record = journal.append({"type": "recovered", "id": attempt.id, "outcome": "recovered",
                                  "bundle": attempt.begin.get("bundle"), "from": attempt.begin.get("from"),
@@ -66,14 +61,14 @@ def _touched(attempt: Attempt) -> list[dict]:
     return touched
 
 
-def _settle(client: docker.DockerClient, container: dict, attempt: Attempt, target_id: str) -> dict:
+def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str) -> dict:
     name, old_id = str(container.get("name")), str(container.get("old_container"))
     ready = "ready" in attempt.steps.get(name, set())
     by_hand = (f"by hand: keep one container named {name} (docker ps -a --filter name={name}), "
                f"docker rm the other, docker rename it to {name} if needed and docker start it")
     try:
-        old = _inspect(client, old_id)
-        holder = _inspect(client, name)
+        old = engine.inspect_container(old_id)
+        holder = engine.inspect_container(name)
         if holder is not None and holder["Name"].lstrip("/") != name:
             holder = None  # the engine matched an ID prefix: no container has that name
         new = holder if holder is not None and holder["Id"] != old_id else None
@@ -86,30 +81,28 @@ def _settle(client: docker.DockerClient, container: dict, attempt: Attempt, targ
                                     f"new one; recreate {name} by hand")
             return {"name": name, "action": "rolled-forward", "container": new["Id"], "image": new["Image"]}
         if ready and new is not None:
-            client.api.remove_container(old_id, v=False, force=True)
+            engine.remove_container(old_id, force=True)
             return {"name": name, "action": "rolled-forward", "container": new["Id"], "image": new["Image"]}
         if new is not None:
-            remove_new_container(client, new["Id"], old_id)
+            remove_new_container(engine, new["Id"], old_id)
         if old["Name"].lstrip("/") != name:
-            client.api.rename(old_id, name)
+            engine.rename(old_id, name)
         if container.get("started") and not old["State"].get("Running"):
-            client.api.start(old_id)
+            engine.start(old_id)
         return {"name": name, "action": "rolled-back", "container": old_id, "image": old["Image"]}
-    except (docker.errors.DockerException, requests.RequestException) as exc:
+    except EngineError as exc:
         raise RecoveryError(f"{name}: cannot settle the update interrupted at {attempt.begin.get('time')} "
-                            f"({engine.one_line(exc)}); {by_hand}") from None
-
-
-def _inspect(client: docker.DockerClient, ref: str) -> dict | None:
-    try:
-        return client.api.inspect_container(ref)
-    except docker.errors.NotFound:
-        return None
+                            f"({exc.reason}); {by_hand}") from None
 
 
 def _describe(attempt: Attempt, actions: list[dict]) -> str:
     begin = attempt.begin
-    what = f"{name_of(begin['from'])} -> {name_of(begin['to'])}" if begin.get("from") and begin.get("to") else "an update"
-    settled = "; ".join(f"{a['name']} {'back on its old container' if a['action'] == 'rolled-back' else 'on the new image'}"
+    what = f"{_name(begin['from'])} -> {_name(begin['to'])}" if begin.get("from") and begin.get("to") else "an update"
+    settled = "; ".join(f"{a['name']} {'back on its old container' if a['action'] == 'rolled-back' else 'on the target image'}"
                         for a in actions) or "no container had been touched"
     return f"recovered the interrupted update {what} (begun {begin.get('time')}): {settled}"
+
+
+def _name(image: dict) -> str:
+    """How messages name an image the journal recorded."""
+    return image_name(image.get("tags"), str(image.get("image_id")))

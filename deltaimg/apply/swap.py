@@ -1,22 +1,8 @@
-"""Recreating containers onto a new image, with rollback (Docker Compose's recreate is the model).
+"""Recreating containers onto a target image, with rollback (Docker Compose's recreate is the model).
 
-A container is recreated from the configuration its user gave it, not from everything its inspect
-data shows: the engine merges the image's defaults (Env, Cmd, Entrypoint, Labels, Healthcheck,
-WorkingDir, User, ExposedPorts, Volumes, StopSignal, Shell) into the container's Config at create
-time, and copying them would pin the old image's values onto the new image. So every Config value
-equal to the old image's default is dropped, and the new image's defaults apply (an
-``ENV VERSION=2`` in the new image is what the new container sees). The price: a value the user
-set explicitly *to* the old image's default is dropped too; compose has the same blind spot.
-
-The create call is the raw ``/containers/create`` body (``create_container_from_config``), built
-from the old container's inspect data: it takes every HostConfig field as the engine reported it,
-where the SDK's keyword arguments would need a translation per field and lose those it lacks.
-HostConfig is copied whole (ports, restart policy, binds, mounts, tmpfs, devices, capabilities,
-resources, log config, ...), with links turned back into ``name:alias`` form. Anonymous volumes
-(image ``VOLUME`` or ``-v /path``) are reattached by their volume name as extra ``Mounts``, as
-compose does, so their data carries over. Networks come back with their aliases (minus the old
-container's short ID, which the engine adds itself), fixed IPs, links and driver options: the
-primary network in the create call, the others connected before start (API < 1.44 takes one).
+Each container is checked first (no leftover side container, no ``--rm``), then in turn renamed
+aside, recreated from :func:`deltaimg.apply.recreate.create_body`, started and waited on until it
+runs (and is healthy, when it has a healthcheck); any failure puts the old container back.
 
 Not handled: containers that share a target's namespaces (``--network container:...``) or use
 ``--volumes-from`` it keep pointing at the removed container; containers run with ``--rm`` are
@@ -25,18 +11,13 @@ refused (stopping one deletes it).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from typing import Callable, Protocol
 
-import docker
-import docker.errors
-import requests
-
-from deltaimg.engine import dockerd as engine
+from deltaimg.apply.recreate import create_body
+from deltaimg.engine.interface import Engine
 from deltaimg.errors import (
-    DeltaimgError,
     EngineError,
     ImageReadError,
     SwapFailedNotRolledBack,
@@ -50,11 +31,6 @@ POLL = 0.5
 NS = 1e9
 # The engine's healthcheck defaults, used for fields a healthcheck leaves at 0.
 HEALTH_INTERVAL, HEALTH_TIMEOUT, HEALTH_RETRIES = 30.0, 30.0, 3
-# Config keys whose value the engine fills from the image when the user gives none.
-IMAGE_DEFAULT_KEYS = ("User", "WorkingDir", "Healthcheck", "StopSignal", "Shell", "OnBuild")
-COPIED_KEYS = ("Domainname", "AttachStdin", "AttachStdout", "AttachStderr", "Tty", "OpenStdin",
-               "StdinOnce", "NetworkDisabled", "MacAddress", "StopTimeout")
-ENDPOINT_KEYS = ("IPAMConfig", "Links", "Aliases", "DriverOpts")
 
 
 @dataclasses.dataclass
@@ -64,7 +40,7 @@ class SwapResult:
     name: str
     old_container_id: str
     new_container_id: str | None  # None in a dry run
-    new_image_id: str
+    target_image_id: str
     started: bool  # the new container is (or would be) started: the old one was running
     config: dict  # the /containers/create body
     networks: dict[str, dict] = dataclasses.field(default_factory=dict)  # further networks: name -> EndpointConfig
@@ -94,9 +70,9 @@ class _Silent:
 
 
 def swap_containers(
-    client: docker.DockerClient,
-    old_image_id: str,
-    new_image_id: str,
+    engine: Engine,
+    base_image_id: str,
+    target_image_id: str,
     *,
     names: list[str] | None = None,
     grace: float = 10.0,
@@ -104,20 +80,20 @@ def swap_containers(
     log: Callable[[str], None] = print,
     observer: SwapObserver | None = None,
 ) -> list[SwapResult]:
-    """Recreate the containers of ``old_image_id`` (all of them, or those in ``names``) on ``new_image_id``.
+    """Recreate the containers of ``base_image_id`` (all of them, or those in ``names``) on ``target_image_id``.
 
     Everything is checked and planned before any container is touched. Containers are then
     swapped one at a time; a failure rolls that container back and raises
     :class:`SwapFailedRolledBack` (:class:`SwapFailedNotRolledBack` if the rollback fails too),
-    leaving the containers swapped before it on the new image.
+    leaving the containers swapped before it on the target image.
     """
-    old_image = _image(client, old_image_id, "old")
-    new_image = _image(client, new_image_id, "new")
-    if old_image["Id"] == new_image["Id"]:
-        raise UsageError(f"the old and the new image are the same ({_short(old_image['Id'])}); nothing to swap")
-    plans = [_plan(client, info, old_image, new_image) for info in _targets(client, old_image["Id"], names)]
+    base_image = _image(engine, base_image_id, "base")
+    target_image = _image(engine, target_image_id, "target")
+    if base_image["Id"] == target_image["Id"]:
+        raise UsageError(f"the base and the target image are the same ({_short(base_image['Id'])}); nothing to swap")
+    plans = [_plan(engine, info, base_image, target_image) for info in _targets(engine, base_image["Id"], names)]
     if not plans:
-        log(f"no container uses image {_short(old_image['Id'])}; nothing to swap")
+        log(f"no container uses image {_short(base_image['Id'])}; nothing to swap")
     if dry_run:
         for plan in plans:
             log(_describe(plan, grace))
@@ -127,37 +103,34 @@ def swap_containers(
     done: list[SwapResult] = []
     for plan in plans:
         try:
-            done.append(_swap_one(client, plan, grace, log, observer))
+            done.append(_swap_one(engine, plan, grace, log, observer))
         except (SwapFailedRolledBack, SwapFailedNotRolledBack) as exc:
             if done:
                 swapped = ", ".join(r.name for r in done)
-                raise type(exc)(f"{exc} (already on the new image: {swapped})") from None
+                raise type(exc)(f"{exc} (already on the target image: {swapped})") from None
             raise
     return done
 
 
-def _image(client: docker.DockerClient, image_id: str, which: str) -> dict:
-    attrs = engine.find_image(client, image_id)
+def _image(engine: Engine, image_id: str, which: str) -> dict:
+    attrs = engine.find_image(image_id)
     if attrs is None:
         raise ImageReadError(f"the {which} image {image_id} is not in the engine (see docker images)")
     return attrs
 
 
-def _targets(client: docker.DockerClient, image_id: str, names: list[str] | None) -> list[dict]:
+def _targets(engine: Engine, image_id: str, names: list[str] | None) -> list[dict]:
     """Inspect data of the containers to swap: those named, or all (running or not) on ``image_id``."""
-    try:
-        if names is None:
-            refs = [c["Id"] for c in client.api.containers(all=True) if c.get("ImageID") == image_id]
-        else:
-            refs = list(dict.fromkeys(names))
-        targets = []
-        for ref in refs:
-            try:
-                targets.append(client.api.inspect_container(ref))
-            except docker.errors.NotFound:
-                raise UsageError(f"no container named {ref} (see docker ps -a)") from None
-    except (docker.errors.DockerException, requests.RequestException) as exc:
-        raise EngineError(f"cannot list containers: {engine.one_line(exc)}") from None
+    if names is None:
+        refs = [c["Id"] for c in engine.containers() if c.get("ImageID") == image_id]
+    else:
+        refs = list(dict.fromkeys(names))
+    targets = []
+    for ref in refs:
+        info = engine.inspect_container(ref)
+        if info is None:
+            raise UsageError(f"no container named {ref} (see docker ps -a)")
+        targets.append(info)
     for info in targets:
         name = info["Name"].lstrip("/")
         if info["Image"] != image_id:
@@ -168,7 +141,7 @@ def _targets(client: docker.DockerClient, image_id: str, names: list[str] | None
     return targets
 
 
-def _plan(client: docker.DockerClient, info: dict, old_image: dict, new_image: dict) -> SwapResult:
+def _plan(engine: Engine, info: dict, base_image: dict, target_image: dict) -> SwapResult:
     """Check one container can be swapped and work out its create body."""
     name = info["Name"].lstrip("/")
     side = name + SIDE_SUFFIX
@@ -179,25 +152,15 @@ def _plan(client: docker.DockerClient, info: dict, old_image: dict, new_image: d
         )
     if info["HostConfig"].get("AutoRemove"):
         raise UsageError(f"container {name} runs with --rm, so stopping it deletes it; recreate it without --rm first")
-    try:
-        client.api.inspect_container(side)
-    except docker.errors.NotFound:
-        pass
-    except (docker.errors.DockerException, requests.RequestException) as exc:
-        raise EngineError(f"cannot inspect container {side}: {engine.one_line(exc)}") from None
-    else:
+    if engine.inspect_container(side) is not None:
         raise UsageError(f"a container named {side} already exists; remove or rename it first")
-    config = _user_config(info, old_image.get("Config") or {})
-    config["Image"] = _image_ref(client, info["Config"].get("Image", ""), new_image["Id"])
-    config["HostConfig"] = _host_config(info)
-    primary, others = _endpoints(info)
-    if primary:
-        config["NetworkingConfig"] = {"EndpointsConfig": primary}
+    image_ref = _image_ref(engine, info["Config"].get("Image", ""), target_image["Id"])
+    config, others = create_body(info, base_image.get("Config") or {}, image_ref)
     return SwapResult(
         name=name,
         old_container_id=info["Id"],
         new_container_id=None,
-        new_image_id=new_image["Id"],
+        target_image_id=target_image["Id"],
         started=bool(info["State"].get("Running")),
         config=config,
         networks=others,
@@ -205,98 +168,10 @@ def _plan(client: docker.DockerClient, info: dict, old_image: dict, new_image: d
     )
 
 
-def _user_config(info: dict, image_config: dict) -> dict:
-    """The container's Config minus what the engine filled in from the old image."""
-    config, host = info["Config"], info["HostConfig"]
-    body: dict = {key: config[key] for key in COPIED_KEYS if config.get(key)}
-    shares_uts = host.get("NetworkMode", "") == "host" or host.get("NetworkMode", "").startswith("container:")
-    # The engine sets an unset hostname to the short ID (or the host's name, which it refuses as input).
-    if config.get("Hostname") and config["Hostname"] != info["Id"][:12] and not shares_uts:
-        body["Hostname"] = config["Hostname"]
-    for key in IMAGE_DEFAULT_KEYS:
-        if config.get(key) and config[key] != image_config.get(key):
-            body[key] = config[key]
-    image_env = set(image_config.get("Env") or [])
-    env = [e for e in config.get("Env") or [] if e not in image_env]
-    if env:
-        body["Env"] = env
-    image_labels = image_config.get("Labels") or {}
-    labels = {k: v for k, v in (config.get("Labels") or {}).items() if image_labels.get(k) != v}
-    if labels:
-        body["Labels"] = labels
-    bound = host.get("PortBindings") or {}
-    image_ports = image_config.get("ExposedPorts") or {}
-    ports = {p: {} for p in config.get("ExposedPorts") or {} if p in bound or p not in image_ports}
-    if ports:
-        body["ExposedPorts"] = ports
-    image_volumes = image_config.get("Volumes") or {}
-    volumes = {v: {} for v in config.get("Volumes") or {} if v not in image_volumes}
-    if volumes:
-        body["Volumes"] = volumes
-    # The engine only fills Cmd from the image when no Entrypoint was given: a user's Entrypoint
-    # comes with a Cmd that is the user's too (possibly none). An empty list keeps an entrypoint
-    # the user cleared from coming back from the image.
-    entrypoint = config.get("Entrypoint") or []
-    if entrypoint != (image_config.get("Entrypoint") or []):
-        body["Entrypoint"] = entrypoint
-        if entrypoint and config.get("Cmd"):
-            body["Cmd"] = config["Cmd"]
-    if "Cmd" not in body and config.get("Cmd") and config["Cmd"] != image_config.get("Cmd"):
-        body["Cmd"] = config["Cmd"]
-    return body
-
-
-def _image_ref(client: docker.DockerClient, user_ref: str, new_image_id: str) -> str:
-    """The user's image name when it now names the new image (``docker ps`` stays readable), else the ID."""
-    attrs = engine.find_image(client, user_ref) if user_ref and not user_ref.startswith("sha256:") else None
-    return user_ref if attrs is not None and attrs["Id"] == new_image_id else new_image_id
-
-
-def _host_config(info: dict) -> dict:
-    host = copy.deepcopy(info["HostConfig"])
-    # Inspect shows links as "/target:/name/alias"; create wants "target:alias".
-    if host.get("Links"):
-        host["Links"] = [
-            f"{target.lstrip('/')}:{alias.rsplit('/', 1)[-1]}"
-            for target, alias in (link.split(":", 1) for link in host["Links"])
-        ]
-    # Anonymous volumes are reattached by the name the engine gave them: those from image VOLUMEs
-    # or -v /path become extra Mounts, those from --mount type=volume without a source get it.
-    volume_names = {m["Destination"]: m["Name"] for m in info.get("Mounts") or [] if m.get("Type") == "volume"}
-    for mount in host.get("Mounts") or []:
-        if mount.get("Type") == "volume" and not mount.get("Source") and mount.get("Target") in volume_names:
-            mount["Source"] = volume_names[mount["Target"]]
-    claimed = {bind.split(":")[1] for bind in host.get("Binds") or [] if ":" in bind}
-    claimed |= {m.get("Target") for m in host.get("Mounts") or []}
-    anonymous = [
-        {"Type": "volume", "Source": m["Name"], "Target": m["Destination"], "ReadOnly": not m.get("RW", True)}
-        for m in info.get("Mounts") or []
-        if m.get("Type") == "volume" and m["Destination"] not in claimed
-    ]
-    if anonymous:
-        host["Mounts"] = (host.get("Mounts") or []) + anonymous
-    return host
-
-
-def _endpoints(info: dict) -> tuple[dict[str, dict], dict[str, dict]]:
-    """EndpointConfigs of the container's networks: ({primary: config}, {other: config, ...})."""
-    mode = info["HostConfig"].get("NetworkMode") or "default"
-    if mode in ("host", "none") or mode.startswith("container:"):
-        return {}, {}
-    primary_name = "bridge" if mode == "default" else mode
-    short_id = info["Id"][:12]
-    primary: dict[str, dict] = {}
-    others: dict[str, dict] = {}
-    for net, settings in (info["NetworkSettings"].get("Networks") or {}).items():
-        endpoint = {k: settings[k] for k in ENDPOINT_KEYS if settings.get(k)}
-        aliases = [a for a in endpoint.get("Aliases", []) if a != short_id]
-        if aliases:
-            endpoint["Aliases"] = aliases
-        else:
-            endpoint.pop("Aliases", None)
-        is_primary = net == primary_name or (len(mode) >= 12 and settings.get("NetworkID", "").startswith(mode))
-        (primary if is_primary and not primary else others)[net] = endpoint
-    return primary, others
+def _image_ref(engine: Engine, user_ref: str, target_image_id: str) -> str:
+    """The user's image name when it now names the target image (``docker ps`` stays readable), else the ID."""
+    attrs = engine.find_image(user_ref) if user_ref and not user_ref.startswith("sha256:") else None
+    return user_ref if attrs is not None and attrs["Id"] == target_image_id else target_image_id
 
 
 def _describe(plan: SwapResult, grace: float) -> str:
@@ -320,7 +195,7 @@ def _describe(plan: SwapResult, grace: float) -> str:
 
 
 def _swap_one(
-    client: docker.DockerClient, plan: SwapResult, grace: float, log: Callable[[str], None], observer: SwapObserver
+    engine: Engine, plan: SwapResult, grace: float, log: Callable[[str], None], observer: SwapObserver
 ) -> SwapResult:
     name, old_id = plan.name, plan.old_container_id
     side = name + SIDE_SUFFIX
@@ -331,61 +206,46 @@ def _swap_one(
         if plan.started:
             log(f"{name}: stopping {_short(old_id)} (up to {plan.stop_timeout} s)")
             stopping = True
-            client.api.stop(old_id, timeout=plan.stop_timeout)
+            engine.stop(old_id, plan.stop_timeout)
             stopping = False
             observer.step(plan, "stopped")
-        client.api.rename(old_id, side)
+        engine.rename(old_id, side)
         renamed = True
         observer.step(plan, "renamed")
-        new_id = client.api.create_container_from_config(plan.config, name=name)["Id"]
+        new_id = engine.create_container(plan.config, name)
         observer.step(plan, "created")
         for net, endpoint in plan.networks.items():
-            _connect(client, new_id, net, endpoint)
-        got = client.api.inspect_container(new_id)["Image"]
-        if got != plan.new_image_id:  # the name in the create body was moved to another image meanwhile
-            raise EngineError(f"the new container got image {_short(got)}, not {_short(plan.new_image_id)}")
+            engine.connect_network(new_id, net, endpoint)
+        got = (engine.inspect_container(new_id) or {}).get("Image", "(none: the container is gone)")
+        if got != plan.target_image_id:  # the name in the create body was moved to another image meanwhile
+            raise EngineError(f"the new container got image {_short(got)}, not {_short(plan.target_image_id)}")
         log(f"{name}: created {_short(new_id)} on {plan.config['Image']}")
         if plan.started:
-            client.api.start(new_id)
+            engine.start(new_id)
             observer.step(plan, "started")
-            _wait_ready(client, new_id, grace, log, name)
+            _wait_ready(engine, new_id, grace, log, name)
         observer.step(plan, "ready")
     except (Exception, KeyboardInterrupt) as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _reason(exc)
         log(f"{name}: failed ({reason}); rolling back")
-        _rollback(client, plan, new_id, renamed, stopping, reason)
+        _rollback(engine, plan, new_id, renamed, stopping, reason)
         raise SwapFailedRolledBack(
             f"{name}: swap failed ({reason}); the old container is back" + (" and running" if plan.started else "")
         ) from None
     try:
-        client.api.remove_container(old_id, v=False)
+        engine.remove_container(old_id)
         log(f"{name}: removed the old container {_short(old_id)} (volumes kept)")
         observer.step(plan, "removed")
-    except (docker.errors.DockerException, requests.RequestException) as exc:
-        log(f"{name}: warning: cannot remove the old container ({engine.one_line(exc)}); run docker rm {side}")
+    except EngineError as exc:
+        log(f"{name}: warning: cannot remove the old container ({exc.reason}); run docker rm {side}")
     return dataclasses.replace(plan, new_container_id=new_id)
 
 
-def _connect(client: docker.DockerClient, container_id: str, net: str, endpoint: dict) -> None:
-    ipam = endpoint.get("IPAMConfig") or {}
-    client.api.connect_container_to_network(
-        container_id,
-        net,
-        ipv4_address=ipam.get("IPv4Address") or None,
-        ipv6_address=ipam.get("IPv6Address") or None,
-        link_local_ips=ipam.get("LinkLocalIPs") or None,
-        aliases=endpoint.get("Aliases"),
-        links=[tuple(link.split(":", 1)) if ":" in link else (link, None) for link in endpoint.get("Links") or []]
-        or None,
-        driver_opt=endpoint.get("DriverOpts"),
-    )
-
-
 def _wait_ready(
-    client: docker.DockerClient, container_id: str, grace: float, log: Callable[[str], None], name: str
+    engine: Engine, container_id: str, grace: float, log: Callable[[str], None], name: str
 ) -> None:
     """Return once the started container is healthy (with a healthcheck) or has stayed up ``grace`` s."""
-    info = client.api.inspect_container(container_id)
+    info = _inspect(engine, container_id)
     started_at = info["State"].get("StartedAt")
     check = info["Config"].get("Healthcheck") or {}
     has_health = bool(check.get("Test")) and check["Test"][0] != "NONE"
@@ -393,12 +253,12 @@ def _wait_ready(
     log(f"{name}: started; waiting up to {budget:g} s for it to be " + ("healthy" if has_health else "stable"))
     deadline = time.monotonic() + budget
     while True:
-        info = client.api.inspect_container(container_id)
+        info = _inspect(engine, container_id)
         state = info["State"]
         if not state.get("Running") or state.get("Restarting"):
-            raise _NotReady(f"it exited with code {state.get('ExitCode')}{_last_output(client, container_id)}")
+            raise _NotReady(f"it exited with code {state.get('ExitCode')}{_last_output(engine, container_id)}")
         if info.get("RestartCount") or state.get("StartedAt") != started_at:
-            raise _NotReady(f"it restarted{_last_output(client, container_id)}")
+            raise _NotReady(f"it restarted{_last_output(engine, container_id)}")
         health = (state.get("Health") or {}).get("Status")
         if has_health and health == "healthy":
             log(f"{name}: healthy")
@@ -424,16 +284,19 @@ def _health_budget(check: dict) -> float:
     return check.get("StartPeriod", 0) / NS + (interval + timeout) * (retries + 1)
 
 
-def _last_output(client: docker.DockerClient, container_id: str) -> str:
-    try:
-        tail = client.api.logs(container_id, tail=1).decode("utf-8", "replace")
-    except (docker.errors.DockerException, requests.RequestException):
-        return ""
-    tail = " ".join(tail.split())[:200]
+def _inspect(engine: Engine, container_id: str) -> dict:
+    info = engine.inspect_container(container_id)
+    if info is None:
+        raise _NotReady("it was removed")
+    return info
+
+
+def _last_output(engine: Engine, container_id: str) -> str:
+    tail = engine.last_output(container_id)
     return f" (last output: {tail})" if tail else ""
 
 
-def _rollback(client: docker.DockerClient, plan: SwapResult, new_id: str | None, renamed: bool, stopping: bool,
+def _rollback(engine: Engine, plan: SwapResult, new_id: str | None, renamed: bool, stopping: bool,
               reason: str) -> None:
     """Undo the steps done so far; raise SwapFailedNotRolledBack if any undo fails.
 
@@ -446,19 +309,19 @@ def _rollback(client: docker.DockerClient, plan: SwapResult, new_id: str | None,
     name, old_id = plan.name, plan.old_container_id
     steps: list[tuple[str, Callable[[], object]]] = []
     if new_id is not None:
-        steps.append(("remove the new container", lambda: remove_new_container(client, new_id, old_id)))
+        steps.append(("remove the new container", lambda: remove_new_container(engine, new_id, old_id)))
     if renamed:
-        steps.append((f"rename the old one back to {name}", lambda: client.api.rename(old_id, name)))
+        steps.append((f"rename the old one back to {name}", lambda: engine.rename(old_id, name)))
     if stopping:
-        steps.append(("finish stopping the old one", lambda: client.api.stop(old_id, timeout=plan.stop_timeout)))
+        steps.append(("finish stopping the old one", lambda: engine.stop(old_id, plan.stop_timeout)))
     if plan.started:
-        steps.append(("start the old one", lambda: client.api.start(old_id)))
+        steps.append(("start the old one", lambda: engine.start(old_id)))
     failures = []
     for what, step in steps:
         try:
             step()
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            failures.append(f"cannot {what}: {engine.one_line(exc)}")
+        except EngineError as exc:
+            failures.append(f"cannot {what}: {exc.reason}")
     if failures:
         raise SwapFailedNotRolledBack(
             f"{name}: swap failed ({reason}) and the rollback failed too ({'; '.join(failures)}); "
@@ -466,31 +329,25 @@ def _rollback(client: docker.DockerClient, plan: SwapResult, new_id: str | None,
         )
 
 
-def remove_new_container(client: docker.DockerClient, new_id: str, old_id: str) -> None:
+def remove_new_container(engine: Engine, new_id: str, old_id: str) -> None:
     """Remove a new container that is not kept, and the anonymous volumes the engine made for it
-    alone (a ``VOLUME`` only the new image declares): they would be left behind, dangling. A
+    alone (a ``VOLUME`` only the target image declares): they would be left behind, dangling. A
     volume the old container mounts is never removed, and none is when the old one is gone."""
-    new = client.api.inspect_container(new_id)
-    client.api.remove_container(new_id, force=True, v=False)
-    try:
-        old = client.api.inspect_container(old_id)
-    except docker.errors.NotFound:
+    new = engine.inspect_container(new_id) or {}
+    engine.remove_container(new_id, force=True)
+    old = engine.inspect_container(old_id)
+    if old is None:
         return
     kept = {m.get("Name") for m in old.get("Mounts") or []}
     for mount in new.get("Mounts") or []:
-        if mount.get("Type") != "volume" or mount.get("Name") in kept:
-            continue
-        try:
-            client.api.remove_volume(mount["Name"])
-        except docker.errors.APIError as exc:
-            if exc.status_code not in (404, 409):  # gone already, or in use by another container
-                raise
+        if mount.get("Type") == "volume" and mount.get("Name") not in kept:
+            engine.remove_volume(mount["Name"])
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, (DeltaimgError, _NotReady)):
-        return str(exc)
-    return engine.one_line(exc)
+    if isinstance(exc, EngineError):
+        return exc.reason
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _short(object_id: str) -> str:

@@ -4,14 +4,14 @@ when a USB stick is mounted, with nobody watching. Every start does the right th
 1. The paths name bundle files, split bundles' first parts, or folders of them.
 2. The state directory's lock is taken (one run at a time; ``--wait`` to queue).
 3. The scratch directory is emptied and every interrupted attempt is recovered
-   (:mod:`deltaimg.apply.archive.recovery`), whatever bundles were given.
+   (:mod:`deltaimg.apply.recovery`), whatever bundles were given.
 4. Every bundle's signature is checked; those that take this host forward are picked and put in
-   chain order (:mod:`deltaimg.apply.archive.chain`); the others are reported and left alone.
+   chain order (:mod:`deltaimg.apply.chain`); the others are reported and left alone.
 5. Those are verified in full, and the run is refused before anything changes when one of them
    was rolled back before (unless ``--retry``), would move a tag back to an older image (unless
-   ``--allow-downgrade``), or the disks are too full (:mod:`deltaimg.apply.archive.diskspace`).
-6. They are applied one after the other (:mod:`deltaimg.apply.archive.engine`), each journalled
-   (:mod:`deltaimg.apply.archive.journal`) before it changes anything. The first failure stops the run.
+   ``--allow-downgrade``), or the disks are too full (:mod:`deltaimg.apply.diskspace`).
+6. They are applied one after the other (:mod:`deltaimg.apply.engine`), each journalled
+   (:mod:`deltaimg.apply.journal`) before it changes anything. The first failure stops the run.
 7. A bundle that would have continued an image this host runs, but cannot be reached (a missing
    link), ends the run with :class:`PartialChainError`, after everything else is applied.
 
@@ -31,28 +31,25 @@ import signal
 from dataclasses import dataclass
 from typing import Protocol
 
-import docker
-import docker.errors
-import requests
-
 from deltaimg import faults, progress
 
 from deltaimg.apply import chain
 
 from deltaimg.apply import diskspace
 
-from deltaimg.engine import dockerd as engine
+from deltaimg.engine import dockerd
+from deltaimg.engine.interface import Engine
 
 from deltaimg.apply import recovery
 
 from deltaimg.bundle import signing
-from deltaimg.apply.archive import Plan, read_plan, rebuild_size
-from deltaimg.bundle.format import Bundle, bundle_files, open_bundle, verify_payloads
+from deltaimg.apply.rebuild import Rebuild, read_rebuild, rebuild_size
+from deltaimg.bundle.reader import Bundle, bundle_files, open_bundle
+from deltaimg.bundle.verify import verify_payloads
 from deltaimg.apply.engine import apply_to_engine, layers_to_load, require_base, shared_prefix
 from deltaimg.errors import (
     DeltaimgError,
     DowngradeError,
-    EngineError,
     SwapFailedNotRolledBack,
     SwapFailedRolledBack,
     PartialChainError,
@@ -60,7 +57,6 @@ from deltaimg.errors import (
 )
 from deltaimg.apply.journal import Journal, StateDir, new_id
 from deltaimg.apply.lock import RunLock
-from deltaimg.report import name_of
 from deltaimg.apply.swap import SwapResult
 
 
@@ -92,14 +88,14 @@ def run(options: Options, reporter: Reporter) -> None:
     strict = len(options.paths) == 1 and not os.path.isdir(options.paths[0])
     state = StateDir(options.state_dir)
     if options.dry_run:  # changes nothing, so it takes no lock and writes no state
-        _Run(options, reporter, state, engine.connect(), strict).plan(files)
+        _Run(options, reporter, state, dockerd.connect(), strict).dry_run(files)
         return
     state.create()
     with RunLock(state.lock_path, options.wait), _Termination() as termination:
         state.clean_work()
-        client = engine.connect()
-        recovery.recover(client, state.journal, reporter.outcome)
-        _Run(options, reporter, state, client, strict, termination).apply(files)
+        engine = dockerd.connect()
+        recovery.recover(engine, state.journal, reporter.outcome)
+        _Run(options, reporter, state, engine, strict, termination).apply(files)
 
 
 class _Termination:
@@ -121,58 +117,58 @@ class _Termination:
 
 
 class _Run:
-    def __init__(self, options: Options, reporter: Reporter, state: StateDir, client: docker.DockerClient,
+    def __init__(self, options: Options, reporter: Reporter, state: StateDir, engine: Engine,
                  strict: bool, termination: _Termination | None = None) -> None:
         self.options = options
         self.reporter = reporter
         self.state = state
         self.journal: Journal = state.journal
-        self.client = client
+        self.engine = engine
         self.strict = strict
         self.termination = termination
 
     # -- the two ways through
 
     def apply(self, files: list[str]) -> None:
-        selection, bundles, plans, held = self._prepare(files)
+        selection, bundles, rebuilds, held = self._prepare(files)
         applied: list[Bundle] = []
         for bundle in bundles:
             try:
-                self._apply_one(bundle, plans[bundle.path])
+                self._apply_one(bundle, rebuilds[bundle.path])
             except DeltaimgError as exc:
                 if not applied:
                     raise
-                before = ", ".join(f"{b.path} ({name_of(b.manifest['target'])})" for b in applied)
+                before = ", ".join(f"{b.path} ({b.manifest.target.name})" for b in applied)
                 raise type(exc)(f"{exc} (applied before it: {before})") from None
             applied.append(bundle)
         self._finish(selection, held)
 
-    def plan(self, files: list[str]) -> None:
+    def dry_run(self, files: list[str]) -> None:
         pending = [a for a in self.journal.attempts() if a.interrupted]
         if pending:
             self.reporter.progress(f"{len(pending)} interrupted update(s) in {self.journal.path}: the next apply "
                                    "recovers them first (unless a run is in progress now)")
-        selection, bundles, plans, held = self._prepare(files)
+        selection, bundles, rebuilds, held = self._prepare(files)
         for bundle in bundles:
-            plan = plans[bundle.path]
-            if engine.find_image(self.client, plan.base_id) or engine.find_image(self.client, plan.target_id):
-                apply_to_engine(bundle, self.client, containers=self._names(plan.base_id), swap_containers=self.options.swap,
+            rebuild = rebuilds[bundle.path]
+            if self.engine.find_image(rebuild.base_id) or self.engine.find_image(rebuild.target_id):
+                apply_to_engine(bundle, self.engine, containers=self._names(rebuild.base_id), swap_containers=self.options.swap,
                                 grace=self.options.grace, dry_run=True, log=self.reporter.progress)
             else:
-                self.reporter.progress(f"would rebuild and load {name_of(bundle.manifest['target'])} once the bundle "
-                                       f"before it has made {name_of(bundle.manifest['base'])}, then swap the "
+                self.reporter.progress(f"would rebuild and load {bundle.manifest.target.name} once the bundle "
+                                       f"before it has made {bundle.manifest.base.name}, then swap the "
                                        "containers on that")
             self._outcome("planned", bundle, "nothing changed (dry run)")
         self._finish(selection, held)
 
-    def _prepare(self, files: list[str]) -> tuple[chain.Selection, list[Bundle], dict[str, Plan], list[str]]:
-        """The bundles to apply, in order, verified and checked for disk space; their plans; and
+    def _prepare(self, files: list[str]) -> tuple[chain.Selection, list[Bundle], dict[str, Rebuild], list[str]]:
+        """The bundles to apply, in order, verified and checked for disk space; what each rebuilds; and
         why bundles were held back."""
         selection = self._select(files)
-        plans = self._verify(selection.to_apply)  # also the sha256 of every bundle's bytes, which the journal knows them by
-        bundles, held = self._hold_back(selection.to_apply)
-        self._preflight(bundles, plans)
-        return selection, bundles, plans, held
+        rebuilds = self._verify(selection.to_apply)  # also the sha256 of every bundle's bytes, which the journal knows them by
+        bundles, held = (selection.to_apply, []) if self.options.retry else self._hold_back(selection.to_apply)
+        self._preflight(bundles, rebuilds)
+        return selection, bundles, rebuilds, held
 
     def _finish(self, selection: chain.Selection, held: list[str]) -> None:
         """End a run that did what it could: bundles held back, then missing links, fail it."""
@@ -190,7 +186,7 @@ class _Run:
         if not bundles:
             self.reporter.progress(f"no bundle (*.dimg, *.dimg.001) in {' '.join(self.options.paths)}; nothing to do")
             return chain.Selection([])
-        host = _EngineHost(self.client, self.options)
+        host = _EngineHost(self.engine, self.options)
         selection = chain.Selection([self._strict_step(bundles[0], host)]) if self.strict else chain.select(bundles, host)
         for step in selection.steps:
             if step.action == "already-applied":
@@ -200,36 +196,30 @@ class _Run:
         return selection
 
     def _strict_step(self, bundle: Bundle, host: _EngineHost) -> chain.Step:
-        base, target = bundle.manifest["base"], bundle.manifest["target"]
-        if host.has_image(target["image_id"]) and not host.containers_on(base["image_id"]):
-            return chain.Step(bundle, "already-applied", f"{name_of(target)} is already in the engine and no "
-                                                         f"container to swap runs {name_of(base)}")
-        if not host.has_image(base["image_id"]):
-            require_base(self.client, bundle, read_plan(bundle))
-        if chain.is_downgrade(bundle) and not self.options.allow_downgrade:
-            raise DowngradeError(f"{bundle.path} goes back from {name_of(base)} (created {base.get('created')}) to the "
-                                 f"older {name_of(target)} (created {target.get('created')}); pass --allow-downgrade "
-                                 "to apply it anyway")
+        base, target = bundle.manifest.base, bundle.manifest.target
+        if host.has_image(target.image_id) and not host.containers_on(base.image_id):
+            return chain.Step(bundle, "already-applied", f"{target.name} is already in the engine and no "
+                                                         f"container to swap runs {base.name}")
+        if not host.has_image(base.image_id):
+            require_base(self.engine, bundle, read_rebuild(bundle))
+        if not self.options.allow_downgrade:
+            chain.refuse_downgrade(bundle)
         return chain.Step(bundle, chain.APPLY)
 
     def _check_container_names(self) -> None:
         for name in self.options.containers or []:
-            try:
-                self.client.api.inspect_container(name)
-            except docker.errors.NotFound:
-                raise UsageError(f"no container named {name} (see docker ps -a)") from None
-            except (docker.errors.DockerException, requests.RequestException) as exc:
-                raise EngineError(f"cannot inspect container {name}: {engine.one_line(exc)}") from None
+            if self.engine.inspect_container(name) is None:
+                raise UsageError(f"no container named {name} (see docker ps -a)")
 
     def _names(self, image_id: str) -> list[str] | None:
         """The ``--container`` names that run ``image_id`` now; None (every container) without them."""
         if self.options.containers is None:
             return None
-        return [name for name in _EngineHost(self.client, self.options).containers_on(image_id)]
+        return [name for name in _EngineHost(self.engine, self.options).containers_on(image_id)]
 
     # -- checking
 
-    def _verify(self, bundles: list[Bundle]) -> dict[str, Plan]:
+    def _verify(self, bundles: list[Bundle]) -> dict[str, Rebuild]:
         def advance(n: int) -> None:
             bar(n)
             faults.killpoint("verify")
@@ -239,87 +229,65 @@ class _Run:
                 verify_payloads(bundle, advance)
                 self.reporter.progress(f"{bundle.path}: signature and every payload verified (key "
                                        f"{bundle.signer.key_id if bundle.signer else '?'})")
-        return {bundle.path: read_plan(bundle) for bundle in bundles}
+        return {bundle.path: read_rebuild(bundle) for bundle in bundles}
 
-    def _preflight(self, bundles: list[Bundle], plans: dict[str, Plan]) -> None:
+    def _preflight(self, bundles: list[Bundle], rebuilds: dict[str, Rebuild]) -> None:
         """Refuse, before anything changes, what the run could not finish or should not do."""
         if not self.options.allow_downgrade:
             for bundle in bundles:
-                self._refuse_tag_downgrade(bundle, plans[bundle.path])
-        thin = engine.loads_thin_archives(self.client) if bundles else True
-        rebuilds = []
+                self._refuse_tag_downgrade(bundle, rebuilds[bundle.path])
+        thin = self.engine.loads_thin_archives() if bundles else True
+        sizes = []
         for bundle in bundles:
-            plan = plans[bundle.path]
-            loaded = engine.find_image(self.client, plan.target_id) is not None
-            rebuilds.append(0 if loaded else rebuild_size(plan, shared_prefix(plan) if thin else 0))
-        if any(rebuilds):
-            diskspace.check(self.state.work_path, self._data_root(), rebuilds, self.reporter.progress)
+            rebuild = rebuilds[bundle.path]
+            loaded = self.engine.find_image(rebuild.target_id) is not None
+            sizes.append(0 if loaded else rebuild_size(rebuild, shared_prefix(rebuild) if thin else 0))
+        if any(sizes):
+            diskspace.check(self.state.work_path, self.engine.data_root(), sizes, self.reporter.progress)
 
     def _hold_back(self, bundles: list[Bundle]) -> tuple[list[Bundle], list[str]]:
-        """Leave out, unless ``--retry``, each bundle whose last attempt was rolled back and the rest of
-        its chain; the others go ahead, so one failing update does not stall every other one here."""
-        if self.options.retry:
-            return bundles, []
+        """Leave out each bundle whose last attempt was rolled back and the rest of its chain."""
         last: dict[str, dict] = {}
         for attempt in self.journal.attempts():
             digest = (attempt.begin.get("bundle") or {}).get("sha256")
             if digest and attempt.closed is not None:
                 last[digest] = attempt.closed
-        kept: list[Bundle] = []
-        held: list[str] = []
-        blocked: set[str] = set()  # images a held bundle would have made
-        for bundle in bundles:  # in chain order
-            closed = last.get(bundle.sha256 or "")
-            if closed and closed.get("outcome") == "rolled-back":
-                message = (f"{bundle.path} was rolled back at {closed.get('time')} ({closed.get('message')}); not "
-                           "trying it again: pass --retry once the cause is fixed")
-            elif bundle.manifest["base"]["image_id"] in blocked:
-                message = f"{bundle.path} waits for the update before it in its chain, which was rolled back"
-            else:
-                kept.append(bundle)
-                continue
-            blocked.add(bundle.manifest["target"]["image_id"])
-            held.append(message)
+        kept, held = chain.hold_back(bundles, last)
+        for bundle, message in held:
             self._outcome("held-back", bundle, f"held back: {message}")
-        return kept, held
+        return kept, [message for _, message in held]
 
-    def _refuse_tag_downgrade(self, bundle: Bundle, plan: Plan) -> None:
-        target_created = chain.parse_time(bundle.manifest["target"].get("created"))
-        for tag in plan.target_tags:
-            current = engine.find_image(self.client, tag)
-            if current is None or current["Id"] == plan.target_id or target_created is None:
+    def _refuse_tag_downgrade(self, bundle: Bundle, rebuild: Rebuild) -> None:
+        target_created = chain.parse_time(bundle.manifest.target.created)
+        for tag in rebuild.target_tags:
+            current = self.engine.find_image(tag)
+            if current is None or current["Id"] == rebuild.target_id or target_created is None:
                 continue
             created = chain.parse_time(current.get("Created"))
             if created is not None and created > target_created:
                 raise DowngradeError(f"{bundle.path} would move {tag} from {current['Id'][:19]} (created "
-                                     f"{current.get('Created')}) back to the older {plan.target_id[:19]} (created "
-                                     f"{bundle.manifest['target'].get('created')}); pass --allow-downgrade to apply it anyway")
-
-    def _data_root(self) -> str | None:
-        try:
-            return self.client.info().get("DockerRootDir")
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineError(f"cannot ask the engine for its data root: {engine.one_line(exc)}") from None
+                                     f"{current.get('Created')}) back to the older {rebuild.target_id[:19]} (created "
+                                     f"{bundle.manifest.target.created}); pass --allow-downgrade to apply it anyway")
 
     # -- applying
 
-    def _apply_one(self, bundle: Bundle, plan: Plan) -> None:
-        names = _EngineHost(self.client, self.options).containers_on(plan.base_id)
-        loaded = engine.find_image(self.client, plan.target_id) is not None
+    def _apply_one(self, bundle: Bundle, rebuild: Rebuild) -> None:
+        names = _EngineHost(self.engine, self.options).containers_on(rebuild.base_id)
+        loaded = self.engine.find_image(rebuild.target_id) is not None
         if loaded and not names:
-            self._outcome("already-applied", bundle, f"already applied: {name_of(bundle.manifest['target'])} is "
+            self._outcome("already-applied", bundle, f"already applied: {bundle.manifest.target.name} is "
                                                      f"already in the engine and no container to swap runs "
-                                                     f"{name_of(bundle.manifest['base'])}")
+                                                     f"{bundle.manifest.base.name}")
             return
-        rebuilds = 0 if loaded else rebuild_size(plan, layers_to_load(self.client, plan))
+        size = 0 if loaded else rebuild_size(rebuild, layers_to_load(self.engine, rebuild))
         attempt = new_id()
-        summary = {"bundle": _bundle_record(bundle), "from": _image_record(bundle.manifest["base"]),
-                   "to": _image_record(bundle.manifest["target"])}
+        summary = {"bundle": _bundle_record(bundle), "from": bundle.manifest.base.as_json(),
+                   "to": bundle.manifest.target.as_json()}
         self.journal.append({"type": "begin", "id": attempt, "pid": os.getpid(), "containers": names, **summary})
         recorder = _Recorder(self.journal, attempt)
         try:
-            with progress.bar("apply", rebuilds, self.options.progress_bars and rebuilds > 0) as advance:
-                outcome = apply_to_engine(bundle, self.client, containers=self._names(plan.base_id),
+            with progress.bar("apply", size, self.options.progress_bars and size > 0) as advance:
+                outcome = apply_to_engine(bundle, self.engine, containers=self._names(rebuild.base_id),
                                           swap_containers=self.options.swap, grace=self.options.grace, dry_run=False,
                                           log=self.reporter.progress, work_dir=self.state.work_path,
                                           observer=recorder, advance=advance)
@@ -337,13 +305,13 @@ class _Run:
         self.journal.append({"type": "end", "id": attempt, "outcome": "applied", "loaded": outcome.loaded,
                              "containers": swapped, **summary})
         done = f"swapped {', '.join(s['name'] for s in swapped)}" if swapped else "no container to swap"
-        self._outcome("applied", bundle, f"applied: {name_of(bundle.manifest['base'])} -> "
-                                         f"{name_of(bundle.manifest['target'])}; {done}",
-                      image_id=plan.target_id, loaded=outcome.loaded, containers=swapped)
+        self._outcome("applied", bundle, f"applied: {bundle.manifest.base.name} -> "
+                                         f"{bundle.manifest.target.name}; {done}",
+                      image_id=rebuild.target_id, loaded=outcome.loaded, containers=swapped)
 
     def _outcome(self, event: str, bundle: Bundle, text: str, **extra: object) -> None:
-        record = {"bundle": _bundle_record(bundle), "from": _image_record(bundle.manifest["base"]),
-                  "to": _image_record(bundle.manifest["target"]), **extra}
+        record = {"bundle": _bundle_record(bundle), "from": bundle.manifest.base.as_json(),
+                  "to": bundle.manifest.target.as_json(), **extra}
         self.reporter.outcome(event, record, f"{bundle.path}: {text}")
 
 
@@ -372,14 +340,11 @@ class _Recorder:
 
 
 class _EngineHost:
-    """The engine as :mod:`deltaimg.apply.archive.chain` sees it: a snapshot of its images and containers."""
+    """The engine as :mod:`deltaimg.apply.chain` sees it: a snapshot of its images and containers."""
 
-    def __init__(self, client: docker.DockerClient, options: Options) -> None:
-        try:
-            self._images = {image["Id"]: image for image in client.api.images(all=True)}
-            self._containers = client.api.containers(all=True)
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineError(f"cannot list the engine's images and containers: {engine.one_line(exc)}") from None
+    def __init__(self, engine: Engine, options: Options) -> None:
+        self._images = {image["Id"]: image for image in engine.all_images()}
+        self._containers = engine.containers()
         self._names = options.containers
         self._swap = options.swap
 
@@ -405,10 +370,6 @@ class _EngineHost:
 def _bundle_record(bundle: Bundle) -> dict:
     return {"path": bundle.path, "sha256": bundle.sha256, "key_id": bundle.signer.key_id if bundle.signer else None,
             "parts": len(bundle.parts) or 1}
-
-
-def _image_record(image: dict) -> dict:
-    return {"image_id": image.get("image_id"), "tags": image.get("tags") or [], "created": image.get("created")}
 
 
 def _swap_record(result: SwapResult) -> dict:

@@ -25,7 +25,8 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 from deltaimg.errors import ImageReadError
 from deltaimg.images.model import Image
-from deltaimg.images.blobs import HashingReader, open_range
+from deltaimg.images.blobs import open_range
+from deltaimg.streams import HashingReader
 from deltaimg.delta.recipe import PART_PRE
 from deltaimg.tar.split import REGULAR_TYPES, TRAILER, Entry, TarSplitter
 

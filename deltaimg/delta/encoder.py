@@ -24,7 +24,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-from deltaimg.codec import bsdiff, zstd_ref
+from deltaimg.codec import zstd_ref
 from deltaimg.errors import ImageReadError
 from deltaimg.delta.recipe import (
     DATA_DELTA,
@@ -39,7 +39,6 @@ from deltaimg.delta.recipe import (
     PRE_PARTNER,
     SEGMENT_BSDIFF,
     SEGMENT_LITERAL,
-    MAX_EDITS,
     MAX_RECIPE_BYTES,
     Chunk,
     Record,
@@ -51,18 +50,16 @@ from deltaimg.delta.recipe import (
     with_checksum,
 )
 from deltaimg.delta.base_content import BaseEntry, BaseIndex
+from deltaimg.delta.choice import WHOLE_OLD_MAX, base_region, choose_delta, edit_runs
 from deltaimg.tar.split import BLOCK, REGULAR_TYPES, TRAILER, Entry, TarSplitter
 
 CHUNK_LITERAL = 8 << 20  # literal bytes per zstd frame
 REF_BUDGET = 24 << 20  # reference bytes per zstd frame
 PIECE = 1 << 20
 BSDIFF_MIN = 256
-WHOLE_OLD_MAX = 8 << 20  # up to this size the whole partner is the reference; bsdiff needs ~17x it
 SEGMENT = 6 << 20  # larger payloads are coded in segments against the partner's matching region
-SEGMENT_MARGIN = 1 << 20
 SEGMENT_JOBS = 2
-MEMORY_PAYLOAD_MAX = WHOLE_OLD_MAX
-ESTIMATE_LEVEL = 9
+MEMORY_PAYLOAD_MAX = WHOLE_OLD_MAX  # the payloads bsdiff may take whole
 LOOKAHEAD_BYTES = 32 << 20
 MAX_CHUNKS_IN_FLIGHT = 3
 
@@ -194,35 +191,6 @@ class LiteralStream:
 
 def whole(entry: BaseEntry, part: int) -> Span:
     return Span(entry.layer, entry.index, part, 0, entry.part(part)[1])
-
-
-def base_region(partner_size: int, start: int, end: int, size: int) -> tuple[int, int]:
-    """The partner's bytes that line up with bytes [start, end) of a target payload of ``size``."""
-    scale = partner_size / max(size, 1)
-    lo = max(0, int(start * scale) - SEGMENT_MARGIN)
-    hi = min(partner_size, int(end * scale) + SEGMENT_MARGIN)
-    if hi - lo > WHOLE_OLD_MAX:  # a much larger base file: bsdiff's memory is ~17x the region
-        lo = max(0, (lo + hi - WHOLE_OLD_MAX) // 2)
-        hi = min(partner_size, lo + WHOLE_OLD_MAX)
-    return lo, hi
-
-
-def choose_delta(base: bytes, target: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """bsdiff's streams when they code smaller than zstd against the base file; else None."""
-    control, diff, extra = bsdiff.diff(base, target)
-    as_bsdiff = len(zstd_ref.compress(control + diff + extra, level=ESTIMATE_LEVEL))
-    as_zstd = len(zstd_ref.compress(target, prefix=base, level=ESTIMATE_LEVEL))
-    return (control, diff, extra) if as_bsdiff < as_zstd else None
-
-
-def edit_runs(base: bytes, target: bytes) -> list[tuple[int, int]] | None:
-    """Byte runs where ``target`` differs from the same-length ``base``; None when that is no bargain."""
-    if len(base) != len(target):
-        return None
-    xor = (int.from_bytes(base, "big") ^ int.from_bytes(target, "big")).to_bytes(len(target), "big")
-    runs = [(start, end - start) for start, end in bsdiff.nonzero_runs(xor)]
-    changed = sum(length for _, length in runs)
-    return runs if changed + 2 * len(runs) < len(target) // 2 and len(runs) <= MAX_EDITS else None
 
 
 def _header_edits(base: bytes, target: bytes) -> tuple[int, list[tuple[int, int]] | None]:

@@ -23,7 +23,7 @@ from typing import BinaryIO, Callable, Iterable
 from deltaimg.diff import packages
 from deltaimg.errors import ImageReadError
 from deltaimg.images.model import Image
-from deltaimg.tar.split import BLOCK, EXTENSION_TYPES, TRAILER, TarSplitter, _parse_pax, pax_number
+from deltaimg.tar.split import BLOCK, EXTENSION_TYPES, TRAILER, TarSplitter, parse_pax, pax_number
 
 Progress = Callable[[int], None]
 
@@ -153,7 +153,7 @@ def _header(pre: bytes) -> tuple[bytes, dict[str, str]]:
     while position + BLOCK < len(pre) and pre[position + 156:position + 157] in EXTENSION_TYPES:
         size = _number(pre[position + 124:position + 136])
         if pre[position + 156:position + 157] == b"x":
-            records.update(_parse_pax(pre[position + BLOCK:position + BLOCK + size]))
+            records.update(parse_pax(pre[position + BLOCK:position + BLOCK + size]))
         position += BLOCK + size + (-size) % BLOCK
     return pre[position:position + BLOCK], records
 
@@ -248,24 +248,24 @@ class _Reader:
 # --------------------------------------------------------------------------- comparing
 
 
-def _differences(old: Node, new: Node) -> list[str]:
-    if old.kind != new.kind:
+def _differences(base: Node, target: Node) -> list[str]:
+    if base.kind != target.kind:
         return ["type"]
     found = []
-    if (old.size, old.digest) != (new.size, new.digest):
+    if (base.size, base.digest) != (target.size, target.digest):
         found.append("content")
-    if old.target != new.target:
+    if base.target != target.target:
         found.append("target")
-    if old.mode & 0o7777 != new.mode & 0o7777:
+    if base.mode & 0o7777 != target.mode & 0o7777:
         found.append("mode")
-    if (old.uid, old.gid) != (new.uid, new.gid):
+    if (base.uid, base.gid) != (target.uid, target.gid):
         found.append("owner")
-    if old.xattrs != new.xattrs:
+    if base.xattrs != target.xattrs:
         found.append("xattrs")
     return found
 
 
-def file_changes(old: Filesystem, new: Filesystem) -> tuple[dict, dict]:
+def file_changes(base: Filesystem, target: Filesystem) -> tuple[dict, dict]:
     """(files, directories): what was added, removed and modified, files largest first.
 
     Links and devices carry their ``target`` (``old_target``/``new_target`` when it changed). An
@@ -273,8 +273,8 @@ def file_changes(old: Filesystem, new: Filesystem) -> tuple[dict, dict]:
     """
     added, removed, modified = [], [], []
     dirs: dict[str, list] = {"added": [], "removed": [], "modified": []}
-    for path in sorted(old.nodes.keys() | new.nodes.keys()):
-        was, now = old.nodes.get(path), new.nodes.get(path)
+    for path in sorted(base.nodes.keys() | target.nodes.keys()):
+        was, now = base.nodes.get(path), target.nodes.get(path)
         shown = "/" + path
         if was is None or now is None:
             node, side, files = (now, "added", added) if was is None else (was, "removed", removed)
@@ -325,28 +325,28 @@ def _whole(value: object) -> object:
     return value if value not in (None, "", [], {}) else None
 
 
-def config_changes(old: dict, new: dict) -> list[dict]:
+def config_changes(base: dict, target: dict) -> list[dict]:
     """Changes between two container configs (an image config's ``config`` object)."""
     found = []
     for key in CONFIG_MAPS:
-        was = _env(old.get(key)) if key == "Env" else old.get(key) or {}
-        now = _env(new.get(key)) if key == "Env" else new.get(key) or {}
+        was = _env(base.get(key)) if key == "Env" else base.get(key) or {}
+        now = _env(target.get(key)) if key == "Env" else target.get(key) or {}
         for name in sorted(was.keys() | now.keys()):
             if was.get(name) != now.get(name):
                 found.append({"key": key, "name": name, "old": was.get(name), "new": now.get(name)})
     for key in CONFIG_VALUES:
-        was, now = _whole(old.get(key)), _whole(new.get(key))
+        was, now = _whole(base.get(key)), _whole(target.get(key))
         if was != now:
             found.append({"key": key, "name": None, "old": was, "new": now})
     return found
 
 
-def _package_report(old: Filesystem, new: Filesystem) -> dict:
-    old_databases, old_packages = old.packages()
-    new_databases, new_packages = new.packages()
+def _package_report(base: Filesystem, target: Filesystem) -> dict:
+    base_databases, base_packages = base.packages()
+    target_databases, target_packages = target.packages()
     return {
-        "package_databases": [kind for kind in packages.ECOSYSTEMS if kind in old_databases | new_databases],
-        "packages": [change.as_dict() for change in packages.changes(old_packages, new_packages)],
+        "package_databases": [kind for kind in packages.ECOSYSTEMS if kind in base_databases | target_databases],
+        "packages": [change.as_dict() for change in packages.changes(base_packages, target_packages)],
     }
 
 
@@ -355,12 +355,12 @@ def _container_config(image: Image) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def change_summary(old: Image, new: Image) -> dict:
+def change_summary(base: Image, target: Image) -> dict:
     """Package and config changes only; reads just the package databases' payloads (for make's manifest)."""
-    reader = _Reader([old, new], hash_files=False, progress=None)
-    old_fs, _ = reader.filesystem(old)
-    new_fs, _ = reader.filesystem(new)
-    return {**_package_report(old_fs, new_fs), "config": config_changes(_container_config(old), _container_config(new))}
+    reader = _Reader([base, target], hash_files=False, progress=None)
+    base_fs, _ = reader.filesystem(base)
+    target_fs, _ = reader.filesystem(target)
+    return {**_package_report(base_fs, target_fs), "config": config_changes(_container_config(base), _container_config(target))}
 
 
 def _image_record(image: Image, sizes: list[int]) -> dict:
@@ -368,35 +368,36 @@ def _image_record(image: Image, sizes: list[int]) -> dict:
             "created": image.config.get("created"), "layers": len(sizes), "size": sum(sizes)}
 
 
-def _layer_plan(old: Image, new: Image, old_sizes: list[int], new_sizes: list[int]) -> tuple[list[dict], list[dict]]:
-    """Each new layer: reused (the old image has it), changed (it replaces the old layer at its
-    position, which the new image does not reuse) or new; and the old layers dropped outright."""
+def _layer_changes(base: Image, target: Image, base_sizes: list[int], target_sizes: list[int]) -> tuple[list[dict], list[dict]]:
+    """Each target layer: reused (the base has it), changed (it replaces the base layer at its
+    position, which the target does not reuse) or new; and the base layers dropped outright.
+    (The JSON keeps its ``old``/``new`` names: the diff output does not change.)"""
     layers = []
-    for position, (diff_id, size) in enumerate(zip(new.diff_ids, new_sizes)):
-        if diff_id in old.diff_ids:
-            status, old_index = "reused", old.diff_ids.index(diff_id)
-        elif position < len(old.diff_ids) and old.diff_ids[position] not in new.diff_ids:
-            status, old_index = "changed", position
+    for position, (diff_id, size) in enumerate(zip(target.diff_ids, target_sizes)):
+        if diff_id in base.diff_ids:
+            status, base_index = "reused", base.diff_ids.index(diff_id)
+        elif position < len(base.diff_ids) and base.diff_ids[position] not in target.diff_ids:
+            status, base_index = "changed", position
         else:
-            status, old_index = "new", None
-        layers.append({"index": position, "diff_id": diff_id, "size": size, "status": status, "old_index": old_index})
+            status, base_index = "new", None
+        layers.append({"index": position, "diff_id": diff_id, "size": size, "status": status, "old_index": base_index})
     accounted = {layer["old_index"] for layer in layers}
     dropped = [{"index": position, "diff_id": diff_id, "size": size}
-               for position, (diff_id, size) in enumerate(zip(old.diff_ids, old_sizes))
-               if position not in accounted and diff_id not in new.diff_ids]
+               for position, (diff_id, size) in enumerate(zip(base.diff_ids, base_sizes))
+               if position not in accounted and diff_id not in target.diff_ids]
     return layers, dropped
 
 
-def diff_images(old: Image, new: Image, progress: Progress | None = None) -> dict:
+def diff_images(base: Image, target: Image, progress: Progress | None = None) -> dict:
     """The whole report ``deltaimg diff`` prints; ``progress`` gets the number of layer bytes read."""
-    reader = _Reader([old, new], hash_files=True, progress=progress)
-    old_fs, old_sizes = reader.filesystem(old)
-    new_fs, new_sizes = reader.filesystem(new)
-    layers, dropped = _layer_plan(old, new, old_sizes, new_sizes)
-    files, directories = file_changes(old_fs, new_fs)
+    reader = _Reader([base, target], hash_files=True, progress=progress)
+    base_fs, base_sizes = reader.filesystem(base)
+    target_fs, target_sizes = reader.filesystem(target)
+    layers, dropped = _layer_changes(base, target, base_sizes, target_sizes)
+    files, directories = file_changes(base_fs, target_fs)
     return {
-        "old": _image_record(old, old_sizes),
-        "new": _image_record(new, new_sizes),
+        "old": _image_record(base, base_sizes),
+        "new": _image_record(target, target_sizes),
         "layers": layers,
         "dropped_layers": dropped,
         "files": files,
@@ -409,7 +410,7 @@ def diff_images(old: Image, new: Image, progress: Progress | None = None) -> dic
             "modified": len(files["modified"]),
             "modified_bytes": sum(r["new_size"] - r["old_size"] for r in files["modified"]),
         },
-        **_package_report(old_fs, new_fs),
-        "config": config_changes(_container_config(old), _container_config(new)),
+        **_package_report(base_fs, target_fs),
+        "config": config_changes(_container_config(base), _container_config(target)),
     }
 

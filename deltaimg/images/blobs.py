@@ -7,7 +7,6 @@ file, so layers are streamed (or seeked into) without extracting anything.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import posixpath
@@ -15,6 +14,7 @@ import tarfile
 import zlib
 from typing import BinaryIO, Callable, Iterator
 
+from deltaimg import streams
 from deltaimg.errors import ImageReadError, printable
 from deltaimg.zstdlib import zstd
 
@@ -24,49 +24,10 @@ MAX_METADATA_BYTES = 16 * 1024 * 1024  # manifest.json, index.json, configs
 ZSTD_WINDOW_LOG_MAX = 27  # what `zstd -d` accepts without --long: a 128 MiB window at most
 
 
-class RangeReader(io.RawIOBase):
-    """A read-only view of ``size`` bytes of a file starting at ``offset``."""
-
-    def __init__(self, path: str, offset: int, size: int) -> None:
-        self._file = open(path, "rb")
-        self._start = offset
-        self._size = size
-        self._pos = 0
-        self._file.seek(offset)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        remaining = self._size - self._pos
-        if remaining <= 0:
-            return 0
-        view = memoryview(buffer)[: min(len(buffer), remaining)]
-        n = self._file.readinto(view)
-        if not n:
-            raise ImageReadError(f"{self._file.name}: file is shorter than its index says")
-        self._pos += n
-        return n
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._size}[whence]
-        self._pos = max(0, min(self._size, base + pos))
-        self._file.seek(self._start + self._pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
-
-
 def open_range(path: str, offset: int, size: int) -> BinaryIO:
-    return io.BufferedReader(RangeReader(path, offset, size), buffer_size=1 << 20)
+    """``size`` bytes of the file at ``path`` from ``offset``: a member of an uncompressed tar."""
+    return streams.open_range([(path, offset + size)], offset, size,
+                              lambda name: ImageReadError(f"{name}: file is shorter than its index says"))
 
 
 class BlobStore:
@@ -227,25 +188,3 @@ def is_compressed(path: str, offset: int) -> bool:
         f.seek(offset)
         head = f.read(4)
     return head.startswith(GZIP_MAGIC) or head == ZSTD_MAGIC
-
-
-class HashingReader:
-    """Passes a stream through while hashing and counting it."""
-
-    def __init__(self, stream: BinaryIO, progress: Callable[[int], None] | None = None) -> None:
-        self._stream = stream
-        self.digest = hashlib.sha256()
-        self.size = 0
-        self._progress = progress
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        self.digest.update(data)
-        self.size += len(data)
-        if self._progress and data:
-            self._progress(len(data))
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass

@@ -6,15 +6,17 @@ The Engine API hands out an image's exact config bytes and its uncompressed laye
 * opening the image runs one export to read the config (the layer bytes stream past unstored;
   a legacy export's are hashed on the way, to tell later exports which file is which layer);
 * :meth:`Image.layer_streams` streams layers past as an export goes by, storing nothing (make
-  reads the old image this way, twice: to index it, then to keep the few byte ranges its deltas
+  reads the base image this way, twice: to index it, then to keep the few byte ranges its deltas
   read; ``deltaimg diff`` reads both images this way);
 * the first time a layer is opened, one more export writes the layers (all of them, or those
-  named to :meth:`DaemonImage.fetch`: make fetches the new image's changed layers, which it reads
+  named to :meth:`DaemonImage.fetch`: make fetches the target image's changed layers, which it reads
   twice) into a temporary directory the image owns; every later ``Layer.open`` reads its file,
   and ``Layer.local`` then points at it.
 
-Reading the engine's store directly would avoid the exports but needs root and ties deltaimg to
-one storage driver's private layout. Use the image as a context manager (or call
+Where deltaimg may read Docker's overlay2 store (root, on the engine's host), the engine adapter
+reads the config and the layers there in place instead, and none of these exports happens
+(:mod:`deltaimg.engine.docker_store`); what the store gives is checked as an export's would be.
+Use the image as a context manager (or call
 :meth:`DaemonImage.close`) to remove the directory early; it is removed at garbage collection
 otherwise.
 """
@@ -29,9 +31,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-import docker
-
-from deltaimg.engine import dockerd as engine
+from deltaimg.engine import dockerd
+from deltaimg.engine.interface import Engine
 from deltaimg.errors import ImageReadError, OutputError
 from deltaimg.images.model import Image, Layer, config_diff_ids
 
@@ -70,20 +71,19 @@ class DaemonImage(Image):
         self.close()
 
 
-def open_daemon_image(
-    client: docker.DockerClient | None, ref: str, tmp_dir: str | None = None
-) -> DaemonImage:
-    """Open image ``ref`` (name, name:tag or ID) of the engine; ``client`` None connects from the environment.
+def open_daemon_image(engine: Engine | None, ref: str, tmp_dir: str | None = None) -> DaemonImage:
+    """Open image ``ref`` (name, name:tag or ID) of the engine; ``engine`` None connects to Docker
+    as the environment says (``docker-daemon:`` is Docker's transport name).
 
     ``tmp_dir`` is where the layer directory is made (default: the system temporary directory).
     """
-    client = client or engine.connect()
+    engine = engine or dockerd.connect()
     source = f"docker-daemon:{ref}"
-    attrs = engine.find_image(client, ref)
+    attrs = engine.find_image(ref)
     if attrs is None:
         raise ImageReadError(f"{source}: the engine has no such image (see docker images)")
-    fetcher = _LayerFetcher(client, attrs["Id"], tmp_dir)
-    config_bytes = engine.read_config(client, attrs["Id"], fetcher.names)
+    fetcher = _LayerFetcher(engine, attrs["Id"], tmp_dir)
+    config_bytes = engine.read_config(attrs["Id"], fetcher.names)
     diff_ids = config_diff_ids(config_bytes, source)
     fetcher.layers = [Layer(diff_id=d, open=_opener(fetcher, d)) for d in diff_ids]
     return DaemonImage(
@@ -106,15 +106,15 @@ class _LayerFetcher:
     readable; the directory goes with the last reference (or at ``close``).
     """
 
-    def __init__(self, client: docker.DockerClient, image_id: str, tmp_dir: str | None) -> None:
+    def __init__(self, engine: Engine, image_id: str, tmp_dir: str | None) -> None:
         self.layers: list[Layer] = []
-        self._client = client
+        self._engine = engine
         self._image_id = image_id
         self._tmp_dir = tmp_dir
         self._dir: str | None = None
         self._cleanup: weakref.finalize | None = None
         self._paths: dict[str, str] = {}
-        self.names: dict[str, str] = {}  # a legacy export's layer.tar names -> digests (engine.export_layers)
+        self.names: dict[str, str] = {}  # a legacy export's layer.tar names -> digests (Engine.export_layers)
         self._lock = threading.Lock()
 
     def open(self, diff_id: str) -> BinaryIO:
@@ -129,7 +129,7 @@ class _LayerFetcher:
             self._fetch_locked(diff_ids)
 
     def stream(self, diff_ids: set[str]) -> Iterator[tuple[str, BinaryIO]]:
-        return engine.export_layers(self._client, self._image_id, diff_ids, self.names)
+        return self._engine.export_layers(self._image_id, diff_ids, self.names)
 
     def close(self) -> None:
         with self._lock:
@@ -151,7 +151,7 @@ class _LayerFetcher:
         written: dict[str, str] = {}
         try:
             # export_layers checks each layer's digest once it is read: the loop ends with all checked
-            for diff_id, stream in engine.export_layers(self._client, self._image_id, missing, self.names):
+            for diff_id, stream in self._engine.export_layers(self._image_id, missing, self.names):
                 written[diff_id] = os.path.join(self._dir, diff_id.removeprefix("sha256:") + ".tar")
                 with open(written[diff_id], "wb") as out:
                     while chunk := stream.read(COPY_CHUNK):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 from deltaimg.errors import ImageReadError
-from deltaimg.images.model import Image, config_diff_ids, load_json
+from deltaimg.images.model import Image, config_diff_ids
+from deltaimg.safejson import load_json
 from deltaimg.images.blobs import BlobStore
 from deltaimg.images.layers import stored_layer
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
-from deltaimg.errors import DeltaimgError, ImageReadError
+from deltaimg.errors import ImageReadError
+from deltaimg.safejson import load_json
 
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-MAX_JSON_VALUES = 1 << 20
 
 
 @dataclass
@@ -87,23 +86,14 @@ def is_digest(value: object) -> bool:
     return isinstance(value, str) and DIGEST.fullmatch(value) is not None
 
 
-def load_json(data: bytes, what: str, normal: str, error: type[DeltaimgError] = ImageReadError) -> object:
-    """Untrusted JSON, parsed; ``error`` names ``what`` when it holds more values than ``normal``
-    (what such a document holds at most) or does not parse."""
-    if too_many_json_values(data):
-        raise error(f"{what} holds more values than {normal}")
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested thousands deep
-        raise error(f"{what} is not valid JSON ({exc})") from None
-
-
-def too_many_json_values(data: bytes, limit: int = MAX_JSON_VALUES) -> bool:
-    """Whether JSON text may hold more than ``limit`` values. Parsed, a value costs Python up to
-    about 80 bytes, so a few MiB of ``[{},{},...]`` would take gigabytes; every value but a
-    container's first follows a comma, and every container opens with a bracket."""
-    return data.count(b",") + data.count(b"[") + data.count(b"{") > limit
-
-
 def config_diff_ids(config_bytes: bytes, source: str) -> list[str]:
     return list(parse_config(config_bytes, source)["rootfs"]["diff_ids"])
+
+
+def layer_bytes(layers: Iterable[Layer]) -> int | None:
+    """Uncompressed bytes of these layers (each counted once), or None when one is stored compressed
+    or only in an engine, so its uncompressed size is not known before it is read."""
+    sizes = {layer.diff_id: layer.local[2] if layer.local else None for layer in layers}
+    if any(size is None for size in sizes.values()):
+        return None
+    return sum(size for size in sizes.values() if size is not None)

@@ -11,12 +11,13 @@ from typing import Callable, Iterator
 from deltaimg import __version__
 
 from deltaimg.codec import zstd_ref
-from deltaimg.bundle.format import CONFIG_PAYLOAD, STATS_FIELDS, BundleWriter
+from deltaimg.bundle.manifest import CONFIG_PAYLOAD, STATS_FIELDS, Method
+from deltaimg.bundle.writer import BundleWriter
 from deltaimg.delta.encoder import LayerEncoder, base_reads
 from deltaimg.errors import WRITE_FAILURES, ImageReadError, OutputError
 from deltaimg.diff.images import change_summary
 from deltaimg.images.model import Image
-from deltaimg.images.blobs import HashingReader
+from deltaimg.streams import HashingReader
 from deltaimg.images.daemon import DaemonImage
 from deltaimg.delta.base_content import BaseContent, BaseIndex
 
@@ -35,9 +36,10 @@ def image_summary(image: Image) -> dict:
 
 
 def make_bundle(base: Image, target: Image, output: str, private_key, progress: Callable[[int], None] | None = None,
-                split_size: int | None = None) -> dict:
-    """Write the bundle that turns ``base`` into ``target``; returns the signed manifest's summary."""
-    writer = BundleWriter(output, split_size)
+                split_size: int | None = None, force: bool = False) -> dict:
+    """Write the bundle that turns ``base`` into ``target``; returns the signed manifest's summary.
+    An existing ``output`` is refused before any work unless ``force``."""
+    writer = BundleWriter(output, split_size, force)
     try:
         with tempfile.TemporaryDirectory(prefix="deltaimg-make-") as workdir, ThreadPoolExecutor(WORKERS) as pool:
             with BaseContent(base, workdir, partial=True) as content:
@@ -83,8 +85,8 @@ def _home(base: Image, target: Image, position: int) -> int | None:
 def _stored(layer: dict) -> dict:
     """A layer's manifest record: what the target's diff_ids and the payload table do not say
     already (the diff_id, the payload's size), and the encoder's statistics as a list."""
-    if layer["method"] == "repeat":
-        return {"method": "repeat", "of": layer["of"]}
+    if layer["method"] == Method.REPEAT:
+        return {"method": Method.REPEAT.value, "of": layer["of"]}
     stored = {key: value for key, value in layer.items() if key not in ("diff_id", "payload_size", "stats")}
     if "stats" in layer:
         stored["stats"] = [layer["stats"][key] for key in STATS_FIELDS]
@@ -103,11 +105,11 @@ def _encode_layers(base: Image, target: Image, content: BaseContent, writer: Bun
     for position, layer in enumerate(target.layers):
         if layer.diff_id in base.diff_ids:
             base_layer = base.diff_ids.index(layer.diff_id)
-            records.append({"diff_id": layer.diff_id, "method": "base", "base_layer": base_layer,
+            records.append({"diff_id": layer.diff_id, "method": Method.BASE.value, "base_layer": base_layer,
                             "size": content.layer_size(base_layer)})
             continue
         if layer.diff_id in done:
-            records.append({"diff_id": layer.diff_id, "method": "repeat", "of": done[layer.diff_id],
+            records.append({"diff_id": layer.diff_id, "method": Method.REPEAT.value, "of": done[layer.diff_id],
                             "size": records[done[layer.diff_id]]["size"]})
             continue
         assert index is not None
@@ -137,7 +139,7 @@ def _encode_layers(base: Image, target: Image, content: BaseContent, writer: Bun
                 f"{target.source}: layer {position} does not hash to its diff_id {layer.diff_id[:19]}; the image is damaged"
             )
         done[layer.diff_id] = len(records)
-        records.append({"diff_id": layer.diff_id, "method": "delta", "payload": name, "size": reader.size,
+        records.append({"diff_id": layer.diff_id, "method": Method.DELTA.value, "payload": name, "size": reader.size,
                         "payload_size": payload["size"], "stats": encoder.stats.as_dict()})
     return records
 

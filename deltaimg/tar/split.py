@@ -8,7 +8,7 @@ them) is one final entry of kind ``TRAILER`` whose payload is those raw bytes.
 
 Concatenating ``pre + payload + pad`` of every entry gives back the original stream byte for byte,
 whatever the input: bytes that do not parse as a tar header simply start the trailer. Parsing is
-only needed to name entries so that their content can be matched against the old image.
+only needed to name entries so that their content can be matched against the base image.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class TarSplitter:
                 if len(body) < size + (-size) % BLOCK:
                     return self._trailer(index, start, bytes(pre))
                 if typeflag == b"x":
-                    pax.update(_parse_pax(body[:size]))
+                    pax.update(parse_pax(body[:size]))
                 elif typeflag == b"L":
                     gnu_name = body[:size].split(b"\0", 1)[0]
                 elif typeflag == b"K":
@@ -247,7 +247,8 @@ def pax_number(value: str | None) -> int | None:
     return int(value)
 
 
-def _parse_pax(body: bytes) -> dict[str, str]:
+def parse_pax(body: bytes) -> dict[str, str]:
+    """The records of a PAX extended header body; parsing stops at the first malformed record."""
     records: dict[str, str] = {}
     pos = 0
     while pos < len(body):

@@ -136,6 +136,7 @@ def deltaimg_apply_archive(bundle: Path, key: Path, old: Saved, output: Path) ->
     return cost, json.loads(out)
 
 
-def deltaimg_apply_engine(bundle: Path, key: Path) -> Cost:
+def deltaimg_apply_engine(bundle: Path, key: Path, read_store: bool = True) -> Cost:
+    """``read_store`` False: the base is read through ``docker save``, as on a host where deltaimg is not root."""
     return measure([*DELTAIMG, "apply", bundle, "--trust", f"{key}.pub", "--no-swap", "--json", "--quiet"],
-                   env=DELTAIMG_ENV)[0]
+                   env={**DELTAIMG_ENV, "DELTAIMG_READ_STORE": "1" if read_store else "0"})[0]
