@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
+import signal
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import Iterator
 
 
 @dataclass
@@ -54,3 +58,38 @@ def measured(*args: str, timeout: float = 600, env: dict | None = None) -> Outco
         if killed:
             raise TimedOut(f"deltaimg {' '.join(args)} was still running after {timeout} s")
         return Outcome(returncode, stdout.read().decode(), launched.stderr, peak)
+
+
+class OverCap(AssertionError):
+    """A case run in this process went past its time or memory cap."""
+
+
+def _address_space() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise OverCap("no VmSize in /proc/self/status")
+
+
+@contextlib.contextmanager
+def capped(seconds: int = MINUTE, memory: int = 512 << 20) -> Iterator[None]:
+    """Run a block in this process (a fuzz case) under caps: interrupted after ``seconds`` (SIGALRM),
+    and allowed ``memory`` bytes of address space beyond what the process holds now (RLIMIT_AS), so
+    an allocation past it fails and the case with it. Caps, never timing assertions."""
+    def interrupt(signum, frame):
+        raise OverCap(f"the case was still running after its {seconds} s cap")
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _address_space() + memory
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    signal.alarm(seconds)
+    try:
+        yield
+    except MemoryError:
+        raise OverCap(f"the case needed more than {memory >> 20} MiB beyond what the process held") from None
+    finally:
+        signal.alarm(0)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        signal.signal(signal.SIGALRM, previous)
