@@ -434,3 +434,31 @@ def test_file_names_with_terminal_escapes_are_shown_escaped_by_diff(images, tmp_
     assert result.returncode == 0, result.stderr
     assert "\x1b" not in result.stdout and "\r" not in result.stdout
     assert "+ /srv/\\x1b[2J\\x1b[1;32mverified\\r" in result.stdout, result.stdout
+
+
+# --------------------------------------------------------------------------- layers that are not what the config says
+
+
+def test_diff_refuses_a_layer_that_does_not_hash_to_its_diff_id(images, tmp_path):
+    """A layer tar swapped for another valid one: diff would report files the image does not hold."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("srv/planted")
+        info.size = 7
+        tar.addfile(info, io.BytesIO(b"planted"))
+    layers: list[str] = []
+
+    def swap_last_layer(tree: Path, entry: dict) -> None:
+        layers.extend(entry["Layers"])
+        (tree / entry["Layers"][-1]).write_bytes(buffer.getvalue())
+    archive = edited_archive(images, tmp_path, swap_last_layer)
+    before = archive.read_bytes()
+    with tarfile.open(archive) as tar:
+        [entry] = json.loads(tar.extractfile("manifest.json").read())
+        diff_id = json.loads(tar.extractfile(entry["Config"]).read())["rootfs"]["diff_ids"][-1]
+    outcome = measured("diff", str(images["old"]), str(archive), timeout=MINUTE)
+    assert (outcome.returncode, outcome.stdout) == (ImageReadError.exit_code, "")
+    assert outcome.stderr == (f"deltaimg: error: {archive}: layer {len(layers) - 1} does not hash to its diff_id "
+                              f"{diff_id[:19]}; the image is damaged\n")
+    assert outcome.peak_rss < 512 << 20
+    assert archive.read_bytes() == before
