@@ -193,14 +193,14 @@ def test_a_layer_that_decompresses_far_beyond_its_declared_size_is_stopped_while
     chunk = 64 * MiB  # 16 chunks of zeros: 1 GiB of literal bytes from a few KiB of bundle
     frame = zeros_frame(chunk)
     payload = delta_payload([Chunk(chunk, len(frame))] * 16, [frame] * 16,
-                            [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=0, size=16 * chunk)])
+                            [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=512, size=16 * chunk - 512)])
     outcome = apply_measured(forger, forger.delta_bundle(payload, size=4096))
     assert_refused(outcome, INTEGRITY, "rebuilt larger than its recorded 4096 bytes", forger)
 
 
 def test_a_chunk_frame_that_holds_more_than_its_chunk_declares_is_refused(forger):
     frame = zeros_frame(MiB + MiB // 2)
-    payload = delta_payload([Chunk(MiB, len(frame))], [frame], [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=1)])
+    payload = delta_payload([Chunk(MiB, len(frame))], [frame], [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=512, size=1)])
     outcome = apply_measured(forger, forger.delta_bundle(payload))
     assert_refused(outcome, INTEGRITY, f"not the {MiB} recorded", forger)
 
@@ -208,7 +208,7 @@ def test_a_chunk_frame_that_holds_more_than_its_chunk_declares_is_refused(forger
 def test_a_zstd_frame_that_asks_for_a_huge_window_is_refused(forger):
     # Frame header by hand: no content size, window descriptor 2^31 (exponent 21), one raw block.
     frame = b"\x28\xb5\x2f\xfd" + bytes([0x00, 21 << 3]) + bytes([0x09, 0, 0]) + b"x"
-    payload = delta_payload([Chunk(1, len(frame))], [frame], [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=1)])
+    payload = delta_payload([Chunk(1, len(frame))], [frame], [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=512, size=1)])
     outcome = apply_measured(forger, forger.delta_bundle(payload))
     assert_refused(outcome, INTEGRITY, "too much memory", forger, peak=128 * MiB)
 
@@ -260,11 +260,11 @@ RECIPES: dict[str, tuple[Callable[[], bytes], int, str]] = {
     "chunk literal length": (lambda: delta_payload([Chunk(BIG, 9)], [], []), FORMAT, "oversized chunk"),
     "chunk frame length": (lambda: delta_payload([Chunk(1, BIG)], [], []), FORMAT, "oversized chunk"),
     "span length": (lambda: delta_payload([Chunk(1, 9, [Span(0, 0, 1, 0, BIG)])], [], []), FORMAT, "oversized reference"),
-    "span layer": (lambda: delta_payload(*_chunked([Span(99, 0, 1, 0, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=1)]),
+    "span layer": (lambda: delta_payload(*_chunked([Span(99, 0, 1, 0, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=512, size=1)]),
                    FORMAT, "base layer 99, which the base lacks"),
-    "span entry": (lambda: delta_payload(*_chunked([Span(0, BIG, 1, 0, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=1)]),
+    "span entry": (lambda: delta_payload(*_chunked([Span(0, BIG, 1, 0, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=512, size=1)]),
                    FORMAT, f"entry {BIG} of base layer 0, which the base lacks"),
-    "span start": (lambda: delta_payload(*_chunked([Span(0, 1, 1, BIG, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=1)]),
+    "span start": (lambda: delta_payload(*_chunked([Span(0, 1, 1, BIG, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=512, size=1)]),
                    FORMAT, "refers past a base entry's end"),
     "partner layer": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_PARTNER, partner=(7, 0))), FORMAT, "base layer 7"),
     "identical-content entry": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_REF, partner=(0, 0), ref=(0, BIG))),
@@ -279,7 +279,8 @@ RECIPES: dict[str, tuple[Callable[[], bytes], int, str]] = {
     "empty header edits": (lambda: recipe_payload(bytes([1, 0, lf.PRE_EDITED | lf.HAS_PARTNER, 0, 0]) + _varint(lf.MAX_EDITS)
                                                   + bytes(2 * lf.MAX_EDITS)),
                            FORMAT, "an empty header edit"),
-    "segment count": (lambda: recipe_payload(bytes([1, 0, (lf.DATA_DELTA << 2) | lf.HAS_PARTNER, 0, 0, 0]) + b"\xff\xff\x7f"),
+    "segment count": (lambda: recipe_payload(bytes([1, 0, (lf.DATA_DELTA << 2) | lf.HAS_PARTNER, 0, 0]) + _varint(512)
+                                       + b"\xff\xff\x7f"),
                       FORMAT, "too many delta segments"),
     "binary delta size": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_DELTA, partner=(0, 1),
                                               segments=[Segment(lf.SEGMENT_BSDIFF, BIG, 0, 10, (1, 1, 1))])),
@@ -287,7 +288,12 @@ RECIPES: dict[str, tuple[Callable[[], bytes], int, str]] = {
     "delta segment past the base file": (lambda: _one(Record(lf.PRE_PARTNER, lf.DATA_DELTA, partner=(0, 1),
                                                             segments=[Segment(lf.SEGMENT_LITERAL, 1, BIG, 1)])),
                                         FORMAT, "refers past its base file's end"),
-    "literal payload size": (lambda: _one(Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=BIG)), INTEGRITY, "needs more literal bytes"),
+    "literal payload size": (lambda: _one(Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=512, size=BIG)), INTEGRITY,
+                             "needs more literal bytes"),
+    "entry header of no bytes": (lambda: _one(Record(lf.PRE_LITERAL, lf.DATA_LITERAL, size=1)), FORMAT,
+                                 "entry header that is not whole tar blocks"),
+    "entry header of part of a block": (lambda: _one(Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=511, size=1)), FORMAT,
+                                        "entry header that is not whole tar blocks"),
     "record flags": (lambda: recipe_payload(bytes([1, 0, lf.HAS_PARTNER | lf.NEXT_PARTNER])), FORMAT, "invalid record"),
     "next partner of none": (lambda: recipe_payload(bytes([1, 0, lf.NEXT_PARTNER])), FORMAT, "partner after none"),
     "overlong number": (lambda: recipe_payload(bytes([1]) + b"\xff" * 11), FORMAT, "invalid number"),
@@ -308,6 +314,17 @@ def test_a_small_bundle_listing_sixty_million_header_edits_stays_within_the_budg
                                                 + _varint(60_000_000) + bytes(120_000_000)))
     assert bundle.stat().st_size < 64 * 1024
     assert_refused(apply_measured(forger, bundle), FORMAT, "layer recipe has too many header edits", forger)
+
+
+def test_a_small_bundle_listing_forty_four_million_records_that_write_nothing_is_refused_at_the_first(forger):
+    """Records of no header and no payload wrote nothing, so the layer size never stopped them:
+    44 million of them (a few KiB compressed) took 154 s. Every record but the trailer writes a
+    header of whole tar blocks, so the layer's size bounds the work."""
+    empty = bytes([lf.PRE_LITERAL | (lf.DATA_LITERAL << 2), 0, 0])  # flags, header length 0, payload size 0
+    bundle = forger.delta_bundle(recipe_payload(bytes([1, 0]) + empty * 44_000_000))
+    assert bundle.stat().st_size < 256 * 1024
+    assert_refused(apply_measured(forger, bundle), FORMAT, "layer recipe has an entry header that is not whole tar "
+                   "blocks: the bundle is damaged", forger)
 
 
 # --------------------------------------------------------------------------- absurd manifests
