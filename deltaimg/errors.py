@@ -148,6 +148,12 @@ class DependentsError(DeltaimgError):
     exit_code = 28
 
 
+class JournalError(DeltaimgError):
+    """The journal holds a line deltaimg did not write: what earlier runs did cannot be known from it."""
+
+    exit_code = 29
+
+
 def printable(message: object) -> str:
     """``message`` as one line of printable text. An error may quote what an input holds (a name in
     an archive's manifest.json, a key id): newlines and terminal escapes in it are shown escaped."""

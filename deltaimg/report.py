@@ -44,7 +44,7 @@ def image_line(image: ImageRecord, layers: int | None = None) -> str:
 
 
 def ratio_line(bundle_size: int, full_size: int) -> str:
-    ratio = full_size / bundle_size if bundle_size else 0
+    ratio = min(full_size, 1000 ** 5) / bundle_size if bundle_size else 0  # as human_size caps it
     return (f"bundle {human_size(bundle_size)} vs full image {human_size(full_size)} "
             f"(docker save): {ratio:.1f}x smaller")
 

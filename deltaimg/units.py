@@ -19,6 +19,8 @@ def parse_size(text: str) -> int:
 
 def human_size(n: float) -> str:
     """Decimal units, as ``ls -h --si`` and disk vendors write them."""
+    if abs(n) >= 1000 ** 5:  # no image is that large; and an int past 10^308 has no float to divide
+        return ("-" if n < 0 else "") + "over 1000 TB"
     for unit in ("B", "KB", "MB"):
         if abs(n) < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

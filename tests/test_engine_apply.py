@@ -78,6 +78,8 @@ def test_apply_loads_the_new_image_and_swaps_the_container_keeping_everything(
     remove_target(client, images, "v2")
     old = start_app(client, res, images["tag"]["v1"], tmp_path)
     before = checksums(client, old)
+    ports = client.api.inspect_container(old)["HostConfig"]["PortBindings"]
+    assert list(ports) == ["80/tcp"] and ports["80/tcp"][0]["HostPort"].isdigit()  # what the old container publishes
 
     result = run_cli("apply", bundle, "--trust", keypair[1], "--grace", "2", "--json")
     assert result.returncode == 0, result.stderr
@@ -92,7 +94,7 @@ def test_apply_loads_the_new_image_and_swaps_the_container_keeping_everything(
     assert env.split() == ["ship-7", "2", "yes", "v2", "2"]
     assert new["Config"]["Labels"]["app.version"] == "2"
     assert new["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
-    assert new["HostConfig"]["PortBindings"] == client.api.inspect_container(new["Id"])["HostConfig"]["PortBindings"]
+    assert new["HostConfig"]["PortBindings"] == ports
     net = res.networks[0]
     assert "web" in new["NetworkSettings"]["Networks"][net]["Aliases"]
     assert client.api.images(filters={"reference": images["tag"]["v2"]})  # the target's tag is back

@@ -1,7 +1,9 @@
 """Fuzzing the bundle reader and the rebuild: whatever a bundle holds, opening it (open_bundle),
 reading what it rebuilds (read_rebuild), rebuilding its layers as the engine path does, from a streamed base
 (base_references, fetch_entries), and rebuilding the target (apply_to_archive) either works or fails with one of
-deltaimg's own errors; on failure no output and no temporary file is left.
+deltaimg's own errors, the ones each test names; on failure no output and no temporary file is left.
+A damaged file never applies; a bundle signed again (as a stolen key could) applies only if what it
+rebuilds is exactly the target image. Each case runs under a time and a memory cap.
 
 Four kinds of input, from a real bundle of a small pair (bsdiff, zstd deltas, edited headers):
 the file's bytes damaged (the signature then fails: the shallow case), and, signed again with the
@@ -12,6 +14,7 @@ recipe with damaged bytes or one number replaced, or damaged chunk frames.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import io
 import json
@@ -36,16 +39,23 @@ from deltaimg.apply.rebuild import read_rebuild
 from deltaimg.bundle.manifest import Method, parse_manifest
 from deltaimg.bundle.reader import open_bundle, read_header
 from deltaimg.delta.decoder import base_references, rebuild_layer
-from deltaimg.errors import DeltaimgError
+from deltaimg.errors import (BaseMismatchError, BundleFormatError, DeltaimgError, DowngradeError, IntegrityError,
+                             SignatureError)
 from deltaimg.images import open_image
 from deltaimg.images.model import Layer
 from deltaimg.make.build import make_bundle
 from deltaimg.delta.base_content import BaseContent
 from tests import imagefactory as f
+from tests.conftest import archive_image, assert_same_image
 from tests.test_fuzz_images import damage, json_values, replace_one_value
+from tests.memory import MINUTE, capped
 from tests.test_hostile_bundles import write_signed
 
-FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# deadline: each case's time cap as hypothesis checks it (a case takes some 100 ms); capped() also
+# interrupts one that hangs, and caps its memory.
+FUZZ = settings(max_examples=250, deadline=datetime.timedelta(seconds=30),
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+UNSIGNED = (BundleFormatError, SignatureError, IntegrityError)  # what damage to the signed file can give
 INTERESTING = [0, 1, 2, 3, 7, 127, 128, 511, 512, 4096, 65535, 1 << 20, (1 << 26) + 1, (1 << 31) - 1, 1 << 40, (1 << 63) - 1]
 
 
@@ -57,6 +67,7 @@ class Subject:
     manifest: dict
     payloads: dict[str, bytes]
     base: str
+    target_config: bytes  # the config of the image the bundle rebuilds
     private: object
     trusted: list
 
@@ -109,25 +120,33 @@ def subject(keypair, tmp_path_factory) -> Subject:
     parsed = json.loads(bundle_format.manifest_json(manifest_bytes, path))
     records = parse_manifest(parsed, path).payloads
     payloads = {p.name: data[start + p.offset: start + p.offset + p.size] for p in records}
-    return Subject(data, parsed, payloads, old, private, [signing.load_public(keypair[1])])
+    return Subject(data, parsed, payloads, old, archive_image(new)[0], private, [signing.load_public(keypair[1])])
 
 
-def expect_only_own_errors(subject: Subject, bundle: bytes) -> str:
-    """Open, plan, list the base layers read and rebuild; return what happened."""
+def expect_only_own_errors(subject: Subject, bundle: bytes, expected: tuple[type[DeltaimgError], ...],
+                           may_apply: bool = True) -> str:
+    """Open, plan, list the base layers read and rebuild, under the caps; return what happened.
+
+    A refusal must be one of ``expected``; an apply must be allowed (``may_apply``) and rebuild the
+    target exactly."""
     with tempfile.TemporaryDirectory() as tmp:
         path, out = Path(tmp) / "b.dimg", Path(tmp) / "out" / "new.tar"
         path.write_bytes(bundle)
         out.parent.mkdir()
         try:
-            opened = open_bundle(str(path), subject.trusted)
-            plan = read_rebuild(opened)
-            deltas = [layer.payload for layer in plan.layers if layer.method is Method.DELTA]
-            rebuild_from_the_engine_path(opened, deltas, subject.base, tmp)
-            apply_to_archive(opened, open_image(subject.base), str(out))
+            with capped(MINUTE):
+                opened = open_bundle(str(path), subject.trusted)
+                plan = read_rebuild(opened)
+                deltas = [layer.payload for layer in plan.layers if layer.method is Method.DELTA]
+                rebuild_from_the_engine_path(opened, deltas, subject.base, tmp)
+                apply_to_archive(opened, open_image(subject.base), str(out))
         except DeltaimgError as exc:
+            assert isinstance(exc, expected), f"refused with {type(exc).__name__}, not one of {expected}: {exc}"
+            assert "\n" not in str(exc)
             assert os.listdir(out.parent) == [], "a refused bundle left output behind"
             return f"refused: {type(exc).__name__}"
-        assert out.exists()
+        assert may_apply, "a damaged bundle applied"
+        assert_same_image(str(out), subject.target_config)
         return "applied"
 
 
@@ -149,21 +168,23 @@ def rebuild_from_the_engine_path(opened, deltas: list[str], base_archive: str, t
 
 
 def test_the_untouched_bundle_applies(subject):
-    assert expect_only_own_errors(subject, subject.bundle) == "applied"
-    assert expect_only_own_errors(subject, subject.with_payloads(subject.payloads)) == "applied"  # re-signing is sound
+    assert expect_only_own_errors(subject, subject.bundle, ()) == "applied"
+    assert expect_only_own_errors(subject, subject.with_payloads(subject.payloads), ()) == "applied"  # re-signing is sound
 
 
 @FUZZ
 @given(data=st.data())
 def test_any_damage_to_the_file_gives_a_deltaimg_error_at_worst(subject, data):
-    event(expect_only_own_errors(subject, damage(subject.bundle, data)))
+    damaged = damage(subject.bundle, data)
+    event(expect_only_own_errors(subject, damaged, UNSIGNED, may_apply=damaged == subject.bundle))
 
 
 @FUZZ
 @given(index=st.integers(0, 10_000), value=json_values)
 def test_any_json_value_anywhere_in_a_signed_manifest_gives_a_deltaimg_error_at_worst(subject, index, value):
     manifest = replace_one_value(json.loads(json.dumps(subject.manifest)), index, value)
-    event(expect_only_own_errors(subject, subject.signed(json.dumps(manifest).encode(), subject.payload_area)))
+    event(expect_only_own_errors(subject, subject.signed(json.dumps(manifest).encode(), subject.payload_area),
+                                 (BundleFormatError, IntegrityError, BaseMismatchError, DowngradeError)))
 
 
 def _delta_parts(payload: bytes) -> tuple[bytes, bytes]:
@@ -203,7 +224,7 @@ def test_any_damage_to_a_signed_layer_recipe_gives_a_deltaimg_error_at_worst(sub
     else:
         recipe = damage(recipe, data)
     payloads = {**subject.payloads, name: _delta_payload(recipe, frames)}
-    event(expect_only_own_errors(subject, subject.with_payloads(payloads)))
+    event(expect_only_own_errors(subject, subject.with_payloads(payloads), (BundleFormatError, IntegrityError)))
 
 
 @FUZZ
@@ -213,7 +234,7 @@ def test_any_damage_to_signed_chunk_frames_gives_a_deltaimg_error_at_worst(subje
     name = data.draw(st.sampled_from(names), label="payload")
     recipe, frames = _delta_parts(subject.payloads[name])
     payloads = {**subject.payloads, name: _delta_payload(recipe, damage(frames, data))}
-    event(expect_only_own_errors(subject, subject.with_payloads(payloads)))
+    event(expect_only_own_errors(subject, subject.with_payloads(payloads), (BundleFormatError, IntegrityError)))
 
 
 def _chunks_decoded(subject: Subject, recipe: bytes, frames: bytes) -> tuple[list[lf.Chunk], bytes, list[bytes], list[bytes]]:
@@ -244,7 +265,8 @@ def test_any_damage_to_a_signed_literal_stream_gives_a_deltaimg_error_at_worst(s
     new_frames = [zstd_ref.compress(literal, prefix, level=1) for literal, prefix in zip(literals, prefixes)]
     table = [lf.Chunk(len(literal), len(frame), chunk.spans) for chunk, literal, frame in zip(chunks, literals, new_frames)]
     payload = _delta_payload(lf.encode_recipe(table, records), b"".join(new_frames))
-    event(expect_only_own_errors(subject, subject.with_payloads({**subject.payloads, name: payload})))
+    event(expect_only_own_errors(subject, subject.with_payloads({**subject.payloads, name: payload}),
+                                 (BundleFormatError, IntegrityError)))
 
 
 @FUZZ
@@ -252,6 +274,7 @@ def test_any_damage_to_a_signed_literal_stream_gives_a_deltaimg_error_at_worst(s
        sparse_diff=st.binary(max_size=200), extra=st.binary(max_size=600))
 def test_bspatch_of_arbitrary_streams_makes_the_declared_size_or_a_deltaimg_error(old, new_size, control, sparse_diff, extra):
     try:
-        assert len(bsdiff.patch(old, new_size, control, sparse_diff, extra)) == new_size
-    except DeltaimgError:
-        pass
+        with capped(MINUTE):
+            assert len(bsdiff.patch(old, new_size, control, sparse_diff, extra)) == new_size
+    except (IntegrityError, BundleFormatError) as exc:  # streams that do not apply; a sparse stream that does not parse
+        event(f"refused: {type(exc).__name__}")

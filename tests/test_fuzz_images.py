@@ -1,5 +1,6 @@
 """Fuzzing the image readers make uses: whatever an archive or layout holds, opening it and reading
-every layer either works or fails with one of deltaimg's own errors (never a crash, never a hang).
+every layer either works or fails with ImageReadError, the error of a malformed image (never a
+crash, never a hang): each case under a time and a memory cap.
 
 Inputs are small real images in every form deltaimg reads, mutated two ways: a JSON document
 (manifest.json, index.json, a manifest, a config) has one value replaced by arbitrary JSON, or the
@@ -8,6 +9,7 @@ bytes of the archive or of one blob are flipped, overwritten or cut.
 
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
 import tarfile
@@ -20,11 +22,15 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from deltaimg.errors import DeltaimgError
+from deltaimg.errors import DeltaimgError, ImageReadError
 from deltaimg.images import open_image
 from tests import imagefactory as f
+from tests.memory import MINUTE, capped
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# deadline: each case's time cap as hypothesis checks it (a case takes some 100 ms); capped() also
+# interrupts one that hangs, and caps its memory.
+FUZZ = settings(max_examples=200, deadline=datetime.timedelta(seconds=30),
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 JSON_NAMES = ("manifest.json", "index.json")
 
 json_values = st.recursive(
@@ -133,8 +139,10 @@ def replace_one_value(document: Any, index: int, value: Any) -> Any:
 
 def expect_only_own_errors(reference: str) -> None:
     try:
-        open_and_read_everything(reference)
+        with capped(MINUTE):
+            open_and_read_everything(reference)
     except DeltaimgError as exc:
+        assert isinstance(exc, ImageReadError), f"refused with {type(exc).__name__}, not ImageReadError: {exc}"
         assert "\n" not in str(exc)
         event(f"refused: {type(exc).__name__}")
     else:

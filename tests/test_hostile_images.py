@@ -23,9 +23,11 @@ import pytest
 
 from deltaimg.errors import ImageReadError, OutputError
 from tests import imagefactory as f
-from tests.conftest import run_cli
+from tests.conftest import assert_same_image, run_cli
+from tests.memory import MINUTE, measured
 
 IMAGE_EXIT = ImageReadError.exit_code
+BUDGET = 512 << 20  # the peak memory any command may reach on hostile input
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +282,145 @@ def test_a_layer_tar_with_absurd_sizes(images, keypair, tmp_path):
     make_refused(images, str(edited_archive(images, tmp_path, replace_layer)), keypair, tmp_path, "")
 
 
+# --------------------------------------------------------------------------- the outer archive's own headers
+
+
+def _negative_size_header(name: str, size: int) -> bytes:
+    """A ustar header whose size field holds ``size`` in base-256, which can say a negative number."""
+    block = bytearray(tarfile.TarInfo(name).tobuf(format=tarfile.USTAR_FORMAT))
+    field = bytearray(size.to_bytes(12, "big", signed=True))
+    field[0] = 0xFF  # the base-256 marker of a negative number
+    block[124:136] = field
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+@pytest.fixture
+def negative_size_archive(images, tmp_path) -> Path:
+    """The new image's archive with, after its first member, a member of size -512: tarfile,
+    believing it, reads that same header again forever."""
+    data = images["new"].read_bytes()
+    with tarfile.open(images["new"]) as tar:
+        second = tar.getmembers()[1].offset
+    path = tmp_path / "negative.tar"
+    path.write_bytes(data[:second] + _negative_size_header("b", -512) + bytes(1024))
+    return path
+
+
+def test_a_member_of_negative_size_in_the_outer_archive_is_refused_by_make_diff_and_apply(
+        images, negative_size_archive, example_bundle, keypair, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    before = negative_size_archive.read_bytes()
+    commands = {
+        "make": ["make", str(images["old"]), str(negative_size_archive), "-o", str(out / "b.dimg"), "--key", keypair[0]],
+        "diff": ["diff", str(images["old"]), str(negative_size_archive)],
+        "apply": ["apply", example_bundle, "--trust", keypair[1], "--base", str(negative_size_archive), "-o", str(out / "n.tar")],
+    }
+    for command, args in commands.items():
+        outcome = measured(*args, timeout=MINUTE)
+        assert outcome.returncode == IMAGE_EXIT, (command, outcome.stderr)
+        assert outcome.stderr == (f"deltaimg: error: {negative_size_archive}: not a readable tar archive (member 'b' at offset "
+                                  f"{len(before) - 1536} declares -512 bytes, outside the file); the archive is damaged "
+                                  "or was not written by a tar tool\n"), command
+        assert outcome.peak_rss < BUDGET, f"{command} peaked at {outcome.peak_rss >> 20} MiB"
+        assert os.listdir(out) == [], f"{command} left a file behind"
+    assert negative_size_archive.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- numbers int() refuses
+
+HUGE = "9" * 10_000  # int() refuses more than 4,300 digits
+
+
+def _pax_layer(path: Path, records: dict[str, str], owner: tuple[int, int]) -> f.LayerFile:
+    """A layer of one file, its ustar header naming ``owner``, its PAX header ``records`` as given."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("srv/data")
+        info.size, info.mtime, (info.uid, info.gid) = 5, 1_700_000_000, owner
+        info.pax_headers = records
+        tar.addfile(info, io.BytesIO(b"hello"))
+    path.write_bytes(buffer.getvalue())
+    return f.LayerFile(path, f.sha256_file(path), path.stat().st_size)
+
+
+def test_pax_numbers_that_are_not_ascii_digits_or_too_long_are_read_as_absent(images, keypair, tmp_path):
+    """A PAX size of '²' (str.isdigit() says yes, int() says no), a uid of 10,000 digits and a gid
+    of '٣' (an Arabic-Indic 3, which int() would take): the ustar fields hold instead, in diff
+    and in a bundle that applies byte-exactly."""
+    v1 = _pax_layer(tmp_path / "v1.layer", {"comment": "v1"}, (0, 0))
+    v2 = _pax_layer(tmp_path / "v2.layer", {"size": "\u00b2", "uid": HUGE, "gid": "\u0663"}, (7, 8))
+    base = f.write_docker_archive(tmp_path / "base.tar", [f.ImageSpec([v1], ["odd/app:1"])])[0].path
+    target = f.write_docker_archive(tmp_path / "target.tar", [f.ImageSpec([v2], ["odd/app:2"])])[0]
+    diff = measured("diff", str(base), str(target.path), "--json", timeout=MINUTE)
+    assert diff.returncode == 0, diff.stderr
+    assert diff.stderr == "" and diff.peak_rss < BUDGET
+    files = json.loads(diff.stdout)["files"]
+    assert [(r["path"], r["new_size"], r["changes"]) for r in files["modified"]] == [("/srv/data", 5, ["owner"])], files
+    bundle = tmp_path / "b.dimg"
+    made = measured("make", str(base), str(target.path), "-o", str(bundle), "--key", keypair[0], "--quiet", timeout=MINUTE)
+    assert made.returncode == 0 and made.stderr == "", made.stderr
+    out = tmp_path / "rebuilt.tar"
+    applied = measured("apply", str(bundle), "--trust", keypair[1], "--base", str(base), "-o", str(out), "--quiet",
+                       timeout=MINUTE)
+    assert applied.returncode == 0, applied.stderr
+    assert_same_image(str(out), target.config_bytes)
+
+
+def test_package_versions_int_refuses_are_ordered_without_it(keypair, tmp_path):
+    """dpkg versions with a '²' epoch, and with 10,000 digits: diff orders them as dpkg does
+    (ASCII digits only), no traceback."""
+    def image(name: str, versions: list[tuple[str, str]]) -> Path:
+        layer = f.write_layer(tmp_path / f"{name}.layer", f.complete_tree([f.dpkg_status(versions)]))
+        return f.write_docker_archive(tmp_path / f"{name}.tar", [f.ImageSpec([layer], [f"pkgs/{name}:1"])])[0].path
+    base = image("base", [("libc", "1"), ("odd", "\u00b2:1.0"), ("big", "1." + HUGE)])
+    target = image("target", [("libc", "1" + HUGE), ("odd", "\u00b2:1.1"), ("big", "1.1" + HUGE)])
+    outcome = measured("diff", str(base), str(target), "--json", timeout=MINUTE)
+    assert outcome.returncode == 0 and outcome.stderr == "", outcome.stderr
+    assert outcome.peak_rss < BUDGET
+    changes = {c["name"]: c["change"] for c in json.loads(outcome.stdout)["packages"]}
+    assert changes == {"libc": "upgraded", "odd": "upgraded", "big": "upgraded"}
+
+
+@pytest.mark.parametrize("labels, config", [([1, 2], None), ({"a": 1}, None), (None, "text")])
+def test_a_config_whose_labels_or_container_config_is_not_an_object_is_refused(images, keypair, tmp_path, labels, config):
+    def edit(tree: Path, entry: dict) -> None:
+        path = tree / entry["Config"]
+        document = json.loads(path.read_bytes())
+        if config is not None:
+            document["config"] = config
+        else:
+            document["config"]["Labels"] = labels
+        path.write_text(json.dumps(document))
+        entry["Config"] = entry["Config"]  # the archive's own name stays; make reads it by that name
+    archive = edited_archive(images, tmp_path, edit)
+    what = "config is not a JSON object" if config is not None else "config.Labels is not an object of strings"
+    for args in (["diff", str(images["old"]), str(archive)],
+                 ["make", str(images["old"]), str(archive), "-o", str(tmp_path / "out.dimg"), "--key", keypair[0]]):
+        outcome = measured(*args, timeout=MINUTE)
+        assert outcome.returncode == IMAGE_EXIT, outcome.stderr
+        assert outcome.stderr.startswith("deltaimg: error: ") and outcome.stderr.count("\n") == 1, outcome.stderr
+        assert f"image config's {what}; the image is malformed\n" in outcome.stderr
+        assert outcome.peak_rss < BUDGET
+    assert not (tmp_path / "out.dimg").exists()
+
+
+def test_a_dpkg_status_of_a_hundred_thousand_packages_is_read_within_the_caps(tmp_path):
+    """Naming each package name:arch only when it is installed twice once counted the whole list per
+    package: 100,000 packages took past 120 s."""
+    def image(name: str, minor: int) -> Path:
+        status = f.dpkg_status([(f"pkg{i}", f"1.{minor}") for i in range(100_000)])
+        layer = f.write_layer(tmp_path / f"{name}.layer", f.complete_tree([status]))
+        return f.write_docker_archive(tmp_path / f"{name}.tar", [f.ImageSpec([layer], [f"many/{name}:1"])])[0].path
+    outcome = measured("diff", str(image("base", 0)), str(image("target", 1)), "--json", timeout=MINUTE)
+    assert outcome.returncode == 0 and outcome.stderr == "", outcome.stderr
+    assert outcome.peak_rss < BUDGET, f"diff peaked at {outcome.peak_rss >> 20} MiB"
+    changes = json.loads(outcome.stdout)["packages"]
+    assert len(changes) == 100_000 and {c["change"] for c in changes} == {"upgraded"}
+
+
 # --------------------------------------------------------------------------- what reaches the terminal
 
 
@@ -331,3 +472,31 @@ def test_a_base_layer_that_decompresses_past_the_free_space_blames_the_work_dire
         assert os.listdir(out) == [] and os.listdir(tmpfs) == []
     finally:
         subprocess.run(["umount", str(tmpfs)], check=True)
+
+
+# --------------------------------------------------------------------------- layers that are not what the config says
+
+
+def test_diff_refuses_a_layer_that_does_not_hash_to_its_diff_id(images, tmp_path):
+    """A layer tar swapped for another valid one: diff would report files the image does not hold."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("srv/planted")
+        info.size = 7
+        tar.addfile(info, io.BytesIO(b"planted"))
+    layers: list[str] = []
+
+    def swap_last_layer(tree: Path, entry: dict) -> None:
+        layers.extend(entry["Layers"])
+        (tree / entry["Layers"][-1]).write_bytes(buffer.getvalue())
+    archive = edited_archive(images, tmp_path, swap_last_layer)
+    before = archive.read_bytes()
+    with tarfile.open(archive) as tar:
+        [entry] = json.loads(tar.extractfile("manifest.json").read())
+        diff_id = json.loads(tar.extractfile(entry["Config"]).read())["rootfs"]["diff_ids"][-1]
+    outcome = measured("diff", str(images["old"]), str(archive), timeout=MINUTE)
+    assert (outcome.returncode, outcome.stdout) == (ImageReadError.exit_code, "")
+    assert outcome.stderr == (f"deltaimg: error: {archive}: layer {len(layers) - 1} does not hash to its diff_id "
+                              f"{diff_id[:19]}; the image is damaged\n")
+    assert outcome.peak_rss < 512 << 20
+    assert archive.read_bytes() == before

@@ -312,3 +312,57 @@ def test_a_private_key_given_as_trusted_is_refused(tmp_path):
     keygen(tmp_path / "k")
     result = run_cli("verify", str(tmp_path / "k"), "--trust", str(tmp_path / "k"))
     assert_one_line_error(result, KEY_EXIT, "is a private key; trust the public one")
+
+
+# --------------------------------------------------------------------------- who may write what decides trust
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o646, 0o664])
+def test_a_trusted_key_others_can_write_is_refused_like_ssh_does(pair, tmp_path, mode):
+    keygen(tmp_path / "release")
+    bundle = signed_bundle(pair, tmp_path / "release", tmp_path)
+    public = tmp_path / "release.pub"
+    public.chmod(mode)
+    result = run_cli("verify", bundle, "--trust", str(public))
+    assert (result.returncode, result.stdout) == (KEY_EXIT, "")
+    assert result.stderr == (f"deltaimg: error: trusted key {public} is writable by group or others (mode {oct(mode)}), "
+                             f"so they decide which bundles are trusted; run: chmod go-w {public}\n")
+    public.chmod(0o644)
+    assert run_cli("verify", bundle, "--trust", str(public)).returncode == 0  # the control
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o775])
+def test_a_trust_directory_others_can_write_is_refused_even_sticky(pair, tmp_path, mode):
+    """Anyone who can create a file there can plant a *.pub, sticky bit or not."""
+    trust = tmp_path / "trusted.d"
+    trust.mkdir()
+    keygen(tmp_path / "release")
+    bundle = signed_bundle(pair, tmp_path / "release", tmp_path)
+    shutil.copy(tmp_path / "release.pub", trust / "release.pub")
+    trust.chmod(mode)
+    result = run_cli("verify", bundle, "--trust-dir", str(trust))
+    assert (result.returncode, result.stdout) == (KEY_EXIT, "")
+    assert result.stderr == (f"deltaimg: error: trust directory {trust} is writable by group or others "
+                             f"(mode {oct(mode)}), so they decide which bundles are trusted; run: chmod go-w {trust}\n")
+    trust.chmod(0o755)
+    assert run_cli("verify", bundle, "--trust-dir", str(trust)).returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
+def test_a_trusted_key_or_trust_directory_owned_by_another_user_is_refused(pair, tmp_path):
+    trust = tmp_path / "trusted.d"
+    trust.mkdir()
+    keygen(tmp_path / "release")
+    bundle = signed_bundle(pair, tmp_path / "release", tmp_path)
+    shutil.copy(tmp_path / "release.pub", trust / "release.pub")
+    os.chown(trust / "release.pub", 4242, 4242)
+    result = run_cli("verify", bundle, "--trust-dir", str(trust))
+    assert (result.returncode, result.stderr) == (KEY_EXIT, (
+        f"deltaimg: error: trusted key {trust / 'release.pub'} is owned by uid 4242, neither root nor you, so its owner "
+        f"decides which bundles are trusted; run: chown root {trust / 'release.pub'}\n"))
+    os.chown(trust / "release.pub", 0, 0)
+    os.chown(trust, 4242, 4242)
+    result = run_cli("verify", bundle, "--trust-dir", str(trust))
+    assert (result.returncode, result.stderr) == (KEY_EXIT, (
+        f"deltaimg: error: trust directory {trust} is owned by uid 4242, neither root nor you, so its owner "
+        f"decides which bundles are trusted; run: chown root {trust}\n"))

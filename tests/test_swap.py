@@ -43,8 +43,11 @@ def images(docker_client):
     v2_unhealthy = resources.build(
         "v2bad", ['HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD ["/bin/false"]'], base=v1
     )
+    v2_healthy = resources.build(
+        "v2good", ['HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD ["/bin/true"]'], base=v1
+    )
     v2_crashing = resources.build("v2exit", ['CMD ["sh", "-c", "echo boom; exit 3"]'], base=v1)
-    yield {"v1": v1, "v2": v2, "v2bad": v2_unhealthy, "v2exit": v2_crashing}
+    yield {"v1": v1, "v2": v2, "v2bad": v2_unhealthy, "v2good": v2_healthy, "v2exit": v2_crashing}
     resources.cleanup()
 
 
@@ -154,6 +157,43 @@ def test_failed_healthcheck_rolls_back_to_the_old_container(docker_client, engin
     back = client.api.inspect_container(res.name("app"))
     assert back["Id"] == app and back["Image"] == images["v1"] and back["State"]["Running"]
     assert checksums(client, app, ("/named", "/anon")) == sums
+    assert [c["Id"] for c in res.containers()] == [app]
+
+
+def test_a_passing_healthcheck_is_waited_for_and_the_swap_kept(docker_client, engine_resources, images):
+    client, res = docker_client, engine_resources
+    app = start_app(client, res, images["v1"], "app")
+    lines: list[str] = []
+    [result] = swap_containers(DockerEngine(client), images["v1"], images["v2good"], names=[res.name("app")], grace=1,
+                               log=lines.append)
+    new = client.api.inspect_container(res.name("app"))
+    assert new["Id"] == result.new_container_id != app and new["Image"] == images["v2good"]
+    assert new["State"]["Running"] and new["State"]["Health"]["Status"] == "healthy"
+    name = res.name("app")
+    assert f"{name}: started; waiting up to 4 s for it to be healthy" in lines  # start period 0 + (1 s + 1 s) x 2
+    assert lines[lines.index(f"{name}: started; waiting up to 4 s for it to be healthy") + 1] == f"{name}: healthy"
+    assert [c["Id"] for c in res.containers()] == [new["Id"]]  # the old container is gone
+
+
+class NeverHealthy(DockerEngine):
+    """The real engine, but every inspection shows the healthcheck still starting: an engine that
+    never gets to run the probe, as a loaded host can be."""
+
+    def inspect_container(self, container: str) -> dict | None:
+        info = super().inspect_container(container)
+        if info and (info["State"].get("Health") or {}).get("Status"):
+            info["State"]["Health"]["Status"] = "starting"
+        return info
+
+
+def test_a_healthcheck_that_never_reports_times_out_and_rolls_back(docker_client, engine_resources, images):
+    client, res = docker_client, engine_resources
+    app = start_app(client, res, images["v1"], "app")
+    with pytest.raises(SwapFailedRolledBack, match="it did not become healthy within 4 s") as caught:
+        swap_containers(NeverHealthy(client), images["v1"], images["v2good"], names=[res.name("app")], grace=1, log=print)
+    assert caught.value.exit_code == 21
+    back = client.api.inspect_container(res.name("app"))
+    assert back["Id"] == app and back["Image"] == images["v1"] and back["State"]["Running"]
     assert [c["Id"] for c in res.containers()] == [app]
 
 

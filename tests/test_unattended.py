@@ -94,7 +94,8 @@ class App:
         return f"{self.repo}:{version}"
 
     def in_engine(self, version: str) -> bool:
-        return bool(self.client.api.images(filters={"reference": self.tag(version)}))
+        """The version's tag is in the engine and names that version's image (not just any image)."""
+        return [i["Id"] for i in self.client.api.images(filters={"reference": self.tag(version)})] == [self.ids[version]]
 
     def host_has(self, *versions: str) -> None:
         """The engine holds exactly these versions of the app (children removed before parents)."""
@@ -275,6 +276,7 @@ def test_a_lock_left_by_a_killed_run_does_not_block_the_next(app, keypair, state
     holder.wait()
     result = apply(app.bundles["1", "2"], "--trust", keypair[1])
     assert result.returncode == 0, result.stderr
+    assert app.in_engine("2") and attempts(state_dir) == [(app.ids["1"], app.ids["2"], "applied")]
 
 
 def test_status_shows_each_bundle_applied_its_digest_key_images_containers_and_outcome(

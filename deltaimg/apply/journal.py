@@ -18,8 +18,12 @@ Each bundle an apply works on is an *attempt* with its own ``id``. Its records, 
 
 An attempt with a ``begin`` and neither ``end`` nor ``recovered`` was interrupted: the next run
 recovers it (deltaimg.recovery) before doing anything else. Records are written whole with one
-``write`` on an ``O_APPEND`` descriptor; a reader skips a line it cannot parse (a torn last line),
+``write`` on an ``O_APPEND`` descriptor; a reader skips a line that is not JSON (a torn last line),
 and a writer that finds the last line torn starts its record on a line of its own.
+
+Anything else is not a line deltaimg wrote: JSON of other types than the records above, nested
+deeper than Python parses, or longer than any record. Then the journal was edited or damaged,
+recovery cannot know what it would be settling, and reading it raises JournalError.
 """
 
 from __future__ import annotations
@@ -30,13 +34,50 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable, NoReturn
 
-from deltaimg.errors import OutputError
+from deltaimg.errors import JournalError, OutputError
 
 DEFAULT_STATE_DIR = "/var/lib/deltaimg"
 STATE_DIR_ENV = "DELTAIMG_STATE_DIR"
 JOURNAL = "journal.jsonl"
 CLOSING = ("end", "recovered")
+MAX_LINE = 1 << 20  # a record names a bundle, two images and the containers swapped: far less than this
+
+Check = Callable[[object], bool]
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _maybe(check: Check) -> Check:
+    return lambda value: value is None or check(value)
+
+
+def _list(check: Check) -> Check:
+    return lambda value: isinstance(value, list) and all(map(check, value))
+
+
+def _object(required: tuple[str, ...] = (), **fields: Check) -> Check:
+    """A JSON object holding ``required`` and, of ``fields``, only values they accept; other keys pass."""
+    return lambda value: (isinstance(value, dict) and all(key in value for key in required)
+                          and all(key not in value or check(value[key]) for key, check in fields.items()))
+
+
+_IMAGE = _object(("image_id",), image_id=_text, tags=_list(_text), created=_maybe(_text))
+_BUNDLE = _object(path=_maybe(_text), sha256=_maybe(_text), key_id=_maybe(_text), parts=lambda v: type(v) is int)
+_CONTAINER = _object(("name",), name=_text, old_container=_maybe(_text), new_container=_maybe(_text))
+_OUTCOME = {"bundle": _maybe(_BUNDLE), "from": _maybe(_IMAGE), "to": _maybe(_IMAGE), "outcome": _text,
+            "message": _maybe(_text), "containers": _list(_CONTAINER)}
+RECORDS: dict[str, Check] = {  # what the readers of each record type rely on
+    "begin": _object(bundle=_BUNDLE, containers=_list(_text), **{"from": _IMAGE, "to": _IMAGE}),
+    "swap": _object(containers=_list(_CONTAINER)),
+    "container": _object(("name", "step"), name=_text, step=_text),
+    "note": _object(message=_text),
+    "end": _object(**_OUTCOME),
+    "recovered": _object(**_OUTCOME),
+}
 
 
 def now() -> str:
@@ -127,22 +168,35 @@ class Journal:
         return record
 
     def records(self) -> list[dict]:
+        records = []
         try:
             with open(self.path, "rb") as f:
-                lines = f.read().splitlines()
+                for number, line in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b""), 1):
+                    if len(line) > MAX_LINE:
+                        self._not_ours(number, f"longer than {MAX_LINE} bytes")
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue  # torn by a power cut: the record was never complete
+                    except RecursionError:
+                        self._not_ours(number, "nested too deep")
+                    if not (isinstance(record, dict) and isinstance(record.get("id"), str)
+                            and record.get("type") in RECORDS and _maybe(_text)(record.get("time"))
+                            and RECORDS[record["type"]](record)):
+                        self._not_ours(number, "not the fields or types of a journal record")
+                    records.append(record)
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise OutputError(f"cannot read the journal {self.path}: {exc.strerror}") from None
-        records = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("id"), str):
-                records.append(record)
         return records
+
+    def _not_ours(self, line: int, why: str) -> NoReturn:
+        raise JournalError(
+            f"the journal {self.path} line {line} is not a record deltaimg writes ({why}): it was edited or damaged, "
+            "so what earlier runs did is unknown; check the containers by hand (docker ps -a --filter "
+            f"name=-deltaimg-old), then move the journal aside (mv {self.path} {self.path}.damaged) and run again"
+        )
 
     def attempts(self) -> list[Attempt]:
         """Every attempt, oldest first."""

@@ -8,8 +8,10 @@ message the next run prints.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import time
 
 from deltaimg.errors import OutputError, RunLockedError
@@ -29,10 +31,7 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OutputError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
+        fd = _open(self.path)
         deadline = time.monotonic() + max(self.wait, SETTLE)
         while True:
             try:
@@ -58,10 +57,28 @@ class RunLock:
             self._fd = None
 
 
+def _open(path: str) -> int:
+    """The lock file, opened for writing only if it is a plain file of its own: a symlink or hard
+    link planted in its place must not have its target truncated and overwritten with a pid."""
+    clear = f"remove it (deltaimg creates {path} itself, as a plain file) and run again"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputError(f"the lock file {path} is a symbolic link; {clear}") from None
+        raise OutputError(f"cannot open the lock file {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "not a plain file" if not stat.S_ISREG(info.st_mode) else "a hard link to another file"
+        raise OutputError(f"the lock file {path} is {what}; {clear}")
+    return fd
+
+
 def holder(path: str) -> int | None:
     """The pid of the run holding the lock now (0 if unknown), or None when nobody holds it."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:

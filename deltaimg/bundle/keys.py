@@ -49,6 +49,7 @@ def trusted_keys(files: list[str], trust_dir: str | None) -> list[signing.Truste
                 raise KeyFileError(f"trust directory {directory} does not exist")
             return keys
         try:
+            signing.refuse_if_others_can_write(directory, os.stat(directory), "trust directory")  # or anyone plants a key
             names = sorted(os.listdir(directory))
         except OSError as exc:
             raise KeyFileError(f"cannot read trust directory {directory}: {exc.strerror}") from None

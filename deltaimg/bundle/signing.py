@@ -89,14 +89,15 @@ def public_file_mode() -> int:
 def read_protected_file(path: str, what: str) -> bytes:
     """A regular file of at most MAX_KEY_FILE bytes that neither group nor others can read or write
     (a private key, a passphrase file)."""
-    data, mode = _read_regular_file(path, what)
+    data, info = _read_regular_file(path, what)
+    mode = info.st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(f"{path} is open to group or others (mode {oct(mode & 0o777)}); run: chmod 600 {path}")
     return data
 
 
-def _read_regular_file(path: str, what: str) -> tuple[bytes, int]:
-    """(content, mode) of a regular file; a FIFO or device is refused without blocking on it."""
+def _read_regular_file(path: str, what: str) -> tuple[bytes, os.stat_result]:
+    """(content, status) of a regular file; a FIFO or device is refused without blocking on it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as f:
@@ -105,7 +106,7 @@ def _read_regular_file(path: str, what: str) -> tuple[bytes, int]:
                 raise KeyFileError(f"{path} is not a regular file; give the {what} file")
             if info.st_size > MAX_KEY_FILE:
                 raise KeyFileError(f"{path}: {info.st_size} bytes is too large for a {what} file")
-            return f.read(MAX_KEY_FILE + 1), info.st_mode
+            return f.read(MAX_KEY_FILE + 1), info
     except OSError as exc:
         raise KeyFileError(f"cannot read {what} {path}: {exc.strerror}") from None
 
@@ -134,8 +135,21 @@ def load_private(path: str, passphrase: bytes | None = None) -> Ed25519PrivateKe
     return key
 
 
+def refuse_if_others_can_write(path: str, info: os.stat_result, what: str) -> None:
+    """As ssh's StrictModes: what decides trust (a trusted key, the trust directory) must be owned
+    by root or by the user running deltaimg, and writable by no one else."""
+    if info.st_uid not in (0, os.geteuid()):
+        raise KeyFileError(f"{what} {path} is owned by uid {info.st_uid}, neither root nor you, so its owner decides "
+                           f"which bundles are trusted; run: chown root {path}")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise KeyFileError(f"{what} {path} is writable by group or others (mode {oct(info.st_mode & 0o7777)}), so they "
+                           f"decide which bundles are trusted; run: chmod go-w {path}")
+
+
 def load_public(path: str) -> TrustedKey:
-    data = _read_regular_file(path, "public key")[0].strip()
+    content, info = _read_regular_file(path, "public key")
+    refuse_if_others_can_write(path, info, "trusted key")
+    data = content.strip()
     if b"PRIVATE KEY" in data:
         raise KeyFileError(f"{path} is a private key; trust the public one ({path}.pub)")
     try:

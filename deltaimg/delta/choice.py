@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from deltaimg.codec import bsdiff, zstd_ref
 from deltaimg.zstdlib import zstd
+from deltaimg.delta.recipe import MAX_EDITS
 
 WHOLE_OLD_MAX = 8 << 20  # up to this size the whole partner is the reference; bsdiff needs ~17x it
 SEGMENT_MARGIN = 1 << 20
@@ -82,7 +83,7 @@ def edit_runs(base: bytes, target: bytes) -> list[tuple[int, int]] | None:
     xor = (int.from_bytes(base, "big") ^ int.from_bytes(target, "big")).to_bytes(len(target), "big")
     runs = [(start, end - start) for start, end in bsdiff.nonzero_runs(xor)]
     changed = sum(length for _, length in runs)
-    return runs if changed + 2 * len(runs) < len(target) // 2 else None
+    return runs if changed + 2 * len(runs) < len(target) // 2 and len(runs) <= MAX_EDITS else None
 
 
 def code(base: bytes, base_start: int, target: bytes, offset: int = 0) -> list[Piece]:

@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from deltaimg.codec import varint
 from deltaimg.errors import BundleFormatError
+from deltaimg.tar.split import BLOCK
 
 RECIPE_VERSION = 1
 # A recipe costs a few bytes per tar entry: 128 MiB is tens of millions of entries. Decoding it
@@ -27,6 +28,7 @@ MAX_CHUNK_BYTES = 64 * 1024 * 1024  # literal bytes in one chunk, and reference 
 MAX_FRAME_BYTES = MAX_CHUNK_BYTES + (MAX_CHUNK_BYTES >> 8) + (1 << 16)  # zstd's worst case for a chunk
 MAX_SPANS = 1 << 20
 MAX_SEGMENTS = 1 << 16
+MAX_EDITS = 1 << 16  # byte runs replaced in one header; more and the encoder writes the header literally
 
 # entry record flags
 PRE_LITERAL, PRE_PARTNER, PRE_EDITED, PRE_EDITED_CHECKSUM = 0, 1, 2, 3
@@ -236,11 +238,22 @@ class RecordReader:
                 raise BundleFormatError("layer recipe uses a partner it does not name: the bundle is damaged")
         if record.pre_kind == PRE_LITERAL:
             record.pre_len = r.get()
+            # An entry's header is whole tar blocks: so every record but the trailer writes at least
+            # 512 bytes, and the work of a recipe is bounded by the layer size the writer caps (44
+            # million records that write nothing took 154 s).
+            if not record.trailer and (record.pre_len < BLOCK or record.pre_len % BLOCK):
+                raise BundleFormatError("layer recipe has an entry header that is not whole tar blocks: the bundle "
+                                        "is damaged")
         elif record.pre_kind in (PRE_EDITED, PRE_EDITED_CHECKSUM):
+            count = r.get()
+            if count > MAX_EDITS:
+                raise BundleFormatError("layer recipe has too many header edits: the bundle is damaged")
             offset = 0
-            for _ in range(r.get()):
+            for _ in range(count):
                 offset += r.get()
                 length = r.get()
+                if not length:  # never written; allowed, they would let one header take any number of runs
+                    raise BundleFormatError("layer recipe has an empty header edit: the bundle is damaged")
                 record.edits.append((offset, length))
                 offset += length
         if record.data_kind == DATA_REF:

@@ -22,8 +22,9 @@ from typing import BinaryIO, Callable, Iterable
 
 from deltaimg.diff import packages
 from deltaimg.errors import ImageReadError
+from deltaimg.streams import HashingReader
 from deltaimg.images.model import Image
-from deltaimg.tar.split import BLOCK, EXTENSION_TYPES, TRAILER, TarSplitter, parse_pax
+from deltaimg.tar.split import BLOCK, EXTENSION_TYPES, TRAILER, TarSplitter, parse_pax, pax_number
 
 Progress = Callable[[int], None]
 
@@ -57,6 +58,7 @@ class LayerScan:
     """A layer read once: what it deletes from the layers below, and what it puts on top."""
 
     size: int = 0
+    digest: str = ""  # "sha256:..." of the whole tar: what the config's diff_id must say
     whiteouts: list[str] = field(default_factory=list)
     opaque_dirs: list[str] = field(default_factory=list)
     entries: list[tuple[str, Node]] = field(default_factory=list)
@@ -106,31 +108,6 @@ class Filesystem:
         return databases, found
 
 
-class _Counting:
-    """A read-only stream that reports how many bytes pass through it."""
-
-    def __init__(self, stream: BinaryIO, progress: Progress | None) -> None:
-        self._stream = stream
-        self._progress = progress
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        self.count += len(data)
-        if self._progress is not None and data:
-            self._progress(len(data))
-        return data
-
-    def seekable(self) -> bool:
-        return self._stream.seekable()
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        position = self._stream.tell()
-        result = self._stream.seek(offset, whence)
-        self.count += result - position
-        return result
-
-
 def _clean(name: str) -> str:
     path = posixpath.normpath("/" + name).lstrip("/")
     return "" if path == "." else path
@@ -159,8 +136,9 @@ def _header(pre: bytes) -> tuple[bytes, dict[str, str]]:
 
 
 def scan_layer(stream: BinaryIO, hash_files: bool, progress: Progress | None = None) -> LayerScan:
-    """Read one layer tar. Regular files are hashed when ``hash_files``; package databases are always parsed."""
-    counting = _Counting(stream, progress)
+    """Read one layer tar, all of it (its sha256 is :attr:`LayerScan.digest`). Regular files are
+    hashed when ``hash_files``; package databases are always parsed."""
+    counting = HashingReader(stream, progress)  # not seekable: every byte passes, to be checked against the diff_id
     splitter = TarSplitter(counting)  # type: ignore[arg-type]
     scan = LayerScan()
     for entry in splitter:
@@ -177,8 +155,10 @@ def scan_layer(stream: BinaryIO, hash_files: bool, progress: Progress | None = N
             continue
         header, pax = _header(entry.pre)
         mode = _number(header[100:108])
-        uid = int(pax["uid"]) if pax.get("uid", "").isdigit() else _number(header[108:116])
-        gid = int(pax["gid"]) if pax.get("gid", "").isdigit() else _number(header[116:124])
+        uid = pax_number(pax.get("uid"))
+        uid = _number(header[108:116]) if uid is None else uid
+        gid = pax_number(pax.get("gid"))
+        gid = _number(header[116:124]) if gid is None else gid
         xattrs = tuple(sorted((k[len(XATTR):], v) for k, v in pax.items() if k.startswith(XATTR)))
         digest, found, target = "", (), ""
         if kind == "file":
@@ -191,7 +171,8 @@ def scan_layer(stream: BinaryIO, hash_files: bool, progress: Progress | None = N
             target = _clean(entry.linkname)
         size = entry.size if kind == "file" else 0
         scan.entries.append((path, Node(kind, size, digest, mode, uid, gid, target, xattrs, found)))
-    scan.size = counting.count
+    counting.drain()  # the zero blocks after the trailer are in the diff_id too
+    scan.size, scan.digest = counting.size, "sha256:" + counting.digest.hexdigest()
     return scan
 
 
@@ -237,7 +218,11 @@ class _Reader:
         """Scan these layers (in one pass, for an engine's image)."""
         try:
             for diff_id, stream in image.layer_streams(diff_ids):
-                self._kept[diff_id] = scan_layer(stream, self._hash_files, self._progress)
+                scan = scan_layer(stream, self._hash_files, self._progress)
+                if scan.digest != diff_id:  # else the diff would report on files the image does not hold
+                    raise ImageReadError(f"{image.source}: layer {image.diff_ids.index(diff_id)} does not hash to its "
+                                         f"diff_id {diff_id[:19]}; the image is damaged")
+                self._kept[diff_id] = scan
         except (OSError, EOFError) as exc:
             unread = [p for p, d in enumerate(image.diff_ids) if d in diff_ids and d not in self._kept]
             raise ImageReadError(f"{image.source}: cannot read layer {unread[0] if unread else '?'} ({exc})") from None

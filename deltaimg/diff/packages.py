@@ -14,6 +14,7 @@ PEP 440), so a change is classed as an upgrade or a downgrade correctly, e.g. ``
 
 from __future__ import annotations
 
+import collections
 import functools
 import posixpath
 import re
@@ -96,10 +97,10 @@ def _parse_dpkg(text: str) -> tuple[Package, ...]:
         status = fields.get("status", "install ok installed").split()
         if "package" in fields and "version" in fields and status[-1:] == ["installed"]:
             found.append((fields["package"], fields.get("architecture", ""), fields["version"]))
-    names = [name for name, _, _ in found]
+    installed = collections.Counter(name for name, _, _ in found)
     # A Multi-Arch: same package installed for two architectures is two packages: name:arch.
     return tuple(
-        Package("deb", f"{name}:{arch}" if names.count(name) > 1 else name, version) for name, arch, version in found
+        Package("deb", f"{name}:{arch}" if installed[name] > 1 else name, version) for name, arch, version in found
     )
 
 
@@ -173,12 +174,27 @@ def _comparer(ecosystem: str):
     return {"deb": compare_dpkg, "apk": compare_apk, "python": compare_pep440}[ecosystem]
 
 
+def _number(digits: str) -> tuple[int, str]:
+    """A run of ASCII digits as a key that orders as its number does, however long: versions come
+    from the image, and int() refuses more than 4,300 digits."""
+    significant = digits.lstrip("0")
+    return len(significant), significant
+
+
+ZERO = _number("")
+
+
+def _is_digit(char: str) -> bool:
+    """dpkg's isdigit() in the C locale; str.isdigit() also takes '²' and other digits int() refuses."""
+    return "0" <= char <= "9"
+
+
 # --------------------------------------------------------------------------- dpkg
 
 
 def _dpkg_order(char: str) -> int:
     """dpkg's lexical weight: the end of a part and digits 0, '~' below everything, letters before other signs."""
-    if not char or char.isdigit():
+    if not char or _is_digit(char):
         return 0
     if char == "~":
         return -1
@@ -191,31 +207,31 @@ def _dpkg_part(a: str, b: str) -> int:
     """dpkg's verrevcmp: alternate non-digit runs (by weight) and digit runs (numerically)."""
     i = j = 0
     while i < len(a) or j < len(b):
-        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+        while (i < len(a) and not _is_digit(a[i])) or (j < len(b) and not _is_digit(b[j])):
             ac = _dpkg_order(a[i] if i < len(a) else "")
             bc = _dpkg_order(b[j] if j < len(b) else "")
             if ac != bc:
                 return ac - bc
             i, j = i + 1, j + 1
         start_a, start_b = i, j
-        while i < len(a) and a[i].isdigit():
+        while i < len(a) and _is_digit(a[i]):
             i += 1
-        while j < len(b) and b[j].isdigit():
+        while j < len(b) and _is_digit(b[j]):
             j += 1
-        number_a, number_b = int(a[start_a:i] or 0), int(b[start_b:j] or 0)
+        number_a, number_b = _number(a[start_a:i]), _number(b[start_b:j])
         if number_a != number_b:
             return -1 if number_a < number_b else 1
     return 0
 
 
-def _dpkg_split(version: str) -> tuple[int, str, str]:
+def _dpkg_split(version: str) -> tuple[tuple[int, str], str, str]:
     epoch, sep, rest = version.partition(":")
-    if not sep or not epoch.isdigit():
+    if not sep or not epoch or not all(map(_is_digit, epoch)):
         epoch, rest = "0", version
     upstream, sep, revision = rest.rpartition("-")
     if not sep:
         upstream, revision = rest, ""
-    return int(epoch), upstream, revision
+    return _number(epoch), upstream, revision
 
 
 def compare_dpkg(a: str, b: str) -> int:
@@ -231,9 +247,10 @@ def compare_dpkg(a: str, b: str) -> int:
 
 _APK_VERSION = re.compile(
     r"(?P<numbers>\d+(?:\.\d+)*)(?P<letter>[a-z]?)(?P<suffixes>(?:_(?:alpha|beta|pre|rc|cvs|svn|git|hg|p)\d*)*)"
-    r"(?:~[0-9a-f]+)?(?:-r(?P<release>\d+))?"
+    r"(?:~[0-9a-f]+)?(?:-r(?P<release>\d+))?",
+    re.ASCII,
 )
-_APK_SUFFIX = re.compile(r"_(alpha|beta|pre|rc|cvs|svn|git|hg|p)(\d*)")
+_APK_SUFFIX = re.compile(r"_(alpha|beta|pre|rc|cvs|svn|git|hg|p)(\d*)", re.ASCII)
 _APK_SUFFIX_RANK = {"alpha": -4, "beta": -3, "pre": -2, "rc": -1, "cvs": 1, "svn": 2, "git": 3, "hg": 4, "p": 5}
 
 
@@ -241,12 +258,12 @@ def _apk_key(version: str) -> tuple | None:
     match = _APK_VERSION.fullmatch(version)
     if match is None:
         return None
-    suffixes = [(_APK_SUFFIX_RANK[name], int(number or 0)) for name, number in _APK_SUFFIX.findall(match["suffixes"])]
+    suffixes = [(_APK_SUFFIX_RANK[name], _number(number)) for name, number in _APK_SUFFIX.findall(match["suffixes"])]
     return (
-        tuple(int(n) for n in match["numbers"].split(".")),
+        tuple(_number(n) for n in match["numbers"].split(".")),
         match["letter"],
         tuple(suffixes),
-        int(match["release"] or 0),
+        _number(match["release"] or ""),
     )
 
 
@@ -258,8 +275,8 @@ def compare_apk(a: str, b: str) -> int:
     numbers_a, letter_a, suffixes_a, release_a = key_a
     numbers_b, letter_b, suffixes_b, release_b = key_b
     width = max(len(suffixes_a), len(suffixes_b))
-    padded_a = suffixes_a + ((0, 0),) * (width - len(suffixes_a))
-    padded_b = suffixes_b + ((0, 0),) * (width - len(suffixes_b))
+    padded_a = suffixes_a + ((0, ZERO),) * (width - len(suffixes_a))
+    padded_b = suffixes_b + ((0, ZERO),) * (width - len(suffixes_b))
     left, right = (numbers_a, letter_a, padded_a, release_a), (numbers_b, letter_b, padded_b, release_b)
     return (left > right) - (left < right)
 
@@ -272,7 +289,7 @@ _PEP440 = re.compile(
     r"(?:-(?P<post_implicit>\d+)|[-_.]?(?:post|rev|r)[-_.]?(?P<post>\d*))?"
     r"(?:[-_.]?dev[-_.]?(?P<dev>\d*))?"
     r"(?:\+(?P<local>[a-z0-9]+(?:[-_.][a-z0-9]+)*))?",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 _PRE_RANK = {"a": 0, "alpha": 0, "b": 1, "beta": 1, "c": 2, "rc": 2, "pre": 2, "preview": 2}
 
@@ -281,21 +298,21 @@ def _pep440_key(version: str) -> tuple | None:
     match = _PEP440.fullmatch(version.strip())
     if match is None:
         return None
-    release = [int(n) for n in match["release"].split(".")]
-    while len(release) > 1 and release[-1] == 0:
+    release = [_number(n) for n in match["release"].split(".")]
+    while len(release) > 1 and release[-1] == ZERO:
         release.pop()
     has_post = match["post_implicit"] is not None or match.group("post") is not None
-    post = (0, int(match["post_implicit"] or match["post"] or 0)) if has_post else (-1, 0)
+    post = (0, _number(match["post_implicit"] or match["post"] or "")) if has_post else (-1, ZERO)
     has_dev = match["dev"] is not None
     if match["pre_label"]:
-        pre = (0, _PRE_RANK[match["pre_label"].lower()], int(match["pre"] or 0))
+        pre = (0, _PRE_RANK[match["pre_label"].lower()], _number(match["pre"] or ""))
     else:  # 1.0.dev1 < 1.0a1 < 1.0; a final release sorts after its pre-releases
-        pre = (-1, 0, 0) if has_dev and not has_post else (1, 0, 0)
-    dev = (0, int(match["dev"] or 0)) if has_dev else (1, 0)
+        pre = (-1, 0, ZERO) if has_dev and not has_post else (1, 0, ZERO)
+    dev = (0, _number(match["dev"] or "")) if has_dev else (1, ZERO)
     # local labels: compared segment by segment, a number above any letters
-    local = tuple((1, int(part), "") if part.isdigit() else (0, 0, part.lower())
+    local = tuple((1, _number(part), "") if part and all(map(_is_digit, part)) else (0, ZERO, part.lower())
                   for part in re.split(r"[-_.]", match["local"] or ""))
-    return int(match["epoch"] or 0), tuple(release), pre, post, dev, local
+    return _number(match["epoch"] or ""), tuple(release), pre, post, dev, local
 
 
 def compare_pep440(a: str, b: str) -> int:

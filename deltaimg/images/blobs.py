@@ -12,10 +12,10 @@ import os
 import posixpath
 import tarfile
 import zlib
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from deltaimg import streams
-from deltaimg.errors import ImageReadError
+from deltaimg.errors import ImageReadError, printable
 from deltaimg.zstdlib import zstd
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -103,7 +103,7 @@ def _index_tar(path: str) -> tuple[dict[str, tuple[int, int]], set[str]]:
     links: dict[str, str] = {}
     try:
         with tarfile.open(path, "r:") as tar:
-            for info in tar:
+            for info in _members(tar, path, os.path.getsize(path)):
                 name = posixpath.normpath(info.name.lstrip("/"))
                 if info.isreg():
                     members[name] = (info.offset_data, info.size)
@@ -125,6 +125,25 @@ def _index_tar(path: str) -> tuple[dict[str, tuple[int, int]], set[str]]:
         elif _leaves(target):
             outside.add(name)
     return members, outside
+
+
+def _members(tar: tarfile.TarFile, path: str, file_size: int) -> Iterator[tarfile.TarInfo]:
+    """The archive's members in order, each checked to lie within the file and after the one
+    before it. tarfile believes a header's size: a negative one (base-256 allows it) sends it
+    back to the same header forever, collecting it each time."""
+    previous = -1
+    while True:
+        info = tar.next()
+        if info is None:
+            return
+        tar.members.clear()  # tarfile keeps every member it read; the index is all that is needed
+        if info.size < 0 or info.offset <= previous or info.offset_data + info.size > file_size:
+            raise ImageReadError(
+                f"{path}: not a readable tar archive (member '{printable(info.name)}' at offset {info.offset} "
+                f"declares {info.size} bytes, outside the file); the archive is damaged or was not written by a tar tool"
+            )
+        previous = info.offset
+        yield info
 
 
 def open_decompressed(opener: Callable[[], BinaryIO], what: str) -> BinaryIO:

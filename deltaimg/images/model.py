@@ -72,6 +72,12 @@ def parse_config(config_bytes: bytes, source: str) -> dict:
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list) or not all(map(is_digest, diff_ids)):
         raise ImageReadError(f"{source}: image config has no valid rootfs.diff_ids")
+    container = config.get("config")
+    if container is not None and not isinstance(container, dict):
+        raise ImageReadError(f"{source}: image config's config is not a JSON object; the image is malformed")
+    labels = (container or {}).get("Labels")
+    if labels is not None and not (isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())):
+        raise ImageReadError(f"{source}: image config's config.Labels is not an object of strings; the image is malformed")
     return config
 
 

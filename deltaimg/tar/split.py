@@ -156,8 +156,9 @@ class TarSplitter:
                     if len(ext) < BLOCK:
                         return self._trailer(index, start, bytes(pre))
                     extended = ext[504]
-            if "size" in pax and pax["size"].isdigit():
-                size = int(pax["size"])
+            pax_size = pax_number(pax.get("size"))
+            if pax_size is not None:
+                size = pax_size
             if typeflag in HEADER_ONLY_TYPES:
                 size = 0
             return Entry(
@@ -235,6 +236,15 @@ def _number(field: bytes) -> int | None:
         value = int.from_bytes(field[1:], "big")
         return -value if field[0] & 0x40 else value
     return _octal(field)
+
+
+def pax_number(value: str | None) -> int | None:
+    """A PAX record's decimal number (size, uid, gid), or None where it holds none: only ASCII
+    digits, at most 20 (str.isdigit() also takes '²', which int() refuses, and int() refuses
+    numbers of more than 4,300 digits)."""
+    if value is None or not 0 < len(value) <= 20 or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
 
 
 def parse_pax(body: bytes) -> dict[str, str]:
