@@ -152,3 +152,13 @@ def test_the_store_is_not_read_when_told_not_to_or_on_another_driver(docker_clie
     monkeypatch.setattr(docker_client, "info", lambda: {**info, "Driver": "vfs"})
     assert read_layers(DockerEngine(docker_client), store) == {d: d for d in store.diff_ids}
     assert exports == [store.image_id] * 4
+
+
+def test_a_tar_split_file_that_is_not_gzip_is_one_engine_error(docker_client, store):
+    with open(store.split, "wb") as f:
+        f.write(b"not gzip at all")
+    with pytest.raises(EngineError) as caught:
+        read_layers(DockerEngine(docker_client), store)
+    assert str(caught.value).startswith(f"Docker's layer store: cannot reassemble a layer from {store.split}: ")
+    assert str(caught.value).endswith("; the store may be damaged (docker save of the image would fail the same way): "
+                                      "re-pull or reload the image")

@@ -224,3 +224,13 @@ def test_apply_with_no_engine_to_reach_exits_20_on_one_line_and_writes_nothing(e
     assert result.stderr.endswith("start dockerd (scripts/ensure-docker does) or point DOCKER_HOST at a running engine\n")
     assert result.stderr.count("\n") == 1
     assert sorted(str(p.relative_to(state)) for p in state.rglob("*")) == ["lock", "work"]  # no journal entry: nothing began
+
+
+def test_engine_options_with_an_archive_rebuild_are_refused_instead_of_ignored(example_pair, example_bundle, keypair, tmp_path):
+    out = tmp_path / "out.tar"
+    result = run_cli("apply", example_bundle, "--trust", keypair[1], "--base", example_pair[0], "-o", str(out),
+                     "--dry-run", "--no-swap")
+    assert result.returncode == UsageError.exit_code
+    assert result.stderr == ("deltaimg: error: --dry-run, --no-swap are for an apply into the engine; --base and --output "
+                             "rebuild an archive and touch no engine: leave them out\n")
+    assert not out.exists()

@@ -118,7 +118,7 @@ def plan(engine: Engine, info: dict, base_image: dict, target_image: dict, targe
         paused=bool(state.get("Running") and state.get("Paused")),
         config=config,
         networks=others,
-        stop_timeout=info["Config"].get("StopTimeout") or DEFAULT_STOP_TIMEOUT,
+        stop_timeout=DEFAULT_STOP_TIMEOUT if info["Config"].get("StopTimeout") is None else info["Config"]["StopTimeout"],
         depends_on=describe_links(info, set_names),
     )
 

@@ -133,6 +133,12 @@ def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str]
             raise UsageError("--base and --output go together (rebuild into an archive); give both or neither")
         if len(paths) != 1:
             raise UsageError("--base and --output rebuild one bundle; give exactly one")
+        engine_only = [name for name, given in (("--dry-run", dry_run), ("--container", container), ("--no-swap", no_swap),
+                                                ("--engine", engine), ("--retry", retry), ("--state-dir", state_dir),
+                                                ("--wait", wait), ("--log-format json", log_format == "json")) if given]
+        if engine_only:
+            raise UsageError(f"{', '.join(engine_only)} {'is' if len(engine_only) == 1 else 'are'} for an apply into the "
+                             "engine; --base and --output rebuild an archive and touch no engine: leave them out")
         from deltaimg import progress
         from deltaimg.apply.archive import apply_to_archive
         from deltaimg.apply.rebuild import read_rebuild, rebuild_size

@@ -28,6 +28,7 @@ import json
 import os
 import re
 import stat
+import zlib
 from typing import BinaryIO, Iterator
 
 from deltaimg.errors import EngineError
@@ -95,6 +96,15 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
 
 
 def _reassemble(split: str, diff_dir: str) -> Iterator[bytes]:
+    """The layer's bytes; whatever goes wrong once its read began (a damaged gzip, an unreadable
+    file, a name the file system refuses) is one :class:`EngineError`."""
+    try:
+        yield from _pieces(split, diff_dir)
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise _damaged(f"cannot reassemble a layer from {split}: {exc}") from None
+
+
+def _pieces(split: str, diff_dir: str) -> Iterator[bytes]:
     root = os.path.realpath(diff_dir)
     with gzip.open(split, "rb") as records:
         while True:

@@ -254,7 +254,7 @@ class DockerEngine:
             for message in self.client.api.load_image(body):
                 if message.get("error") or message.get("errorDetail"):
                     detail = message.get("errorDetail") or {}
-                    reason = one_line(detail.get("message") or message["error"])
+                    reason = one_line(detail.get("message") or message.get("error") or "no reason given")
                     # A missing layer file is what a thin archive whose base the engine lacks gives.
                     hint = "; load its base image first" if "layer.tar: no such file" in reason else ""
                     if "archive/tar:" in reason:  # Go's tar reader refuses a layer that deltaimg carries byte for byte
