@@ -86,3 +86,12 @@ def part_spans(parts: list[tuple[str, int]]) -> list[tuple[int, int]]:
         spans.append((start, start + size))
         start += size
     return spans
+
+
+def starts_a_bundle(path: str) -> bool:
+    """Whether the file at ``path`` begins with the bundle magic (a bundle, or a split bundle's first part)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False

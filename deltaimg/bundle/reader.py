@@ -10,7 +10,7 @@ from typing import BinaryIO, Callable
 from deltaimg import streams
 from deltaimg.bundle import signing
 from deltaimg.bundle.format import (FORMAT_VERSION, MAGIC, MAX_MANIFEST, MAX_PARTS, MAX_SIGNATURE, PART_SUFFIX,
-                                    U32, manifest_json, parse_signature_block, part_path)
+                                    U32, manifest_json, parse_signature_block, part_path, starts_a_bundle)
 from deltaimg.bundle.verify import verify_payloads
 from deltaimg.bundle.manifest import Manifest, PayloadRecord, Split, parse_manifest
 from deltaimg.errors import BundleFormatError, BundlePartError, IntegrityError
@@ -169,7 +169,7 @@ def bundle_files(paths: list[str]) -> list[str]:
     result: list[str] = []
     for path in found:
         match = PART_SUFFIX.search(path)
-        if match and match.group(1) != "001" and not _starts_a_bundle(path):
+        if match and match.group(1) != "001" and not starts_a_bundle(path):
             if part_path(path[:-4], 1) in found:
                 continue
             raise BundlePartError(f"{path} is part {int(match.group(1))} of a split bundle; pass its first part "
@@ -177,11 +177,3 @@ def bundle_files(paths: list[str]) -> list[str]:
         if path not in result:
             result.append(path)
     return result
-
-
-def _starts_a_bundle(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False

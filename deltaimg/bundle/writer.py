@@ -10,7 +10,7 @@ import tempfile
 from typing import BinaryIO, Callable
 
 from deltaimg.bundle import signing
-from deltaimg.bundle.format import COPY_CHUNK, FORMAT_VERSION, MAGIC, MAX_PARTS, U32, encode_manifest, part_path, signature_block
+from deltaimg.bundle.format import COPY_CHUNK, FORMAT_VERSION, MAGIC, MAX_PARTS, U32, encode_manifest, part_path, signature_block, starts_a_bundle
 from deltaimg.errors import OutputError, UsageError
 
 SPLIT_HEADER_SLACK = 256  # room for the part hashes' effect on the compressed manifest's length
@@ -188,18 +188,10 @@ def _earlier_bundle(output: str, force: bool) -> set[str]:
             raise OutputError(f"{existing[0]} exists; pass --force to replace it, or choose another -o")
         named = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
         raise OutputError(f"{named} exist; pass --force to replace them, or choose another -o")
-    ours = {output} if _is_bundle(output) else set()
-    if _is_bundle(part_path(output, 1)):
+    ours = {output} if starts_a_bundle(output) else set()
+    if starts_a_bundle(part_path(output, 1)):
         ours.update(_parts_after(output, 0))
     return ours
-
-
-def _is_bundle(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
 
 
 def _parts_after(stem: str, count: int) -> list[str]:

@@ -76,19 +76,16 @@ class DockerEngine:
 
     def find_image(self, image_id_or_ref: str) -> dict | None:
         """The engine's inspect data for an image, or None when the engine has no such image."""
-        try:
-            return self.client.api.inspect_image(image_id_or_ref)
-        except docker.errors.ImageNotFound:
-            return None
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineError(f"cannot inspect image {image_id_or_ref}: {one_line(exc)}") from None
+        with _engine_errors(f"cannot inspect image {image_id_or_ref}"):
+            try:
+                return self.client.api.inspect_image(image_id_or_ref)
+            except docker.errors.ImageNotFound:
+                return None
 
     def tagged_images(self) -> list[dict]:
         """The engine's tagged images (the list ``docker images`` shows)."""
-        try:
+        with _engine_errors("cannot list the engine's images"):
             return self.client.api.images()
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineError(f"cannot list the engine's images: {one_line(exc)}") from None
 
     def read_config(self, image_ref: str, names: dict[str, str] | None = None) -> bytes:
         """The exact config bytes of an image (the Engine API has no call for them but ``docker save``).
@@ -226,10 +223,8 @@ class DockerEngine:
 
         Docker's graphdriver store does; Podman's Docker-compatible API does not.
         """
-        try:
+        with _engine_errors("cannot ask the engine its version"):
             components = self.client.version().get("Components") or []
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineError(f"cannot ask the engine its version: {one_line(exc)}") from None
         return not any("podman" in str(c.get("Name", "")).lower() for c in components)
 
     def layer_blobs(self, image_id: str) -> list[dict] | None:
@@ -240,12 +235,11 @@ class DockerEngine:
         """Point each ``repo[:tag]`` at ``image_id`` (moving it if it names another image)."""
         for name in tags:
             repo, version = docker.utils.parse_repository_tag(name)
-            try:
+            with _engine_errors(f"cannot tag {image_id} as {name}"):
                 self.client.api.tag(image_id, repo, version or "latest", force=True)
-            except (docker.errors.DockerException, requests.RequestException) as exc:
-                raise EngineError(f"cannot tag {image_id} as {name}: {one_line(exc)}") from None
 
     def _load(self, stream: BinaryIO, what: str) -> list[str]:
+        """Send ``stream`` to the engine's load; the names it reports (an adapter may load another way)."""
         # A generator body is sent with chunked encoding in fixed-size reads; handing requests the
         # file object itself would make it iterate a pipe by "lines" of unbounded length.
         body = iter(lambda: stream.read(CHUNK), b"")
@@ -274,32 +268,25 @@ class DockerEngine:
 
 
     def all_images(self) -> list[dict]:
-        try:
+        with _engine_errors("cannot list the engine's images"):
             return self.client.api.images(all=True)
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineError(f"cannot list the engine's images: {one_line(exc)}") from None
 
     def data_root(self) -> str | None:
-        try:
+        with _engine_errors("cannot ask the engine for its data root"):
             return self.client.info().get("DockerRootDir")
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineError(f"cannot ask the engine for its data root: {one_line(exc)}") from None
 
     # -- containers
 
     def containers(self) -> list[dict]:
-        try:
+        with _engine_errors("cannot list containers"):
             return self.client.api.containers(all=True)
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineError(f"cannot list containers: {one_line(exc)}", one_line(exc)) from None
 
     def inspect_container(self, ref: str) -> dict | None:
-        try:
-            return self.client.api.inspect_container(ref)
-        except docker.errors.NotFound:
-            return None
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineError(f"cannot inspect container {ref}: {one_line(exc)}", one_line(exc)) from None
+        with _engine_errors(f"cannot inspect container {ref}"):
+            try:
+                return self.client.api.inspect_container(ref)
+            except docker.errors.NotFound:
+                return None
 
     def create_container(self, body: dict, name: str) -> str:
         with _engine_errors(f"cannot create container {name}"):

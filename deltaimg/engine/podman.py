@@ -12,7 +12,6 @@ before reading it; the thin archive keeps that copy to the rebuilt layers.
 from __future__ import annotations
 
 import json
-import os
 from typing import BinaryIO
 
 import docker
@@ -20,7 +19,7 @@ import docker.errors
 import requests
 
 from deltaimg.engine.dockerd import API_TIMEOUT, CHUNK, PROBE_TIMEOUT, DockerEngine, one_line
-from deltaimg.errors import EngineError, ImageReadError, printable
+from deltaimg.errors import EngineError, printable
 from deltaimg.tar.oci_writer import MEDIA_LAYER
 
 DEFAULT_SOCKET = "unix:///run/podman/podman.sock"
@@ -58,17 +57,9 @@ class PodmanEngine(DockerEngine):
             raise EngineError(f"Podman does not list the layers of {image_id[:19]}")
         return [{"mediaType": MEDIA_LAYER, "digest": diff_id} for diff_id in layers]
 
-    def load_archive(self, stream_or_path: BinaryIO | str | os.PathLike) -> list[str]:
-        """Load a docker save or an OCI archive; the names Podman reports loading."""
-        if not isinstance(stream_or_path, (str, os.PathLike)):
-            return load_oci_archive(self.client, stream_or_path, "the archive")
-        path = os.fspath(stream_or_path)
-        try:
-            stream = open(path, "rb")
-        except OSError as exc:
-            raise ImageReadError(f"cannot open {path}: {exc.strerror}") from None
-        with stream:
-            return load_oci_archive(self.client, stream, path)
+    def _load(self, stream: BinaryIO, what: str) -> list[str]:
+        """Load a docker save or an OCI archive through the libpod API; the names Podman reports loading."""
+        return load_oci_archive(self.client, stream, what)
 
 
 def load_oci_archive(client: docker.DockerClient, stream: BinaryIO, what: str) -> list[str]:
