@@ -129,7 +129,7 @@ def apply_to_engine(bundle: Bundle, engine: Engine, *, containers: list[str] | N
             outcome.swapped = swap.swap_containers(engine, rebuild.base_id, rebuild.target_id, names=containers,
                                                    target_tags=rebuild.target_tags, grace=grace, dry_run=dry_run,
                                                    log=log, observer=observer)
-    if swap_containers and engine.swaps_containers and (present or not dry_run):
+    if swap_containers and engine.swaps_containers:
         outcome.services = swarm.update_services(engine, rebuild, bundle.manifest.base.tags, dry_run, log)
     return outcome
 
