@@ -36,7 +36,7 @@ from deltaimg.tar.oci_writer import write_oci_image
 
 from deltaimg.engine.interface import Engine
 
-from deltaimg.apply import swap
+from deltaimg.apply import swap, swarm
 from deltaimg.apply.rebuild import Rebuild, bind_base, layer_sources, load_target_config, read_rebuild, rebuild_size
 from deltaimg.bundle.manifest import Method
 from deltaimg.bundle.reader import Bundle
@@ -52,6 +52,7 @@ class EngineOutcome:
     image_id: str
     loaded: bool  # False: the target was already in the engine
     swapped: list[swap.SwapResult] = field(default_factory=list)
+    services: list[dict] = field(default_factory=list)  # Swarm services updated (deltaimg.apply.swarm)
 
 
 def shared_prefix(rebuild: Rebuild) -> int:
@@ -128,6 +129,8 @@ def apply_to_engine(bundle: Bundle, engine: Engine, *, containers: list[str] | N
             outcome.swapped = swap.swap_containers(engine, rebuild.base_id, rebuild.target_id, names=containers,
                                                    target_tags=rebuild.target_tags, grace=grace, dry_run=dry_run,
                                                    log=log, observer=observer)
+    if swap_containers and engine.swaps_containers:
+        outcome.services = swarm.update_services(engine, rebuild, bundle.manifest.base.tags, dry_run, log)
     return outcome
 
 

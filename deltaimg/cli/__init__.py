@@ -126,7 +126,7 @@ def diff(base: str, target: str, platform: Optional[str], limit: int, as_json: b
 def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str], base: Optional[str],
           output: Optional[str], force: bool, platform: Optional[str], container: Optional[List[str]],
           no_swap: bool, grace: float, dry_run: bool, state_dir: Optional[str], engine: Optional[str], wait: float,
-          allow_downgrade: bool, retry: bool, log_format: str, as_json: bool, quiet: bool) -> None:
+          allow_downgrade: bool, retry: bool, log_format: str, receipts: bool, as_json: bool, quiet: bool) -> None:
     """Verify bundles, rebuild the target images byte-exactly, load them into the engine and swap their containers."""
     if base or output:
         if not (base and output):
@@ -135,7 +135,8 @@ def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str]
             raise UsageError("--base and --output rebuild one bundle; give exactly one")
         engine_only = [name for name, given in (("--dry-run", dry_run), ("--container", container), ("--no-swap", no_swap),
                                                 ("--engine", engine), ("--retry", retry), ("--state-dir", state_dir),
-                                                ("--wait", wait), ("--log-format json", log_format == "json")) if given]
+                                                ("--wait", wait), ("--log-format json", log_format == "json"),
+                                                ("--receipts", receipts)) if given]
         if engine_only:
             raise UsageError(f"{', '.join(engine_only)} {'is' if len(engine_only) == 1 else 'are'} for an apply into the "
                              "engine; --base and --output rebuild an archive and touch no engine: leave them out")
@@ -162,7 +163,7 @@ def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str]
                                  state_dir=state_dir_path(state_dir), wait=wait, containers=container or None,
                                  swap=not no_swap, grace=grace, dry_run=dry_run, allow_downgrade=allow_downgrade,
                                  retry=retry, progress_bars=not (quiet or as_json or log_format == "json"),
-                                 engine=engine)
+                                 engine=engine, receipts=receipts)
     unattended.run(options, reporter)
     if isinstance(reporter, runlog.Collected):
         _emit(True, reporter.report(), [])
@@ -191,7 +192,16 @@ def status(state_dir: Optional[str], limit: int, as_json: bool) -> None:
     attempts = state.journal.attempts()
     shown = attempts[-limit:] if limit > 0 else attempts
     running = holder(state.lock_path)
-    data, lines = report.status(state.path, shown, len(attempts), running)
+    data, lines = report.status(state.path, shown, len(attempts), running, state.journal.kept_receipts())
+    _emit(as_json, data, lines)
+
+
+def receipts(directory: str, as_json: bool) -> None:
+    """Show the receipts hosts wrote onto a stick (DIR/receipts/*.json): which took the update."""
+    from deltaimg.apply.receipts import read_all
+
+    folder, rows, left_out = read_all(directory)
+    data, lines = report.receipts(folder, rows, left_out)
     _emit(as_json, data, lines)
 
 
@@ -257,4 +267,4 @@ def _interrupted() -> NoReturn:
 
 COMMANDS: dict[str, Callable[..., Optional[int]]] = {
     "keygen": keygen, "make": make, "verify": verify, "inspect": inspect, "diff": diff, "apply": apply,
-    "status": status, "demo": demo, "version": version}
+    "status": status, "receipts": receipts, "demo": demo, "version": version}

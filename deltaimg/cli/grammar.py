@@ -136,6 +136,8 @@ def _apply(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry", action="store_true", help="try again a bundle whose last attempt was rolled back")
     p.add_argument("--log-format", metavar="text|json", default="text",
                    help="text: readable lines (default); json: one JSON object per line (for cron and log collectors)")
+    p.add_argument("--receipts", action="store_true",
+                   help="write this run's receipt into receipts/ beside the bundles (a stick carried to many hosts)")
     _json(p)
     _quiet(p)
 
@@ -143,6 +145,11 @@ def _apply(p: argparse.ArgumentParser) -> None:
 def _status(p: argparse.ArgumentParser) -> None:
     _state_dir(p)
     p.add_argument("--limit", metavar="N", type=int, default=20, help="show the last N attempts (0: all; default 20)")
+    _json(p)
+
+
+def _receipts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", metavar="DIR", help="a stick (its receipts/ folder is read) or a receipts folder")
     _json(p)
 
 
@@ -158,7 +165,7 @@ def _version(p: argparse.ArgumentParser) -> None:
 
 GRAMMAR: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "keygen": _keygen, "make": _make, "verify": _verify, "inspect": _inspect, "diff": _diff, "apply": _apply,
-    "status": _status, "demo": _demo, "version": _version}
+    "status": _status, "receipts": _receipts, "demo": _demo, "version": _version}
 EPILOGS = {"apply": APPLY_EPILOG}
 
 
