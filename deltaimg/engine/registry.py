@@ -224,6 +224,9 @@ class Registry:
 
     def _fail(self, response: http.client.HTTPResponse, what: str) -> RegistryError:
         body = _read_capped(response, MAX_SMALL)
+        if response.status == 400 and not self.secure and b"HTTPS" in body:
+            return RegistryError(f"the registry {self.host} serves HTTPS: pass --ca-file with the CA certificate that "
+                                 "signed its certificate (plain HTTP is only for this host, without --ca-file)")
         detail = ""
         try:
             errors = json.loads(body).get("errors") or []
