@@ -154,6 +154,12 @@ class JournalError(DeltaimgError):
     exit_code = 29
 
 
+class RegistryError(DeltaimgError):
+    """A registry cannot be reached, refused the credentials or a push, or lacks the base image."""
+
+    exit_code = 31
+
+
 class SwarmError(DeltaimgError):
     """A Swarm service's rolling update onto the target failed (rolled back or paused) or did not converge in time."""
 

@@ -26,7 +26,7 @@ import os
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable
 
 from deltaimg import faults
 
@@ -37,13 +37,12 @@ from deltaimg.tar.oci_writer import write_oci_image
 from deltaimg.engine.interface import Engine
 
 from deltaimg.apply import swap, swarm
-from deltaimg.apply.rebuild import Rebuild, bind_base, layer_sources, load_target_config, read_rebuild, rebuild_size
+from deltaimg.apply.rebuild import Rebuild, base_reads, bind_base, layer_sources, load_target_config, read_rebuild, rebuild_size
 from deltaimg.bundle.manifest import Method
 from deltaimg.bundle.reader import Bundle
-from deltaimg.delta.decoder import base_references
 from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError
 from deltaimg.images.daemon import open_daemon_image
-from deltaimg.delta.base_content import BaseContent, BaseRead
+from deltaimg.delta.base_content import BaseContent
 from deltaimg.progress import Advance
 
 
@@ -94,7 +93,7 @@ def load_size(engine: Engine, rebuild: Rebuild) -> int:
 def check_base_layers(bundle: Bundle, rebuild: Rebuild) -> None:
     """Refuse, before the engine exports anything, deltas that read a base layer the base lacks
     (:func:`bind_base` checked the layers the target takes whole)."""
-    used = {reference[0] for reference in _references(bundle, rebuild)}
+    used = {reference[0] for reference in base_reads(bundle, rebuild)}
     if any(index >= len(rebuild.base_diff_ids) for index in used):
         raise BundleFormatError(f"{bundle.path}: a layer delta refers to base layer {max(used)}, which the base "
                                 "lacks: the bundle is damaged")
@@ -169,7 +168,7 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
             faults.killpoint("rebuild")
             base.fetch(whole)
             with BaseContent(base, workdir, partial=True) as content, open(archive, "wb") as out:
-                content.fetch_entries(_references(bundle, rebuild))
+                content.fetch_entries(base_reads(bundle, rebuild))
                 sources = layer_sources(bundle, rebuild, content, advance)
                 if blobs is None:
                     thin = [(d, size, None if position in held else fill) for position, (d, size, fill) in enumerate(sources)]
@@ -206,14 +205,6 @@ def check_loadable(archive: str, bundle: Bundle, rebuild: Rebuild, held: set[int
                 raise EngineError(f"layer {position} ({diff_id}) of {bundle.manifest.target.name} {problem}, which "
                                   "Docker's tar reader rejects, so docker load would fail; nothing was loaded. "
                                   "Make the target image with a standard tar writer and make the bundle again")
-
-
-def _references(bundle: Bundle, rebuild: Rebuild) -> Iterator[BaseRead]:
-    """What rebuilding the target's delta layers reads of the base."""
-    for layer in rebuild.layers:
-        if layer.method is Method.DELTA:
-            with bundle.open_payload(layer.payload) as payload:  # type: ignore[arg-type]
-                yield from base_references(payload)
 
 
 class _Upload:

@@ -126,8 +126,23 @@ def diff(base: str, target: str, platform: Optional[str], limit: int, as_json: b
 def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str], base: Optional[str],
           output: Optional[str], force: bool, platform: Optional[str], container: Optional[List[str]],
           no_swap: bool, grace: float, dry_run: bool, state_dir: Optional[str], engine: Optional[str], wait: float,
-          allow_downgrade: bool, retry: bool, log_format: str, receipts: bool, as_json: bool, quiet: bool) -> None:
+          allow_downgrade: bool, retry: bool, log_format: str, receipts: bool, as_json: bool, quiet: bool,
+          to: Optional[str] = None, source: Optional[str] = None, ca_file: Optional[str] = None) -> None:
     """Verify bundles, rebuild the target images byte-exactly, load them into the engine and swap their containers."""
+    if to or source or ca_file:
+        if not to:
+            raise UsageError("--from and --ca-file go with --to docker://HOST/REPO[:TAG] (push into a registry)")
+        engine_only = [name for name, given in (("--base", base), ("--output", output), ("--dry-run", dry_run),
+                                                ("--container", container), ("--no-swap", no_swap), ("--engine", engine),
+                                                ("--retry", retry), ("--state-dir", state_dir), ("--wait", wait),
+                                                ("--log-format json", log_format == "json")) if given]
+        if engine_only:
+            raise UsageError(f"{', '.join(engine_only)} cannot go with --to, which pushes into a registry and touches "
+                             "no engine: leave them out")
+        if len(paths) != 1:
+            raise UsageError("--to pushes one bundle's target; give exactly one bundle")
+        _apply_to_registry(paths[0], trust, trust_dir, to, source, ca_file, platform, allow_downgrade, as_json, quiet)
+        return
     if base or output:
         if not (base and output):
             raise UsageError("--base and --output go together (rebuild into an archive); give both or neither")
@@ -167,6 +182,27 @@ def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str]
     unattended.run(options, reporter)
     if isinstance(reporter, runlog.Collected):
         _emit(True, reporter.report(), [])
+
+
+def _apply_to_registry(path: str, trust: Optional[List[str]], trust_dir: Optional[str], to: str, source: Optional[str],
+                       ca_file: Optional[str], platform: Optional[str], allow_downgrade: bool, as_json: bool,
+                       quiet: bool) -> None:
+    from deltaimg import progress
+    from deltaimg.apply.registry import apply_to_registry
+    from deltaimg.engine.registry import parse_reference
+    from deltaimg.units import human_size
+
+    target = parse_reference(to, "--to")
+    base = parse_reference(source, "--from") if source else None
+    opened = _open(path, trust, trust_dir, quiet or as_json)
+    lines: list[str] = []
+    with progress.bar("apply", None, not (quiet or as_json)) as advance:
+        pushed = apply_to_registry(opened, target, base, ca_file, platform, lines.append, advance, allow_downgrade)
+    if not pushed.already:
+        lines.append(f"{pushed.target}: {pushed.image_id[:19]} pushed ({pushed.uploaded} layer(s) uploaded, "
+                     f"{pushed.mounted} mounted from {pushed.source.rsplit(':', 1)[0]}, {pushed.present} already there); "
+                     f"{human_size(pushed.bytes_pushed)} pushed of {human_size(pushed.image_bytes)}, the whole image")
+    _emit(as_json, {"bundle": path, "outcome": "already there" if pushed.already else "pushed", **pushed.as_json()}, lines)
 
 
 def _reporter(log_format: str, as_json: bool):
