@@ -15,25 +15,23 @@ none and creates none (``swaps_containers`` is False); the operator rolls the wo
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import platform
 import re
-import zlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from deltaimg.codec import layer_blob
 
 from deltaimg.engine.ctr import MAX_LISTING, Ctr, DEFAULT_ADDRESS, DEFAULT_NAMESPACE, K3S_ADDRESS
 from deltaimg.errors import EngineError, ImageReadError, IntegrityError, printable
 from deltaimg.safejson import load_json
 from deltaimg.streams import HashingReader
-from deltaimg.zstdlib import zstd
 
 MAX_LAYERS = 1000  # more layers than any engine mounts
 MAX_INDEX_ENTRIES = 1 << 12
-ZSTD_WINDOW_LOG_MAX = 27  # what `zstd -d` accepts without --long
 INDEX_TYPES = {"application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json"}
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -135,8 +133,8 @@ class ContainerdEngine:
             if diff_id not in wanted_diff_ids or diff_id in seen:
                 continue
             seen.add(diff_id)
-            with _decompressed(self.ctr.open_blob(descriptor["digest"]), descriptor) as stream:
-                reader = HashingReader(_Decoding(stream, descriptor["digest"]))  # type: ignore[arg-type]
+            with open_layer(self.ctr.open_blob, descriptor, "containerd's content store") as stream:
+                reader = HashingReader(stream)
                 yield diff_id, reader  # type: ignore[misc]
                 reader.drain()
             if "sha256:" + reader.digest.hexdigest() != diff_id:
@@ -247,40 +245,7 @@ class ContainerdEngine:
         return image
 
     def _read_image(self, digest: str) -> ContainerdImage:
-        manifest = self._manifest_for_platform(digest)
-        config, layers = manifest.get("config"), manifest.get("layers")
-        if not (isinstance(config, dict) and _is_digest(config.get("digest")) and isinstance(layers, list)
-                and len(layers) <= MAX_LAYERS and all(isinstance(d, dict) and _is_digest(d.get("digest")) for d in layers)):
-            raise ImageReadError(f"containerd manifest {digest[:19]} is malformed")
-        config_bytes = self._blob(config["digest"])
-        parsed = load_json(config_bytes, f"containerd config {config['digest'][:19]}", "any image config does")
-        diff_ids = ((parsed if isinstance(parsed, dict) else {}).get("rootfs") or {}).get("diff_ids")
-        if not (isinstance(diff_ids, list) and all(_is_digest(d) for d in diff_ids) and len(diff_ids) == len(layers)):
-            raise ImageReadError(f"containerd manifest {digest[:19]}: its config and manifest list different layers")
-        return ContainerdImage(digest, config_bytes, tuple(diff_ids), tuple(layers))
-
-    def _manifest_for_platform(self, digest: str) -> dict:
-        document = self._json_blob(digest)
-        if document.get("mediaType") not in INDEX_TYPES and "manifests" not in document:
-            return document
-        entries = document.get("manifests")
-        if not isinstance(entries, list) or len(entries) > MAX_INDEX_ENTRIES:
-            raise ImageReadError(f"containerd index {digest[:19]} is malformed")
-        arch = _ARCH.get(platform.machine(), platform.machine())
-        for entry in entries:
-            wanted = isinstance(entry, dict) and isinstance(entry.get("platform"), dict) \
-                and entry["platform"].get("os") == "linux" and entry["platform"].get("architecture") == arch
-            if wanted and _is_digest(entry.get("digest")):
-                manifest = self._json_blob(entry["digest"])
-                if "manifests" not in manifest:
-                    return manifest
-        raise ImageReadError(f"containerd index {digest[:19]} has no linux/{arch} manifest")
-
-    def _json_blob(self, digest: str) -> dict:
-        document = load_json(self._blob(digest), f"containerd manifest {digest[:19]}", "any manifest does")
-        if not isinstance(document, dict):
-            raise ImageReadError(f"containerd manifest {digest[:19]} is not a JSON object")
-        return document
+        return read_image(digest, self._blob)
 
     def _blob(self, digest: str) -> bytes:
         data = self.ctr.run("content", "get", digest)
@@ -288,6 +253,47 @@ class ContainerdEngine:
             raise IntegrityError(f"containerd's blob {digest[:19]} does not hash to its digest; the content store "
                                  "may be damaged")
         return data
+
+
+def read_image(digest: str, blob: Callable[[str], bytes]) -> ContainerdImage:
+    """The image whose manifest (or index) is ``digest``, for this platform, its blobs read by
+    ``blob(digest)`` (which checks that they hash to it)."""
+    manifest = _manifest_for_platform(digest, blob)
+    config, layers = manifest.get("config"), manifest.get("layers")
+    if not (isinstance(config, dict) and _is_digest(config.get("digest")) and isinstance(layers, list)
+            and len(layers) <= MAX_LAYERS and all(isinstance(d, dict) and _is_digest(d.get("digest")) for d in layers)):
+        raise ImageReadError(f"containerd manifest {digest[:19]} is malformed")
+    config_bytes = blob(config["digest"])
+    parsed = load_json(config_bytes, f"containerd config {config['digest'][:19]}", "any image config does")
+    diff_ids = ((parsed if isinstance(parsed, dict) else {}).get("rootfs") or {}).get("diff_ids")
+    if not (isinstance(diff_ids, list) and all(_is_digest(d) for d in diff_ids) and len(diff_ids) == len(layers)):
+        raise ImageReadError(f"containerd manifest {digest[:19]}: its config and manifest list different layers")
+    return ContainerdImage(digest, config_bytes, tuple(diff_ids), tuple(layers))
+
+
+def _manifest_for_platform(digest: str, blob: Callable[[str], bytes]) -> dict:
+    document = _json_blob(digest, blob)
+    if document.get("mediaType") not in INDEX_TYPES and "manifests" not in document:
+        return document
+    entries = document.get("manifests")
+    if not isinstance(entries, list) or len(entries) > MAX_INDEX_ENTRIES:
+        raise ImageReadError(f"containerd index {digest[:19]} is malformed")
+    arch = _ARCH.get(platform.machine(), platform.machine())
+    for entry in entries:
+        wanted = isinstance(entry, dict) and isinstance(entry.get("platform"), dict) \
+            and entry["platform"].get("os") == "linux" and entry["platform"].get("architecture") == arch
+        if wanted and _is_digest(entry.get("digest")):
+            manifest = _json_blob(entry["digest"], blob)
+            if "manifests" not in manifest:
+                return manifest
+    raise ImageReadError(f"containerd index {digest[:19]} has no linux/{arch} manifest")
+
+
+def _json_blob(digest: str, blob: Callable[[str], bytes]) -> dict:
+    document = load_json(blob(digest), f"containerd manifest {digest[:19]}", "any manifest does")
+    if not isinstance(document, dict):
+        raise ImageReadError(f"containerd manifest {digest[:19]} is not a JSON object")
+    return document
 
 
 def _record(image: ContainerdImage) -> dict:
@@ -306,30 +312,13 @@ def _is_digest(value: object) -> bool:
     return isinstance(value, str) and DIGEST.fullmatch(value) is not None
 
 
-def _decompressed(raw: BinaryIO, descriptor: dict) -> BinaryIO:
-    """A layer blob as its tar, by its media type (``...tar``, ``+gzip``/``.gzip``, ``+zstd``)."""
-    media = str(descriptor.get("mediaType", ""))
-    if media.endswith("gzip"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if media.endswith("zstd"):
-        options = {zstd.DecompressionParameter.window_log_max: ZSTD_WINDOW_LOG_MAX}
-        return zstd.ZstdFile(raw, "rb", options=options)  # type: ignore[return-value]
-    if media.endswith("tar") or media.endswith(".tar"):
-        return raw
-    raise ImageReadError(f"containerd's blob {descriptor['digest'][:19]} has media type {printable(media)}, "
-                         "which deltaimg does not read")
-
-
-class _Decoding:
-    """A decompressing stream whose decoding failures (a damaged blob) are :class:`ImageReadError`."""
-
-    def __init__(self, stream: BinaryIO, digest: str) -> None:
-        self._stream = stream
-        self._digest = digest
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            return self._stream.read(n)
-        except (OSError, EOFError, zlib.error, zstd.ZstdError) as exc:
-            raise ImageReadError(f"containerd's blob {self._digest[:19]} does not decompress ({exc}); the content "
-                                 "store may be damaged") from None
+def open_layer(open_blob: Callable[[str], BinaryIO], descriptor: dict, store: str) -> BinaryIO:
+    """A layer blob of a content store (``open_blob(digest)``) as its tar, by its media type;
+    decoding failures are :class:`ImageReadError`. Closing it closes the blob's stream."""
+    digest, media = descriptor["digest"], str(descriptor.get("mediaType", ""))
+    compression = layer_blob.by_media_type(media)
+    if compression is None:
+        raise ImageReadError(f"blob {digest[:19]} of {store} has media type {printable(media)}, which deltaimg "
+                             "does not read")
+    return layer_blob.decoded(open_blob(digest), compression, lambda reason: ImageReadError(
+        f"blob {digest[:19]} of {store} does not decompress ({reason}); the store may be damaged"))

@@ -6,22 +6,16 @@ file, so layers are streamed (or seeked into) without extracting anything.
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
 import posixpath
 import tarfile
-import zlib
 from typing import BinaryIO, Callable, Iterator
 
 from deltaimg import streams
+from deltaimg.codec import layer_blob
 from deltaimg.errors import ImageReadError, printable
-from deltaimg.zstdlib import zstd
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAX_METADATA_BYTES = 16 * 1024 * 1024  # manifest.json, index.json, configs
-ZSTD_WINDOW_LOG_MAX = 27  # what `zstd -d` accepts without --long: a 128 MiB window at most
 
 
 def open_range(path: str, offset: int, size: int) -> BinaryIO:
@@ -94,7 +88,7 @@ def _index_tar(path: str) -> tuple[dict[str, tuple[int, int]], set[str]]:
     names of the links that lead out of it (they are never followed)."""
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic.startswith(GZIP_MAGIC) or magic == ZSTD_MAGIC:
+    if layer_blob.by_head(magic) != layer_blob.PLAIN:
         raise ImageReadError(
             f"{path}: the archive itself is compressed; decompress it first "
             "(deltaimg reads archives in place)"
@@ -150,41 +144,12 @@ def open_decompressed(opener: Callable[[], BinaryIO], what: str) -> BinaryIO:
     """Open a layer blob as its uncompressed tar, whatever compression it was stored with."""
     raw = opener()
     head = raw.peek(4)[:4] if hasattr(raw, "peek") else b""
-    if head.startswith(GZIP_MAGIC):
-        decoder: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
-    elif head == ZSTD_MAGIC:
-        options = {zstd.DecompressionParameter.window_log_max: ZSTD_WINDOW_LOG_MAX}
-        decoder = zstd.ZstdFile(raw, "rb", options=options)  # type: ignore[assignment]
-    else:
-        return raw
-    return io.BufferedReader(_Decoded(decoder, raw, what), buffer_size=1 << 20)  # type: ignore[return-value]
-
-
-class _Decoded(io.RawIOBase):
-    """A decompressing stream whose decoding failures (a damaged blob) are ImageReadError."""
-
-    def __init__(self, decoder: BinaryIO, raw: BinaryIO, what: str) -> None:
-        self._decoder = decoder
-        self._raw = raw
-        self._what = what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        try:
-            return self._decoder.readinto(buffer)  # type: ignore[attr-defined]
-        except (OSError, EOFError, zlib.error, zstd.ZstdError) as exc:
-            raise ImageReadError(f"layer blob {self._what} does not decompress ({exc}); the image is damaged") from None
-
-    def close(self) -> None:
-        self._decoder.close()
-        self._raw.close()
-        super().close()
+    return layer_blob.decoded(raw, layer_blob.by_head(head), lambda reason: ImageReadError(
+        f"layer blob {what} does not decompress ({reason}); the image is damaged"))
 
 
 def is_compressed(path: str, offset: int) -> bool:
     with open(path, "rb") as f:
         f.seek(offset)
         head = f.read(4)
-    return head.startswith(GZIP_MAGIC) or head == ZSTD_MAGIC
+    return layer_blob.by_head(head) != layer_blob.PLAIN
