@@ -613,3 +613,23 @@ def test_a_fifo_given_as_the_bundle_is_refused_at_once_instead_of_waiting_for_a_
     assert result.returncode == BundleFormatError.exit_code
     assert result.stderr == f"deltaimg: error: {fifo} is not a regular file; give the bundle file itself\n"
     assert sorted(os.listdir(tmp_path)) == ["app.dimg"]
+
+
+def test_a_compressed_file_delta_that_declares_huge_content_is_refused_before_decompressing(forger):
+    """An inside segment (delta/inside.py) names a base file and declares 1 TiB of target content
+    for a 4 KiB file: refused from the declared sizes, before anything is decompressed."""
+    blob = bytearray()
+    for pieces in ([(0, 0, 20_000, 20_000)], [(2, 6, 4096, 1 << 40)]):  # the base raw; the target xz
+        varint.put(blob, len(pieces))
+        for piece in pieces:
+            for n in piece:
+                varint.put(blob, n)
+    blob += bytes(4096 - len(blob))
+    header = bytes(512)
+    literal = header + bytes(blob)
+    frame = zstd_ref.compress(literal)
+    record = Record(lf.PRE_LITERAL, lf.DATA_DELTA, partner=(0, 1), pre_len=512,
+                    segments=[Segment(lf.SEGMENT_INSIDE, 4096, 0, 20_000, (len(blob), 0, 0))])
+    payload = delta_payload([Chunk(len(literal), len(frame))], [frame], [record])
+    outcome = apply_measured(forger, forger.delta_bundle(payload, size=8192))
+    assert_refused(outcome, FORMAT, "declares 1099511627776 bytes of content for a file of 4096 bytes", forger)

@@ -26,31 +26,13 @@ from typing import BinaryIO, Iterator
 
 from deltaimg.codec import zstd_ref
 from deltaimg.errors import ImageReadError
-from deltaimg.delta.recipe import (
-    DATA_DELTA,
-    DATA_LITERAL,
-    DATA_PARTNER,
-    DATA_REF,
-    PART_DATA,
-    PART_PRE,
-    PRE_EDITED,
-    PRE_EDITED_CHECKSUM,
-    PRE_LITERAL,
-    PRE_PARTNER,
-    SEGMENT_BSDIFF,
-    SEGMENT_LITERAL,
-    MAX_RECIPE_BYTES,
-    Chunk,
-    Record,
-    RecordWriter,
-    Segment,
-    Span,
-    encode_recipe,
-    pack_header,
-    with_checksum,
-)
+from deltaimg.delta.recipe import (DATA_DELTA, DATA_LITERAL, DATA_PARTNER, DATA_REF, PART_DATA, PART_PRE, PRE_EDITED,
+                                   PRE_EDITED_CHECKSUM, PRE_LITERAL, PRE_PARTNER, SEGMENT_BSDIFF, SEGMENT_INSIDE,
+                                   SEGMENT_LITERAL, MAX_RECIPE_BYTES, Chunk, Record, RecordWriter, Segment, Span,
+                                   encode_recipe, pack_header, with_checksum)
 from deltaimg.delta.base_content import BaseEntry, BaseIndex, BaseRead
 from deltaimg.delta.choice import WHOLE_OLD_MAX, base_region, code, edit_runs
+from deltaimg.delta.inside import code_file
 from deltaimg.tar.split import BLOCK, REGULAR_TYPES, TRAILER, Entry, TarSplitter
 
 CHUNK_LITERAL = 8 << 20  # literal bytes per zstd frame
@@ -311,7 +293,7 @@ class LayerEncoder:
         record.data_kind = DATA_DELTA
         if isinstance(payload, bytes) and usable.size <= WHOLE_OLD_MAX:
             base = self._index.content.read_data(usable)
-            job = self._pool.submit(code, base, 0, payload)
+            job = self._pool.submit(code_file, base, payload)
             parts.append(_Part(job, partner=usable, fallback=payload, base_len=usable.size))
         else:
             parts.append(_Part(_Segmented(payload), partner=usable))
@@ -361,6 +343,10 @@ class LayerEncoder:
     def _emit_pieces(self, record: Record, partner: BaseEntry, target: bytes, job: Future, literal: LiteralStream) -> None:
         """One segment per piece of ``target`` that :func:`code` made: bsdiff streams or literal bytes."""
         for piece in job.result():
+            if piece.inside is not None:  # the whole file, coded on its content
+                record.segments.append(Segment(SEGMENT_INSIDE, piece.length, 0, piece.base_len, (len(piece.inside), 0, 0)))
+                self._add_literal(piece.inside, [], literal)
+                continue
             span = Span(partner.layer, partner.index, PART_DATA, piece.base_start, piece.base_len)
             if (streams := piece.streams) is None:
                 record.segments.append(Segment(SEGMENT_LITERAL, piece.length, piece.base_start, piece.base_len))
