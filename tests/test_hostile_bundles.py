@@ -257,9 +257,14 @@ def _one(record: Record) -> bytes:
 
 RECIPES: dict[str, tuple[Callable[[], bytes], int, str]] = {
     "chunk count": (lambda: recipe_payload(bytes([1]) + b"\xff\xff\xff\xff\xff\xff\x7f"), FORMAT, "too many chunks"),
-    "chunk literal length": (lambda: delta_payload([Chunk(BIG, 9)], [], []), FORMAT, "oversized chunk"),
-    "chunk frame length": (lambda: delta_payload([Chunk(1, BIG)], [], []), FORMAT, "oversized chunk"),
-    "span length": (lambda: delta_payload([Chunk(1, 9, [Span(0, 0, 1, 0, BIG)])], [], []), FORMAT, "oversized reference"),
+    "chunk literal length": (lambda: delta_payload([Chunk(BIG, 9)], [bytes(9)], []), FORMAT, "oversized chunk"),
+    "chunk frame length": (lambda: delta_payload([Chunk(1, BIG)], [bytes(9)], []), FORMAT, "oversized chunk"),
+    "span length": (lambda: delta_payload([Chunk(1, 9, [Span(0, 0, 1, 0, BIG)])], [bytes(9)], []), FORMAT,
+                    "oversized reference"),
+    "chunk frame of no bytes": (lambda: delta_payload([Chunk(1, 0)], [bytes(9)], []), FORMAT,
+                                "chunk frames its payload does not hold"),
+    "chunk frames past the payload": (lambda: delta_payload([Chunk(1, 5), Chunk(1, 5)], [bytes(9)], []), FORMAT,
+                                      "chunk frames its payload does not hold"),
     "span layer": (lambda: delta_payload(*_chunked([Span(99, 0, 1, 0, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=512, size=1)]),
                    FORMAT, "base layer 99, which the base lacks"),
     "span entry": (lambda: delta_payload(*_chunked([Span(0, BIG, 1, 0, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=512, size=1)]),
@@ -325,6 +330,39 @@ def test_a_small_bundle_listing_forty_four_million_records_that_write_nothing_is
     assert bundle.stat().st_size < 256 * 1024
     assert_refused(apply_measured(forger, bundle), FORMAT, "layer recipe has an entry header that is not whole tar "
                    "blocks: the bundle is damaged", forger)
+
+
+def test_a_small_bundle_listing_a_million_chunks_is_refused_before_the_table_is_read(forger):
+    """A chunk table's count was believed: a million chunks (a few KiB compressed) made a 588 MiB
+    table. Each chunk's frame is at least a byte of the payload, so the count is refused at once."""
+    chunk = bytes([1, 1, 0])  # literal length 1, frame length 1, no spans
+    bundle = forger.delta_bundle(recipe_payload(bytes([1]) + _varint(1_000_000) + chunk * 1_000_000))
+    assert bundle.stat().st_size < 64 * 1024
+    assert_refused(apply_measured(forger, bundle), FORMAT, "layer recipe lists more chunks than its payload holds: the "
+                   "bundle is damaged", forger, peak=128 * MiB)
+
+
+def test_a_chunk_table_as_long_as_its_payload_stays_within_the_budget(forger):
+    """The longest table a payload allows: a chunk per byte of frames, 2^20 of them (the cap), and
+    no entry record after them."""
+    chunk = bytes([1, 1, 0])
+    count = lf.MAX_SPANS
+    bundle = forger.delta_bundle(recipe_payload(bytes([1]) + _varint(count) + chunk * count) + bytes(count))
+    assert_refused(apply_measured(forger, bundle), FORMAT, "layer recipe ends early: the bundle is damaged", forger)
+
+
+def test_a_binary_delta_whose_control_triples_make_nothing_is_refused_at_once(forger):
+    """bsdiff control triples of (0, 0, 0) make no byte: as many as the streams' cap allows looped
+    for minutes. Every triple must make bytes, and together exactly the file."""
+    made = 4000
+    control = bytes(24 * (made + 1))
+    frame = zstd_ref.compress(control, level=1)
+    segment = Segment(lf.SEGMENT_BSDIFF, target_len=made, base_start=0, base_len=10, bsdiff_lens=(len(control), 0, 0))
+    payload = delta_payload([Chunk(len(control), len(frame))], [frame],
+                            [Record(lf.PRE_PARTNER, lf.DATA_DELTA, partner=(0, 1), segments=[segment])])
+    assert_refused(apply_measured(forger, forger.delta_bundle(payload, size=8192)), INTEGRITY,
+                   "a binary delta's control stream makes nothing or more than its file: the bundle is damaged", forger,
+                   peak=128 * MiB)
 
 
 # --------------------------------------------------------------------------- absurd manifests

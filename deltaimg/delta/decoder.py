@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import BinaryIO, Callable, Iterator
 
 from deltaimg.codec import bsdiff, zstd_ref
@@ -214,7 +215,11 @@ def base_references(payload: BinaryIO) -> Iterator[BaseRead]:
 def read_recipe(payload: BinaryIO) -> tuple[list[Chunk], varint.Reader]:
     """A layer delta's chunk table and its entry records, the payload left at the first chunk frame."""
     recipe_len, frame_len = read_header(payload)
-    return decode_recipe(zstd_ref.decompress(payload.read(frame_len), recipe_len))
+    recipe = zstd_ref.decompress(payload.read(frame_len), recipe_len)
+    here = payload.tell()
+    frames_size = payload.seek(0, io.SEEK_END) - here
+    payload.seek(here)
+    return decode_recipe(recipe, frames_size)
 
 
 def _byte_range(base: BaseContent, layer: int, index: int, part: int, start: int, length: int | None) -> tuple[int, int, int]:
