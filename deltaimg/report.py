@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 
-from deltaimg.bundle.format import FORMAT_VERSION
 
 from deltaimg.bundle.manifest import CONFIG_PAYLOAD, STATS_FIELDS, ImageRecord, Manifest, Method, image_name
 from deltaimg.errors import printable
@@ -132,14 +131,14 @@ def payload_line(sizes: dict[str, int]) -> str:
 
 
 def inspection(bundle: str, size: int, key_id: str | None, verified: bool, checked: str,
-               manifest: Manifest) -> tuple[dict, list[str]]:
+               manifest: Manifest, version: int) -> tuple[dict, list[str]]:
     """``deltaimg inspect``: (the JSON object, the text lines). The section on package and config
     changes is there when the bundle's manifest has one (bundles made before it have none)."""
     layers = manifest_layers(manifest)
     data = {"bundle": bundle, "size": size, "signer_key_id": key_id, "verified": verified, **manifest.document,
-            "version": FORMAT_VERSION, "layers": layers, "layer_plan": [how_applied(layer) for layer in layers],
+            "version": version, "layers": layers, "layer_plan": [how_applied(layer) for layer in layers],
             "payload_bytes": payload_bytes(manifest, layers, size)}
-    lines = [f"{bundle}: {human_size(size)}, format {FORMAT_VERSION}, made by {manifest.tool} at {manifest.created}",
+    lines = [f"{bundle}: {human_size(size)}, format {version}, made by {manifest.tool} at {manifest.created}",
              f"  signed by key {key_id}: {checked}",
              f"  base:   {image_line(manifest.base)}",
              f"  target: {image_line(manifest.target, len(layers))}",

@@ -15,7 +15,7 @@ from typing import Callable, List, NoReturn, Optional
 from deltaimg import __version__, report
 from deltaimg.cli import grammar
 
-from deltaimg.bundle import keys
+from deltaimg.bundle import format as bundle_format, keys
 from deltaimg.errors import DeltaimgError, UsageError, printable
 
 
@@ -105,7 +105,8 @@ def inspect(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], a
     key_id = signature.get("key_id") if isinstance(signature, dict) else None
     if m.split:  # BUNDLE is the first part; the manifest says how large they are together
         size = payload_start + m.payload_area
-    data, lines = report.inspection(bundle, size, key_id, bool(trusted), checked, m)
+    data, lines = report.inspection(bundle, size, key_id, bool(trusted), checked, m,
+                                     bundle_format.stored_version(bundle))
     _emit(as_json, data, lines)
 
 

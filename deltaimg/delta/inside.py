@@ -80,7 +80,7 @@ def decode(base: bytes, target_len: int, blob: bytes) -> bytes:
     base_pieces = _pieces(reader, len(base))
     target_pieces = _pieces(reader, target_len)
     if any(piece.kind == packed.XZ_MT for piece in target_pieces) and not xz.available():
-        raise IntegrityError("this bundle needs liblzma.so.5 to rebuild a compressed file; install liblzma5")
+        raise BundleFormatError("this bundle needs liblzma.so.5 to rebuild a compressed file; install liblzma5")
     try:
         base_content = packed.unpack(base, base_pieces)
     except packed.NotPacked as exc:
