@@ -179,3 +179,15 @@ def test_tls_with_the_ca_file_works_and_without_it_is_exit_31(tmp_path, pair, ke
         assert json.loads(result.stdout)["image_id"] == pair["v2"]
     finally:
         service.stop()
+
+
+def test_wrong_registry_command_lines_are_exit_2(example_bundle, keypair):
+    for options, message in (
+            (["--to", "docker://app:2"], "--to takes docker://HOST[:PORT]/REPO[:TAG]"),
+            (["--from", "docker://127.0.0.1:5000/app:1"], "--from and --ca-file go with --to"),
+            (["--to", "docker://127.0.0.1:5000/app:2", "--no-swap"], "--no-swap cannot go with --to"),
+            (["--to", "docker://127.0.0.1:5000/app:2", "--from", "docker://other.site/app:1"],
+             "--from (other.site) must be on the registry of --to (127.0.0.1:5000)")):
+        result = run_cli("apply", example_bundle, "--trust", keypair[1], *options)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr
