@@ -11,7 +11,7 @@ import pytest
 from deltaimg import __version__
 from tests.conftest import run_cli
 
-COMMANDS = ["keygen", "make", "verify", "inspect", "diff", "apply", "status", "demo", "version"]
+COMMANDS = ["keygen", "make", "verify", "inspect", "diff", "apply", "status", "receipts", "demo", "version"]
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["version"]])
