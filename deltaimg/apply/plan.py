@@ -63,13 +63,15 @@ class Survey:
         return {info["Id"]: _name(info) for info in self.ordered}
 
 
-def survey(engine: Engine, image_id: str, names: list[str] | None) -> Survey:
-    """The containers to swap from ``image_id`` (all, or those in ``names``), checked as a set.
+def survey(engine: Engine, image_id: str | tuple[str, ...], names: list[str] | None) -> Survey:
+    """The containers to swap from ``image_id`` (one or several base images: all their containers,
+    or those in ``names``), checked as a set.
 
     Raises :class:`UsageError` for a named container that is missing or on another image, and
     :class:`DependentsError` for a dependent that cannot be recreated."""
+    bases = (image_id,) if isinstance(image_id, str) else image_id
     if names is None:
-        refs = [c["Id"] for c in engine.containers() if c.get("ImageID") == image_id
+        refs = [c["Id"] for c in engine.containers() if c.get("ImageID") in bases
                 and TASK_LABEL not in (c.get("Labels") or {})]  # Swarm's: its rolling update replaces them
     else:
         refs = list(dict.fromkeys(names))
@@ -78,8 +80,9 @@ def survey(engine: Engine, image_id: str, names: list[str] | None) -> Survey:
         info = engine.inspect_container(ref)
         if info is None:
             raise UsageError(f"no container named {printable(ref)} (see docker ps -a)")
-        if info["Image"] != image_id:
-            raise UsageError(f"container {printable(_name(info))} runs image {short(info['Image'])}, not {short(image_id)}; "
+        if info["Image"] not in bases:
+            raise UsageError(f"container {printable(_name(info))} runs image {short(info['Image'])}, not "
+                             f"{' or '.join(map(short, bases))}; "
                              "leave it out of the names")
         found.append(info)
     targets, skipped = [], []
