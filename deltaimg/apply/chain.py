@@ -165,12 +165,12 @@ def hold_back(bundles: list[Bundle], last: dict[str, dict]) -> tuple[list[Bundle
         if closed and closed.get("outcome") == "rolled-back":
             message = (f"{bundle.path} was rolled back at {closed.get('time')} ({closed.get('message')}); not "
                        "trying it again: pass --retry once the cause is fixed")
-        elif bundle.manifest.base.image_id in blocked:
+        elif any(pair.base.image_id in blocked for pair in bundle.manifest.images):
             message = f"{bundle.path} waits for the update before it in its chain, which was rolled back"
         else:
             kept.append(bundle)
             continue
-        blocked.add(bundle.manifest.target.image_id)
+        blocked.update(pair.target.image_id for pair in bundle.manifest.images)
         held.append((bundle, message))
     return kept, held
 

@@ -52,7 +52,8 @@ def make(images: List[str], output: str, key: str, passphrase_file: Optional[str
     private = keys.signing_key(key, passphrase_file)
     opened = [open_image(image, platform) for image in images]
     pairs = list(zip(opened[0::2], opened[1::2]))
-    total = sum(layer_bytes(lyr for lyr in target.layers if lyr.diff_id not in base.diff_ids) for base, target in pairs)
+    sizes = [layer_bytes(lyr for lyr in target.layers if lyr.diff_id not in base.diff_ids) for base, target in pairs]
+    total = None if None in sizes else sum(sizes)  # type: ignore[arg-type]  # None: unknown until exported
     with progress.bar("make", total, not (quiet or as_json)) as advance:
         manifest = make_images(pairs, output, private, advance, part_size, force)
     written = output if manifest["files"] == [output] else f"{manifest['files'][0]} to {manifest['files'][-1]}"
