@@ -49,6 +49,14 @@ def written_version(manifest: dict) -> int:
     return FORMAT_VERSION if "images" in manifest else 2
 
 
+def check_version(version: int, manifest: dict, path: str) -> None:
+    """Refuse a header whose version is not one a writer gives this manifest (the header is not
+    signed): several images from format 3 on, one image in formats 1 and 2."""
+    if (version >= 3) != ("images" in manifest):
+        raise BundleFormatError(f"{path}: the header says bundle format {version}, which its manifest is not; "
+                                "the bundle is damaged")
+
+
 def part_path(stem: str, number: int) -> str:
     """The file of part ``number`` (from 1) of the split bundle ``stem``."""
     return f"{stem}.{number:03d}"

@@ -192,7 +192,7 @@ def parse_manifest(value: object, path: str) -> Manifest:
         base, target, layers = pair.get("base"), pair.get("target"), pair.get("layers")
         if not (isinstance(base, dict) and isinstance(target, dict) and isinstance(layers, list)
                 and len(layers) <= MAX_LAYERS and all(isinstance(layer, dict) for layer in layers)):
-            raise BundleFormatError(f"{path}: the manifest lacks the base, target or layers{where}")
+            raise BundleFormatError(f"{path}: the manifest lacks its base, target or layers{where}")
         images.append(ImagePair(_image(base, path, "base"), _image(target, path, "target"),
                                 tuple(_layers(layers, by_name, configs, images, path)),
                                 _changes(pair.get("changes"), path), config_payload(index)))
