@@ -15,6 +15,9 @@ from tests.conftest import run_cli
 from tests.engine_helpers import SLEEP_FOREVER, EngineResources
 
 CMD = ["sh", "-c", SLEEP_FOREVER]
+# Healthy on worker1 only: the container that fails the update on worker2.
+ON_WORKER1_ONLY = {"test": ["CMD-SHELL", "grep -q worker1 /version"], "interval": 500_000_000,
+                   "timeout": 1_000_000_000, "retries": 1}
 SHARED_BYTES = 300_000  # the layer both targets add: random, so its payload is about this size
 GOLDEN = Path(__file__).resolve().parent.parent / "bundles" / "v3"
 
@@ -31,9 +34,6 @@ def images(docker_client):
     copy = f"COPY --from={res.name('seed')}:test /shared /shared"
     ids["app2"] = res.build("app2", [copy, "RUN echo app2 > /version"], base=f"{res.name('app1')}:test")
     ids["worker2"] = res.build("worker2", [copy, "RUN echo worker2 > /version"], base=f"{res.name('worker1')}:test")
-    ids["workerbad"] = res.build("workerbad", [copy, "RUN echo bad > /version",
-                                               'HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD ["false"]'],
-                                 base=f"{res.name('worker1')}:test")
     yield {"id": ids, "tag": {k: f"{res.name(k)}:test" for k in ids}, "res": res}
     res.cleanup()
 
@@ -48,8 +48,7 @@ def make(images, tmp_path_factory, keypair, *names: str) -> str:
 @pytest.fixture(scope="module")
 def bundles(images, keypair, tmp_path_factory) -> dict[str, str]:
     """Made from the engine's images before any test removes a target."""
-    return {"good": make(images, tmp_path_factory, keypair, "app1", "app2", "worker1", "worker2"),
-            "bad": make(images, tmp_path_factory, keypair, "app1", "app2", "worker1", "workerbad")}
+    return {"good": make(images, tmp_path_factory, keypair, "app1", "app2", "worker1", "worker2")}
 
 
 def remove_targets(client, images, *names: str) -> None:
@@ -59,8 +58,8 @@ def remove_targets(client, images, *names: str) -> None:
             client.api.remove_image(images["tag"][name])
 
 
-def container(client, res: EngineResources, tag: str, suffix: str) -> str:
-    created = client.api.create_container(tag, name=res.name(suffix))["Id"]
+def container(client, res: EngineResources, tag: str, suffix: str, **options) -> str:
+    created = client.api.create_container(tag, name=res.name(suffix), **options)["Id"]
     client.api.start(created)
     return created
 
@@ -130,9 +129,9 @@ def test_a_failing_health_check_on_the_second_image_puts_the_first_images_contai
         docker_client, engine_resources, images, bundles, keypair):
     client, res = docker_client, engine_resources
     app = container(client, res, images["tag"]["app1"], "app")  # older: swapped first
-    worker = container(client, res, images["tag"]["worker1"], "worker")
+    worker = container(client, res, images["tag"]["worker1"], "worker", healthcheck=ON_WORKER1_ONLY)
 
-    result = run_cli("apply", bundles["bad"], "--trust", keypair[1], "--grace", "1")
+    result = run_cli("apply", bundles["good"], "--trust", keypair[1], "--grace", "1")
 
     assert result.returncode == 21, result.stderr
     assert f"rolled back too: {res.name('app')}" in result.stderr
@@ -144,6 +143,31 @@ def test_a_failing_health_check_on_the_second_image_puts_the_first_images_contai
     assert status["outcome"] == "rolled-back"
     assert status["from"] == f"{images['tag']['app1']} {images['id']['app1'][:19]}, " \
                              f"{images['tag']['worker1']} {images['id']['worker1'][:19]}"
+
+
+def test_a_run_killed_between_the_two_images_containers_is_settled_and_applied_by_the_next(
+        docker_client, engine_resources, images, bundles, keypair):
+    client, res = docker_client, engine_resources
+    app = container(client, res, images["tag"]["app1"], "app")
+    worker = container(client, res, images["tag"]["worker1"], "worker")
+
+    killed = run_cli("apply", bundles["good"], "--trust", keypair[1], "--grace", "1",
+                     env={"DELTAIMG_TEST_KILL_AT": "create#2"})  # app ready on app2, worker's new one just created
+
+    assert killed.returncode == -9
+    assert client.api.inspect_container(res.name("app"))["Image"] == images["id"]["app2"]
+    again = run_cli("apply", bundles["good"], "--trust", keypair[1], "--grace", "1", "--json")
+    assert again.returncode == 0, again.stderr
+    events = [o["event"] for o in json.loads(again.stdout)["outcomes"]]
+    assert events == ["recovered", "applied"]
+    recovered = json.loads(again.stdout)["outcomes"][0]
+    assert sorted((c["name"], c["action"]) for c in recovered["containers"]) == [
+        (res.name("app"), "rolled-back"), (res.name("worker"), "rolled-back")]
+    for suffix, old, target in (("app", app, "app2"), ("worker", worker, "worker2")):
+        info = client.api.inspect_container(res.name(suffix))
+        assert (info["Image"], info["State"]["Status"]) == (images["id"][target], "running")
+        assert info["Id"] != old
+    assert sorted(c["Name"].lstrip("/") for c in res.containers()) == [res.name("app"), res.name("worker")]
 
 
 def test_a_host_without_the_second_base_is_refused_before_anything_is_loaded(
