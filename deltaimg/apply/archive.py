@@ -11,6 +11,7 @@ import os
 import stat
 import tempfile
 
+from deltaimg import interrupts
 from deltaimg.apply.chain import refuse_downgrade
 from deltaimg.apply.rebuild import Rebuild, check_base, layer_sources, load_target_config, read_rebuild
 from deltaimg.bundle.reader import Bundle
@@ -39,14 +40,16 @@ def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = Fal
         if not force:
             raise OutputError(f"{output} exists; choose another path or pass --force")
     directory = os.path.dirname(os.path.abspath(output))
+    tmp = ""
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".deltaimg-", suffix=".tar.tmp")
-    except OSError as exc:
-        raise OutputError(f"cannot write in {directory}: {exc.strerror}") from None
-    try:
+        with interrupts.held():  # an interrupt is raised inside the try, with ``tmp`` set
+            try:
+                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".deltaimg-", suffix=".tar.tmp")
+            except OSError as exc:
+                raise OutputError(f"cannot write in {directory}: {exc.strerror}") from None
         os.chmod(tmp, public_file_mode())  # what docker save > FILE would give it; mkstemp makes it private
         with os.fdopen(fd, "wb") as out:
-            with tempfile.TemporaryDirectory(prefix="deltaimg-apply-") as workdir, BaseContent(base, workdir) as content:
+            with interrupts.work_folder("deltaimg-apply-") as workdir, BaseContent(base, workdir) as content:
                 try:
                     archivewriter.write_image(out, rebuild.target_config, rebuild.target_tags,
                                               layer_sources(bundle, rebuild, content, advance))
@@ -61,8 +64,8 @@ def apply_to_archive(bundle: Bundle, base: Image, output: str, force: bool = Fal
             raise ImageReadError(f"cannot rebuild {output} from the base image {base.source}: {exc.strerror}") from None
         raise OutputError(f"cannot write {output}: {exc.strerror}") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp:
+            interrupts.remove(tmp)
     return rebuild
 
 

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import os
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
-from deltaimg import faults
+from deltaimg import faults, interrupts
 
 from deltaimg.tar import writer as archivewriter
 from deltaimg.tar.gocheck import go_rejects
@@ -161,7 +160,7 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
     check_base_layers(bundle, rebuild)
     whole = {rebuild.base_diff_ids[layer.base_layer] for position, layer in enumerate(rebuild.layers)  # type: ignore[index]
              if layer.method is Method.BASE and position not in held}
-    with tempfile.TemporaryDirectory(prefix="deltaimg-engine-", dir=work_dir) as workdir:
+    with interrupts.work_folder("deltaimg-engine-", work_dir) as workdir:
         archive = os.path.join(workdir, "target.tar")
         with open_daemon_image(engine, rebuild.base_id, tmp_dir=workdir) as base:  # its files go on leaving
             load_target_config(bundle, rebuild, base.config_bytes)

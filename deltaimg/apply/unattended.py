@@ -31,7 +31,7 @@ import signal
 from dataclasses import dataclass
 from typing import Protocol
 
-from deltaimg import faults, progress
+from deltaimg import faults, interrupts, progress
 
 from deltaimg.apply import chain
 
@@ -115,7 +115,7 @@ class _Termination:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.received = True
-        raise KeyboardInterrupt
+        interrupts.interrupt(signum, frame)
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGTERM, self._previous)

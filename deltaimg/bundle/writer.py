@@ -9,6 +9,7 @@ import stat
 import tempfile
 from typing import BinaryIO, Callable
 
+from deltaimg import interrupts
 from deltaimg.bundle import signing
 from deltaimg.bundle.format import COPY_CHUNK, FORMAT_VERSION, MAGIC, MAX_PARTS, U32, encode_manifest, part_path, signature_block, starts_a_bundle
 from deltaimg.errors import OutputError, UsageError
@@ -56,10 +57,17 @@ class BundleWriter:
         self.paths: list[str] = []
         self.size = 0
         directory = os.path.dirname(os.path.abspath(output))
+        spool = None
         try:
-            self._spool = tempfile.NamedTemporaryFile(dir=directory, prefix=".deltaimg-", suffix=".spool")
+            with interrupts.held():
+                spool = tempfile.NamedTemporaryFile(dir=directory, prefix=".deltaimg-", suffix=".spool")
         except OSError as exc:
             raise OutputError(f"cannot write in {directory}: {exc.strerror}") from None
+        except KeyboardInterrupt:  # held back while the spool was made: no caller holds it to close
+            if spool is not None:
+                spool.close()
+            raise
+        self._spool = spool
         self.payloads: list[dict] = []
 
     def add_payload(self, name: str, fill: Callable[[BinaryIO], object]) -> dict:
@@ -136,8 +144,9 @@ class BundleWriter:
         temps: list[str] = []
         try:
             for start, end in cuts:
-                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".deltaimg-", suffix=".tmp")
-                temps.append(tmp)
+                with interrupts.held():  # an interrupt is raised with the file in ``temps``
+                    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".deltaimg-", suffix=".tmp")
+                    temps.append(tmp)
                 os.chmod(tmp, signing.public_file_mode())  # a bundle is public; mkstemp makes it private
                 with os.fdopen(fd, "wb") as out:
                     out.write(header[start:end])
@@ -158,8 +167,7 @@ class BundleWriter:
             raise OutputError(f"cannot write {self.output}: {exc.strerror}") from None
         finally:
             for tmp in temps:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                interrupts.remove(tmp)
 
     def abort(self) -> None:
         self._spool.close()

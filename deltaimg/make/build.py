@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-from deltaimg import __version__
+from deltaimg import __version__, interrupts
 
 from deltaimg.codec import zstd_ref
 from deltaimg.bundle.manifest import CONFIG_PAYLOAD, STATS_FIELDS, Method
@@ -41,7 +40,7 @@ def make_bundle(base: Image, target: Image, output: str, private_key, progress: 
     An existing ``output`` is refused before any work unless ``force``."""
     writer = BundleWriter(output, split_size, force)
     try:
-        with tempfile.TemporaryDirectory(prefix="deltaimg-make-") as workdir, ThreadPoolExecutor(WORKERS) as pool:
+        with interrupts.work_folder("deltaimg-make-") as workdir, ThreadPoolExecutor(WORKERS) as pool:
             with BaseContent(base, workdir, partial=True) as content:
                 layers = _encode_layers(base, target, content, writer, pool, workdir, progress)
             manifest = {
