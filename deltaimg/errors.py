@@ -154,6 +154,18 @@ class JournalError(DeltaimgError):
     exit_code = 29
 
 
+class RegistryError(DeltaimgError):
+    """A registry cannot be reached, refused the credentials or a push, or lacks the base image."""
+
+    exit_code = 31
+
+
+class SwarmError(DeltaimgError):
+    """A Swarm service's rolling update onto the target failed (rolled back or paused) or did not converge in time."""
+
+    exit_code = 32
+
+
 def printable(message: object) -> str:
     """``message`` as one line of printable text. An error may quote what an input holds (a name in
     an archive's manifest.json, a key id): newlines and terminal escapes in it are shown escaped."""

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import sys
 
-from deltaimg.bundle.format import FORMAT_VERSION
 
 from deltaimg.bundle.manifest import CONFIG_PAYLOAD, STATS_FIELDS, ImageRecord, Manifest, Method, image_name
+from deltaimg.errors import printable
 from deltaimg.units import human_size
 
 ECOSYSTEM_TITLES = {"deb": "Debian packages", "apk": "Alpine packages", "python": "Python distributions"}
@@ -131,14 +131,14 @@ def payload_line(sizes: dict[str, int]) -> str:
 
 
 def inspection(bundle: str, size: int, key_id: str | None, verified: bool, checked: str,
-               manifest: Manifest) -> tuple[dict, list[str]]:
+               manifest: Manifest, version: int) -> tuple[dict, list[str]]:
     """``deltaimg inspect``: (the JSON object, the text lines). The section on package and config
     changes is there when the bundle's manifest has one (bundles made before it have none)."""
     layers = manifest_layers(manifest)
     data = {"bundle": bundle, "size": size, "signer_key_id": key_id, "verified": verified, **manifest.document,
-            "version": FORMAT_VERSION, "layers": layers, "layer_plan": [how_applied(layer) for layer in layers],
+            "version": version, "layers": layers, "layer_plan": [how_applied(layer) for layer in layers],
             "payload_bytes": payload_bytes(manifest, layers, size)}
-    lines = [f"{bundle}: {human_size(size)}, format {FORMAT_VERSION}, made by {manifest.tool} at {manifest.created}",
+    lines = [f"{bundle}: {human_size(size)}, format {version}, made by {manifest.tool} at {manifest.created}",
              f"  signed by key {key_id}: {checked}",
              f"  base:   {image_line(manifest.base)}",
              f"  target: {image_line(manifest.target, len(layers))}",
@@ -256,10 +256,15 @@ def _modification(record: dict) -> str:
     return f"{human_size(record['new_size'])} ({', '.join(([signed_size(delta)] if delta else []) + what)})"
 
 
-def status(state_dir: str, attempts: list, total: int, running: int | None) -> tuple[dict, list[str]]:
-    """``deltaimg status``: the journal's attempts (deltaimg.journal.Attempt), newest last."""
+def status(state_dir: str, attempts: list, total: int, running: int | None,
+           kept_receipts: list[dict] | None = None) -> tuple[dict, list[str]]:
+    """``deltaimg status``: the journal's attempts (deltaimg.journal.Attempt), newest last; and the
+    receipts kept in the journal because the stick could not take them."""
     rows = [_attempt(a) for a in attempts]
-    data = {"state_dir": state_dir, "running": running, "attempts": rows, "total_attempts": total}
+    kept = [{"time": r.get("time"), "folder": r["folder"], "reason": r["reason"], "receipt": r["receipt"]}
+            for r in kept_receipts or []]
+    data = {"state_dir": state_dir, "running": running, "attempts": rows, "total_attempts": total,
+            "kept_receipts": kept}
     lines = [f"state directory {state_dir}: {total} update(s) journalled"
              + (f", the last {len(rows)} shown" if len(rows) < total else "")]
     if running is not None:
@@ -270,7 +275,42 @@ def status(state_dir: str, attempts: list, total: int, running: int | None) -> t
                      f"[{swapped}] key {row['key_id']} {row['bundle']}")
         if row["message"]:
             lines.append(f"    {row['message']}")
+    if kept:
+        last = kept[-1]
+        lines.append(f"{len(kept)} receipt(s) kept in the journal, as the stick could not take them; the last, "
+                     f"{last['time']}: {last['receipt'].get('result')} (cannot write {last['folder']}: {last['reason']})")
     return data, lines
+
+
+def receipts(folder: str, rows: list[dict], left_out: int) -> tuple[dict, list[str]]:
+    """``deltaimg receipts``: one row per receipt (deltaimg.apply.receipts.read_one), host by host."""
+    hosts = {row["host"] for row in rows if row["host"] is not None}
+    unreadable = sum(row["result"] == "unreadable" for row in rows)
+    data = {"folder": folder, "receipts": rows, "hosts": len(hosts), "unreadable": unreadable, "left_out": left_out}
+    lines = [f"{folder}: {len(rows)} receipt(s) from {len(hosts)} host(s)"
+             + (f", {unreadable} unreadable" if unreadable else "")
+             + (f"; {left_out} more not read (more than {len(rows)} files)" if left_out else "")]
+    table = [("HOST", "MACHINE ID", "BUNDLE", "RESULT", "EXIT", "BEFORE -> AFTER", "TIME")]
+    for row in rows:
+        if row["result"] == "unreadable":
+            table.append((f"({row['file']})", "-", "-", "unreadable", "-", "-", row["message"]))
+            continue
+        table.append((row["host"], (row["machine_id"] or "-")[:12], row["bundle"] or "-", row["result"],
+                      str(row["exit_code"]), f"{_short(row['before'])} -> {_short(row['after'])}", row["time"]))
+    cells = [[_cell(value, 40 if column < len(line) - 1 else 300) for column, value in enumerate(line)] for line in table]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(table[0]) - 1)]
+    lines += ["  ".join(value.ljust(width) for value, width in zip(line, widths)) + "  " + line[-1] for line in cells]
+    return data, lines
+
+
+def _short(image_id: str | None) -> str:
+    return image_id.split(":", 1)[-1][:12] if image_id else "-"
+
+
+def _cell(value: str, width: int) -> str:
+    """A table cell: escaped (it comes from a host's receipt), cut to ``width``."""
+    text = printable(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _attempt(attempt) -> dict:

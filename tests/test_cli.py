@@ -11,7 +11,7 @@ import pytest
 from deltaimg import __version__
 from tests.conftest import run_cli
 
-COMMANDS = ["keygen", "make", "verify", "inspect", "diff", "apply", "status", "demo", "version"]
+COMMANDS = ["keygen", "make", "verify", "inspect", "diff", "apply", "status", "receipts", "demo", "version"]
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["version"]])
@@ -27,7 +27,7 @@ def test_help_lists_every_command_with_its_first_line_and_no_arguments_prints_it
     assert lines[0] == "usage: deltaimg [--version] [--help] <command> [<args>]"
     listed = [line.split()[0] for line in lines[lines.index("commands:") + 1:] if line.startswith("  ")]
     assert listed == COMMANDS
-    assert "  make     Compare two images and write one signed bundle with what changed." in lines
+    assert "  make      Compare two images and write one signed bundle with what changed." in lines
     bare = run_cli()
     assert (bare.returncode, bare.stdout) == (2, ran.stdout)
 

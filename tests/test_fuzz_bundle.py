@@ -239,7 +239,7 @@ def test_any_damage_to_signed_chunk_frames_gives_a_deltaimg_error_at_worst(subje
 
 def _chunks_decoded(subject: Subject, recipe: bytes, frames: bytes) -> tuple[list[lf.Chunk], bytes, list[bytes], list[bytes]]:
     """(chunk table, record bytes, each chunk's literal bytes, each chunk's reference prefix)."""
-    chunks, reader = lf.decode_recipe(recipe)
+    chunks, reader = lf.decode_recipe(recipe, len(frames))
     with tempfile.TemporaryDirectory() as tmp, BaseContent(open_image(subject.base), tmp) as old:
         prefixes = [b"".join(old.read(s.layer, (old.entry(s.layer, s.index).pre_offset if s.part == lf.PART_PRE
                                                  else old.entry(s.layer, s.index).data_offset) + s.start, s.length)

@@ -257,9 +257,14 @@ def _one(record: Record) -> bytes:
 
 RECIPES: dict[str, tuple[Callable[[], bytes], int, str]] = {
     "chunk count": (lambda: recipe_payload(bytes([1]) + b"\xff\xff\xff\xff\xff\xff\x7f"), FORMAT, "too many chunks"),
-    "chunk literal length": (lambda: delta_payload([Chunk(BIG, 9)], [], []), FORMAT, "oversized chunk"),
-    "chunk frame length": (lambda: delta_payload([Chunk(1, BIG)], [], []), FORMAT, "oversized chunk"),
-    "span length": (lambda: delta_payload([Chunk(1, 9, [Span(0, 0, 1, 0, BIG)])], [], []), FORMAT, "oversized reference"),
+    "chunk literal length": (lambda: delta_payload([Chunk(BIG, 9)], [bytes(9)], []), FORMAT, "oversized chunk"),
+    "chunk frame length": (lambda: delta_payload([Chunk(1, BIG)], [bytes(9)], []), FORMAT, "oversized chunk"),
+    "span length": (lambda: delta_payload([Chunk(1, 9, [Span(0, 0, 1, 0, BIG)])], [bytes(9)], []), FORMAT,
+                    "oversized reference"),
+    "chunk frame of no bytes": (lambda: delta_payload([Chunk(1, 0)], [bytes(9)], []), FORMAT,
+                                "chunk frames its payload does not hold"),
+    "chunk frames past the payload": (lambda: delta_payload([Chunk(1, 5), Chunk(1, 5)], [bytes(9)], []), FORMAT,
+                                      "chunk frames its payload does not hold"),
     "span layer": (lambda: delta_payload(*_chunked([Span(99, 0, 1, 0, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=512, size=1)]),
                    FORMAT, "base layer 99, which the base lacks"),
     "span entry": (lambda: delta_payload(*_chunked([Span(0, BIG, 1, 0, 10)]), [Record(lf.PRE_LITERAL, lf.DATA_LITERAL, pre_len=512, size=1)]),
@@ -325,6 +330,39 @@ def test_a_small_bundle_listing_forty_four_million_records_that_write_nothing_is
     assert bundle.stat().st_size < 256 * 1024
     assert_refused(apply_measured(forger, bundle), FORMAT, "layer recipe has an entry header that is not whole tar "
                    "blocks: the bundle is damaged", forger)
+
+
+def test_a_small_bundle_listing_a_million_chunks_is_refused_before_the_table_is_read(forger):
+    """A chunk table's count was believed: a million chunks (a few KiB compressed) made a 588 MiB
+    table. Each chunk's frame is at least a byte of the payload, so the count is refused at once."""
+    chunk = bytes([1, 1, 0])  # literal length 1, frame length 1, no spans
+    bundle = forger.delta_bundle(recipe_payload(bytes([1]) + _varint(1_000_000) + chunk * 1_000_000))
+    assert bundle.stat().st_size < 64 * 1024
+    assert_refused(apply_measured(forger, bundle), FORMAT, "layer recipe lists more chunks than its payload holds: the "
+                   "bundle is damaged", forger, peak=128 * MiB)
+
+
+def test_a_chunk_table_as_long_as_its_payload_stays_within_the_budget(forger):
+    """The longest table a payload allows: a chunk per byte of frames, 2^20 of them (the cap), and
+    no entry record after them."""
+    chunk = bytes([1, 1, 0])
+    count = lf.MAX_SPANS
+    bundle = forger.delta_bundle(recipe_payload(bytes([1]) + _varint(count) + chunk * count) + bytes(count))
+    assert_refused(apply_measured(forger, bundle), FORMAT, "layer recipe ends early: the bundle is damaged", forger)
+
+
+def test_a_binary_delta_whose_control_triples_make_nothing_is_refused_at_once(forger):
+    """bsdiff control triples of (0, 0, 0) make no byte: as many as the streams' cap allows looped
+    for minutes. Every triple must make bytes, and together exactly the file."""
+    made = 4000
+    control = bytes(24 * (made + 1))
+    frame = zstd_ref.compress(control, level=1)
+    segment = Segment(lf.SEGMENT_BSDIFF, target_len=made, base_start=0, base_len=10, bsdiff_lens=(len(control), 0, 0))
+    payload = delta_payload([Chunk(len(control), len(frame))], [frame],
+                            [Record(lf.PRE_PARTNER, lf.DATA_DELTA, partner=(0, 1), segments=[segment])])
+    assert_refused(apply_measured(forger, forger.delta_bundle(payload, size=8192)), INTEGRITY,
+                   "a binary delta's control stream makes nothing or more than its file: the bundle is damaged", forger,
+                   peak=128 * MiB)
 
 
 # --------------------------------------------------------------------------- absurd manifests
@@ -613,3 +651,23 @@ def test_a_fifo_given_as_the_bundle_is_refused_at_once_instead_of_waiting_for_a_
     assert result.returncode == BundleFormatError.exit_code
     assert result.stderr == f"deltaimg: error: {fifo} is not a regular file; give the bundle file itself\n"
     assert sorted(os.listdir(tmp_path)) == ["app.dimg"]
+
+
+def test_a_compressed_file_delta_that_declares_huge_content_is_refused_before_decompressing(forger):
+    """An inside segment (delta/inside.py) names a base file and declares 1 TiB of target content
+    for a 4 KiB file: refused from the declared sizes, before anything is decompressed."""
+    blob = bytearray()
+    for pieces in ([(0, 0, 20_000, 20_000)], [(2, 6, 4096, 1 << 40)]):  # the base raw; the target xz
+        varint.put(blob, len(pieces))
+        for piece in pieces:
+            for n in piece:
+                varint.put(blob, n)
+    blob += bytes(4096 - len(blob))
+    header = bytes(512)
+    literal = header + bytes(blob)
+    frame = zstd_ref.compress(literal)
+    record = Record(lf.PRE_LITERAL, lf.DATA_DELTA, partner=(0, 1), pre_len=512,
+                    segments=[Segment(lf.SEGMENT_INSIDE, 4096, 0, 20_000, (len(blob), 0, 0))])
+    payload = delta_payload([Chunk(len(literal), len(frame))], [frame], [record])
+    outcome = apply_measured(forger, forger.delta_bundle(payload, size=8192))
+    assert_refused(outcome, FORMAT, "declares 1099511627776 bytes of content for a file of 4096 bytes", forger)

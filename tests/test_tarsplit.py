@@ -118,3 +118,25 @@ def test_arbitrary_archives_rejoin_and_name_their_members(members, extra_blocks)
     joined, entries = rejoin(data)
     assert joined == data
     assert [e.size for e in entries[:-1]] == [len(body) for _, body in members]
+
+
+def with_checksum(block: bytes, kind: str) -> bytes:
+    """A header block with its checksum field recomputed: the unsigned sum (POSIX), the signed one
+    (some old tars summed signed chars) or one that is off by one."""
+    counted = block[:148] + b" " * 8 + block[156:]
+    value = {"unsigned": sum(counted), "signed": sum(b - 256 if b > 127 else b for b in counted),
+             "wrong": sum(counted) + 1}[kind]
+    return block[:148] + b"%06o\0 " % value + block[156:]
+
+
+def test_a_header_checks_with_its_unsigned_or_its_signed_sum_and_no_other():
+    data = tar_of((info("caf\xe9-\xff", 5), b"hello"), fmt=tarfile.USTAR_FORMAT)
+    assert any(b > 127 for b in data[:512])  # the name's bytes make the two sums differ
+    for kind in ("unsigned", "signed"):
+        archive = with_checksum(data[:512], kind) + data[512:]
+        out, entries = rejoin(archive)
+        assert out == archive
+        assert [(e.name, e.size) for e in entries[:1]] == [("caf\xe9-\xff", 5)], kind
+    wrong = with_checksum(data[:512], "wrong") + data[512:]
+    out, entries = rejoin(wrong)
+    assert out == wrong and [e.typeflag for e in entries] == [TRAILER]  # no header: all of it is trailer

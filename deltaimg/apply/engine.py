@@ -26,7 +26,7 @@ import os
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable
 
 from deltaimg import faults
 
@@ -36,14 +36,13 @@ from deltaimg.tar.oci_writer import write_oci_image
 
 from deltaimg.engine.interface import Engine
 
-from deltaimg.apply import swap
-from deltaimg.apply.rebuild import Rebuild, bind_base, layer_sources, load_target_config, read_rebuild, rebuild_size
+from deltaimg.apply import swap, swarm
+from deltaimg.apply.rebuild import Rebuild, base_reads, bind_base, layer_sources, load_target_config, read_rebuild, rebuild_size
 from deltaimg.bundle.manifest import Method
 from deltaimg.bundle.reader import Bundle
-from deltaimg.delta.decoder import base_references
 from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError, printable
 from deltaimg.images.daemon import open_daemon_image
-from deltaimg.delta.base_content import BaseContent, BaseRead
+from deltaimg.delta.base_content import BaseContent
 from deltaimg.progress import Advance
 
 
@@ -52,6 +51,7 @@ class EngineOutcome:
     image_id: str
     loaded: bool  # False: the target was already in the engine
     swapped: list[swap.SwapResult] = field(default_factory=list)
+    services: list[dict] = field(default_factory=list)  # Swarm services updated (deltaimg.apply.swarm)
 
 
 def shared_prefix(rebuild: Rebuild) -> int:
@@ -93,7 +93,7 @@ def load_size(engine: Engine, rebuild: Rebuild) -> int:
 def check_base_layers(bundle: Bundle, rebuild: Rebuild) -> None:
     """Refuse, before the engine exports anything, deltas that read a base layer the base lacks
     (:func:`bind_base` checked the layers the target takes whole)."""
-    used = {reference[0] for reference in _references(bundle, rebuild)}
+    used = {reference[0] for reference in base_reads(bundle, rebuild)}
     if any(index >= len(rebuild.base_diff_ids) for index in used):
         raise BundleFormatError(f"{bundle.path}: a layer delta refers to base layer {max(used)}, which the base "
                                 "lacks: the bundle is damaged")
@@ -128,6 +128,8 @@ def apply_to_engine(bundle: Bundle, engine: Engine, *, containers: list[str] | N
             outcome.swapped = swap.swap_containers(engine, rebuild.base_id, rebuild.target_id, names=containers,
                                                    target_tags=rebuild.target_tags, grace=grace, dry_run=dry_run,
                                                    log=log, observer=observer)
+    if swap_containers and engine.swaps_containers:
+        outcome.services = swarm.update_services(engine, rebuild, bundle.manifest.base.tags, dry_run, log)
     return outcome
 
 
@@ -166,7 +168,7 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
             faults.killpoint("rebuild")
             base.fetch(whole)
             with BaseContent(base, workdir, partial=True) as content, open(archive, "wb") as out:
-                content.fetch_entries(_references(bundle, rebuild))
+                content.fetch_entries(base_reads(bundle, rebuild))
                 sources = layer_sources(bundle, rebuild, content, advance)
                 if blobs is None:
                     thin = [(d, size, None if position in held else fill) for position, (d, size, fill) in enumerate(sources)]
@@ -204,14 +206,6 @@ def check_loadable(archive: str, bundle: Bundle, rebuild: Rebuild, held: set[int
                 raise EngineError(f"layer {position} ({diff_id}) of {bundle.manifest.target.name} {problem}, which "
                                   "Docker's tar reader rejects, so docker load would fail; nothing was loaded. "
                                   "Make the target image with a standard tar writer and make the bundle again")
-
-
-def _references(bundle: Bundle, rebuild: Rebuild) -> Iterator[BaseRead]:
-    """What rebuilding the target's delta layers reads of the base."""
-    for layer in rebuild.layers:
-        if layer.method is Method.DELTA:
-            with bundle.open_payload(layer.payload) as payload:  # type: ignore[arg-type]
-                yield from base_references(payload)
 
 
 class _Upload:

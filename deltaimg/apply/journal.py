@@ -16,6 +16,9 @@ Each bundle an apply works on is an *attempt* with its own ``id``. Its records, 
 - ``end`` with an ``outcome`` (``applied``, ``rolled-back``, ``failed``), written only when the
   host is in a known state again; or ``recovered``, written by the next run's recovery.
 
+A ``receipt`` record, of no attempt, holds a run's receipt that its stick could not take (its
+``folder`` and the ``reason``; see deltaimg.apply.receipts).
+
 An attempt with a ``begin`` and neither ``end`` nor ``recovered`` was interrupted: the next run
 recovers it (deltaimg.recovery) before doing anything else. Records are written whole with one
 ``write`` on an ``O_APPEND`` descriptor; a reader skips a line that is not JSON (a torn last line),
@@ -77,6 +80,7 @@ RECORDS: dict[str, Check] = {  # what the readers of each record type rely on
     "note": _object(message=_text),
     "end": _object(**_OUTCOME),
     "recovered": _object(**_OUTCOME),
+    "receipt": _object(("folder", "reason", "receipt"), folder=_text, reason=_text, receipt=lambda v: isinstance(v, dict)),
 }
 
 
@@ -197,6 +201,10 @@ class Journal:
             "so what earlier runs did is unknown; check the containers by hand (docker ps -a --filter "
             f"name=-deltaimg-old), then move the journal aside (mv {self.path} {self.path}.damaged) and run again"
         )
+
+    def kept_receipts(self) -> list[dict]:
+        """The ``receipt`` records: receipts a stick could not take (deltaimg.apply.receipts), oldest first."""
+        return [record for record in self.records() if record.get("type") == "receipt"]
 
     def attempts(self) -> list[Attempt]:
         """Every attempt, oldest first."""

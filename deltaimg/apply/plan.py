@@ -20,6 +20,8 @@ from deltaimg.engine.interface import Engine
 from deltaimg.apply.dependents import describe_links, find_dependents, in_order, name_references
 from deltaimg.errors import ImageReadError, UsageError, printable
 
+TASK_LABEL = "com.docker.swarm.service.id"  # on every container a Swarm task runs: Swarm's, never swapped
+
 SIDE_SUFFIX = "-deltaimg-old"
 DEFAULT_STOP_TIMEOUT = 10  # seconds; the engine's own default
 RUNNING, PAUSED, CREATED = "running", "paused", "created"
@@ -67,7 +69,8 @@ def survey(engine: Engine, image_id: str, names: list[str] | None) -> Survey:
     Raises :class:`UsageError` for a named container that is missing or on another image, and
     :class:`DependentsError` for a dependent that cannot be recreated."""
     if names is None:
-        refs = [c["Id"] for c in engine.containers() if c.get("ImageID") == image_id]
+        refs = [c["Id"] for c in engine.containers() if c.get("ImageID") == image_id
+                and TASK_LABEL not in (c.get("Labels") or {})]  # Swarm's: its rolling update replaces them
     else:
         refs = list(dict.fromkeys(names))
     found = []
@@ -81,7 +84,9 @@ def survey(engine: Engine, image_id: str, names: list[str] | None) -> Survey:
         found.append(info)
     targets, skipped = [], []
     for info in found:
-        if info["HostConfig"].get("AutoRemove"):
+        if TASK_LABEL in (info["Config"].get("Labels") or {}):
+            skipped.append({"name": _name(info), "reason": "it is a Swarm task; its service's rolling update replaces it"})
+        elif info["HostConfig"].get("AutoRemove"):
             skipped.append({"name": _name(info), "reason": "it runs with --rm, so stopping it deletes it; "
                                                            "recreate it by hand"})
         else:

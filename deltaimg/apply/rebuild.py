@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from deltaimg.bundle.manifest import CONFIG_PAYLOAD, ImageRecord, LayerRecord, Method, is_digest
 from deltaimg.bundle.reader import Bundle
 from deltaimg.codec import zstd_ref
-from deltaimg.delta.base_content import BaseContent
-from deltaimg.delta.decoder import rebuild_layer
+from deltaimg.delta.base_content import BaseContent, BaseRead
+from deltaimg.delta.decoder import base_references, rebuild_layer
 from deltaimg.errors import BaseMismatchError, BundleFormatError, ImageReadError, IntegrityError
 from deltaimg.images.model import Image, config_diff_ids
 from deltaimg.progress import Advance, metered
@@ -132,6 +133,14 @@ def layer_sources(bundle: Bundle, rebuild: Rebuild, content: BaseContent, advanc
             fill = _rebuild(bundle, layer.payload, content, advance)  # type: ignore[arg-type]
         sources.append((diff_id, layer.size, fill))
     return sources
+
+
+def base_reads(bundle: Bundle, rebuild: Rebuild) -> Iterator[BaseRead]:
+    """What rebuilding the target's delta layers reads of the base."""
+    for layer in rebuild.layers:
+        if layer.method is Method.DELTA:
+            with bundle.open_payload(layer.payload) as payload:  # type: ignore[arg-type]
+                yield from base_references(payload)
 
 
 def _copy_base(content: BaseContent, index: int, advance: Advance | None):

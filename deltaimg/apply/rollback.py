@@ -3,7 +3,11 @@ update already on the target image when a later one fails (an update is all or n
 
 Undoing is done newest first (remove the new container, give the old one its name back), then
 the old containers' states are put back oldest first, dependencies first: a container that
-shares another's network namespace can only start once that one runs."""
+shares another's network namespace can only start once that one runs.
+
+An old container someone removed while the update ran cannot come back: then the new container
+is left under the name, as it is, and the rollback reports that, never the engine's "no such
+container" for a step that cannot be done."""
 
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ def undo_swap(engine: Engine, plan: SwapResult, new_id: str | None, renamed: boo
     may still be stopping it: the stop is waited out first, else the container would end up stopped.
     """
     old_id = plan.old_container_id
+    if old_gone(engine, old_id):
+        return [kept_new(plan.name, old_id, new_id)]
     steps: list[Step] = []
     if new_id is not None:
         steps.append(("remove the new container", lambda: remove_new_container(engine, new_id, old_id)))
@@ -41,6 +47,8 @@ def undo_ready(engine: Engine, result: SwapResult) -> list[str]:
     container of the same update failed."""
     assert result.new_container_id is not None
     new_id = result.new_container_id
+    if old_gone(engine, result.old_container_id):
+        return [kept_new(result.name, result.old_container_id, new_id)]
     steps: list[Step] = [
         ("remove the new container", lambda: remove_new_container(engine, new_id, result.old_container_id)),
         (f"rename the old one back to {result.name}", lambda: engine.rename(result.old_container_id, result.name)),
@@ -48,12 +56,31 @@ def undo_ready(engine: Engine, result: SwapResult) -> list[str]:
     return _run(steps)
 
 
-def by_hand(name: str, old_id: str) -> str:
+def old_gone(engine: Engine, old_id: str) -> bool:
+    """Whether the old container is gone; when the engine cannot tell, the rollback tries its steps."""
+    try:
+        return engine.inspect_container(old_id) is None
+    except EngineError:
+        return False
+
+
+def kept_new(name: str, old_id: str, new_id: str | None) -> str:
+    held = f"the new container {short(new_id)} keeps the name {name}" if new_id else f"no container has the name {name}"
+    return f"the old container {short(old_id)} is gone (removed outside deltaimg during the update); {held}"
+
+
+def by_hand(name: str, old_id: str, gone: bool = False) -> str:
+    if gone:
+        return (f"docker logs {name} shows why the new container failed; fix that, or recreate {name} on the base "
+                "image (its old container cannot come back)")
     return f"docker rm -f any new {name}, docker rename {short(old_id)} {name}, docker start {name}"
 
 
 def restore_state(engine: Engine, plan: SwapResult) -> list[str]:
-    """Start the old container again if it ran, and pause it if it was paused; what failed."""
+    """Start the old container again if it ran, and pause it if it was paused; what failed. A gone
+    old container is skipped: the undo reported it."""
+    if old_gone(engine, plan.old_container_id):
+        return []
     steps: list[Step] = []
     if plan.started:
         steps.append(("start the old one", lambda: engine.start(plan.old_container_id)))

@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 
 from deltaimg.apply.plan import SIDE_SUFFIX, SwapResult, describe, find_image, plan, short, survey
 from deltaimg.apply.readiness import wait_ready
-from deltaimg.apply.rollback import by_hand, pause_if_running, restore_state, undo_ready, undo_swap
+from deltaimg.apply.rollback import by_hand, old_gone, pause_if_running, restore_state, undo_ready, undo_swap
 from deltaimg.engine.interface import Engine
 from deltaimg.errors import EngineError, SwapFailedNotRolledBack, SwapFailedRolledBack, UsageError, printable
 
@@ -175,7 +175,8 @@ def _roll_back_set(engine: Engine, ready: list[SwapResult], failed: _Failed | No
         return SwapFailedRolledBack("interrupted")
     too = printable(", ".join(r.name for r in ready))
     if any(failures.values()):
-        broken = " | ".join(printable(f"{name}: {'; '.join(f)}; by hand: {by_hand(name, old_id)}")
+        broken = " | ".join(printable(f"{name}: {'; '.join(f)}; by hand: "
+                                      f"{by_hand(name, old_id, old_gone(engine, old_id))}")
                             for name, f, old_id in ((p.name, failures[p.name], p.old_container_id) for p in back)
                             if f)
         return SwapFailedNotRolledBack(printable(f"{failed.plan.name}: swap failed ({failed.reason}) and the rollback "

@@ -40,7 +40,7 @@ from deltaimg.apply import diskspace
 from deltaimg.engine import choose
 from deltaimg.engine.interface import Engine
 
-from deltaimg.apply import recovery
+from deltaimg.apply import receipts, recovery
 
 from deltaimg.bundle import signing
 from deltaimg.apply.rebuild import Rebuild, read_rebuild
@@ -75,6 +75,7 @@ class Options:
     retry: bool = False
     progress_bars: bool = True
     engine: str | None = None  # which engine, and where (deltaimg.engine.choose); None: $DELTAIMG_ENGINE or Docker
+    receipts: bool = False  # write the run's receipt beside the bundles (deltaimg.apply.receipts)
 
 
 class Reporter(Protocol):
@@ -93,7 +94,9 @@ def run(options: Options, reporter: Reporter) -> None:
         _Run(options, reporter, state, choose.connect(options.engine), strict).dry_run(files)
         return
     state.create()
-    with RunLock(state.lock_path, options.wait), _Termination() as termination:
+    folder = options.paths[0] if os.path.isdir(options.paths[0]) else os.path.dirname(options.paths[0]) or "."
+    with receipts.kept(folder if options.receipts else None, state.journal, reporter) as reporter, \
+            RunLock(state.lock_path, options.wait), _Termination() as termination:
         state.clean_work()
         engine = choose.connect(options.engine)
         recovery.recover(engine, state.journal, reporter.outcome)

@@ -30,7 +30,8 @@ from deltaimg.codec import zstd_ref
 from deltaimg.errors import BundleFormatError, IntegrityError
 
 MAGIC = b"DELTAIMG"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a delta segment may code a compressed file on its content (delta/inside.py)
+READABLE_VERSIONS = (1, 2)  # a version 1 bundle is a version 2 bundle without such segments
 U32 = struct.Struct(">I")
 MAX_MANIFEST = 64 * 1024 * 1024  # stored (compressed) and decompressed alike
 MAX_SIGNATURE = 64 * 1024
@@ -86,6 +87,13 @@ def part_spans(parts: list[tuple[str, int]]) -> list[tuple[int, int]]:
         spans.append((start, start + size))
         start += size
     return spans
+
+
+def stored_version(path: str) -> int:
+    """The format version in the header of the bundle at ``path`` (already checked to be readable)."""
+    with open(path, "rb") as f:
+        f.seek(len(MAGIC))
+        return U32.unpack(f.read(U32.size))[0]
 
 
 def starts_a_bundle(path: str) -> bool:

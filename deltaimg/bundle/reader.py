@@ -9,7 +9,7 @@ from typing import BinaryIO, Callable
 
 from deltaimg import streams
 from deltaimg.bundle import signing
-from deltaimg.bundle.format import (FORMAT_VERSION, MAGIC, MAX_MANIFEST, MAX_PARTS, MAX_SIGNATURE, PART_SUFFIX,
+from deltaimg.bundle.format import (FORMAT_VERSION, READABLE_VERSIONS, MAGIC, MAX_MANIFEST, MAX_PARTS, MAX_SIGNATURE, PART_SUFFIX,
                                     U32, manifest_json, parse_signature_block, part_path, starts_a_bundle)
 from deltaimg.bundle.verify import verify_payloads
 from deltaimg.bundle.manifest import Manifest, PayloadRecord, Split, parse_manifest
@@ -71,8 +71,8 @@ def read_header(path: str) -> tuple[bytes, dict | None, int, int]:
             if len(head) < 16:
                 raise BundleFormatError(f"{path} is truncated: the bundle header is incomplete")
             (version,) = U32.unpack(head[8:12])
-            if version != FORMAT_VERSION:
-                raise BundleFormatError(f"{path} is bundle format {version}; this deltaimg reads format {FORMAT_VERSION}")
+            if version not in READABLE_VERSIONS:
+                raise BundleFormatError(f"{path} is bundle format {version}; this deltaimg reads formats 1 to {FORMAT_VERSION}; upgrade deltaimg")
             (manifest_len,) = U32.unpack(head[12:16])
             if manifest_len > MAX_MANIFEST or 16 + manifest_len + 4 > size:
                 raise BundleFormatError(f"{path} is truncated or damaged: bad manifest length")

@@ -15,7 +15,7 @@ from typing import Callable, List, NoReturn, Optional
 from deltaimg import __version__, report
 from deltaimg.cli import grammar
 
-from deltaimg.bundle import keys
+from deltaimg.bundle import format as bundle_format, keys
 from deltaimg.errors import DeltaimgError, UsageError, printable
 
 
@@ -105,7 +105,8 @@ def inspect(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], a
     key_id = signature.get("key_id") if isinstance(signature, dict) else None
     if m.split:  # BUNDLE is the first part; the manifest says how large they are together
         size = payload_start + m.payload_area
-    data, lines = report.inspection(bundle, size, key_id, bool(trusted), checked, m)
+    data, lines = report.inspection(bundle, size, key_id, bool(trusted), checked, m,
+                                     bundle_format.stored_version(bundle))
     _emit(as_json, data, lines)
 
 
@@ -126,8 +127,23 @@ def diff(base: str, target: str, platform: Optional[str], limit: int, as_json: b
 def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str], base: Optional[str],
           output: Optional[str], force: bool, platform: Optional[str], container: Optional[List[str]],
           no_swap: bool, grace: float, dry_run: bool, state_dir: Optional[str], engine: Optional[str], wait: float,
-          allow_downgrade: bool, retry: bool, log_format: str, as_json: bool, quiet: bool) -> None:
+          allow_downgrade: bool, retry: bool, log_format: str, receipts: bool, as_json: bool, quiet: bool,
+          to: Optional[str] = None, source: Optional[str] = None, ca_file: Optional[str] = None) -> None:
     """Verify bundles, rebuild the target images byte-exactly, load them into the engine and swap their containers."""
+    if to or source or ca_file:
+        if not to:
+            raise UsageError("--from and --ca-file go with --to docker://HOST/REPO[:TAG] (push into a registry)")
+        engine_only = [name for name, given in (("--base", base), ("--output", output), ("--dry-run", dry_run),
+                                                ("--container", container), ("--no-swap", no_swap), ("--engine", engine),
+                                                ("--retry", retry), ("--state-dir", state_dir), ("--wait", wait),
+                                                ("--log-format json", log_format == "json")) if given]
+        if engine_only:
+            raise UsageError(f"{', '.join(engine_only)} cannot go with --to, which pushes into a registry and touches "
+                             "no engine: leave them out")
+        if len(paths) != 1:
+            raise UsageError("--to pushes one bundle's target; give exactly one bundle")
+        _apply_to_registry(paths[0], trust, trust_dir, to, source, ca_file, platform, allow_downgrade, as_json, quiet)
+        return
     if base or output:
         if not (base and output):
             raise UsageError("--base and --output go together (rebuild into an archive); give both or neither")
@@ -135,7 +151,8 @@ def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str]
             raise UsageError("--base and --output rebuild one bundle; give exactly one")
         engine_only = [name for name, given in (("--dry-run", dry_run), ("--container", container), ("--no-swap", no_swap),
                                                 ("--engine", engine), ("--retry", retry), ("--state-dir", state_dir),
-                                                ("--wait", wait), ("--log-format json", log_format == "json")) if given]
+                                                ("--wait", wait), ("--log-format json", log_format == "json"),
+                                                ("--receipts", receipts)) if given]
         if engine_only:
             raise UsageError(f"{', '.join(engine_only)} {'is' if len(engine_only) == 1 else 'are'} for an apply into the "
                              "engine; --base and --output rebuild an archive and touch no engine: leave them out")
@@ -162,10 +179,31 @@ def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str]
                                  state_dir=state_dir_path(state_dir), wait=wait, containers=container or None,
                                  swap=not no_swap, grace=grace, dry_run=dry_run, allow_downgrade=allow_downgrade,
                                  retry=retry, progress_bars=not (quiet or as_json or log_format == "json"),
-                                 engine=engine)
+                                 engine=engine, receipts=receipts)
     unattended.run(options, reporter)
     if isinstance(reporter, runlog.Collected):
         _emit(True, reporter.report(), [])
+
+
+def _apply_to_registry(path: str, trust: Optional[List[str]], trust_dir: Optional[str], to: str, source: Optional[str],
+                       ca_file: Optional[str], platform: Optional[str], allow_downgrade: bool, as_json: bool,
+                       quiet: bool) -> None:
+    from deltaimg import progress
+    from deltaimg.apply.registry import apply_to_registry
+    from deltaimg.engine.registry import parse_reference
+    from deltaimg.units import human_size
+
+    target = parse_reference(to, "--to")
+    base = parse_reference(source, "--from") if source else None
+    opened = _open(path, trust, trust_dir, quiet or as_json)
+    lines: list[str] = []
+    with progress.bar("apply", None, not (quiet or as_json)) as advance:
+        pushed = apply_to_registry(opened, target, base, ca_file, platform, lines.append, advance, allow_downgrade)
+    if not pushed.already:
+        lines.append(f"{pushed.target}: {pushed.image_id[:19]} pushed ({pushed.uploaded} layer(s) uploaded, "
+                     f"{pushed.mounted} mounted from {pushed.source.rsplit(':', 1)[0]}, {pushed.present} already there); "
+                     f"{human_size(pushed.bytes_pushed)} pushed of {human_size(pushed.image_bytes)}, the whole image")
+    _emit(as_json, {"bundle": path, "outcome": "already there" if pushed.already else "pushed", **pushed.as_json()}, lines)
 
 
 def _reporter(log_format: str, as_json: bool):
@@ -191,7 +229,16 @@ def status(state_dir: Optional[str], limit: int, as_json: bool) -> None:
     attempts = state.journal.attempts()
     shown = attempts[-limit:] if limit > 0 else attempts
     running = holder(state.lock_path)
-    data, lines = report.status(state.path, shown, len(attempts), running)
+    data, lines = report.status(state.path, shown, len(attempts), running, state.journal.kept_receipts())
+    _emit(as_json, data, lines)
+
+
+def receipts(directory: str, as_json: bool) -> None:
+    """Show the receipts hosts wrote onto a stick (DIR/receipts/*.json): which took the update."""
+    from deltaimg.apply.receipts import read_all
+
+    folder, rows, left_out = read_all(directory)
+    data, lines = report.receipts(folder, rows, left_out)
     _emit(as_json, data, lines)
 
 
@@ -257,4 +304,4 @@ def _interrupted() -> NoReturn:
 
 COMMANDS: dict[str, Callable[..., Optional[int]]] = {
     "keygen": keygen, "make": make, "verify": verify, "inspect": inspect, "diff": diff, "apply": apply,
-    "status": status, "demo": demo, "version": version}
+    "status": status, "receipts": receipts, "demo": demo, "version": version}

@@ -109,7 +109,8 @@ def _diff(p: argparse.ArgumentParser) -> None:
 
 APPLY_EPILOG = """\
 Given a folder or several bundles, applies those that take this host forward, in chain order.
-With --base and --output, rebuilds one bundle into an archive instead and leaves the engine alone."""
+With --base and --output, rebuilds one bundle into an archive instead and leaves the engine alone;
+with --to, rebuilds it from the base in a registry and pushes the target there."""
 
 
 def _apply(p: argparse.ArgumentParser) -> None:
@@ -119,6 +120,11 @@ def _apply(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", metavar="IMAGE", help="rebuild from this image (archive or layout) instead of the engine")
     p.add_argument("-o", "--output", metavar="FILE", help="with --base: write the target image as a docker save archive")
     p.add_argument("--force", action="store_true", help="overwrite --output")
+    p.add_argument("--to", metavar="docker://HOST[:PORT]/REPO[:TAG]",
+                   help="rebuild the target from the base in this registry and push it there (docs/site.md)")
+    p.add_argument("--from", dest="source", metavar="docker://HOST[:PORT]/REPO[:TAG]",
+                   help="with --to: where the base is in that registry (default: its own repository and tag there)")
+    p.add_argument("--ca-file", metavar="PEM", help="with --to: CA certificates to trust the registry's TLS with")
     _platform(p, "the base holds")
     p.add_argument("--container", action="append", metavar="NAME", help="swap only this container (repeatable)")
     p.add_argument("--no-swap", action="store_true", help="load the target image; touch no container")
@@ -136,6 +142,8 @@ def _apply(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry", action="store_true", help="try again a bundle whose last attempt was rolled back")
     p.add_argument("--log-format", metavar="text|json", default="text",
                    help="text: readable lines (default); json: one JSON object per line (for cron and log collectors)")
+    p.add_argument("--receipts", action="store_true",
+                   help="write this run's receipt into receipts/ beside the bundles (a stick carried to many hosts)")
     _json(p)
     _quiet(p)
 
@@ -143,6 +151,11 @@ def _apply(p: argparse.ArgumentParser) -> None:
 def _status(p: argparse.ArgumentParser) -> None:
     _state_dir(p)
     p.add_argument("--limit", metavar="N", type=int, default=20, help="show the last N attempts (0: all; default 20)")
+    _json(p)
+
+
+def _receipts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", metavar="DIR", help="a stick (its receipts/ folder is read) or a receipts folder")
     _json(p)
 
 
@@ -158,7 +171,7 @@ def _version(p: argparse.ArgumentParser) -> None:
 
 GRAMMAR: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "keygen": _keygen, "make": _make, "verify": _verify, "inspect": _inspect, "diff": _diff, "apply": _apply,
-    "status": _status, "demo": _demo, "version": _version}
+    "status": _status, "receipts": _receipts, "demo": _demo, "version": _version}
 EPILOGS = {"apply": APPLY_EPILOG}
 
 

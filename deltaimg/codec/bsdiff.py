@@ -9,6 +9,7 @@ coded in one context with everything else.
 from __future__ import annotations
 
 import re
+import struct
 from typing import Iterator
 
 import bsdiff4.core
@@ -24,11 +25,32 @@ def diff(base: bytes, target: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 def patch(base: bytes, target_size: int, control: bytes, sparse_diff: bytes, extra: bytes) -> bytes:
+    check_control(control, target_size)
     diff = sparse_decode(sparse_diff, limit=target_size)
     try:
         return bsdiff4.core.patch(base, target_size, control, diff, extra)
     except Exception as exc:  # bsdiff4.core raises bare ValueError/MemoryError on bad input
         raise IntegrityError(f"a binary delta does not apply ({exc})") from None
+
+
+def check_control(control: bytes, target_size: int) -> None:
+    """Refuse a control stream that does not make exactly ``target_size`` bytes, or whose triples
+    make nothing (bsdiff writes none of those; :func:`aligned` writes one for an empty file): so
+    the work of a patch is bounded by the bytes it makes, whatever a bundle says."""
+    if len(control) % _TRIPLE.size:
+        raise IntegrityError("a binary delta's control stream is not whole triples: the bundle is damaged")
+    made = idle = 0
+    for add, extra, _seek in _TRIPLE.iter_unpack(control):  # a negative count has its top bit set: too large
+        made += add + extra
+        idle += not add + extra
+        if idle > 1 or made > target_size:
+            raise IntegrityError("a binary delta's control stream makes nothing or more than its file: "
+                                 "the bundle is damaged")
+    if made != target_size:
+        raise IntegrityError("a binary delta's control stream makes less than its file: the bundle is damaged")
+
+
+_TRIPLE = struct.Struct("<QQQ")
 
 
 def aligned(base: bytes, target: bytes, runs: list[tuple[int, int]]) -> tuple[bytes, bytes, bytes]:

@@ -201,9 +201,12 @@ class BaseContent:
         for layer, diff_id in enumerate(self.image.diff_ids):
             if layer in streamed:
                 found = streamed.pop(layer)
-            elif self.image.diff_ids.index(diff_id) == layer:
-                found = list(self._scan(layer, _payload_digest))
-                self._check_in_place(layer)
+            elif self.image.diff_ids.index(diff_id) == layer:  # read in place: hashed as it is scanned, in one pass
+                with open_range(*self._local(layer)) as stream:
+                    reader = HashingReader(stream)
+                    found = list(self._scan_stream(layer, reader, _payload_digest))  # type: ignore[arg-type]
+                    reader.drain()
+                self._check(layer, reader.digest)
             else:
                 continue  # the same layer twice: once is enough
             self._entries[layer] = [entry for entry, _ in found]

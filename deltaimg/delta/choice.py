@@ -55,6 +55,7 @@ class Piece:
     base_len: int
     streams: tuple[bytes, bytes, bytes] | None
     as_reference: bool = True  # whether those base bytes help zstd code it (an aligned delta's do not)
+    inside: bytes | None = None  # the whole file coded on its content (delta/inside.py)
 
 
 def base_region(partner_size: int, start: int, end: int, size: int) -> tuple[int, int]:

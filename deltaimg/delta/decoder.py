@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import BinaryIO, Callable, Iterator
 
 from deltaimg.codec import bsdiff, zstd_ref
@@ -18,7 +19,8 @@ from deltaimg.delta.recipe import (
     PRE_EDITED_CHECKSUM,
     PRE_LITERAL,
     PRE_PARTNER,
-    SEGMENT_BSDIFF,
+    SEGMENT_INSIDE,
+    SEGMENT_LITERAL,
     Chunk,
     RecordReader,
     decode_recipe,
@@ -26,6 +28,8 @@ from deltaimg.delta.recipe import (
     read_header,
 )
 from deltaimg.delta.base_content import BaseContent, BaseEntry, BaseRead
+from deltaimg.delta import inside
+from deltaimg.delta.choice import WHOLE_OLD_MAX
 from deltaimg.tar.split import BLOCK
 
 PIECE = 1 << 20
@@ -150,8 +154,11 @@ def _write_data(record, partner: BaseEntry | None, literal: LiteralReader, base:
     for segment in record.segments:
         if segment.base_start + segment.base_len > partner.size:
             raise BundleFormatError("a delta segment refers past its base file's end: the bundle is damaged")
-        if segment.kind != SEGMENT_BSDIFF:
+        if segment.kind == SEGMENT_LITERAL:
             literal.copy(segment.target_len, write)
+            continue
+        if segment.kind == SEGMENT_INSIDE:
+            _write_inside(segment, partner, literal, base, write)
             continue
         if max(segment.target_len, segment.base_len, *segment.bsdiff_lens) > MAX_BSDIFF_BYTES:
             raise BundleFormatError("a binary delta is larger than any deltaimg writes: the bundle is damaged")
@@ -161,6 +168,17 @@ def _write_data(record, partner: BaseEntry | None, literal: LiteralReader, base:
         base_bytes = base.read_data(partner, segment.base_start, segment.base_len)
         write(bsdiff.patch(base_bytes, segment.target_len, control, diff, extra))
     return record.size
+
+
+def _write_inside(segment, partner: BaseEntry, literal: LiteralReader, base: BaseContent, write: Write) -> None:
+    """A file coded on its content (delta/inside.py): make writes it only for a whole base file of at
+    most ``WHOLE_OLD_MAX`` bytes and a blob at most half the file's size."""
+    blob_len = segment.bsdiff_lens[0]
+    if segment.base_start or segment.base_len != partner.size or partner.size > WHOLE_OLD_MAX or \
+            blob_len > segment.target_len or segment.target_len > MAX_BSDIFF_BYTES:
+        raise BundleFormatError("a compressed file's delta is larger than any deltaimg writes: the bundle is damaged")
+    blob = literal.read(blob_len)
+    write(inside.decode(base.read_data(partner, 0, partner.size), segment.target_len, blob))
 
 
 def bsdiff_fits(target_len: int, control_len: int, diff_len: int, extra_len: int) -> bool:
@@ -186,7 +204,7 @@ def base_references(payload: BinaryIO) -> Iterator[BaseRead]:
             if record.data_kind == DATA_PARTNER:
                 yield BaseRead(*record.partner, PART_DATA, 0, None)
             for segment in record.segments if record.data_kind == DATA_DELTA else ():
-                if segment.kind == SEGMENT_BSDIFF:
+                if segment.kind != SEGMENT_LITERAL:
                     yield BaseRead(*record.partner, PART_DATA, segment.base_start, segment.base_len)
         if record.ref and record.data_kind == DATA_REF:
             yield BaseRead(*record.ref, PART_DATA, 0, None)
@@ -197,7 +215,11 @@ def base_references(payload: BinaryIO) -> Iterator[BaseRead]:
 def read_recipe(payload: BinaryIO) -> tuple[list[Chunk], varint.Reader]:
     """A layer delta's chunk table and its entry records, the payload left at the first chunk frame."""
     recipe_len, frame_len = read_header(payload)
-    return decode_recipe(zstd_ref.decompress(payload.read(frame_len), recipe_len))
+    recipe = zstd_ref.decompress(payload.read(frame_len), recipe_len)
+    here = payload.tell()
+    frames_size = payload.seek(0, io.SEEK_END) - here
+    payload.seek(here)
+    return decode_recipe(recipe, frames_size)
 
 
 def _byte_range(base: BaseContent, layer: int, index: int, part: int, start: int, length: int | None) -> tuple[int, int, int]:

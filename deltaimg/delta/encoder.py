@@ -10,7 +10,8 @@ For every tar entry of the target layer, in order:
   base bytes they resemble as reference prefix.
 
 Memory stays bounded: payloads are held in memory only up to ``MEMORY_PAYLOAD_MAX`` (larger
-ones are spilled to the work directory), a bounded number of chunks and bsdiff jobs run at once.
+ones are read again from the layer's file, or spilled: :mod:`deltaimg.delta.payloads`), a bounded
+number of chunks and bsdiff jobs run at once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
-import os
 import tempfile
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -26,31 +26,14 @@ from typing import BinaryIO, Iterator
 
 from deltaimg.codec import zstd_ref
 from deltaimg.errors import ImageReadError
-from deltaimg.delta.recipe import (
-    DATA_DELTA,
-    DATA_LITERAL,
-    DATA_PARTNER,
-    DATA_REF,
-    PART_DATA,
-    PART_PRE,
-    PRE_EDITED,
-    PRE_EDITED_CHECKSUM,
-    PRE_LITERAL,
-    PRE_PARTNER,
-    SEGMENT_BSDIFF,
-    SEGMENT_LITERAL,
-    MAX_RECIPE_BYTES,
-    Chunk,
-    Record,
-    RecordWriter,
-    Segment,
-    Span,
-    encode_recipe,
-    pack_header,
-    with_checksum,
-)
+from deltaimg.delta.recipe import (DATA_DELTA, DATA_LITERAL, DATA_PARTNER, DATA_REF, PART_DATA, PART_PRE, PRE_EDITED,
+                                   PRE_EDITED_CHECKSUM, PRE_LITERAL, PRE_PARTNER, SEGMENT_BSDIFF, SEGMENT_INSIDE,
+                                   SEGMENT_LITERAL, MAX_RECIPE_BYTES, Chunk, Record, RecordWriter, Segment, Span,
+                                   encode_recipe, pack_header, with_checksum)
 from deltaimg.delta.base_content import BaseEntry, BaseIndex, BaseRead
+from deltaimg.delta.payloads import Held, hold
 from deltaimg.delta.choice import WHOLE_OLD_MAX, base_region, code, edit_runs
+from deltaimg.delta.inside import code_file
 from deltaimg.tar.split import BLOCK, REGULAR_TYPES, TRAILER, Entry, TarSplitter
 
 CHUNK_LITERAL = 8 << 20  # literal bytes per zstd frame
@@ -85,7 +68,7 @@ class LayerStats:
 class _Part:
     """A piece of the literal stream: bytes now, bytes later (a future), or a spilled file."""
 
-    data: bytes | Future | str | _Segmented
+    data: bytes | Future | Held | _Segmented
     partner: BaseEntry | None = None  # reference spans come from this entry's payload
     spans: list[Span] = field(default_factory=list)
     fallback: bytes = b""  # a bsdiff candidate's target payload, coded literally if bsdiff loses
@@ -100,7 +83,7 @@ class _Part:
 class _Segmented:
     """A payload too large for one bsdiff, coded segment by segment when its turn comes."""
 
-    payload: bytes | str  # the bytes, or the path of the spilled payload
+    payload: bytes | Held
 
 
 class LiteralStream:
@@ -207,8 +190,11 @@ def _header_edits(base: bytes, target: bytes) -> tuple[int, list[tuple[int, int]
 class LayerEncoder:
     """Encodes one target layer; see the module docstring."""
 
-    def __init__(self, index: BaseIndex, pool: Executor, workdir: str, home: int | None, name: str) -> None:
-        """``home``: the base layer this one replaces (:meth:`BaseIndex.home`); ``name``: it in messages."""
+    def __init__(self, index: BaseIndex, pool: Executor, workdir: str, home: int | None, name: str,
+                 local: tuple[str, int, int] | None = None) -> None:
+        """``home``: the base layer this one replaces (:meth:`BaseIndex.home`); ``name``: it in messages;
+        ``local``: where the layer's bytes sit in a file, if they do (:attr:`Layer.local`)."""
+        self._local = local
         self._name = name
         self._index = index
         self._home = index.home(home)
@@ -289,10 +275,10 @@ class LayerEncoder:
         self.stats.files += 1
         digest = hashlib.sha256()
         if entry.size <= MEMORY_PAYLOAD_MAX:
-            payload: bytes | str = b"".join(splitter.payload_chunks())
+            payload: bytes | Held = b"".join(splitter.payload_chunks())
             digest.update(payload)  # type: ignore[arg-type]
         else:
-            payload = self._spill(splitter, digest)
+            payload = hold(splitter, entry, digest, self._workdir, self._local)
         same = _same_content(self._index, entry, digest.digest())
         if same is not None:
             self.stats.identical += 1
@@ -311,18 +297,10 @@ class LayerEncoder:
         record.data_kind = DATA_DELTA
         if isinstance(payload, bytes) and usable.size <= WHOLE_OLD_MAX:
             base = self._index.content.read_data(usable)
-            job = self._pool.submit(code, base, 0, payload)
+            job = self._pool.submit(code_file, base, payload)
             parts.append(_Part(job, partner=usable, fallback=payload, base_len=usable.size))
         else:
             parts.append(_Part(_Segmented(payload), partner=usable))
-
-    def _spill(self, splitter: TarSplitter, digest) -> str:
-        fd, path = tempfile.mkstemp(dir=self._workdir, suffix=".payload")
-        with os.fdopen(fd, "wb") as spill:
-            for chunk in splitter.payload_chunks():
-                digest.update(chunk)
-                spill.write(chunk)
-        return path
 
     # -- emitting, in layer order -----------------------------------------------------------
     def _drain(self, pending, literal: LiteralStream, records: RecordWriter, everything: bool) -> None:
@@ -345,8 +323,8 @@ class LayerEncoder:
         elif isinstance(data, _Segmented):
             assert part.partner is not None
             self._emit_segmented(record, part.partner, data.payload, literal)
-        elif isinstance(data, str):
-            self._emit_spilled(data, literal)
+        elif isinstance(data, Held):
+            self._emit_held(data, literal)
         else:
             spans = list(part.spans)
             if part.partner is not None:
@@ -361,6 +339,10 @@ class LayerEncoder:
     def _emit_pieces(self, record: Record, partner: BaseEntry, target: bytes, job: Future, literal: LiteralStream) -> None:
         """One segment per piece of ``target`` that :func:`code` made: bsdiff streams or literal bytes."""
         for piece in job.result():
+            if piece.inside is not None:  # the whole file, coded on its content
+                record.segments.append(Segment(SEGMENT_INSIDE, piece.length, 0, piece.base_len, (len(piece.inside), 0, 0)))
+                self._add_literal(piece.inside, [], literal)
+                continue
             span = Span(partner.layer, partner.index, PART_DATA, piece.base_start, piece.base_len)
             if (streams := piece.streams) is None:
                 record.segments.append(Segment(SEGMENT_LITERAL, piece.length, piece.base_start, piece.base_len))
@@ -370,10 +352,10 @@ class LayerEncoder:
                 record.segments.append(Segment(SEGMENT_BSDIFF, piece.length, piece.base_start, piece.base_len, lens))
                 self._add_literal(b"".join(streams), [span] if piece.as_reference else [], literal)
 
-    def _emit_segmented(self, record: Record, partner: BaseEntry, payload: bytes | str, literal: LiteralStream) -> None:
+    def _emit_segmented(self, record: Record, partner: BaseEntry, payload: bytes | Held, literal: LiteralStream) -> None:
         """Segments of a large payload, bsdiffed in parallel a few at a time, emitted in order."""
         window: collections.deque[tuple[bytes, Future]] = collections.deque()
-        source = io.BytesIO(payload) if isinstance(payload, bytes) else open(payload, "rb")
+        source = io.BytesIO(payload) if isinstance(payload, bytes) else payload.open()
         with source:
             for start in range(0, record.size, SEGMENT):
                 target = source.read(SEGMENT)
@@ -391,11 +373,11 @@ class LayerEncoder:
         self.stats.literal_bytes += len(data)
         literal.add(data, spans)
 
-    def _emit_spilled(self, path: str, literal: LiteralStream) -> None:
-        with open(path, "rb") as spill:
-            while piece := spill.read(PIECE):
+    def _emit_held(self, held: Held, literal: LiteralStream) -> None:
+        with held.open() as source:
+            while piece := source.read(PIECE):
                 self._add_literal(piece, [], literal)
-        os.unlink(path)
+        held.discard()
 
     def _emit_trailer(self, splitter: TarSplitter, entry: Entry, literal: LiteralStream, records: RecordWriter) -> None:
         for chunk in splitter.payload_chunks():
@@ -443,6 +425,6 @@ def _same_content(index: BaseIndex, entry: Entry, digest: bytes) -> BaseEntry | 
     return same if same is not None and same.size == entry.size else None
 
 
-def _discard(payload: bytes | str) -> None:
-    if isinstance(payload, str):
-        os.unlink(payload)
+def _discard(payload: bytes | Held) -> None:
+    if isinstance(payload, Held):
+        payload.discard()

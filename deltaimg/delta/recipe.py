@@ -33,7 +33,7 @@ MAX_EDITS = 1 << 16  # byte runs replaced in one header; more and the encoder wr
 # entry record flags
 PRE_LITERAL, PRE_PARTNER, PRE_EDITED, PRE_EDITED_CHECKSUM = 0, 1, 2, 3
 DATA_LITERAL, DATA_PARTNER, DATA_DELTA, DATA_REF = 0, 1, 2, 3
-SEGMENT_LITERAL, SEGMENT_BSDIFF = 0, 1
+SEGMENT_LITERAL, SEGMENT_BSDIFF, SEGMENT_INSIDE = 0, 1, 2  # SEGMENT_INSIDE: see delta/inside.py
 HAS_PARTNER = 1 << 4
 PAD_LITERAL = 1 << 5
 TRAILER = 1 << 6
@@ -42,7 +42,7 @@ NEXT_PARTNER = 1 << 7  # the partner is the entry after the previous record's pa
 PART_PRE, PART_DATA = 0, 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Span:
     """``length`` bytes from ``start`` in the header (PART_PRE) or payload of base entry (layer, index)."""
 
@@ -53,7 +53,7 @@ class Span:
     length: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Chunk:
     literal_len: int
     frame_len: int
@@ -73,7 +73,7 @@ class Segment:
     target_len: int
     base_start: int
     base_len: int
-    bsdiff_lens: tuple[int, int, int] = (0, 0, 0)  # control, diff, extra
+    bsdiff_lens: tuple[int, int, int] = (0, 0, 0)  # control, diff, extra; SEGMENT_INSIDE: (blob, 0, 0)
 
 
 @dataclass
@@ -178,24 +178,33 @@ class RecordWriter:
                 if segment.kind == SEGMENT_BSDIFF:
                     for n in segment.bsdiff_lens:
                         varint.put(out, n)
+                elif segment.kind == SEGMENT_INSIDE:
+                    varint.put(out, segment.bsdiff_lens[0])
 
 
-def decode_recipe(data: bytes) -> tuple[list[Chunk], varint.Reader]:
-    """The chunk table, and a reader positioned at the first entry record."""
+def decode_recipe(data: bytes, frames_size: int) -> tuple[list[Chunk], varint.Reader]:
+    """The chunk table, and a reader positioned at the first entry record. ``frames_size`` is what
+    the payload holds after the recipe: each chunk's frame is at least a byte of it and together
+    they fit in it, so the table is as long as the payload is, not as a count says."""
     reader = varint.Reader(data)
     if reader.get() != RECIPE_VERSION:
         raise BundleFormatError("layer recipe is of an unknown version: upgrade deltaimg")
     count = reader.get()
     if count > MAX_SPANS:
         raise BundleFormatError("layer recipe lists too many chunks: the bundle is damaged")
+    if count > frames_size:
+        raise BundleFormatError("layer recipe lists more chunks than its payload holds: the bundle is damaged")
     chunks = []
     coords = _Coords()
-    spans_total = 0
+    spans_total = frames_total = 0
     for _ in range(count):
         literal_len, frame_len, n_spans = reader.get(), reader.get(), reader.get()
         spans_total += n_spans
+        frames_total += frame_len
         if literal_len > MAX_CHUNK_BYTES or frame_len > MAX_FRAME_BYTES or spans_total > MAX_SPANS:
             raise BundleFormatError("layer recipe has an oversized chunk: the bundle is damaged")
+        if not frame_len or frames_total > frames_size:
+            raise BundleFormatError("layer recipe has chunk frames its payload does not hold: the bundle is damaged")
         spans = []
         for _ in range(n_spans):
             layer, index = coords.get(reader)
@@ -268,6 +277,8 @@ class RecordReader:
                 segment = Segment(r.get(), r.get(), r.get(), r.get())
                 if segment.kind == SEGMENT_BSDIFF:
                     segment.bsdiff_lens = (r.get(), r.get(), r.get())
+                elif segment.kind == SEGMENT_INSIDE:
+                    segment.bsdiff_lens = (r.get(), 0, 0)
                 elif segment.kind != SEGMENT_LITERAL:
                     raise BundleFormatError("layer recipe has an invalid delta segment: the bundle is damaged")
                 record.segments.append(segment)

@@ -114,7 +114,8 @@ def _encode_layers(base: Image, target: Image, content: BaseContent, writer: Bun
                             "size": records[done[layer.diff_id]]["size"]})
             continue
         assert index is not None
-        encoder = LayerEncoder(index, pool, workdir, _home(base, target, position), f"layer {position} ({layer.diff_id})")
+        encoder = LayerEncoder(index, pool, workdir, _home(base, target, position), f"layer {position} ({layer.diff_id})",
+                               layer.local)
         name = f"layer-{position}"
         reader_box: list[HashingReader] = []
 

@@ -202,6 +202,10 @@ def _is_seekable(stream: BinaryIO) -> bool:
         return False
 
 
+_CHECKSUM_AS_SPACES = b" " * 8
+_HIGH_BIT = bytes(b >> 7 for b in range(256))  # 1 for a byte over 127, else 0
+
+
 def _parse_header(block: bytes) -> tuple[bytes, int] | None:
     """(typeflag, size) of a valid header block, or None where the archive's end or junk starts."""
     if len(block) < BLOCK or block == ZERO_BLOCK:
@@ -209,12 +213,11 @@ def _parse_header(block: bytes) -> tuple[bytes, int] | None:
     stored = _octal(block[148:156])
     if stored is None:
         return None
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    signed = sum(b - 256 if b > 127 else b for b in block[:148]) + 8 * 32 + sum(
-        b - 256 if b > 127 else b for b in block[156:]
-    )
-    if stored not in (unsigned, signed):
-        return None
+    counted = block[:148] + _CHECKSUM_AS_SPACES + block[156:]
+    unsigned = sum(counted)
+    if stored != unsigned:  # some old tars summed signed chars: each byte over 127 counts 256 less
+        if stored != unsigned - 256 * sum(counted.translate(_HIGH_BIT)):
+            return None
     size = _number(block[124:136])
     if size is None or size < 0:
         return None
