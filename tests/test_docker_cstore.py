@@ -37,6 +37,8 @@ class FakeStore:
         self.images: dict[str, dict] = {}
         self.loads: list[bytes] = []  # every body /images/load received
         self.change_config = False  # import a load with a config other than the archive's
+        self.unpack_error = ""  # after "Loaded image", the line moby writes when the unpack then failed
+        self.blobless: set[str] = set()  # layer digests whose snapshot the store keeps, not the blob (moby #49473)
 
     def add(self, names: list[str], config: bytes, layers: list[bytes]) -> str:
         blobs = {digest(config): config, **{digest(layer): layer for layer in layers}}
@@ -68,7 +70,8 @@ class FakeStore:
     def export(self, target: str) -> bytes:
         out = io.BytesIO()
         with tarfile.open(fileobj=out, mode="w") as tar:
-            members = {f"blobs/sha256/{d.removeprefix('sha256:')}": data for d, data in sorted(self.images[target]["blobs"].items())}
+            members = {f"blobs/sha256/{d.removeprefix('sha256:')}": data for d, data in sorted(self.images[target]["blobs"].items())
+                       if d not in self.blobless}
             members["index.json"] = json.dumps({"schemaVersion": 2, "manifests": [
                 {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": target,
                  "size": len(self.images[target]["blobs"][target])}]}).encode()
@@ -149,7 +152,9 @@ class Handler(BaseHTTPRequestHandler):
         body = self.body()
         if path == "/images/load":
             names = self.store.load(body)
-            return self.answer(200, b"".join(json.dumps({"stream": f"Loaded image: {n}\n"}).encode() for n in names))
+            lines = [f"Loaded image: {n}\n" + (f"Error unpacking image {n}: {self.store.unpack_error}\n"
+                                                 if self.store.unpack_error else "") for n in names]
+            return self.answer(200, b"".join(json.dumps({"stream": line}).encode() for line in lines))
         match = re.fullmatch(r"/images/(.+)/tag", path)
         if match:
             target = self.store.lookup(match.group(1))
@@ -224,3 +229,26 @@ def test_a_load_that_imports_another_config_is_an_engine_error(fake_engine, exam
     assert f"but holds no image whose config is {target_id[:19]}; the load was incomplete or changed the image" \
         in result.stderr
     assert "does not support yet" not in result.stderr
+
+
+def test_a_base_whose_layer_blobs_the_store_lost_is_an_engine_error_saying_to_load_it_in_full(fake_engine, example_bundle,
+                                                                                           keypair):
+    base = fake_engine.images[fake_engine.base_target]
+    fake_engine.blobless = {d for d in base["blobs"] if d not in (fake_engine.base_target, fake_engine.base_id)}
+
+    result = run_cli("apply", example_bundle, "--trust", keypair[1], "--engine", "docker")
+
+    assert result.returncode == ENGINE_EXIT, result.stderr
+    assert f"docker save of {fake_engine.base_id[:19]} lacks " in result.stderr
+    assert "(moby #49473); docker load a full archive of that image, then run apply again" in result.stderr
+    assert fake_engine.loads == [] and "Traceback" not in result.stderr
+
+
+def test_an_image_imported_but_not_unpacked_fails_the_load(fake_engine, example_bundle, keypair):
+    fake_engine.unpack_error = "failed to extract layer sha256:0123: no space left on device"
+
+    result = run_cli("apply", example_bundle, "--trust", keypair[1], "--engine", "docker")
+
+    assert result.returncode == ENGINE_EXIT, result.stderr
+    assert "failed: Error unpacking image example/app:1.1: failed to extract layer sha256:0123: no space left on device" \
+        in result.stderr

@@ -10,9 +10,15 @@ manifest digest always names the same config), and gives records with the config
 (containers: ``ImageID``, ``Image``), as the other adapters do; a create body or a tag naming an
 image by config digest goes to the engine with the target digest.
 
-Loads carry every layer: on this store a thin ``docker load`` can leave the image incomplete
-(moby #49473). A loaded image passes if the engine's ``Id`` is the target ID or its manifest's
-config is the target (read back from its export): the check every load gets.
+Loads carry every layer. This store imports an archive with ``WithSkipMissing``: a thin load is
+accepted without the layers it leaves out, and the image has snapshots but no blobs, which
+``docker save`` then leaves out (moby #49473) and a push cannot send. A loaded image passes if the
+engine's ``Id`` is the target ID or its manifest's config is the target (read back from its
+export): the check every load gets. The engine's "Error unpacking image" line (it imported, then
+could not unpack) fails the load.
+
+Looking an image up by config digest reads one ``docker save`` per image until it matches (no API
+call gives the config digest); each is read once a run, the last load's names first.
 """
 
 from __future__ import annotations
@@ -109,9 +115,11 @@ class DockerContainerdStore(DockerEngine):
                 seen.add(diff_id)
                 if seen == wanted_diff_ids:
                     break
-        if wanted_diff_ids - seen:
-            raise IntegrityError(f"docker save of {image_id[:19]} lacks layers {', '.join(sorted(wanted_diff_ids - seen))}; "
-                                 "the engine's store may be damaged (pull or load the image again)")
+        if wanted_diff_ids - seen:  # moby #49473: the store kept the layers' snapshots, not their blobs
+            missing = sorted(wanted_diff_ids - seen)
+            raise EngineError(f"docker save of {image_id[:19]} lacks {len(missing)} layer blob(s), {missing[0][:19]} first: "
+                              "this store can keep a layer's snapshot without its blob (moby #49473); docker load "
+                              "a full archive of that image, then run apply again")
 
     def loads_thin_archives(self) -> bool:
         return False  # moby #49473: a thin load can leave the image incomplete on this store
