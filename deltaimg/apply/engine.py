@@ -39,7 +39,7 @@ from deltaimg.apply import swap, swarm
 from deltaimg.apply.rebuild import Rebuild, base_reads, bind_base, layer_sources, load_target_config, read_rebuild, rebuild_size
 from deltaimg.bundle.manifest import Method
 from deltaimg.bundle.reader import Bundle
-from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError
+from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError, printable
 from deltaimg.images.daemon import open_daemon_image
 from deltaimg.delta.base_content import BaseContent
 from deltaimg.progress import Advance
@@ -179,11 +179,12 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
         check_loadable(archive, bundle, rebuild, held, oci=blobs is not None)
         log(f"rebuilt {len(rebuild.layers) - len(held)} layer(s), every one matching its diff_id; loading")
         with open(archive, "rb") as stream:
-            engine.load_archive(_Upload(stream, os.path.getsize(archive)))
+            names = engine.load_archive(_Upload(stream, os.path.getsize(archive)))
     loaded = engine.find_image(rebuild.target_id)
     if loaded is None:
-        raise EngineError(f"{engine.name}'s load did not produce image {rebuild.target_id[:19]}; a Docker engine may "
-                          "use the containerd image store, which deltaimg does not support yet")
+        raise EngineError(f"{engine.name} reported loading {printable(', '.join(names))} but holds no image whose config "
+                          f"is {rebuild.target_id[:19]}; the load was incomplete or changed the image: see the engine's "
+                          "log, then run apply again")
     if loaded["Id"] != rebuild.target_id:
         raise IntegrityError(f"the engine loaded {loaded['Id'][:19]}, not {rebuild.target_id[:19]}")
 
