@@ -97,7 +97,7 @@ def apply_to_registry(bundle: Bundle, to: RegistryRef, source: RegistryRef | Non
     if source.host != to.host:
         raise UsageError(f"--from ({source.host}) must be on the registry of --to ({to.host}): the target is rebuilt "
                          "from the base already there")
-    registry = Registry(to.host, ca_file, (f"repository:{to.repository}:pull,push", f"repository:{source.repository}:pull"))
+    registry = Registry(to.host, ca_file)
     pushed = Pushed(str(to), rebuild.target_id, str(source))
     if _holds(registry, to, rebuild.target_id):
         log(f"{to} is already {rebuild.target_id[:19]}; nothing pushed")
