@@ -103,7 +103,7 @@ def apply_to_registry(bundle: Bundle, to: RegistryRef, source: RegistryRef | Non
         log(f"{to} is already {rebuild.target_id[:19]}; nothing pushed")
         pushed.already = True
         return pushed
-    base = open_registry_image(registry, source, platform)
+    base = open_registry_image(registry, source, platform, rebuild.base_id)
     if base is None:
         raise RegistryError(f"the registry has no {source}, the base {bundle.manifest.base.name} this bundle updates: "
                             "push the base there first, or name where it is with --from")
