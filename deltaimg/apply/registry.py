@@ -97,13 +97,13 @@ def apply_to_registry(bundle: Bundle, to: RegistryRef, source: RegistryRef | Non
     if source.host != to.host:
         raise UsageError(f"--from ({source.host}) must be on the registry of --to ({to.host}): the target is rebuilt "
                          "from the base already there")
-    registry = Registry(to.host, ca_file, (f"repository:{to.repository}:pull,push", f"repository:{source.repository}:pull"))
+    registry = Registry(to.host, ca_file)
     pushed = Pushed(str(to), rebuild.target_id, str(source))
     if _holds(registry, to, rebuild.target_id):
         log(f"{to} is already {rebuild.target_id[:19]}; nothing pushed")
         pushed.already = True
         return pushed
-    base = open_registry_image(registry, source, platform)
+    base = open_registry_image(registry, source, platform, rebuild.base_id)
     if base is None:
         raise RegistryError(f"the registry has no {source}, the base {bundle.manifest.base.name} this bundle updates: "
                             "push the base there first, or name where it is with --from")
