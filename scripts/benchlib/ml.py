@@ -84,6 +84,7 @@ def measure(shop: Workshop, size: Size, key: Path, workdir: Path) -> Measured:
     pairs = methods.changed_pairs(old, new, work)  # the peers first, deltaimg's numbers last
     log("full image: zstd -19 --long=31")
     peers = [methods.full_image_long(new, work)]
+    log(f"full image: {report.size(peers[0].size)} in {report.seconds(peers[0].cost.seconds)}, {report.memory(peers[0].cost)}")
     for name, encode in (("zstd --patch-from", methods.zstd_patch), ("xdelta3 -9 -B", methods.xdelta3_window)):
         log(f"{name} ({len(pairs)} layers, {report.size(sum(p.new.stat().st_size for p in pairs))})")
         peers.append(encode(pairs, work))
