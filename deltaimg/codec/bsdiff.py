@@ -21,7 +21,33 @@ from deltaimg.errors import IntegrityError
 def diff(base: bytes, target: bytes) -> tuple[bytes, bytes, bytes]:
     """bsdiff's (control, diff, extra) streams, uncompressed, with the diff stream made sparse."""
     control, diff, extra = bsdiff4.core.diff(base, target)
-    return control, sparse_encode(diff), extra
+    return fold_idle(control), sparse_encode(diff), extra
+
+
+def fold_idle(control: bytes) -> bytes:
+    """bsdiff's control triples with each triple that makes nothing (only seeks) folded into the
+    triple before it, its seek added to that one's. bsdiff4 writes such triples on large inputs
+    (hundreds in a 6 MiB segment of a 400 MB library), and :func:`check_control` refuses more
+    than one; only a leading one, which has no triple before it, is left."""
+    triples: list[tuple[int, int, int]] = []
+    for add, extra, seek in _TRIPLE.iter_unpack(control):
+        if add + extra or not triples:
+            triples.append((add, extra, seek))
+        else:
+            before = triples[-1]
+            triples[-1] = (before[0], before[1], _offset(_signed(before[2]) + _signed(seek)))
+    return b"".join(_TRIPLE.pack(*triple) for triple in triples)
+
+
+_SIGN = 1 << 63  # bsdiff stores a seek as sign and magnitude
+
+
+def _signed(seek: int) -> int:
+    return -(seek & (_SIGN - 1)) if seek & _SIGN else seek
+
+
+def _offset(value: int) -> int:
+    return _SIGN | -value if value < 0 else value
 
 
 def patch(base: bytes, target_size: int, control: bytes, sparse_diff: bytes, extra: bytes) -> bytes:
