@@ -9,7 +9,8 @@
    needs little disk.
 3. The target's layers past the prefix it shares with the base are rebuilt into a *thin* archive
    (the engine already holds the shared prefix, so ``docker load`` skips it), loaded, checked to
-   have the target's image ID, and tagged. Where the engine takes OCI archives naming the blobs it
+   have the target's image ID, and tagged. Into Docker the archive is never on disk: it goes into
+   the load as it is written, each layer checked as it goes (:mod:`deltaimg.apply.streamed`). Where the engine takes OCI archives naming the blobs it
    holds (Podman, containerd: :meth:`Engine.layer_blobs`), every layer the target takes whole from
    the base is named, not carried, wherever it sits.
 4. The containers on the base image are swapped onto the target (:mod:`deltaimg.apply.swap`);
@@ -35,7 +36,7 @@ from deltaimg.tar.oci_writer import write_oci_image
 
 from deltaimg.engine.interface import Engine
 
-from deltaimg.apply import swap, swarm
+from deltaimg.apply import streamed, swap, swarm
 from deltaimg.apply.rebuild import Rebuild, base_reads, bind_base, layer_sources, load_target_config, read_rebuild, rebuild_size
 from deltaimg.bundle.manifest import Method
 from deltaimg.bundle.reader import Bundle
@@ -166,20 +167,18 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
             load_target_config(bundle, rebuild, base.config_bytes)
             faults.killpoint("rebuild")
             base.fetch(whole)
-            with BaseContent(base, workdir, partial=True) as content, open(archive, "wb") as out:
+            with BaseContent(base, workdir, partial=True) as content:
                 content.fetch_entries(base_reads(bundle, rebuild))
                 sources = layer_sources(bundle, rebuild, content, advance)
-                if blobs is None:
-                    thin = [(d, size, None if position in held else fill) for position, (d, size, fill) in enumerate(sources)]
-                    archivewriter.write_image(out, rebuild.target_config, rebuild.target_tags, thin)
+                if blobs is None and engine.loads_thin_archives():  # Docker: into its load as it is written
+                    names = streamed.load_rebuilt(engine, bundle, rebuild, held, sources, content, log)
                 else:
-                    write_oci_image(out, rebuild.target_config, rebuild.target_tags, [
-                        (blobs[layer.base_layer] if position in held else None, d, size, None if position in held else fill)  # type: ignore[index]
-                        for position, (layer, (d, size, fill)) in enumerate(zip(rebuild.layers, sources))])
-        check_loadable(archive, bundle, rebuild, held, oci=blobs is not None)
-        log(f"rebuilt {len(rebuild.layers) - len(held)} layer(s), every one matching its diff_id; loading")
-        with open(archive, "rb") as stream:
-            names = engine.load_archive(_Upload(stream, os.path.getsize(archive)))
+                    _write_archive(archive, rebuild, held, blobs, sources)
+        if os.path.exists(archive):  # Podman, containerd: the archive on disk, checked, then loaded
+            check_loadable(archive, bundle, rebuild, held, oci=blobs is not None)
+            log(f"rebuilt {len(rebuild.layers) - len(held)} layer(s), every one matching its diff_id; loading")
+            with open(archive, "rb") as stream:
+                names = engine.load_archive(_Upload(stream, os.path.getsize(archive)))
     loaded = engine.find_image(rebuild.target_id)
     if loaded is None:
         raise EngineError(f"{engine.name} reported loading {printable(', '.join(names))} but holds no image whose config "
@@ -187,6 +186,17 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
                           "log, then run apply again")
     if loaded["Id"] != rebuild.target_id:
         raise IntegrityError(f"the engine loaded {loaded['Id'][:19]}, not {rebuild.target_id[:19]}")
+
+
+def _write_archive(archive: str, rebuild: Rebuild, held: set[int], blobs: list[dict] | None, sources: list) -> None:
+    with open(archive, "wb") as out:
+        if blobs is None:
+            thin = [(d, size, None if position in held else fill) for position, (d, size, fill) in enumerate(sources)]
+            archivewriter.write_image(out, rebuild.target_config, rebuild.target_tags, thin)
+        else:
+            write_oci_image(out, rebuild.target_config, rebuild.target_tags, [
+                (blobs[layer.base_layer] if position in held else None, d, size, None if position in held else fill)  # type: ignore[index]
+                for position, (layer, (d, size, fill)) in enumerate(zip(rebuild.layers, sources))])
 
 
 def check_loadable(archive: str, bundle: Bundle, rebuild: Rebuild, held: set[int], oci: bool) -> None:
@@ -202,9 +212,7 @@ def check_loadable(archive: str, bundle: Bundle, rebuild: Rebuild, held: set[int
             with written.extractfile(member) as layer:  # type: ignore[union-attr]
                 problem = go_rejects(layer)
             if problem is not None:
-                raise EngineError(f"layer {position} ({diff_id}) of {bundle.manifest.target.name} {problem}, which "
-                                  "Docker's tar reader rejects, so docker load would fail; nothing was loaded. "
-                                  "Make the target image with a standard tar writer and make the bundle again")
+                raise streamed.rejected_layer(bundle, position, diff_id, problem)
 
 
 class _Upload:
