@@ -28,12 +28,13 @@ from __future__ import annotations
 from typing import Callable
 
 from deltaimg import faults
+from deltaimg.apply import compose
 from deltaimg.apply.journal import Attempt, Journal
 from deltaimg.apply.plan import SIDE_SUFFIX
 from deltaimg.apply.rollback import pause_if_running, remove_new_container
 from deltaimg.bundle.manifest import image_name
 from deltaimg.engine.interface import Engine
-from deltaimg.errors import EngineError, RecoveryError
+from deltaimg.errors import EngineError, RecoveryError, printable
 
 Outcome = Callable[[str, dict, str], None]
 
@@ -51,8 +52,14 @@ def recover(engine: Engine, journal: Journal, outcome: Outcome) -> None:
             actions.append(_settle(engine, container, attempt, container.get("image") or target_id, forward))
             faults.killpoint("recover")
         actions.reverse()
-        for container, action in zip(touched, actions):
-            if action["action"] == "rolled-back":
+        back = {c.get("name") for c, action in zip(touched, actions) if action["action"] == "rolled-back"}
+        recreated: set[str] = set()
+        for container in attempt.containers:
+            unit = compose.Unit.from_json(container["compose"]) if isinstance(container.get("compose"), dict) else None
+            if unit and (container.get("name") in back or recreated.intersection(unit.needs)):
+                _recreate(engine, container, unit, attempt)
+                recreated.update(unit.containers)
+            elif container.get("name") in back:
                 _restore(engine, container, attempt)
         record = journal.append({"type": "recovered", "id": attempt.id, "outcome": "recovered",
                                  "bundle": attempt.begin.get("bundle"), "from": attempt.begin.get("from"),
@@ -80,6 +87,14 @@ def _all_ready(attempt: Attempt) -> bool:
 
 def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str, forward: bool) -> dict:
     name, old_id = str(container.get("name")), str(container.get("old_container"))
+    if isinstance(container.get("compose"), dict):  # compose removed its old containers: recreate or keep the new
+        unit = compose.Unit.from_json(container["compose"])
+        failed = [] if forward else compose.retag_back(engine, unit)
+        if failed:
+            raise RecoveryError(printable(f"{name}: cannot settle the update interrupted at {attempt.begin.get('time')} "
+                                          f"({'; '.join(failed)}); by hand: {unit.by_hand()}"))
+        return {"name": name, "action": "rolled-forward" if forward else "rolled-back",
+                "image": target_id if forward else unit.old_image_id}
     try:
         old = engine.inspect_container(old_id)
         holder = engine.inspect_container(name)
@@ -105,6 +120,14 @@ def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str, f
     except EngineError as exc:
         raise RecoveryError(f"{name}: cannot settle the update interrupted at {attempt.begin.get('time')} "
                             f"({exc.reason}); {by_hand(name)}") from None
+
+
+def _recreate(engine: Engine, container: dict, unit: compose.Unit, attempt: Attempt) -> None:
+    """Let compose recreate a compose service of the update on its old image, in its old state."""
+    failed = compose.recreate_old(engine, unit, bool(container.get("started")), bool(container.get("paused")))
+    if failed:
+        raise RecoveryError(printable(f"{container.get('name')}: cannot put back the update interrupted at "
+                                      f"{attempt.begin.get('time')} ({'; '.join(failed)}); by hand: {unit.by_hand()}"))
 
 
 def _restore(engine: Engine, container: dict, attempt: Attempt) -> None:
