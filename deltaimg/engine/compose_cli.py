@@ -46,7 +46,8 @@ class Project:
         if not name or SERVICE not in labels:
             return None
         workdir = labels.get(WORKING_DIR) or ""
-        files = tuple(f for f in (labels.get(CONFIG_FILES) or "").split(",") if f)[:MAX_FILES]
+        files = tuple(os.path.join(workdir, f)  # compose 1.29 records a file it found itself relative to the folder
+                      for f in (labels.get(CONFIG_FILES) or "").split(",") if f)[:MAX_FILES]
         return cls(name, workdir, files)
 
     def shown(self) -> str:
@@ -116,7 +117,7 @@ class Compose:
         shown = printable(" ".join(command))
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                  errors="replace")
+                                  errors="replace", cwd=project.working_dir if os.path.isdir(project.working_dir) else None)
         except subprocess.TimeoutExpired:
             raise ComposeError(f"{shown} did not finish within {timeout:g} s; see docker-compose ps in "
                                f"{printable(project.working_dir)}") from None
