@@ -140,9 +140,22 @@ def test_apply_lets_compose_recreate_each_service_and_compose_then_agrees(projec
     assert docker_client.api.volumes(filters={"name": p.name})["Volumes"] in (None, [])
 
 
-def test_a_compose_file_pinning_another_tag_stops_the_apply_before_anything_changes(project, images, docker_client):
+def test_a_pinned_tag_or_a_plain_container_depending_on_a_compose_one_stops_the_apply_before_anything_changes(
+        project, images, docker_client, engine_resources):
     p = project(image=images["v1tag"])
+    web = p.container("web")
+    plain = docker_client.api.create_container(
+        images["othertag"], name=engine_resources.name("plain"),
+        host_config=docker_client.api.create_host_config(network_mode=f"container:{web['Id']}"))["Id"]
+    docker_client.api.start(plain)
     before = p.state()
+
+    refused = p.apply()
+
+    assert refused.returncode == 30, refused.stderr
+    assert (f"container {engine_resources.name('plain')} depends on {web['Name'].lstrip('/')} (--network), a container "
+            f"of compose project {p.name}, which compose recreates; nothing was changed") in refused.stderr
+    docker_client.api.remove_container(plain, force=True)
 
     refused = p.apply()
 
@@ -193,21 +206,3 @@ def test_a_run_killed_mid_swap_is_rolled_back_by_compose_and_the_next_run_applie
     assert run(docker_client, after["db"][0], "cat /data/blob") == "kept\n"
     p.compose("up", "-d")
     assert p.state() == after
-
-
-def test_a_plain_container_depending_on_a_compose_one_refuses_the_update(project, images, docker_client,
-                                                                        engine_resources):
-    p = project()
-    web = p.container("web")
-    plain = docker_client.api.create_container(
-        images["othertag"], name=engine_resources.name("plain"),
-        host_config=docker_client.api.create_host_config(network_mode=f"container:{web['Id']}"))["Id"]
-    docker_client.api.start(plain)
-    before = p.state()
-
-    refused = p.apply()
-
-    assert refused.returncode == 30, refused.stderr
-    assert (f"container {engine_resources.name('plain')} depends on {web['Name'].lstrip('/')} (--network), a container "
-            f"of compose project {p.name}, which compose recreates; nothing was changed") in refused.stderr
-    assert p.state() == before

@@ -107,12 +107,12 @@ def check(engine: Engine, ordered: list[dict], dependents: set[str], base_id: st
 
 def _check_project(engine: Engine, compose: Compose, project: Project, members: list[dict], dependents: set[str],
                    base_id: str, target_tags: list[str] | None, names: dict[str, str], named: bool) -> dict[str, Unit]:
-    order = compose.services(project)
+    hashes = compose.hashes(project)
+    order = list(hashes)
     images = compose.images(project)
     by_service: dict[str, list[dict]] = {}
     for info in members:
         by_service.setdefault(info["Config"]["Labels"][SERVICE], []).append(info)
-    hashes = compose.hashes(project, [s for s in by_service if s in order])
     units = {}
     for service in sorted(by_service, key=lambda s: order.index(s) if s in order else len(order)):
         infos = by_service[service]

@@ -82,10 +82,6 @@ class Compose:
         """The Go plugin (Compose v2), whose config prints JSON and whose hash leaves the image ID out."""
         return self.program[:2] == ["docker", "compose"]
 
-    def services(self, project: Project) -> list[str]:
-        """The project's services in compose's dependency order (dependencies first)."""
-        return [line.strip() for line in self._run(project, ["config", "--services"]).splitlines() if line.strip()]
-
     def images(self, project: Project) -> dict[str, str]:
         """service -> the image its (resolved) compose file names, for every service that names one."""
         if self.plugin:
@@ -94,10 +90,11 @@ class Compose:
                     if isinstance(service, dict) and service.get("image")}
         return service_images(self._run(project, ["config"]))
 
-    def hashes(self, project: Project, services: list[str]) -> dict[str, str]:
-        """service -> the config hash compose would give a container of it created now."""
+    def hashes(self, project: Project) -> dict[str, str]:
+        """service -> the config hash compose would give a container of it created now, for every
+        service, in compose's dependency order (dependencies first)."""
         found = {}
-        for line in self._run(project, ["config", "--hash=" + ",".join(services)]).splitlines():
+        for line in self._run(project, ["config", "--hash=*"]).splitlines():
             service, _, digest = line.strip().partition(" ")
             if digest:
                 found[service] = digest
