@@ -17,6 +17,10 @@ whose swap had begun and not finished:
 No volume the old container mounts is removed (``v=False``): its anonymous volumes are the ones
 the new container had reattached. A new container that is removed takes with it only the
 anonymous volumes the engine made for it alone (a ``VOLUME`` only the target image declares).
+A compose service (deltaimg.apply.compose) is settled by compose: rolled forward, nothing is
+left to remove (compose removed its old containers); rolled back, its tag is put back on the image
+its old containers ran and compose recreates it (and any compose service of the update that shares
+its namespace), dependencies first.
 Images are left alone: a target that got loaded stays, and the next apply of the same bundle
 finds it there. Temporary files are the state directory's ``work/``, which every run empties. Recovery is idempotent: killed half way, it is redone.
 Then the attempt is closed with a ``recovered`` record, and the run goes on; a bundle still
