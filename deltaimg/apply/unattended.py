@@ -261,7 +261,7 @@ class _Run:
             base_id = rebuilds[bundle.path].base_id
             if self.engine.find_image(base_id) is None:
                 continue  # made by a bundle before it in the chain: surveyed when its swap plans
-            found = survey(self.engine, base_id, self._names(base_id))
+            found = survey(self.engine, base_id, self._names(base_id), rebuilds[bundle.path].target_tags)
             self.skipped[bundle.path] = found.skipped
             for skipped in found.skipped:
                 self.reporter.progress(printable(f"{bundle.path}: container {skipped['name']} will be left on "
@@ -352,7 +352,8 @@ class _Recorder:
 
     def planned(self, plans: list[SwapResult]) -> None:
         containers = [{"name": p.name, "old_container": p.old_container_id, "started": p.started, "paused": p.paused,
-                       "state": p.state, "image": p.target_image_id} for p in plans]
+                       "state": p.state, "image": p.target_image_id,
+                       **({"compose": p.compose.as_json()} if p.compose else {})} for p in plans]
         self.journal.append({"type": "swap", "id": self.attempt, "containers": containers})
 
     def step(self, plan: SwapResult, step: str) -> None:
@@ -374,7 +375,8 @@ class _EngineHost:
     def __init__(self, engine: Engine, options: Options) -> None:
         self._images = {image["Id"]: image for image in engine.all_images()}
         self._containers = engine.containers()
-        self._names = options.containers
+        found = [engine.inspect_container(name) for name in options.containers or []]  # a name or an ID
+        self._ids = None if options.containers is None else {info["Id"] for info in found if info}
         self._swap = options.swap
 
     def has_image(self, image_id: str) -> bool:
@@ -383,8 +385,8 @@ class _EngineHost:
     def containers_on(self, image_id: str) -> list[str]:
         if not self._swap:
             return []
-        names = [c["Names"][0].lstrip("/") for c in self._containers if c.get("ImageID") == image_id and c.get("Names")]
-        return [name for name in names if self._names is None or name in self._names]
+        on = [c for c in self._containers if c.get("ImageID") == image_id and c.get("Names")]
+        return [c["Names"][0].lstrip("/") for c in on if self._ids is None or c["Id"] in self._ids]
 
     def images_in_use(self) -> dict[str, tuple[str | None, list[str]]]:
         used = {}
