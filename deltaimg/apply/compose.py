@@ -73,11 +73,11 @@ def project_of(info: dict) -> Project | None:
     return None if labels.get(ONE_OFF) == "True" else Project.from_labels(labels)
 
 
-def check(engine: Engine, ordered: list[dict], dependents: set[str], base_id: str, target_tags: list[str] | None,
+def check(engine: Engine, ordered: list[dict], dependents: set[str], target_tags: dict[str, list[str]] | None,
           named: bool) -> dict[str, Unit]:
     """Container ID -> its service's :class:`Unit`, for every compose container of the update
-    (``ordered``; ``dependents``: the IDs recreated on their own image). ``target_tags`` None: the
-    tags are not known yet, so which tag a service names is not checked. Raises ComposeError."""
+    (``ordered``; ``dependents``: the IDs recreated on their own image; ``target_tags``: base image ID
+    -> the tags the bundle moves onto its target). ``target_tags`` None: the tags are not known yet, so which tag a service names is not checked. Raises ComposeError."""
     projects = {info["Id"]: project_of(info) for info in ordered}
     if not any(projects.values()):
         return {}
@@ -101,12 +101,12 @@ def check(engine: Engine, ordered: list[dict], dependents: set[str], base_id: st
     units: dict[str, Unit] = {}
     for project in dict.fromkeys(p for p in projects.values() if p):
         members = [info for info in ordered if projects[info["Id"]] == project]
-        units.update(_check_project(engine, compose, project, members, dependents, base_id, target_tags, names, named))
+        units.update(_check_project(engine, compose, project, members, dependents, target_tags, names, named))
     return units
 
 
 def _check_project(engine: Engine, compose: Compose, project: Project, members: list[dict], dependents: set[str],
-                   base_id: str, target_tags: list[str] | None, names: dict[str, str], named: bool) -> dict[str, Unit]:
+                   target_tags: dict[str, list[str]] | None, names: dict[str, str], named: bool) -> dict[str, Unit]:
     hashes = compose.hashes(project)
     order = list(hashes)
     images = compose.images(project)
@@ -122,7 +122,8 @@ def _check_project(engine: Engine, compose: Compose, project: Project, members: 
                                          f"run docker-compose up -d --remove-orphans in {project.working_dir} first"))
         on_base = infos[0]["Id"] not in dependents
         ref = images.get(service, "")
-        _check_image(engine, where, ref, infos[0]["Image"], on_base, target_tags)
+        tags = None if target_tags is None else target_tags.get(infos[0]["Image"], [])
+        _check_image(engine, where, ref, infos[0]["Image"], on_base, tags)
         _check_scale(engine, project, service, infos, named, where)
         for info in infos:
             label = (info["Config"].get("Labels") or {}).get(CONFIG_HASH)

@@ -68,15 +68,18 @@ class Survey:
         return {info["Id"]: _name(info) for info in self.ordered}
 
 
-def survey(engine: Engine, image_id: str, names: list[str] | None, target_tags: list[str] | None = None) -> Survey:
-    """The containers to swap from ``image_id`` (all, or those in ``names``: each once, however
-    named), checked as a set; compose services checked against ``target_tags`` when given.
+def survey(engine: Engine, image_id: str | tuple[str, ...], names: list[str] | None,
+           target_tags: dict[str, list[str]] | None = None) -> Survey:
+    """The containers to swap from ``image_id`` (one or several base images: all their containers,
+    or those in ``names``: each once, however named), checked as a set; compose services checked
+    against ``target_tags`` (base image ID -> the tags its target takes) when given.
 
     Raises :class:`UsageError` for a named container that is missing or on another image,
     :class:`DependentsError` for a dependent that cannot be recreated and :class:`ComposeError`
     for compose containers compose cannot recreate as the update needs."""
+    bases = (image_id,) if isinstance(image_id, str) else image_id
     if names is None:
-        refs = [c["Id"] for c in engine.containers() if c.get("ImageID") == image_id
+        refs = [c["Id"] for c in engine.containers() if c.get("ImageID") in bases
                 and TASK_LABEL not in (c.get("Labels") or {})]  # Swarm's: its rolling update replaces them
     else:
         refs = list(dict.fromkeys(names))
@@ -85,8 +88,9 @@ def survey(engine: Engine, image_id: str, names: list[str] | None, target_tags: 
         info = engine.inspect_container(ref)
         if info is None:
             raise UsageError(f"no container named {printable(ref)} (see docker ps -a)")
-        if info["Image"] != image_id:
-            raise UsageError(f"container {printable(_name(info))} runs image {short(info['Image'])}, not {short(image_id)}; "
+        if info["Image"] not in bases:
+            raise UsageError(f"container {printable(_name(info))} runs image {short(info['Image'])}, not "
+                             f"{' or '.join(map(short, bases))}; "
                              "leave it out of the names")
         found.setdefault(info["Id"], info)  # named twice (its name and its ID): one container
     targets, skipped = [], []
@@ -101,7 +105,7 @@ def survey(engine: Engine, image_id: str, names: list[str] | None, target_tags: 
     dependents = find_dependents(engine, targets)
     ordered = in_order(targets + dependents, key=_age)
     dependent_ids = {info["Id"] for info in dependents}
-    units = compose.check(engine, ordered, dependent_ids, image_id, target_tags, names is not None)
+    units = compose.check(engine, ordered, dependent_ids, target_tags, names is not None)
     return Survey(_compose_order(ordered, units), dependent_ids, sorted(skipped, key=lambda s: s["name"]), units)
 
 

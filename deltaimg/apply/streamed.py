@@ -49,7 +49,7 @@ def load_rebuilt(engine: Engine, bundle: Bundle, rebuild: Rebuild, held: set[int
         if position in held:
             fill = None
         elif fill is not None and rebuild.layers[position].method is Method.DELTA:
-            fill = checked_fill(fill, lambda what, p=position, d=diff_id: rejected_layer(bundle, p, d, what))
+            fill = checked_fill(fill, lambda what, p=position, d=diff_id: rejected_layer(rebuild.target.name, p, d, what))
         if fill is not None:
             carried[diff_id] = size
         layers.append((diff_id, size, fill))
@@ -63,9 +63,9 @@ def load_rebuilt(engine: Engine, bundle: Bundle, rebuild: Rebuild, held: set[int
         raise
 
 
-def rejected_layer(bundle: Bundle, position: int, diff_id: str, problem: str) -> EngineError:
+def rejected_layer(target_name: str, position: int, diff_id: str, problem: str) -> EngineError:
     """A rebuilt layer whose headers Go's tar reader (so docker load) rejects."""
-    return EngineError(f"layer {position} ({diff_id}) of {bundle.manifest.target.name} {problem}, which Docker's tar "
+    return EngineError(f"layer {position} ({diff_id}) of {target_name} {problem}, which Docker's tar "
                        "reader rejects, so docker load would fail; nothing was loaded. Make the target image with a "
                        "standard tar writer and make the bundle again")
 

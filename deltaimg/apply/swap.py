@@ -22,7 +22,7 @@ from deltaimg.apply.rollback import by_hand, old_gone, pause_if_running, restore
 from deltaimg.engine.interface import Engine
 from deltaimg.errors import EngineError, SwapFailedNotRolledBack, SwapFailedRolledBack, UsageError, printable
 
-__all__ = ["SIDE_SUFFIX", "SwapObserver", "SwapResult", "swap_containers"]
+__all__ = ["SIDE_SUFFIX", "SwapObserver", "SwapResult", "swap_containers", "swap_images"]
 
 
 class SwapObserver(Protocol):
@@ -63,17 +63,37 @@ def swap_containers(
 ) -> list[SwapResult]:
     """Recreate the containers of ``base_image_id`` (all of them, or those in ``names``) on
     ``target_image_id``, created from one of ``target_tags`` (the bundle's) where one names it,
-    and their dependents on their own images.
+    and their dependents on their own images (:func:`swap_images` with one image)."""
+    return swap_images(engine, [(base_image_id, target_image_id, target_tags or [])], names=names, grace=grace,
+                       dry_run=dry_run, log=log, observer=observer)
+
+
+def swap_images(
+    engine: Engine,
+    images: list[tuple[str, str, list[str]]],
+    *,
+    names: list[str] | None = None,
+    grace: float = 10.0,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+    observer: SwapObserver | None = None,
+) -> list[SwapResult]:
+    """Recreate the containers of every base image of ``images`` (base ID, target ID, target tags),
+    or those in ``names``, each on its base's target, and their dependents on their own images:
+    one set, in one order, all or nothing.
 
     Everything is checked and planned before any container is touched. A failure rolls every
     container of the update back and raises :class:`SwapFailedRolledBack`
     (:class:`SwapFailedNotRolledBack` if a rollback fails too).
     """
-    base_image = find_image(engine, base_image_id, "base")
-    target_image = find_image(engine, target_image_id, "target")
-    if base_image["Id"] == target_image["Id"]:
-        raise UsageError(f"the base and the target image are the same ({short(base_image['Id'])}); nothing to swap")
-    found = survey(engine, base_image["Id"], names, target_tags or [])
+    by_base: dict[str, tuple[dict, dict, list[str]]] = {}
+    for base_image_id, target_image_id, target_tags in images:
+        base_image = find_image(engine, base_image_id, "base")
+        target_image = find_image(engine, target_image_id, "target")
+        if base_image["Id"] == target_image["Id"]:
+            raise UsageError(f"the base and the target image are the same ({short(base_image['Id'])}); nothing to swap")
+        by_base[base_image["Id"]] = (base_image, target_image, target_tags)
+    found = survey(engine, tuple(by_base), names, {base: tags or [] for base, (_, _, tags) in by_base.items()})
     for skipped in found.skipped:
         log(printable(f"{skipped['name']}: skipped: {skipped['reason']}"))
     set_names = found.names()
@@ -82,15 +102,15 @@ def swap_containers(
         unit = found.compose.get(info["Id"])
         if unit is not None:  # compose recreates the service: one step for all its containers
             if not any(p.compose is unit for p in plans):
-                own = info["Image"] if info["Id"] in found.dependents else target_image["Id"]
+                own = info["Image"] if info["Id"] in found.dependents else by_base[info["Image"]][1]["Id"]
                 plans.append(plan_compose(info, unit, own, set_names))
         elif info["Id"] in found.dependents:  # recreated on the image it runs
             own = find_image(engine, info["Image"], f"container {printable(set_names[info['Id']])}'s")
             plans.append(plan(engine, info, own, own, [], set_names))
         else:
-            plans.append(plan(engine, info, base_image, target_image, target_tags or [], set_names))
+            plans.append(plan(engine, info, *by_base[info["Image"]], set_names))
     if not plans:
-        log(f"no container to swap uses image {short(base_image['Id'])}; nothing to swap")
+        log(f"no container to swap uses image {', '.join(short(base) for base in by_base)}; nothing to swap")
     if dry_run:
         for position, planned in enumerate(plans, 1):
             line = (compose.describe(planned.compose, planned.started, planned.paused, grace, position, len(plans))

@@ -11,7 +11,7 @@ from typing import BinaryIO, Callable
 
 from deltaimg import interrupts
 from deltaimg.bundle import signing
-from deltaimg.bundle.format import COPY_CHUNK, FORMAT_VERSION, MAGIC, MAX_PARTS, U32, encode_manifest, part_path, signature_block, starts_a_bundle
+from deltaimg.bundle.format import COPY_CHUNK, MAGIC, MAX_PARTS, U32, encode_manifest, part_path, signature_block, starts_a_bundle, written_version
 from deltaimg.errors import OutputError, UsageError
 
 SPLIT_HEADER_SLACK = 256  # room for the part hashes' effect on the compressed manifest's length
@@ -177,7 +177,7 @@ def _frame(manifest: dict, private_key, pad: int = 0) -> bytes:
     """The bundle's header: magic, version, the manifest and its signature (then ``pad`` zeros)."""
     manifest_bytes = encode_manifest(manifest)
     signature_bytes = signature_block(signing.sign(private_key, manifest_bytes)) + bytes(pad)
-    return (MAGIC + U32.pack(FORMAT_VERSION) + U32.pack(len(manifest_bytes)) + manifest_bytes
+    return (MAGIC + U32.pack(written_version(manifest)) + U32.pack(len(manifest_bytes)) + manifest_bytes
             + U32.pack(len(signature_bytes)) + signature_bytes)
 
 
