@@ -30,8 +30,14 @@ from deltaimg.codec import zstd_ref
 from deltaimg.errors import BundleFormatError, IntegrityError
 
 MAGIC = b"DELTAIMG"
-FORMAT_VERSION = 2  # 2: a delta segment may code a compressed file on its content (delta/inside.py)
-READABLE_VERSIONS = (1, 2)  # a version 1 bundle is a version 2 bundle without such segments
+FORMAT_VERSION = 3  # 3: a delta segment may code an executable under a transform (delta/executable.py)
+READABLE_VERSIONS = (1, 2, 3)  # 2 adds the inside segments (delta/inside.py) to 1, 3 the executable ones to 2
+
+
+def written_version(executables: bool) -> int:
+    """The version a bundle is written with: 3 only when it holds executable segments, so that
+    every other bundle stays readable by the deltaimg releases that read format 2."""
+    return FORMAT_VERSION if executables else 2
 U32 = struct.Struct(">I")
 MAX_MANIFEST = 64 * 1024 * 1024  # stored (compressed) and decompressed alike
 MAX_SIGNATURE = 64 * 1024

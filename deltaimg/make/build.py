@@ -54,7 +54,8 @@ def make_bundle(base: Image, target: Image, output: str, private_key, progress: 
             }
             config = zstd_ref.compress(target.config_bytes, prefix=base.config_bytes)
             writer.add_payload(CONFIG_PAYLOAD, lambda w: w.write(config))
-            manifest = writer.finish(manifest, private_key)
+            manifest = writer.finish(manifest, private_key,
+                                     executables=any(layer.get("stats", {}).get("executables") for layer in layers))
     except BaseException:
         writer.abort()
         raise
