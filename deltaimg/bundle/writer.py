@@ -78,10 +78,12 @@ class BundleWriter:
         self.payloads.append(record)
         return record
 
-    def finish(self, manifest: dict, private_key) -> dict:
+    def finish(self, manifest: dict, private_key, executables: bool = False) -> dict:
         """Sign and write the bundle (every file complete before any is renamed into place);
-        returns the manifest as signed."""
+        returns the manifest as signed. ``executables``: whether a payload holds executable
+        segments (:func:`format.written_version`)."""
         manifest = {**manifest, "payloads": self.payloads}
+        self._version = written_version(manifest, executables)
         try:
             manifest, header = self._signed_header(manifest, private_key)
             self.size = len(header) + _payload_area(manifest)
@@ -107,7 +109,7 @@ class BundleWriter:
         block padded with zeros to make the header exactly that long.
         """
         area = _payload_area(manifest)
-        header = _frame(manifest, private_key)
+        header = _frame(manifest, private_key, self._version)
         if self.split_size is None or len(header) + area <= self.split_size:
             return manifest, header  # it fits: an ordinary bundle
         size, length = self.split_size, len(header) + SPLIT_HEADER_SLACK
@@ -122,9 +124,9 @@ class BundleWriter:
             hashes = [self._spool_sha256(start - length, min(start + size, total) - length)
                       for start in range(size, total, size)]
             final = {**manifest, "split": {"part_size": size, "count": count, "sha256": hashes}}
-            header = _frame(final, private_key)
+            header = _frame(final, private_key, self._version)
             if len(header) <= length:
-                return final, _frame(final, private_key, pad=length - len(header))
+                return final, _frame(final, private_key, self._version, pad=length - len(header))
             length = len(header) + SPLIT_HEADER_SLACK
 
     def _spool_sha256(self, start: int, end: int) -> str:
@@ -173,11 +175,11 @@ class BundleWriter:
         self._spool.close()
 
 
-def _frame(manifest: dict, private_key, pad: int = 0) -> bytes:
+def _frame(manifest: dict, private_key, version: int, pad: int = 0) -> bytes:
     """The bundle's header: magic, version, the manifest and its signature (then ``pad`` zeros)."""
     manifest_bytes = encode_manifest(manifest)
     signature_bytes = signature_block(signing.sign(private_key, manifest_bytes)) + bytes(pad)
-    return (MAGIC + U32.pack(written_version(manifest)) + U32.pack(len(manifest_bytes)) + manifest_bytes
+    return (MAGIC + U32.pack(version) + U32.pack(len(manifest_bytes)) + manifest_bytes
             + U32.pack(len(signature_bytes)) + signature_bytes)
 
 

@@ -65,7 +65,8 @@ def make_images(pairs: list[tuple[Image, Image]], output: str, private_key, prog
             manifest = {"tool": f"deltaimg {__version__}",
                         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                         **(stored[0] if len(stored) == 1 else {"images": stored})}
-            manifest = writer.finish(manifest, private_key)
+            executables = any(layer.get("stats", {}).get("executables") for image in images for layer in image["layers"])
+            manifest = writer.finish(manifest, private_key, executables=executables)
     except BaseException:
         writer.abort()
         raise
