@@ -12,6 +12,7 @@ import stat
 import tempfile
 from contextlib import ExitStack
 
+from deltaimg import interrupts
 from deltaimg.apply.chain import refuse_downgrade
 from deltaimg.apply.rebuild import Rebuild, check_base, layer_sources, load_target_config, read_rebuilds, shared_from
 from deltaimg.bundle.reader import Bundle
@@ -63,14 +64,16 @@ def apply_images_to_archive(bundle: Bundle, bases: list[Image], output: str, for
         if not force:
             raise OutputError(f"{output} exists; choose another path or pass --force")
     directory = os.path.dirname(os.path.abspath(output))
+    tmp = ""
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".deltaimg-", suffix=".tar.tmp")
-    except OSError as exc:
-        raise OutputError(f"cannot write in {directory}: {exc.strerror}") from None
-    try:
+        with interrupts.held():  # an interrupt is raised inside the try, with ``tmp`` set
+            try:
+                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".deltaimg-", suffix=".tar.tmp")
+            except OSError as exc:
+                raise OutputError(f"cannot write in {directory}: {exc.strerror}") from None
         os.chmod(tmp, public_file_mode())  # what docker save > FILE would give it; mkstemp makes it private
         with os.fdopen(fd, "wb") as out:
-            with tempfile.TemporaryDirectory(prefix="deltaimg-apply-") as workdir, ExitStack() as stack:
+            with interrupts.work_folder("deltaimg-apply-") as workdir, ExitStack() as stack:
                 contents, shared, images = [], {}, []
                 for rebuild in prepared:
                     content = stack.enter_context(BaseContent(given[rebuild.base_id], workdir))
@@ -92,8 +95,8 @@ def apply_images_to_archive(bundle: Bundle, bases: list[Image], output: str, for
             raise ImageReadError(f"cannot rebuild {output} from the base image {bases[0].source}: {exc.strerror}") from None
         raise OutputError(f"cannot write {output}: {exc.strerror}") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp:
+            interrupts.remove(tmp)
     return chosen
 
 

@@ -9,7 +9,8 @@
    needs little disk.
 3. The target's layers past the prefix it shares with the base are rebuilt into a *thin* archive
    (the engine already holds the shared prefix, so ``docker load`` skips it), loaded, checked to
-   have the target's image ID, and tagged. Where the engine takes OCI archives naming the blobs it
+   have the target's image ID, and tagged. Into Docker the archive is never on disk: it goes into
+   the load as it is written, each layer checked as it goes (:mod:`deltaimg.apply.streamed`). Where the engine takes OCI archives naming the blobs it
    holds (Podman, containerd: :meth:`Engine.layer_blobs`), every layer the target takes whole from
    the base is named, not carried, wherever it sits.
 4. The containers on the base image are swapped onto the target (:mod:`deltaimg.apply.swap`);
@@ -29,7 +30,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
-from deltaimg import faults
+from deltaimg import faults, interrupts
 
 from deltaimg.tar import writer as archivewriter
 from deltaimg.tar.gocheck import go_rejects
@@ -37,12 +38,12 @@ from deltaimg.tar.oci_writer import write_oci_image
 
 from deltaimg.engine.interface import Engine
 
-from deltaimg.apply import swap, swarm
+from deltaimg.apply import streamed, swap, swarm
 from deltaimg.apply.rebuild import (Rebuild, base_reads, bind_base, layer_sources, load_target_config, read_rebuilds,
                                     rebuild_size, shared_from)
 from deltaimg.bundle.manifest import Method
 from deltaimg.bundle.reader import Bundle
-from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError
+from deltaimg.errors import BaseMissingError, BundleFormatError, EngineError, IntegrityError, printable
 from deltaimg.images.daemon import open_daemon_image
 from deltaimg.delta.base_content import BaseContent
 from deltaimg.progress import Advance
@@ -169,15 +170,15 @@ def _load_targets(engine: Engine, bundle: Bundle, prepared: list[Rebuild], missi
     shared: dict = {}
     archives = []
     loading = {rebuild.index for rebuild in missing}
-    with tempfile.TemporaryDirectory(prefix="deltaimg-engine-", dir=work_dir) as workdir:
+    with interrupts.work_folder("deltaimg-engine-", work_dir) as workdir:
         with ExitStack() as stack:  # every base open until the last archive that shares their layers is written
             for rebuild in prepared:
                 archives += _write_target(engine, bundle, rebuild, rebuild.index in loading, stack, workdir, shared,
                                           log, advance, len(prepared) > 1)
         for rebuild, archive in archives:
             with open(archive, "rb") as stream:
-                engine.load_archive(_Upload(stream, os.path.getsize(archive)))
-            _check_loaded(engine, rebuild)
+                names = engine.load_archive(_Upload(stream, os.path.getsize(archive)))
+            _check_loaded(engine, rebuild, names)
 
 
 def _write_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, load: bool, stack: ExitStack, workdir: str,
@@ -204,7 +205,28 @@ def _write_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, load: bool, 
     sources = layer_sources(bundle, rebuild, content, advance, shared)
     if not load:
         return []  # in the engine already; its layers are rebuilt for a later pair that shares them
-    archive = os.path.join(workdir, f"target-{rebuild.index}.tar")
+    if blobs is None and engine.loads_thin_archives():  # Docker: into its load as it is written
+        _check_loaded(engine, rebuild, streamed.load_rebuilt(engine, bundle, rebuild, held, sources, content, log))
+        return []
+    archive = os.path.join(workdir, f"target-{rebuild.index}.tar")  # Podman, containerd: on disk, checked, loaded
+    _write_archive(archive, rebuild, held, blobs, sources)
+    check_loadable(archive, bundle, rebuild, held, oci=blobs is not None)
+    log(f"rebuilt {len(rebuild.layers) - len(held)} layer(s)"
+        + (f" of {rebuild.target.name}" if several else "") + ", every one matching its diff_id; loading")
+    return [(rebuild, archive)]
+
+
+def _check_loaded(engine: Engine, rebuild: Rebuild, names: list[str]) -> None:
+    loaded = engine.find_image(rebuild.target_id)
+    if loaded is None:
+        raise EngineError(f"{engine.name} reported loading {printable(', '.join(names))} but holds no image whose config "
+                          f"is {rebuild.target_id[:19]}; the load was incomplete or changed the image: see the engine's "
+                          "log, then run apply again")
+    if loaded["Id"] != rebuild.target_id:
+        raise IntegrityError(f"the engine loaded {loaded['Id'][:19]}, not {rebuild.target_id[:19]}")
+
+
+def _write_archive(archive: str, rebuild: Rebuild, held: set[int], blobs: list[dict] | None, sources: list) -> None:
     with open(archive, "wb") as out:
         if blobs is None:
             thin = [(d, size, None if position in held else fill) for position, (d, size, fill) in enumerate(sources)]
@@ -213,19 +235,6 @@ def _write_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, load: bool, 
             write_oci_image(out, rebuild.target_config, rebuild.target_tags, [
                 (blobs[layer.base_layer] if position in held else None, d, size, None if position in held else fill)  # type: ignore[index]
                 for position, (layer, (d, size, fill)) in enumerate(zip(rebuild.layers, sources))])
-    check_loadable(archive, bundle, rebuild, held, oci=blobs is not None)
-    log(f"rebuilt {len(rebuild.layers) - len(held)} layer(s)"
-        + (f" of {rebuild.target.name}" if several else "") + ", every one matching its diff_id; loading")
-    return [(rebuild, archive)]
-
-
-def _check_loaded(engine: Engine, rebuild: Rebuild) -> None:
-    loaded = engine.find_image(rebuild.target_id)
-    if loaded is None:
-        raise EngineError(f"{engine.name}'s load did not produce image {rebuild.target_id[:19]}; a Docker engine may "
-                          "use the containerd image store, which deltaimg does not support yet")
-    if loaded["Id"] != rebuild.target_id:
-        raise IntegrityError(f"the engine loaded {loaded['Id'][:19]}, not {rebuild.target_id[:19]}")
 
 
 def check_loadable(archive: str, bundle: Bundle, rebuild: Rebuild, held: set[int], oci: bool) -> None:
@@ -241,9 +250,7 @@ def check_loadable(archive: str, bundle: Bundle, rebuild: Rebuild, held: set[int
             with written.extractfile(member) as layer:  # type: ignore[union-attr]
                 problem = go_rejects(layer)
             if problem is not None:
-                raise EngineError(f"layer {position} ({diff_id}) of {rebuild.target.name} {problem}, which "
-                                  "Docker's tar reader rejects, so docker load would fail; nothing was loaded. "
-                                  "Make the target image with a standard tar writer and make the bundle again")
+                raise streamed.rejected_layer(rebuild.target.name, position, diff_id, problem)
 
 
 class _Upload:

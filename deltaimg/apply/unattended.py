@@ -31,7 +31,7 @@ import signal
 from dataclasses import dataclass
 from typing import Protocol
 
-from deltaimg import faults, progress
+from deltaimg import faults, interrupts, progress
 
 from deltaimg.apply import chain
 
@@ -115,7 +115,7 @@ class _Termination:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.received = True
-        raise KeyboardInterrupt
+        interrupts.interrupt(signum, frame)
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGTERM, self._previous)
@@ -268,7 +268,7 @@ class _Run:
             here = [r for r in rebuilds[bundle.path] if self.engine.find_image(r.base_id) is not None]
             if not here:
                 continue  # made by a bundle before it in the chain: surveyed when its swap plans
-            found = survey(self.engine, _bases(here), self._names(*_bases(here)))
+            found = survey(self.engine, _bases(here), self._names(*_bases(here)), {r.base_id: r.target_tags for r in here})
             self.skipped[bundle.path] = found.skipped
             for skipped in found.skipped:
                 on = ", ".join(r.base.name for r in here)
@@ -358,7 +358,8 @@ class _Recorder:
 
     def planned(self, plans: list[SwapResult]) -> None:
         containers = [{"name": p.name, "old_container": p.old_container_id, "started": p.started, "paused": p.paused,
-                       "state": p.state, "image": p.target_image_id} for p in plans]
+                       "state": p.state, "image": p.target_image_id,
+                       **({"compose": p.compose.as_json()} if p.compose else {})} for p in plans]
         self.journal.append({"type": "swap", "id": self.attempt, "containers": containers})
 
     def step(self, plan: SwapResult, step: str) -> None:
@@ -380,7 +381,8 @@ class _EngineHost:
     def __init__(self, engine: Engine, options: Options) -> None:
         self._images = {image["Id"]: image for image in engine.all_images()}
         self._containers = engine.containers()
-        self._names = options.containers
+        found = [engine.inspect_container(name) for name in options.containers or []]  # a name or an ID
+        self._ids = None if options.containers is None else {info["Id"] for info in found if info}
         self._swap = options.swap
 
     def has_image(self, image_id: str) -> bool:
@@ -389,8 +391,8 @@ class _EngineHost:
     def containers_on(self, image_id: str) -> list[str]:
         if not self._swap:
             return []
-        names = [c["Names"][0].lstrip("/") for c in self._containers if c.get("ImageID") == image_id and c.get("Names")]
-        return [name for name in names if self._names is None or name in self._names]
+        on = [c for c in self._containers if c.get("ImageID") == image_id and c.get("Names")]
+        return [c["Names"][0].lstrip("/") for c in on if self._ids is None or c["Id"] in self._ids]
 
     def images_in_use(self) -> dict[str, tuple[str | None, list[str]]]:
         used = {}

@@ -30,8 +30,8 @@ from deltaimg.codec import zstd_ref
 from deltaimg.errors import BundleFormatError, IntegrityError
 
 MAGIC = b"DELTAIMG"
-FORMAT_VERSION = 3  # 3: several image pairs in one bundle (the manifest's "images")
-READABLE_VERSIONS = (1, 2, 3)  # 2: a delta segment may code a compressed file on its content (delta/inside.py); 1: without
+FORMAT_VERSION = 3  # 3: several image pairs (the manifest's "images"); executable segments (delta/executable.py)
+READABLE_VERSIONS = (1, 2, 3)  # 2 adds the inside segments (delta/inside.py) to 1
 U32 = struct.Struct(">I")
 MAX_MANIFEST = 64 * 1024 * 1024  # stored (compressed) and decompressed alike
 MAX_SIGNATURE = 64 * 1024
@@ -43,16 +43,16 @@ PART_SUFFIX = re.compile(r"\.(\d{3})$")
 MANIFEST_DICTIONARY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "manifest.dict")
 with open(MANIFEST_DICTIONARY_FILE, "rb") as _f:
     MANIFEST_DICTIONARY = _f.read()  # part of the format: changing it changes every bundle
-def written_version(manifest: dict) -> int:
+def written_version(manifest: dict, executables: bool) -> int:
     """The version a bundle of ``manifest`` is written as: the oldest that reads it, so a one-image
-    bundle stays readable by deltaimg releases that read format 2."""
-    return FORMAT_VERSION if "images" in manifest else 2
+    bundle without executable segments stays readable by deltaimg releases that read format 2."""
+    return FORMAT_VERSION if executables or "images" in manifest else 2
 
 
 def check_version(version: int, manifest: dict, path: str) -> None:
     """Refuse a header whose version is not one a writer gives this manifest (the header is not
-    signed): several images from format 3 on, one image in formats 1 and 2."""
-    if (version >= 3) != ("images" in manifest):
+    signed): several images from format 3 on."""
+    if "images" in manifest and version < 3:
         raise BundleFormatError(f"{path}: the header says bundle format {version}, which its manifest is not; "
                                 "the bundle is damaged")
 

@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Callable, List, NoReturn, Optional
 
-from deltaimg import __version__, report
+from deltaimg import __version__, interrupts, report
 from deltaimg.cli import grammar
 
 from deltaimg.bundle import format as bundle_format, keys
@@ -267,7 +267,10 @@ _json_lines = False  # set by apply --log-format json: its failure is logged as 
 
 def main() -> None:
     """Run the command line; every failure deltaimg expects ends as one line and its exit code."""
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    previous = signal.signal(signal.SIGTERM, interrupts.interrupt)  # cron, systemd, kill: unwind like Ctrl-C
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:  # not when started with SIGINT ignored
+        signal.signal(signal.SIGINT, interrupts.interrupt)
     try:
         command, arguments = grammar.parse(sys.argv[1:], COMMANDS)
         result = command(**arguments)
@@ -288,12 +291,8 @@ def main() -> None:
         sys.exit(1)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     sys.exit(result if isinstance(result, int) else 0)
-
-
-def _terminated(signum: int, frame: object) -> None:
-    """SIGTERM (cron, systemd, kill) unwinds like Ctrl-C, so temporary files and the lock are let go."""
-    raise KeyboardInterrupt
 
 
 def _interrupted() -> NoReturn:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-from deltaimg import __version__
+from deltaimg import __version__, interrupts
 
 from deltaimg.codec import zstd_ref
 from deltaimg.bundle.manifest import STATS_FIELDS, Method, config_payload
@@ -50,7 +49,7 @@ def make_images(pairs: list[tuple[Image, Image]], output: str, private_key, prog
     images: list[dict] = []
     shared: dict[str, tuple[int, int, int]] = {}  # diff_id -> (pair, position, size) of a layer a payload rebuilds
     try:
-        with tempfile.TemporaryDirectory(prefix="deltaimg-make-") as workdir, ThreadPoolExecutor(WORKERS) as pool:
+        with interrupts.work_folder("deltaimg-make-") as workdir, ThreadPoolExecutor(WORKERS) as pool:
             for index, (base, target) in enumerate(pairs):
                 with BaseContent(base, workdir, partial=True) as content:
                     layers = _encode_layers(base, target, content, writer, pool, workdir, progress,
@@ -66,7 +65,8 @@ def make_images(pairs: list[tuple[Image, Image]], output: str, private_key, prog
             manifest = {"tool": f"deltaimg {__version__}",
                         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                         **(stored[0] if len(stored) == 1 else {"images": stored})}
-            manifest = writer.finish(manifest, private_key)
+            executables = any(layer.get("stats", {}).get("executables") for image in images for layer in image["layers"])
+            manifest = writer.finish(manifest, private_key, executables=executables)
     except BaseException:
         writer.abort()
         raise
