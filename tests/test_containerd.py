@@ -123,7 +123,7 @@ def test_dry_run_and_a_second_apply_import_nothing(containerd_service, pair, key
 
 def test_an_unreachable_containerd_is_one_engine_error(tmp_path, pair, keypair):
     with pytest.raises(EngineError, match=r"^cannot reach containerd at .*nothing\.sock \(.*\); start containerd "
-                                          r"or name its socket: --engine containerd=SOCKET \(k3s: "
+                                          r"or name its socket: --engine containerd=SOCKET \(k3s: --engine k3s, "
                                           r"/run/k3s/containerd/containerd.sock\)$"):
         connect(str(tmp_path / "nothing.sock"))
     result = run_cli("apply", pair["bundle"], "--trust", keypair[1], "--engine", f"containerd={tmp_path}/nothing.sock")

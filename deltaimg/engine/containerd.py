@@ -64,7 +64,7 @@ def connect(address: str = DEFAULT_ADDRESS, namespace: str = DEFAULT_NAMESPACE,
         ctr.run("version")
     except EngineError as exc:
         raise EngineError(f"cannot reach containerd at {printable(address)} ({exc.reason}); start containerd or "
-                          f"name its socket: --engine containerd=SOCKET (k3s: {K3S_ADDRESS})") from None
+                          f"name its socket: --engine containerd=SOCKET (k3s: --engine k3s, {K3S_ADDRESS})") from None
     return ContainerdEngine(ctr)
 
 
