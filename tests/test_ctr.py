@@ -145,3 +145,16 @@ def test_a_timeout_that_is_no_number_of_seconds_is_a_usage_error(pair, keypair, 
 @pytest.fixture
 def pair(containerd_pair):
     return containerd_pair
+
+
+def test_a_blob_stream_that_goes_silent_is_stopped_and_nothing_is_left_running(tmp_path, monkeypatch):
+    env = fake_ctr(tmp_path / "fake", "printf 'first bytes'\nsleep 600 & echo $! >> $pids\nwait")
+    monkeypatch.setenv("DELTAIMG_CTR_TIMEOUT", "1")
+    stream = Ctr(str(tmp_path / "x.sock"), "k8s.io", (str(tmp_path / "fake" / "ctr"),)).open_blob("sha256:" + "1" * 64)
+
+    assert stream.read(11) == b"first bytes"
+    with pytest.raises(EngineError, match=r"^ctr content get sha256:111111111111 sent nothing for 1 s on .*x\.sock, "
+                                          r"so deltaimg stopped it; is containerd stuck\?"):
+        stream.read(1)
+    stream.close()
+    assert len(spawned(env)) == 2 and [pid for pid in spawned(env) if running(pid)] == []
