@@ -1,5 +1,6 @@
 """deltaimg apply --to docker://HOST/REPO:TAG against a real registry (Debian's docker-registry,
-distribution 2.8) started on 127.0.0.1 by the fixtures: plain, with htpasswd Basic auth, with TLS."""
+distribution 2.8) started on 127.0.0.1 by the fixtures: plain, with htpasswd Basic auth, with TLS.
+(Token authentication, credential helpers and manifest lists: tests/test_registry_auth.py.)"""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ APP = 512 << 10  # the file the target changes
 
 
 class RegistryService:
-    def __init__(self, root, auth: str | None = None, tls: tuple[str, str] | None = None) -> None:
+    def __init__(self, root, auth: str | None = None, tls: tuple[str, str] | None = None,
+                 token: dict[str, str] | None = None) -> None:
         if not os.path.exists("/usr/bin/docker-registry"):
             _unavailable("docker-registry is missing (scripts/test installs it)")
         self.port = free_port()
@@ -32,6 +34,8 @@ class RegistryService:
             lines += ["  tls:", f"    certificate: {tls[0]}", f"    key: {tls[1]}"]
         if auth:
             lines += ["auth:", "  htpasswd:", "    realm: site", f"    path: {auth}"]
+        if token:  # realm, service, issuer, rootcertbundle: distribution's token authentication
+            lines += ["auth:", "  token:", *(f"    {key}: {value}" for key, value in token.items())]
         config = os.path.join(root, "config.yml")
         with open(config, "w") as out:
             out.write("\n".join(lines) + "\n")

@@ -20,10 +20,10 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
+from deltaimg import interrupts
 from deltaimg.apply import diskspace
 from deltaimg.apply.chain import refuse_downgrade
 from deltaimg.apply.engine import check_base_layers
@@ -97,13 +97,13 @@ def apply_to_registry(bundle: Bundle, to: RegistryRef, source: RegistryRef | Non
     if source.host != to.host:
         raise UsageError(f"--from ({source.host}) must be on the registry of --to ({to.host}): the target is rebuilt "
                          "from the base already there")
-    registry = Registry(to.host, ca_file, (f"repository:{to.repository}:pull,push", f"repository:{source.repository}:pull"))
+    registry = Registry(to.host, ca_file)
     pushed = Pushed(str(to), rebuild.target_id, str(source))
     if _holds(registry, to, rebuild.target_id):
         log(f"{to} is already {rebuild.target_id[:19]}; nothing pushed")
         pushed.already = True
         return pushed
-    base = open_registry_image(registry, source, platform)
+    base = open_registry_image(registry, source, platform, rebuild.base_id)
     if base is None:
         raise RegistryError(f"the registry has no {source}, the base {bundle.manifest.base.name} this bundle updates: "
                             "push the base there first, or name where it is with --from")
@@ -111,7 +111,7 @@ def apply_to_registry(bundle: Bundle, to: RegistryRef, source: RegistryRef | Non
     load_target_config(bundle, rebuild, base.config_bytes)
     check_base_layers(bundle, rebuild)
     kind = base.manifest_type if base.manifest_type in CONFIG_TYPES else DOCKER_MANIFEST
-    with tempfile.TemporaryDirectory(prefix="deltaimg-registry-") as work:
+    with interrupts.work_folder("deltaimg-registry-") as work:
         rebuilt = sum({layer.key(i): layer.size for i, layer in enumerate(rebuild.layers) if layer.method is Method.DELTA}.values())
         diskspace.check(work, None, [rebuilt], log)
         descriptors, files = _rebuild_layers(bundle, rebuild, base, work, GZIP_LAYER_TYPES[kind], advance)

@@ -2,10 +2,13 @@
 
 Plain HTTP only to a registry on this host (``localhost``, ``127.0.0.1``, ``::1``) and only
 without ``--ca-file``; anywhere else TLS, verified against the system's CAs or ``--ca-file``.
-Credentials come from the Docker config file (``$DOCKER_CONFIG/config.json``, else
-``~/.docker/config.json``, its ``auths``), sent as Basic auth or traded for a Bearer token at the
-realm the registry's challenge names. Every request has a timeout; every answer read into memory
-is capped (manifests and configs a few MiB, error and token answers 64 KiB).
+Credentials come from the Docker config file (:mod:`deltaimg.engine.docker_config`: its
+``auths``, or the credential helper it names), sent as Basic auth or traded for a Bearer token at
+the realm the registry's challenge names. A token is asked for the scope each request needs (pull
+on the repository read, pull and push on the one written, and pull on the one a blob is mounted
+from), as the registry's challenge names it, and kept for the next request of that scope. Every
+request has a timeout; every answer read into memory is capped (manifests and configs a few MiB,
+error and token answers 64 KiB).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import hashlib
 import http.client
 import io
 import json
-import os
 import re
 import ssl
 import urllib.parse
@@ -23,13 +25,14 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from deltaimg import __version__
+from deltaimg.engine.docker_config import credentials, docker_config_path
 from deltaimg.errors import RegistryError
 from deltaimg.safejson import load_json
 
 TIMEOUT = 60.0
 MAX_DOCUMENT = 4 << 20  # a manifest, an index, an image config
-MAX_SMALL = 64 << 10  # an error answer, a token, the Docker config file is allowed 1 MiB
-MAX_DOCKER_CONFIG = 1 << 20
+MAX_SMALL = 64 << 10  # an error answer, a token
+MAX_TOKENS = 64  # tokens kept, one per scope asked: a push asks for three or four
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -37,6 +40,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST, DOCKER_LIST, OCI_INDEX)
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_API_PATH = re.compile(r"/v2/(?P<name>.+?)/(?:manifests|blobs|tags)/")
 _REFERENCE = re.compile(rf"docker://(?P<host>[^/@]+)/(?P<repo>{_COMPONENT}(?:/{_COMPONENT})*)"
                         r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?")
 
@@ -79,38 +83,6 @@ def hostname(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def docker_config_path() -> str:
-    return os.path.join(os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker"), "config.json")
-
-
-def credentials(host: str) -> tuple[str, str] | None:
-    """(user, password) for ``host`` from the Docker config file's ``auths``, if it has them."""
-    path = docker_config_path()
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_DOCKER_CONFIG + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise RegistryError(f"cannot read the Docker config file {path}: {exc.strerror}") from None
-    if len(data) > MAX_DOCKER_CONFIG:
-        raise RegistryError(f"the Docker config file {path} is over {MAX_DOCKER_CONFIG} bytes; it is not one docker login writes")
-    config = load_json(data, f"the Docker config file {path}", "any Docker config does", RegistryError)
-    auths = config.get("auths") if isinstance(config, dict) else None
-    for key, entry in (auths or {}).items() if isinstance(auths, dict) else ():
-        if urllib.parse.urlsplit(key if "//" in key else "//" + key).netloc != host or not isinstance(entry, dict):
-            continue
-        if isinstance(entry.get("auth"), str) and entry["auth"]:
-            try:
-                user, sep, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                sep = ""
-            if not sep:
-                raise RegistryError(f"the Docker config file {path} holds a malformed auth for {host}; run docker login {host} again")
-            return user, password
-    return None
-
-
 class _Stream(io.RawIOBase):
     """A response body whose network failures are :class:`RegistryError`."""
 
@@ -133,12 +105,11 @@ class _Stream(io.RawIOBase):
 
 
 class Registry:
-    """One registry host. ``scopes`` are the token scopes asked for (``repository:app:pull,push``)."""
+    """One registry host."""
 
-    def __init__(self, host: str, ca_file: str | None = None, scopes: tuple[str, ...] = ()) -> None:
+    def __init__(self, host: str, ca_file: str | None = None) -> None:
         self.host = host
         self.secure = ca_file is not None or hostname(host) not in LOCAL_HOSTS
-        self.scopes = scopes
         self._context: ssl.SSLContext | None = None
         if self.secure:
             try:
@@ -146,7 +117,8 @@ class Registry:
             except (OSError, ssl.SSLError) as exc:
                 raise RegistryError(f"cannot read the CA file {ca_file}: {exc}; give a PEM file of CA certificates") from None
         self._credentials = credentials(host)
-        self._authorization: str | None = None
+        self._basic: str | None = None  # once the registry asked for Basic auth
+        self._tokens: dict[str, str] = {}  # the scope a request needs -> "Bearer ..." for it
 
     # -- requests ---------------------------------------------------------------------------
     def _connect(self, netloc: str, secure: bool) -> http.client.HTTPConnection:
@@ -172,34 +144,42 @@ class Registry:
             raise RegistryError(f"cannot reach the registry {netloc}: {reason}; check the address and that it runs") from None
 
     def request(self, method: str, path: str, headers: dict | None = None,
-                body: bytes | Callable[[], BinaryIO] | None = None) -> http.client.HTTPResponse:
-        """Send, answering one authentication challenge; the caller checks the status."""
+                body: bytes | Callable[[], BinaryIO] | None = None,
+                refusable: bool = False) -> http.client.HTTPResponse:
+        """Send, answering one authentication challenge; the caller checks the status. With
+        ``refusable``, a request still refused after authenticating (its token lacks a scope the
+        account may not have) is returned as its 401 answer rather than raised."""
+        scope = needed_scope(method, path)
         for attempt in (1, 2):
             sent = {"User-Agent": f"deltaimg/{__version__}", **(headers or {})}
-            if self._authorization:
-                sent["Authorization"] = self._authorization
+            authorization = self._basic or self._tokens.get(scope)
+            if authorization:
+                sent["Authorization"] = authorization
             response = self._send(method, path, sent, body() if callable(body) else body)
             if response.status != 401:
                 return response
             challenge = response.getheader("WWW-Authenticate") or ""
+            if attempt == 2 and refusable:
+                return response
             _read_capped(response, MAX_SMALL)
             if attempt == 2 or not challenge:
                 break
-            self._authenticate(challenge)
+            self._authenticate(challenge, scope)
         if self._credentials is None:
             raise RegistryError(f"the registry {self.host} needs credentials: run docker login {self.host} "
                                 f"(deltaimg reads {docker_config_path()})")
         raise RegistryError(f"the registry {self.host} refused the credentials of {self._credentials[0]!r} from "
-                            f"{docker_config_path()}: run docker login {self.host} again")
+                            f"{docker_config_path()}{f' for {scope}' if self._tokens else ''}: run docker login "
+                            f"{self.host} again, or grant the account that access")
 
-    def _authenticate(self, challenge: str) -> None:
+    def _authenticate(self, challenge: str, scope: str) -> None:
         scheme = challenge.split(" ", 1)[0].lower()
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         basic = None
         if self._credentials is not None:
             basic = "Basic " + base64.b64encode(":".join(self._credentials).encode()).decode()
         if scheme == "basic":
-            self._authorization = basic
+            self._basic = basic
             return
         realm = params.get("realm", "")
         parts = urllib.parse.urlsplit(realm)
@@ -207,20 +187,22 @@ class Registry:
                 (parts.scheme == "http" and hostname(parts.netloc) not in LOCAL_HOSTS):
             raise RegistryError(f"the registry {self.host} asks for authentication deltaimg cannot give "
                                 f"({challenge[:200]!r}); use Basic auth or a token server over https")
-        scopes = [s for s in (params.get("scope"), *self.scopes) if s]
+        scopes = list(dict.fromkeys(s for s in (params.get("scope") or scope).split(" ") if s))
         query = urllib.parse.urlencode([("service", params.get("service", ""))] + [("scope", s) for s in scopes])
         response = self._send("GET", f"{realm}{'&' if parts.query else '?'}{query}",
                               {"Authorization": basic} if basic else {}, None)
         body = _read_capped(response, MAX_SMALL)
         if response.status == 401 or response.status == 403:
-            self._authorization = None
+            self._tokens.pop(scope, None)
             return  # the request is sent again without a token, and its 401 says what to do
         answer = load_json(body, f"the token server {parts.netloc}'s answer", "a token answer does", RegistryError) \
             if response.status == 200 else None
         token = (answer.get("token") or answer.get("access_token")) if isinstance(answer, dict) else None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"the token server {parts.netloc} answered {response.status} without a token")
-        self._authorization = f"Bearer {token}"
+        if len(self._tokens) >= MAX_TOKENS:
+            self._tokens.clear()
+        self._tokens[scope] = f"Bearer {token}"
 
     def _fail(self, response: http.client.HTTPResponse, what: str) -> RegistryError:
         body = _read_capped(response, MAX_SMALL)
@@ -281,9 +263,15 @@ class Registry:
         raise self._fail(response, f"say whether {repository} has blob {digest[:19]}")
 
     def start_upload(self, repository: str, mount: str | None = None, source: str | None = None) -> str | None:
-        """The upload's location; None when the registry mounted ``mount`` from repository ``source``."""
+        """The upload's location; None when the registry mounted ``mount`` from repository ``source``.
+        A mount the registry will not make (it starts an upload instead, 202, or the account may not
+        pull ``source`` with the same token, 401) gives the location of an upload all the same."""
         query = f"?{urllib.parse.urlencode({'mount': mount, 'from': source})}" if mount and source else ""
-        response = self.request("POST", f"/v2/{repository}/blobs/uploads/{query}", {"Content-Length": "0"}, b"")
+        response = self.request("POST", f"/v2/{repository}/blobs/uploads/{query}", {"Content-Length": "0"}, b"",
+                                refusable=bool(query))
+        if response.status in (401, 403) and query:
+            _read_capped(response, MAX_SMALL)
+            return self.start_upload(repository)
         if response.status == 201 and query:
             response.read()
             return None
@@ -306,6 +294,20 @@ class Registry:
         if response.status != 201:
             raise self._fail(response, f"take the manifest {repository}:{tag}")
         response.read()
+
+
+def needed_scope(method: str, path: str) -> str:
+    """The token scopes a request needs, as distribution's access controller asks for them."""
+    parts = urllib.parse.urlsplit(path)
+    match = _API_PATH.match(parts.path)
+    if not match:
+        return ""
+    action = "pull" if method in ("GET", "HEAD") else "pull,push"
+    scopes = [f"repository:{match['name']}:{action}"]
+    source = urllib.parse.parse_qs(parts.query).get("from")
+    if source:
+        scopes.append(f"repository:{source[0]}:pull")
+    return " ".join(scopes)
 
 
 def _read_capped(response: http.client.HTTPResponse, cap: int, what: str | None = None) -> bytes:

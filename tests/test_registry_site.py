@@ -1,0 +1,73 @@
+"""apply --to docker:// on a site: a manifest list as the base (the entry that is the bundle's base is
+picked), the Swarm services on the base moved onto the pushed image by digest, and the push's record
+in the journal and on the stick (receipts). Against the real registry (distribution 2.8) and, for
+Swarm, a one-node swarm on this machine's engine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.request
+
+from tests.test_registry import apply_to, pair, push_base, registry  # noqa: F401
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+
+
+def http(host: str, method: str, path: str, body: bytes | None = None, media_type: str | None = None):
+    request = urllib.request.Request(f"http://{host}{path}", data=body, method=method,
+                                     headers={"Content-Type": media_type} if media_type else {})
+    if method == "GET" and media_type:
+        request.add_header("Accept", media_type)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, dict(response.headers), response.read()
+
+
+def put_blob(host: str, repo: str, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    _, headers, _ = http(host, "POST", f"/v2/{repo}/blobs/uploads/", b"")
+    location = headers["Location"]
+    location = location.split(host, 1)[-1]
+    http(host, "PUT", f"{location}{'&' if '?' in location else '?'}digest={digest}", data, "application/octet-stream")
+    return digest
+
+
+def put_manifest(host: str, repo: str, reference: str, document: dict, media_type: str) -> dict:
+    body = json.dumps(document).encode()
+    http(host, "PUT", f"/v2/{repo}/manifests/{reference}", body, media_type)
+    return {"mediaType": media_type, "size": len(body), "digest": "sha256:" + hashlib.sha256(body).hexdigest()}
+
+
+def test_a_manifest_list_base_is_resolved_to_the_entry_that_is_the_bundles_base(registry, pair, keypair):  # noqa: F811
+    host, repo = registry.host, pair["repo"]
+    push_base(pair, host, repo)
+    _, _, raw = http(host, "GET", f"/v2/{repo}/manifests/test", media_type=DOCKER_MANIFEST)
+    base = {"mediaType": DOCKER_MANIFEST, "size": len(raw), "digest": "sha256:" + hashlib.sha256(raw).hexdigest()}
+    manifest = json.loads(raw)
+    _, _, config = http(host, "GET", f"/v2/{repo}/blobs/{manifest['config']['digest']}")
+    arm = json.loads(config)
+    arm["architecture"] = "arm64"  # another platform's image: same layers, another config
+    arm_config = json.dumps(arm).encode()
+    manifest["config"] = {**manifest["config"], "size": len(arm_config), "digest": put_blob(host, repo, arm_config)}
+    other = put_manifest(host, repo, "arm64", manifest, DOCKER_MANIFEST)
+    entries = [{**other, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+               {**base, "platform": {"os": "linux", "architecture": "amd64"}}]
+    put_manifest(host, repo, "test", {"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": entries}, DOCKER_LIST)
+    put_manifest(host, repo, "arm-only", {"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": entries[:1]},
+                 DOCKER_LIST)
+
+    result = apply_to(pair, keypair, f"docker://{host}/site/app:2")  # --from: repo:test, the list
+    assert result.returncode == 0, result.stderr
+    pushed = json.loads(result.stdout)
+    assert (pushed["image_id"], pushed["uploaded"], pushed["mounted"]) == (pair["v2"], 1, 4)
+
+    refused = apply_to(pair, keypair, f"docker://{host}/site/app:3", "--from", f"docker://{host}/{repo}:arm-only")
+    assert refused.returncode == 13
+    assert refused.stderr.count("\n") == 1
+    assert (f"docker://{host}/{repo}:arm-only is a manifest list of linux/arm64/v8, and none of them is this "
+            "bundle's base sha256:") in refused.stderr
+    wrong_platform = apply_to(pair, keypair, f"docker://{host}/site/app:3", "--platform", "linux/s390x")
+    assert wrong_platform.returncode == 3
+    assert f"docker://{host}/{repo}:test has no image for linux/s390x (it has linux/amd64, linux/arm64/v8)" \
+        in wrong_platform.stderr
