@@ -16,11 +16,13 @@ from typing import Iterator
 
 import pytest
 
-from deltaimg.engine.containerd import ContainerdEngine
+from deltaimg.engine.containerd import ContainerdEngine, normalize_ref
 from deltaimg.engine.ctr import Ctr
-from tests.engine_helpers import _unavailable
+from tests.conftest import run_cli
+from tests.engine_helpers import EngineResources, _unavailable
 
 START_TIMEOUT = 30
+BIG = 8 << 20  # the base's large layer
 
 
 @dataclass
@@ -110,3 +112,36 @@ def containerd_service(tmp_path) -> Iterator[ContainerdService]:
         _unavailable(str(exc))
     yield service
     stop_containerd(service)
+
+
+@pytest.fixture(scope="session")
+def containerd_pair(docker_client, keypair, tmp_path_factory):
+    """v1 (busybox and an 8 MiB layer) and v2 (v1 and a layer with /only-new) built by Docker;
+    v1 as a docker save archive, the bundle v1 -> v2, and v2 rebuilt from it into a full archive."""
+    resources = EngineResources(docker_client)
+    v1 = resources.build("v1", [f"RUN head -c {BIG} /dev/urandom > /big", "ENV VERSION=1"])
+    v2 = resources.build("v2", ["RUN echo new-layer-only > /only-new", "ENV VERSION=2"], base=v1)
+    folder = tmp_path_factory.mktemp("containerd-pair")
+    archive = str(folder / "v1.tar")
+    tags = {k: f"{resources.name(k)}:test" for k in ("v1", "v2")}
+    with open(archive, "wb") as out:
+        for chunk in docker_client.api.get_image(tags["v1"]):  # by name: the archive carries the tag
+            out.write(chunk)
+    bundle = str(folder / "v2.dimg")
+    result = run_cli("make", f"docker-daemon:{tags['v1']}", f"docker-daemon:{tags['v2']}", "-o", bundle,
+                     "--key", keypair[0])
+    assert result.returncode == 0, result.stderr
+    full = str(folder / "v2.tar")
+    result = run_cli("apply", bundle, "--trust", keypair[1], "--base", archive, "-o", full)
+    assert result.returncode == 0, result.stderr
+    yield {"v1": v1, "v2": v2, "tag": tags, "archive": archive, "bundle": bundle, "full": full}
+    resources.cleanup()
+
+
+def import_base(service: ContainerdService, pair) -> None:
+    service.ctr.run("images", "import", pair["archive"])
+    assert normalize_ref(pair["tag"]["v1"]) in service.engine.references()
+
+
+def apply(service: ContainerdService, pair, keypair, *options: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_cli("apply", pair["bundle"], "--trust", keypair[1], "--engine", service.engine_option, *options, env=env)

@@ -16,44 +16,13 @@ import pytest
 from deltaimg.engine.containerd import connect, normalize_ref
 from deltaimg.errors import BaseMissingError, EngineError
 from tests.conftest import run_cli
-from tests.containerd_helpers import ContainerdService, containerd_service, start_containerd, stop_containerd  # noqa: F401
-from tests.engine_helpers import EngineResources
-
-BIG = 8 << 20  # the base's large layer
+from tests.containerd_helpers import BIG, apply, containerd_pair, containerd_service, import_base  # noqa: F401
+from tests.containerd_helpers import start_containerd, stop_containerd
 
 
-@pytest.fixture(scope="module")
-def pair(docker_client, keypair, tmp_path_factory):
-    """v1 (busybox and an 8 MiB layer) and v2 (v1 and a layer with /only-new) built by Docker;
-    v1 as a docker save archive, the bundle v1 -> v2, and v2 rebuilt from it into a full archive."""
-    resources = EngineResources(docker_client)
-    v1 = resources.build("v1", [f"RUN head -c {BIG} /dev/urandom > /big", "ENV VERSION=1"])
-    v2 = resources.build("v2", ["RUN echo new-layer-only > /only-new", "ENV VERSION=2"], base=v1)
-    folder = tmp_path_factory.mktemp("containerd-pair")
-    archive = str(folder / "v1.tar")
-    tags = {k: f"{resources.name(k)}:test" for k in ("v1", "v2")}
-    with open(archive, "wb") as out:
-        for chunk in docker_client.api.get_image(tags["v1"]):  # by name: the archive carries the tag
-            out.write(chunk)
-    bundle = str(folder / "v2.dimg")
-    result = run_cli("make", f"docker-daemon:{tags['v1']}", f"docker-daemon:{tags['v2']}", "-o", bundle,
-                     "--key", keypair[0])
-    assert result.returncode == 0, result.stderr
-    full = str(folder / "v2.tar")
-    result = run_cli("apply", bundle, "--trust", keypair[1], "--base", archive, "-o", full)
-    assert result.returncode == 0, result.stderr
-    yield {"v1": v1, "v2": v2, "tag": tags, "archive": archive, "bundle": bundle, "full": full}
-    resources.cleanup()
-
-
-def import_base(service: ContainerdService, pair) -> None:
-    service.ctr.run("images", "import", pair["archive"])
-    assert normalize_ref(pair["tag"]["v1"]) in service.engine.references()
-
-
-def apply(service: ContainerdService, pair, keypair, *options: str) -> subprocess.CompletedProcess:
-    return run_cli("apply", pair["bundle"], "--trust", keypair[1], "--engine", service.engine_option, *options)
-
+@pytest.fixture
+def pair(containerd_pair):
+    return containerd_pair
 
 def test_apply_imports_only_the_new_layer_and_the_image_has_the_target_id(containerd_service, pair, keypair):
     service = containerd_service
@@ -154,7 +123,7 @@ def test_dry_run_and_a_second_apply_import_nothing(containerd_service, pair, key
 
 def test_an_unreachable_containerd_is_one_engine_error(tmp_path, pair, keypair):
     with pytest.raises(EngineError, match=r"^cannot reach containerd at .*nothing\.sock \(.*\); start containerd "
-                                          r"or name its socket: --engine containerd=SOCKET \(k3s: "
+                                          r"or name its socket: --engine containerd=SOCKET \(k3s: --engine k3s, "
                                           r"/run/k3s/containerd/containerd.sock\)$"):
         connect(str(tmp_path / "nothing.sock"))
     result = run_cli("apply", pair["bundle"], "--trust", keypair[1], "--engine", f"containerd={tmp_path}/nothing.sock")

@@ -138,7 +138,7 @@ def _apply(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     _state_dir(p)
     p.add_argument("--engine", metavar="ENGINE",
-                   help="docker (default), podman[=unix:///PATH.sock] or containerd[=SOCKET[,NAMESPACE]]; "
+                   help="docker (default), podman[=unix:///PATH.sock], containerd[=SOCKET[,NAMESPACE]] or k3s; "
                         "default $DELTAIMG_ENGINE")
     p.add_argument("--wait", metavar="SECONDS", type=float, default=0.0,
                    help="wait up to SECONDS for another run to finish instead of exiting at once")

@@ -19,6 +19,7 @@ import hashlib
 import os
 import platform
 import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -36,6 +37,7 @@ INDEX_TYPES = {"application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json"}
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
+_MISSING = re.compile(r"content digest (sha256:[0-9a-f]{64}): not found")  # what ctr says of a missing blob
 _UNPACKED = re.compile(r"^unpacking (\S+) \((sha256:[0-9a-f]{64})\)")
 
 
@@ -62,7 +64,7 @@ def connect(address: str = DEFAULT_ADDRESS, namespace: str = DEFAULT_NAMESPACE,
         ctr.run("version")
     except EngineError as exc:
         raise EngineError(f"cannot reach containerd at {printable(address)} ({exc.reason}); start containerd or "
-                          f"name its socket: --engine containerd=SOCKET (k3s: {K3S_ADDRESS})") from None
+                          f"name its socket: --engine containerd=SOCKET (k3s: --engine k3s, {K3S_ADDRESS})") from None
     return ContainerdEngine(ctr)
 
 
@@ -86,9 +88,12 @@ class ContainerdEngine:
     name = "containerd"
     swaps_containers = False
 
-    def __init__(self, ctr: Ctr) -> None:
+    def __init__(self, ctr: Ctr, warn: Callable[[str], None] | None = None) -> None:
         self.ctr = ctr
+        self.warn = warn or _warn
         self._read: dict[str, ContainerdImage | None] = {}  # by manifest digest; None: not this platform's
+        self._broken: dict[str, str] = {}  # manifest digest -> why its image cannot be read
+        self._warned: set[str] = set()
 
     # -- images
 
@@ -106,8 +111,15 @@ class ContainerdEngine:
         if digest not in self._read:
             try:
                 self._read[digest] = self._read_image(digest)
-            except (ImageReadError, IntegrityError):
+            except ImageReadError:  # malformed, or no manifest of this platform's
                 self._read[digest] = None
+            except IntegrityError as exc:
+                self._read[digest], self._broken[digest] = None, str(exc)
+            except EngineError as exc:
+                missing = _MISSING.search(exc.reason)
+                if missing is None:
+                    raise  # containerd itself failed: every lookup would
+                self._read[digest], self._broken[digest] = None, f"its content store lacks blob {missing.group(1)[:19]}"
         return self._read[digest]
 
     def find_image(self, image_id_or_ref: str) -> dict | None:
@@ -229,6 +241,11 @@ class ContainerdEngine:
         by_id: dict[str, dict] = {}
         for ref, digest in self.references().items():
             image = self.image(digest)
+            if digest in self._broken and ref not in self._warned:
+                self._warned.add(ref)
+                self.warn(f"containerd's image {printable(ref)} cannot be read ({self._broken[digest]}), so deltaimg "
+                          f"skips it; pull or import it again, or remove it (ctr -n {printable(self.ctr.namespace)} "
+                          f"images rm {printable(ref)})")
             if image is None:
                 continue
             record = by_id.setdefault(image.config_digest, _record(image))
@@ -253,6 +270,10 @@ class ContainerdEngine:
             raise IntegrityError(f"containerd's blob {digest[:19]} does not hash to its digest; the content store "
                                  "may be damaged")
         return data
+
+
+def _warn(message: str) -> None:
+    print(f"deltaimg: warning: {message}", file=sys.stderr)
 
 
 def read_image(digest: str, blob: Callable[[str], bytes]) -> ContainerdImage:

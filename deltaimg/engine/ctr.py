@@ -223,7 +223,9 @@ class _BlobStream(io.RawIOBase):
         process = self._ctr.process
         assert process.stdout is not None
         deadline = time.monotonic() + self._idle
-        while not select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        ready = select.poll()  # not select(): a descriptor past 1024 is fine
+        ready.register(process.stdout, select.POLLIN | select.POLLHUP | select.POLLERR)
+        while not ready.poll(max(0.0, deadline - time.monotonic()) * 1000):
             if time.monotonic() >= deadline:
                 self._end(stop=True)
                 raise EngineError(f"ctr content get {self._digest[:19]} sent nothing for {self._idle:g} s on "
