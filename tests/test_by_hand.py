@@ -108,6 +108,33 @@ def test_an_old_container_removed_during_the_health_check_leaves_the_new_one_und
     assert container(client, name)["Id"] == new["Id"]
 
 
+def test_recovery_removes_only_the_container_it_journalled_not_one_on_the_target_image_under_the_name_exit_27(
+        docker_client, engine_resources, images, keypair, state_dir, tmp_path):
+    client, name = docker_client, engine_resources.name("app")
+    old = start_app(client, images, name, tmp_path / "ctl")
+    killed = run_cli("apply", images["bundle"], "--trust", keypair[1], "--grace", "1",
+                     env={"DELTAIMG_TEST_KILL_AT": "create"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    made = container(client, name)
+    [attempt] = Journal(os.path.join(state_dir, JOURNAL)).attempts()
+    assert attempt.created == {name: made["Id"]} and made["Image"] == images["v2"]
+    client.api.remove_container(made["Id"], force=True)  # the operator clears it and runs the target image themselves
+    theirs = client.api.create_container(images["tag"]["v2"], ["sh", "-c", SLEEP_FOREVER], name=name)["Id"]
+    client.api.start(theirs)
+    journal = Path(state_dir, JOURNAL).read_bytes()
+
+    again = run_cli("apply", images["bundle"], "--trust", keypair[1], "--grace", "1")
+    assert again.returncode == RecoveryError.exit_code, again.stderr
+    assert_one_line_error(again.stderr, f"{name}: an interrupted update left its old container as {name}{SIDE_SUFFIX}, "
+                                        f"and the container now named {name} ({theirs[:12]}) is not the one it "
+                                        "created; by hand: ")
+    mine, aside = container(client, name), container(client, name + SIDE_SUFFIX)
+    assert mine["Id"] == theirs and mine["State"]["Running"] and mine["Image"] == images["v2"]
+    assert aside["Id"] == old and not aside["State"]["Running"]
+    assert Path(state_dir, JOURNAL).read_bytes() == journal
+    assert [a.interrupted for a in Journal(os.path.join(state_dir, JOURNAL)).attempts()] == [True]
+
+
 def test_recovery_refuses_a_container_the_operator_put_under_the_name_exit_27(
         docker_client, engine_resources, images, keypair, state_dir, tmp_path):
     client, name = docker_client, engine_resources.name("app")

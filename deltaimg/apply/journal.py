@@ -11,7 +11,8 @@ Each bundle an apply works on is an *attempt* with its own ``id``. Its records, 
 - ``begin``: the bundle (path, sha256 of all its bytes, signer key id), from/to images, written
   after the bundle verified and before anything on the host changes;
 - ``swap``: the containers about to be recreated (name, old container ID, whether it ran);
-- ``container`` with ``step`` ``begin`` (before the container is touched), ``ready`` (the new
+- ``container`` with ``step`` ``begin`` (before the container is touched), ``created`` (with the
+  new container's ID in ``container``: the one container a recovery may remove), ``ready`` (the new
   container passed its check) and ``done`` (the old one is removed);
 - ``end`` with an ``outcome`` (``applied``, ``rolled-back``, ``failed``), written only when the
   host is in a known state again; or ``recovered``, written by the next run's recovery.
@@ -76,7 +77,7 @@ _OUTCOME = {"bundle": _maybe(_BUNDLE), "from": _maybe(_IMAGE), "to": _maybe(_IMA
 RECORDS: dict[str, Check] = {  # what the readers of each record type rely on
     "begin": _object(bundle=_BUNDLE, containers=_list(_text), **{"from": _IMAGE, "to": _IMAGE}),
     "swap": _object(containers=_list(_CONTAINER)),
-    "container": _object(("name", "step"), name=_text, step=_text),
+    "container": _object(("name", "step"), name=_text, step=_text, container=_maybe(_text)),
     "note": _object(message=_text),
     "end": _object(**_OUTCOME),
     "recovered": _object(**_OUTCOME),
@@ -138,6 +139,7 @@ class Attempt:
     begin: dict
     containers: list[dict] = field(default_factory=list)  # from the last ``swap`` record
     steps: dict[str, set[str]] = field(default_factory=dict)  # container name -> steps recorded
+    created: dict[str, str] = field(default_factory=dict)  # container name -> ID of the new container made for it
     notes: list[str] = field(default_factory=list)
     closed: dict | None = None  # the ``end`` or ``recovered`` record
 
@@ -221,6 +223,8 @@ class Journal:
                 attempt.containers = [c for c in record.get("containers") or [] if isinstance(c, dict)]
             elif kind == "container":
                 attempt.steps.setdefault(str(record.get("name")), set()).add(str(record.get("step")))
+                if record.get("step") == "created" and record.get("container"):
+                    attempt.created[str(record.get("name"))] = record["container"]
             elif kind == "note":
                 attempt.notes.append(str(record.get("message")))
             elif kind in CLOSING:

@@ -9,8 +9,8 @@ whose swap had begun and not finished:
   container (it sits under ``<name>-deltaimg-old``) if it is still there;
 - otherwise roll every one of them back, those that were ready too (their old container is still
   aside, as the swap removes old containers only once all are ready): remove the new container if
-  one was created (found by the container's name, and only if it runs the bundle's target image:
-  nothing else is ours to remove), give the old one its name back, and start it if it was running
+  one was created (the one whose ID the journal recorded at its creation, and only while it holds
+  the name: nothing else is ours to remove), give the old one its name back, and start it if it was running
   before (and pause it again if it was paused). Containers are put back newest first, and started
   again oldest first, in the update's order (dependencies first).
 
@@ -108,6 +108,10 @@ def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str, f
         if new is not None and new["Image"] != target_id:
             raise RecoveryError(f"{name}: an interrupted update left its old container as {name}{SIDE_SUFFIX}, and the "
                                 f"container now named {name} is not on the update's image; {by_hand(name)}")
+        if new is not None and new["Id"] != attempt.created.get(name):  # on the target image, but not ours
+            raise RecoveryError(f"{name}: an interrupted update left its old container as {name}{SIDE_SUFFIX}, and the "
+                                f"container now named {name} ({new['Id'][:12]}) is not the one it created; "
+                                f"{by_hand(name)}")
         if old is None:
             if new is None:
                 raise RecoveryError(f"{name}: an interrupted update left neither the old container {old_id[:12]} nor a "

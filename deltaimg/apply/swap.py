@@ -170,7 +170,7 @@ def _swap_one(
         renamed = True
         observer.step(plan, "renamed")
         new_id = engine.create_container(plan.config, name)
-        observer.step(plan, "created")
+        observer.step(dataclasses.replace(plan, new_container_id=new_id), "created")  # journalled: recovery removes only it
         for net, endpoint in plan.networks.items():
             engine.connect_network(new_id, net, endpoint)
         got = (engine.inspect_container(new_id) or {}).get("Image", "(none: the container is gone)")

@@ -363,8 +363,12 @@ class _Recorder:
         self.journal.append({"type": "swap", "id": self.attempt, "containers": containers})
 
     def step(self, plan: SwapResult, step: str) -> None:
-        recorded = {"begin": "begin", "ready": "ready", "removed": "done", "rolled-back": "rolled-back"}.get(step)
-        if recorded:
+        recorded = {"begin": "begin", "created": "created", "ready": "ready", "removed": "done",
+                    "rolled-back": "rolled-back"}.get(step)
+        if recorded == "created":  # its ID: the only container under the name a recovery may remove
+            self.journal.append({"type": "container", "id": self.attempt, "name": plan.name, "step": recorded,
+                                 "container": plan.new_container_id})
+        elif recorded:
             self.journal.append({"type": "container", "id": self.attempt, "name": plan.name, "step": recorded})
         if step == "removed":
             self.swapped.append({"name": plan.name, "old_container": plan.old_container_id})
