@@ -56,7 +56,7 @@ from deltaimg.errors import (
     UsageError,
     printable,
 )
-from deltaimg.apply.journal import Journal, StateDir, new_id
+from deltaimg.apply.journal import Journal, StateDir, bundle_record, new_id
 from deltaimg.apply.lock import RunLock
 from deltaimg.apply.plan import SwapResult, survey
 
@@ -304,7 +304,7 @@ class _Run:
             return
         size = 0 if loaded else load_size(self.engine, rebuild)
         attempt = new_id()
-        summary = {"bundle": _bundle_record(bundle), "from": bundle.manifest.base.as_json(),
+        summary = {"bundle": bundle_record(bundle), "from": bundle.manifest.base.as_json(),
                    "to": bundle.manifest.target.as_json()}
         self.journal.append({"type": "begin", "id": attempt, "pid": os.getpid(), "containers": names, **summary})
         recorder = _Recorder(self.journal, attempt)
@@ -334,7 +334,7 @@ class _Run:
                       skipped_containers=self.skipped.get(bundle.path, []))
 
     def _outcome(self, event: str, bundle: Bundle, text: str, **extra: object) -> None:
-        record = {"bundle": _bundle_record(bundle), "from": bundle.manifest.base.as_json(),
+        record = {"bundle": bundle_record(bundle), "from": bundle.manifest.base.as_json(),
                   "to": bundle.manifest.target.as_json(), **extra}
         self.reporter.outcome(event, record, f"{bundle.path}: {text}")
 
@@ -394,11 +394,6 @@ class _EngineHost:
                 created = datetime.datetime.fromtimestamp(image.get("Created", 0), datetime.timezone.utc).isoformat()
                 used[image["Id"]] = (created, [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"])
         return used
-
-
-def _bundle_record(bundle: Bundle) -> dict:
-    return {"path": bundle.path, "sha256": bundle.sha256, "key_id": bundle.signer.key_id if bundle.signer else None,
-            "parts": len(bundle.parts) or 1}
 
 
 def _swap_record(result: SwapResult) -> dict:
