@@ -292,14 +292,15 @@ def _modification(record: dict) -> str:
 
 
 def status(state_dir: str, attempts: list, total: int, running: int | None,
-           kept_receipts: list[dict] | None = None) -> tuple[dict, list[str]]:
-    """``deltaimg status``: the journal's attempts (deltaimg.journal.Attempt), newest last; and the
-    receipts kept in the journal because the stick could not take them."""
+           kept_receipts: list[dict] | None = None, pushes: list[dict] | None = None) -> tuple[dict, list[str]]:
+    """``deltaimg status``: the journal's attempts (deltaimg.journal.Attempt), newest last; the
+    receipts kept in the journal because the stick could not take them; the last push into a registry."""
     rows = [_attempt(a) for a in attempts]
     kept = [{"time": r.get("time"), "folder": r["folder"], "reason": r["reason"], "receipt": r["receipt"]}
             for r in kept_receipts or []]
+    last_push = _push(pushes[-1]) if pushes else None
     data = {"state_dir": state_dir, "running": running, "attempts": rows, "total_attempts": total,
-            "kept_receipts": kept}
+            "kept_receipts": kept, "last_push": last_push, "total_pushes": len(pushes or [])}
     lines = [f"state directory {state_dir}: {total} update(s) journalled"
              + (f", the last {len(rows)} shown" if len(rows) < total else "")]
     if running is not None:
@@ -310,6 +311,14 @@ def status(state_dir: str, attempts: list, total: int, running: int | None,
                      f"[{swapped}] key {row['key_id']} {row['bundle']}")
         if row["message"]:
             lines.append(f"    {row['message']}")
+    if last_push:
+        services = ", ".join(f"{s['name']} {s.get('outcome', '?')}" for s in last_push["services"])
+        lines.append(f"last registry push of {len(pushes or [])}: {last_push['time']}  {last_push['outcome']:<15} "
+                     f"{last_push['from']} {arrow()} {last_push['to']}  {last_push['registry']}"
+                     + (f"@{last_push['digest']}" if last_push["digest"] else "") + f" {last_push['bundle']}"
+                     + (f"; Swarm services: {services}" if services else ""))
+        if last_push["message"]:
+            lines.append(f"    {last_push['message']}")
     if kept:
         last = kept[-1]
         lines.append(f"{len(kept)} receipt(s) kept in the journal, as the stick could not take them; the last, "
@@ -346,6 +355,16 @@ def _cell(value: str, width: int) -> str:
     """A table cell: escaped (it comes from a host's receipt), cut to ``width``."""
     text = printable(value)
     return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _push(record: dict) -> dict:
+    """A journal ``push`` record (deltaimg.apply.site_push) as ``status`` shows it."""
+    return {"time": record.get("time"), "outcome": record["outcome"], "registry": record["registry"],
+            "digest": record.get("digest"), "message": record.get("message"),
+            "from": _journal_name(record.get("from")), "to": _journal_name(record.get("to")),
+            "from_image": (record.get("from") or {}).get("image_id"), "to_image": (record.get("to") or {}).get("image_id"),
+            "bundle": (record.get("bundle") or {}).get("path"),
+            "services": [s for s in record.get("services") or [] if isinstance(s, dict)]}
 
 
 def _attempt(attempt) -> dict:

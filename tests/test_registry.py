@@ -189,7 +189,7 @@ def test_wrong_registry_command_lines_are_exit_2(example_bundle, keypair):
     for options, message in (
             (["--to", "docker://app:2"], "--to takes docker://HOST[:PORT]/REPO[:TAG]"),
             (["--from", "docker://127.0.0.1:5000/app:1"], "--from and --ca-file go with --to"),
-            (["--to", "docker://127.0.0.1:5000/app:2", "--no-swap"], "--no-swap cannot go with --to"),
+            (["--to", "docker://127.0.0.1:5000/app:2", "--dry-run"], "--dry-run cannot go with --to"),
             (["--to", "docker://127.0.0.1:5000/app:2", "--from", "docker://other.site/app:1"],
              "--from (other.site) must be on the registry of --to (127.0.0.1:5000)")):
         result = run_cli("apply", example_bundle, "--trust", keypair[1], *options)

@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import time
 import urllib.request
 
+import docker
+
+from tests.conftest import run_cli
+from tests.engine_helpers import SLEEP_FOREVER
 from tests.test_registry import apply_to, pair, push_base, registry  # noqa: F401
+from tests.test_swarm import converge, swarm  # noqa: F401
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -71,3 +78,67 @@ def test_a_manifest_list_base_is_resolved_to_the_entry_that_is_the_bundles_base(
     assert wrong_platform.returncode == 3
     assert f"docker://{host}/{repo}:test has no image for linux/s390x (it has linux/amd64, linux/arm64/v8)" \
         in wrong_platform.stderr
+
+
+def test_on_a_swarm_manager_the_services_on_the_base_move_to_the_pushed_digest_and_the_push_is_recorded(
+        swarm, registry, pair, keypair, tmp_path):  # noqa: F811
+    client, host, repo = swarm, registry.host, pair["repo"]
+    push_base(pair, host, repo)
+    bundle = tmp_path / "stick" / "v2.dimg"
+    bundle.parent.mkdir()
+    shutil.copy(pair["bundle"], bundle)
+    name = f"{repo}-svc"
+    service = client.api.create_service(
+        docker.types.TaskTemplate(docker.types.ContainerSpec(f"{host}/{repo}:test", command=["sh", "-c", SLEEP_FOREVER],
+                                                             stop_grace_period=1_000_000_000)),
+        name=name, mode=docker.types.ServiceMode("replicated", replicas=1),
+        update_config=docker.types.UpdateConfig(parallelism=1, delay=0, monitor=1_000_000_000, failure_action="rollback"))["ID"]
+    try:
+        converge(client, service, pair["v1"], replicas=1)
+        result = run_cli("apply", str(bundle), "--trust", keypair[1], "--to", f"docker://{host}/site/app:2", "--receipts",
+                         "--json")
+        assert result.returncode == 0, result.stderr
+        pushed = json.loads(result.stdout)
+        image = f"{host}/site/app:2@{pushed['digest']}"
+        assert [(s["name"], s["outcome"]) for s in pushed["services"]] == [(name, "updated")]
+        assert client.api.inspect_service(service)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == image
+        converge(client, service, pair["v2"], replicas=1)
+
+        status = json.loads(run_cli("status", "--json").stdout)
+        last = status["last_push"]
+        assert (last["outcome"], last["registry"], last["digest"], last["to_image"], status["total_pushes"]) == (
+            "pushed", f"docker://{host}/site/app:2", pushed["digest"], pair["v2"], 1)
+        assert last["services"] == [{"name": name, "outcome": "updated"}]
+        text = run_cli("status").stdout
+        assert f"last registry push of 1: {last['time']}  pushed" in text
+        assert f"docker://{host}/site/app:2@{pushed['digest']} {bundle}; Swarm services: {name} updated" in text
+
+        written = sorted((bundle.parent / "receipts").iterdir())
+        assert len(written) == 1
+        receipt = json.loads(written[0].read_text())
+        assert {k: receipt[k] for k in ("result", "exit_code", "message", "before", "after", "registry", "digest",
+                                        "services")} == {
+            "result": "applied", "exit_code": 0, "message": None, "before": pair["v1"], "after": pair["v2"],
+            "registry": f"docker://{host}/site/app:2", "digest": pushed["digest"], "services": [name]}
+        assert [(b["file"], b["result"], b["base"], b["target"]) for b in receipt["bundles"]] == [
+            ("v2.dimg", "applied", pair["v1"], pair["v2"])]
+
+        again = run_cli("apply", str(bundle), "--trust", keypair[1], "--to", f"docker://{host}/site/app:2", "--receipts",
+                        "--no-swap", "--json")
+        assert again.returncode == 0, again.stderr
+        assert (json.loads(again.stdout)["outcome"], json.loads(again.stdout)["services"]) == ("already there", [])
+        table = run_cli("receipts", str(bundle.parent), "--json")
+        assert sorted(row["result"] for row in json.loads(table.stdout)["receipts"]) == ["applied", "up-to-date"]
+    finally:
+        client.api.remove_service(service)
+        for _ in range(60):
+            if not client.api.containers(all=True, filters={"label": f"com.docker.swarm.service.id={service}"}):
+                break
+            time.sleep(0.5)
+        for found in client.api.images():
+            for reference in [*(found.get("RepoTags") or []), *(found.get("RepoDigests") or [])]:
+                if reference.startswith(f"{host}/"):
+                    try:
+                        client.api.remove_image(reference)
+                    except docker.errors.NotFound:
+                        pass  # its other name removed it

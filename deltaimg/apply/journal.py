@@ -17,6 +17,11 @@ Each bundle an apply works on is an *attempt* with its own ``id``. Its records, 
 - ``end`` with an ``outcome`` (``applied``, ``rolled-back``, ``failed``), written only when the
   host is in a known state again; or ``recovered``, written by the next run's recovery.
 
+A ``push`` record, of no attempt, is an ``apply --to docker://…`` into a registry (deltaimg.apply.
+site_push): written once it ended, with its ``outcome`` (``pushed``, ``already there``,
+``failed``, ``interrupted``), the registry reference, the manifest digest and the Swarm services it
+moved; a push changes nothing on this host, so it is never recovered.
+
 A ``receipt`` record, of no attempt, holds a run's receipt that its stick could not take (its
 ``folder`` and the ``reason``; see deltaimg.apply.receipts).
 
@@ -81,8 +86,17 @@ RECORDS: dict[str, Check] = {  # what the readers of each record type rely on
     "note": _object(message=_text),
     "end": _object(**_OUTCOME),
     "recovered": _object(**_OUTCOME),
+    "push": _object(("outcome", "registry"), outcome=_text, registry=_text, digest=_maybe(_text), message=_maybe(_text),
+                    bundle=_maybe(_BUNDLE), services=_list(_object(("name",), name=_text)),
+                    **{"from": _maybe(_IMAGE), "to": _maybe(_IMAGE)}),
     "receipt": _object(("folder", "reason", "receipt"), folder=_text, reason=_text, receipt=lambda v: isinstance(v, dict)),
 }
+
+
+def bundle_record(bundle) -> dict:
+    """What the journal says of a bundle (deltaimg.bundle.reader.Bundle)."""
+    return {"path": bundle.path, "sha256": bundle.sha256, "key_id": bundle.signer.key_id if bundle.signer else None,
+            "parts": len(bundle.parts) or 1}
 
 
 def now() -> str:
@@ -203,6 +217,10 @@ class Journal:
             "so what earlier runs did is unknown; check the containers by hand (docker ps -a --filter "
             f"name=-deltaimg-old), then move the journal aside (mv {self.path} {self.path}.damaged) and run again"
         )
+
+    def pushes(self) -> list[dict]:
+        """The ``push`` records: applies into a registry, oldest first."""
+        return [record for record in self.records() if record.get("type") == "push"]
 
     def kept_receipts(self) -> list[dict]:
         """The ``receipt`` records: receipts a stick could not take (deltaimg.apply.receipts), oldest first."""

@@ -71,15 +71,15 @@ def kept(folder: str | None, journal: Journal, reporter: object) -> Iterator[obj
     try:
         yield tee
     except DeltaimgError as exc:
-        _leave(folder, journal, tee, build(tee.outcomes, journal, started, pid, exc.exit_code, str(exc)))
+        leave(folder, journal, tee.progress, build(tee.outcomes, journal, started, pid, exc.exit_code, str(exc)))
         raise
     except KeyboardInterrupt:
-        _leave(folder, journal, tee, build(tee.outcomes, journal, started, pid, INTERRUPTED, "interrupted"))
+        leave(folder, journal, tee.progress, build(tee.outcomes, journal, started, pid, INTERRUPTED, "interrupted"))
         raise
     except Exception as exc:
-        _leave(folder, journal, tee, build(tee.outcomes, journal, started, pid, 1, f"unexpected {type(exc).__name__}"))
+        leave(folder, journal, tee.progress, build(tee.outcomes, journal, started, pid, 1, f"unexpected {type(exc).__name__}"))
         raise
-    _leave(folder, journal, tee, build(tee.outcomes, journal, started, pid, 0, None))
+    leave(folder, journal, tee.progress, build(tee.outcomes, journal, started, pid, 0, None))
 
 
 def build(outcomes: list[tuple[str, dict]], journal: Journal, started: str, pid: int, exit_code: int,
@@ -114,6 +114,20 @@ def build(outcomes: list[tuple[str, dict]], journal: Journal, started: str, pid:
             "message": message, "before": before, "after": after, "bundles": bundles}
 
 
+def push_receipt(record: dict, exit_code: int) -> dict:
+    """The receipt of an apply into a registry, from its journal ``push`` record: ``after`` is the
+    image the pushed tag names, ``services`` the Swarm services moved onto it."""
+    outcome = record["outcome"]
+    result = {"pushed": "applied", "already there": "up-to-date"}.get(outcome, outcome)
+    base, target = (record.get("from") or {}).get("image_id"), (record.get("to") or {}).get("image_id")
+    bundle = _bundle(record, {"up-to-date": "already-applied"}.get(result, result), [])
+    return {"receipt": RECEIPT_VERSION, "host": socket.gethostname(), "machine_id": machine_id(), "time": _now(),
+            "deltaimg": __version__, "result": result, "exit_code": exit_code, "message": record.get("message"),
+            "before": base, "after": target if record.get("digest") else None,
+            "registry": record["registry"], "digest": record.get("digest"),
+            "services": [s["name"] for s in record.get("services") or []], "bundles": [bundle]}
+
+
 def _bundle(record: dict, result: str, containers: list[str]) -> dict:
     bundle = record.get("bundle") or {}
     return {"file": os.path.basename(bundle.get("path") or "?"), "sha256": bundle.get("sha256"), "result": result,
@@ -135,7 +149,8 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _leave(folder: str, journal: Journal, tee: _Tee, receipt: dict) -> None:
+def leave(folder: str, journal: Journal, log: Callable[[str], None], receipt: dict) -> None:
+    """Write ``receipt`` into ``folder``'s receipts, or, when it cannot be written, into the journal."""
     target = os.path.join(folder, FOLDER)
     try:
         path = write(target, receipt)
@@ -144,12 +159,12 @@ def _leave(folder: str, journal: Journal, tee: _Tee, receipt: dict) -> None:
         try:
             journal.append({"type": "receipt", "id": new_id(), "folder": target, "reason": reason, "receipt": receipt})
         except OutputError as lost:
-            tee.progress(f"receipt lost: cannot write {target} ({reason}) nor the journal ({lost})")
+            log(f"receipt lost: cannot write {target} ({reason}) nor the journal ({lost})")
             return
-        tee.progress(f"receipt kept in the journal {journal.path} (deltaimg status shows it): cannot write "
+        log(f"receipt kept in the journal {journal.path} (deltaimg status shows it): cannot write "
                      f"{target}: {reason}")
         return
-    tee.progress(f"receipt written: {path}")
+    log(f"receipt written: {path}")
 
 
 def write(directory: str, receipt: dict) -> str:

@@ -20,7 +20,7 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from deltaimg import interrupts
@@ -57,9 +57,11 @@ class Pushed:
     present: int = 0
     bytes_pushed: int = 0
     image_bytes: int = 0
+    digest: str = ""  # the target manifest's, under the tag
+    base_digests: list[str] = field(default_factory=list)  # the base's manifest (and list), as read
 
     def as_json(self) -> dict:
-        return dict(self.__dict__)
+        return {key: value for key, value in self.__dict__.items() if key != "base_digests"}
 
 
 def default_source(bundle: Bundle, to: RegistryRef) -> RegistryRef:
@@ -99,15 +101,19 @@ def apply_to_registry(bundle: Bundle, to: RegistryRef, source: RegistryRef | Non
                          "from the base already there")
     registry = Registry(to.host, ca_file)
     pushed = Pushed(str(to), rebuild.target_id, str(source))
-    if _holds(registry, to, rebuild.target_id):
+    held = _holds(registry, to, rebuild.target_id)
+    if held:
         log(f"{to} is already {rebuild.target_id[:19]}; nothing pushed")
-        pushed.already = True
+        pushed.already, pushed.digest = True, held
+        base_manifest = registry.manifest(source.repository, source.reference)
+        pushed.base_digests = ["sha256:" + hashlib.sha256(base_manifest[1]).hexdigest()] if base_manifest else []
         return pushed
     base = open_registry_image(registry, source, platform, rebuild.base_id)
     if base is None:
         raise RegistryError(f"the registry has no {source}, the base {bundle.manifest.base.name} this bundle updates: "
                             "push the base there first, or name where it is with --from")
     check_base(rebuild, base, bundle.path)
+    pushed.base_digests = base.digests
     load_target_config(bundle, rebuild, base.config_bytes)
     check_base_layers(bundle, rebuild)
     kind = base.manifest_type if base.manifest_type in CONFIG_TYPES else DOCKER_MANIFEST
@@ -129,21 +135,24 @@ def apply_to_registry(bundle: Bundle, to: RegistryRef, source: RegistryRef | Non
     manifest = json.dumps({"schemaVersion": 2, "mediaType": kind, "config": config, "layers": descriptors},
                           indent=3).encode()
     registry.put_manifest(to.repository, to.reference, kind, manifest)
+    pushed.digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     pushed.bytes_pushed += len(manifest)
     pushed.image_bytes += len(rebuild.target_config) + len(manifest)
     return pushed
 
 
-def _holds(registry: Registry, ref: RegistryRef, image_id: str) -> bool:
-    """Whether the tag already names a manifest of this config (a list is never taken for it)."""
+def _holds(registry: Registry, ref: RegistryRef, image_id: str) -> str | None:
+    """The digest of the manifest the tag names when it is one of this config (a list is never taken for it)."""
     fetched = registry.manifest(ref.repository, ref.reference)
     if fetched is None:
-        return False
+        return None
     try:
         config = json.loads(fetched[1]).get("config")
     except (ValueError, AttributeError):
-        return False
-    return isinstance(config, dict) and config.get("digest") == image_id
+        return None
+    if isinstance(config, dict) and config.get("digest") == image_id:
+        return "sha256:" + hashlib.sha256(fetched[1]).hexdigest()
+    return None
 
 
 def _rebuild_layers(bundle: Bundle, rebuild, base: RegistryImage, work: str, gzip_type: str,

@@ -23,20 +23,24 @@ ENDED = {"completed": "updated", "rollback_completed": "rolled back", "paused": 
          "rollback_paused": "rollback paused"}
 
 
-def on_base(services: list[dict], rebuild: Rebuild, base_tags: list[str]) -> list[dict]:
-    """The services whose image is the base: one of its tags, or its ID (a digest pinned after it ignored)."""
+def on_base(services: list[dict], rebuild: Rebuild, base_tags: list[str], digests: tuple[str, ...] = ()) -> list[dict]:
+    """The services whose image is the base: one of its tags, or its ID (a digest pinned after it
+    ignored), or pinned to one of the base manifest's ``digests`` (in a registry)."""
     names = {_normal(tag) for tag in base_tags} | {rebuild.base_id}
-    return [s for s in services if _normal(str(_image(s))) in names]
+    return [s for s in services if _normal(str(_image(s))) in names
+            or "@" in str(_image(s)) and str(_image(s)).rsplit("@", 1)[1] in digests]
 
 
 def update_services(engine: object, rebuild: Rebuild, base_tags: list[str], dry_run: bool,
-                    log: Callable[[str], None], timeout: float = TIMEOUT) -> list[dict]:
-    """Update every service on the base onto the target; one record per service (name, id, outcome)."""
+                    log: Callable[[str], None], timeout: float = TIMEOUT, image: str | None = None,
+                    digests: tuple[str, ...] = ()) -> list[dict]:
+    """Update every service on the base onto the target (``image``, by default its first tag); one
+    record per service (name, id, outcome)."""
     manager = engine_swarm.manager(engine)
     if manager is None:
         return []
-    services = on_base(manager.services(), rebuild, base_tags)
-    image = rebuild.target_tags[0] if rebuild.target_tags else rebuild.target_id
+    services = on_base(manager.services(), rebuild, base_tags, digests)
+    image = image or (rebuild.target_tags[0] if rebuild.target_tags else rebuild.target_id)
     for service in services:
         verb = "would update" if dry_run else "updating"
         log(printable(f"{verb} Swarm service {_name(service)} ({_image(service)}) onto {image} with its rolling update"))

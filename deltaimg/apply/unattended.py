@@ -56,7 +56,7 @@ from deltaimg.errors import (
     UsageError,
     printable,
 )
-from deltaimg.apply.journal import Journal, StateDir, new_id
+from deltaimg.apply.journal import Journal, StateDir, bundle_record, new_id
 from deltaimg.apply.lock import RunLock
 from deltaimg.apply.plan import SwapResult, survey
 
@@ -313,7 +313,7 @@ class _Run:
             return
         size = _load_size(self.engine, rebuilds)
         attempt = new_id()
-        summary = {"bundle": _bundle_record(bundle), **_images_record(bundle)}
+        summary = {"bundle": bundle_record(bundle), **_images_record(bundle)}
         self.journal.append({"type": "begin", "id": attempt, "pid": os.getpid(), "containers": names, **summary})
         recorder = _Recorder(self.journal, attempt)
         try:
@@ -341,7 +341,7 @@ class _Run:
                       skipped_containers=self.skipped.get(bundle.path, []))
 
     def _outcome(self, event: str, bundle: Bundle, text: str, **extra: object) -> None:
-        record = {"bundle": _bundle_record(bundle), **_images_record(bundle), **extra}
+        record = {"bundle": bundle_record(bundle), **_images_record(bundle), **extra}
         self.reporter.outcome(event, record, f"{bundle.path}: {text}")
 
 
@@ -426,11 +426,6 @@ def _images_record(bundle: Bundle) -> dict:
     image; ``images``, a list of them, for several."""
     pairs = [{"from": pair.base.as_json(), "to": pair.target.as_json()} for pair in bundle.manifest.images]
     return pairs[0] if len(pairs) == 1 else {"images": pairs}
-
-
-def _bundle_record(bundle: Bundle) -> dict:
-    return {"path": bundle.path, "sha256": bundle.sha256, "key_id": bundle.signer.key_id if bundle.signer else None,
-            "parts": len(bundle.parts) or 1}
 
 
 def _swap_record(result: SwapResult) -> dict:

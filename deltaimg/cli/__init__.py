@@ -135,15 +135,21 @@ def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str]
         if not to:
             raise UsageError("--from and --ca-file go with --to docker://HOST/REPO[:TAG] (push into a registry)")
         engine_only = [name for name, given in (("--base", base), ("--output", output), ("--dry-run", dry_run),
-                                                ("--container", container), ("--no-swap", no_swap), ("--engine", engine),
-                                                ("--retry", retry), ("--state-dir", state_dir), ("--wait", wait),
+                                                ("--container", container), ("--engine", engine),
+                                                ("--retry", retry), ("--wait", wait),
                                                 ("--log-format json", log_format == "json")) if given]
         if engine_only:
             raise UsageError(f"{', '.join(engine_only)} cannot go with --to, which pushes into a registry and touches "
                              "no engine: leave them out")
         if len(paths) != 1:
             raise UsageError("--to pushes one bundle's target; give exactly one bundle")
-        _apply_to_registry(paths[0], trust, trust_dir, to, source, ca_file, platform, allow_downgrade, as_json, quiet)
+        from deltaimg.apply.journal import state_dir_path
+        from deltaimg.apply.site_push import PushOptions
+        from deltaimg.engine.registry import parse_reference
+
+        options = PushOptions(parse_reference(to, "--to"), parse_reference(source, "--from") if source else None,
+                              ca_file, platform, allow_downgrade, state_dir_path(state_dir), receipts, not no_swap)
+        _apply_to_registry(paths[0], trust, trust_dir, options, as_json, quiet)
         return
     if base or output:
         if not (base and output):
@@ -189,25 +195,27 @@ def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str]
         _emit(True, reporter.report(), [])
 
 
-def _apply_to_registry(path: str, trust: Optional[List[str]], trust_dir: Optional[str], to: str, source: Optional[str],
-                       ca_file: Optional[str], platform: Optional[str], allow_downgrade: bool, as_json: bool,
+def _apply_to_registry(path: str, trust: Optional[List[str]], trust_dir: Optional[str], options, as_json: bool,
                        quiet: bool) -> None:
     from deltaimg import progress
-    from deltaimg.apply.registry import apply_to_registry
-    from deltaimg.engine.registry import parse_reference
+    from deltaimg.apply import site_push
     from deltaimg.units import human_size
 
-    target = parse_reference(to, "--to")
-    base = parse_reference(source, "--from") if source else None
     opened = _open(path, trust, trust_dir, quiet or as_json)
-    lines: list[str] = []
+    def log(line: str) -> None:
+        if not as_json:  # the JSON document says it all at the end
+            print(printable(line), flush=True)
+
     with progress.bar("apply", None, not (quiet or as_json)) as advance:
-        pushed = apply_to_registry(opened, target, base, ca_file, platform, lines.append, advance, allow_downgrade)
+        result = site_push.run(opened, options, log, advance)
+    pushed = result.pushed
+    lines: list[str] = []
     if not pushed.already:
         lines.append(f"{pushed.target}: {pushed.image_id[:19]} pushed ({pushed.uploaded} layer(s) uploaded, "
                      f"{pushed.mounted} mounted from {pushed.source.rsplit(':', 1)[0]}, {pushed.present} already there); "
                      f"{human_size(pushed.bytes_pushed)} pushed of {human_size(pushed.image_bytes)}, the whole image")
-    _emit(as_json, {"bundle": path, "outcome": "already there" if pushed.already else "pushed", **pushed.as_json()}, lines)
+    _emit(as_json, {"bundle": path, "outcome": "already there" if pushed.already else "pushed", **pushed.as_json(),
+                    "services": result.services}, lines)
 
 
 def _reporter(log_format: str, as_json: bool):
@@ -233,7 +241,8 @@ def status(state_dir: Optional[str], limit: int, as_json: bool) -> None:
     attempts = state.journal.attempts()
     shown = attempts[-limit:] if limit > 0 else attempts
     running = holder(state.lock_path)
-    data, lines = report.status(state.path, shown, len(attempts), running, state.journal.kept_receipts())
+    data, lines = report.status(state.path, shown, len(attempts), running, state.journal.kept_receipts(),
+                                state.journal.pushes())
     _emit(as_json, data, lines)
 
 

@@ -8,6 +8,7 @@ bytes the deltas read).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from deltaimg.engine.registry import DOCKER_LIST, OCI_INDEX, Registry, RegistryRef
@@ -30,6 +31,7 @@ class RegistryImage(Image):
 
     manifest_type: str = ""
     blobs: list[dict] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)  # the manifest's digest (a list's first, then its entry's)
 
 
 def open_registry_image(registry: Registry, ref: RegistryRef, platform: str | None,
@@ -40,6 +42,7 @@ def open_registry_image(registry: Registry, ref: RegistryRef, platform: str | No
     if fetched is None:
         return None
     media_type, body = fetched
+    digests = ["sha256:" + hashlib.sha256(body).hexdigest()]
     document = _document(body, ref)
     media_type = document.get("mediaType") or media_type
     if media_type in (DOCKER_LIST, OCI_INDEX):
@@ -51,7 +54,8 @@ def open_registry_image(registry: Registry, ref: RegistryRef, platform: str | No
         elif config_digest is None:
             raise ImageReadError(f"{ref} is a manifest list of {_names(choices) or 'no platform'}; "
                                  "pass --platform OS/ARCH for the one this bundle updates")
-        media_type, document = _pick(registry, ref, choices, None if platform else config_digest)
+        media_type, document, digest = _pick(registry, ref, choices, None if platform else config_digest)
+        digests.append(digest)
     config, layers = document.get("config"), document.get("layers")
     if document.get("schemaVersion") != 2 or not _descriptor(config) or not isinstance(layers, list) \
             or len(layers) > MAX_LAYERS or not all(map(_descriptor, layers)):
@@ -65,7 +69,7 @@ def open_registry_image(registry: Registry, ref: RegistryRef, platform: str | No
         raise ImageReadError(f"{ref}: the manifest has {len(layers)} layers and the config {len(diff_ids)}")
     image_layers = [Layer(diff_id, _opener(registry, ref, blob["digest"])) for diff_id, blob in zip(diff_ids, layers)]
     return RegistryImage(config_bytes, image_layers, tags=[str(ref)], source=str(ref), manifest_type=media_type,
-                         blobs=[{k: blob[k] for k in ("mediaType", "size", "digest")} for blob in layers])
+                         blobs=[{k: blob[k] for k in ("mediaType", "size", "digest")} for blob in layers], digests=digests)
 
 
 def _document(body: bytes, ref: RegistryRef) -> dict:
@@ -103,8 +107,9 @@ def _platform_is(name: str, platform: str) -> bool:
     return name == platform or name.rsplit("/", 1)[0] == platform and name.count("/") == 2
 
 
-def _pick(registry: Registry, ref: RegistryRef, choices: list[tuple[str, str]], config_digest: str | None) -> tuple[str, dict]:
-    """(media type, manifest) of the first choice, or of the one whose config is ``config_digest``."""
+def _pick(registry: Registry, ref: RegistryRef, choices: list[tuple[str, str]],
+          config_digest: str | None) -> tuple[str, dict, str]:
+    """(media type, manifest, its digest) of the first choice, or of the one whose config is ``config_digest``."""
     for _, digest in choices:
         fetched = registry.manifest(ref.repository, digest)
         if fetched is None:
@@ -112,7 +117,7 @@ def _pick(registry: Registry, ref: RegistryRef, choices: list[tuple[str, str]], 
         document = _document(fetched[1], ref)
         config = document.get("config")
         if config_digest is None or isinstance(config, dict) and config.get("digest") == config_digest:
-            return document.get("mediaType") or fetched[0], document
+            return document.get("mediaType") or fetched[0], document, digest
     raise BaseMismatchError(f"{ref} is a manifest list of {_names(choices) or 'no platform'}, and none of "
                             f"them is this bundle's base {config_digest[:19]}: name the base with --from (or its "
                             "platform with --platform)")
