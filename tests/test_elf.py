@@ -9,7 +9,6 @@ import os
 import random
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from deltaimg.bundle.format import U32
 from deltaimg.codec import branches, elf
 from deltaimg.delta import executable, recipe
 from tests import imagefactory as f
+from tests.elfbuild import compile_library
 from tests.conftest import archive_image, assert_same_image, run_cli
 from tests.test_inside import segment_kinds
 
@@ -94,24 +94,6 @@ def test_odd_files_are_not_taken_for_elf_images():
     header = bytearray(data)
     struct.pack_into("<Q", header, 0x28, len(data) - 10)  # section headers past the end
     assert elf.parse(bytes(header)) is None
-
-
-def compile_library(tmp: Path, name: str, edit: bool) -> bytes:
-    """A shared library of many small functions calling each other, compiled by gcc; the edited
-    version grows two functions early in the file, so every later function moves."""
-    source = ["#include <string.h>", "int sink;"]
-    for n in range(600):
-        extra = "sink += n * 7; sink ^= n >> 3; sink -= 11;" if edit and n in (20, 310) else ""
-        calls = " ".join(f"if (n & {1 << (k % 8)}) sink += f{(n * 7 + k * 13) % 600}(n - 1);" for k in range(4))
-        source.append(f"int f{n}(int n);")
-        source.append(f"int f{n}(int n) {{ if (n <= 0) return {n}; {extra} {calls} return sink + {n}; }}")
-    c = tmp / f"{name}.c"
-    c.write_text("\n".join(source[:2] + [line for line in source[2:] if line.endswith(");")] +
-                           [line for line in source[2:] if not line.endswith(");")]))
-    out = tmp / f"{name}.so"
-    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-fno-inline", "-o", str(out), str(c)], check=True,
-                   capture_output=True)
-    return out.read_bytes()
 
 
 @pytest.fixture(scope="module")
