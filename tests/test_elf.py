@@ -12,6 +12,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deltaimg.bundle.format import U32
 from deltaimg.codec import branches, elf
@@ -48,6 +50,19 @@ def test_every_int32_operand_round_trips_whatever_it_holds():
             v = branches._to_target(x, a, lo, hi)
             assert -2**31 <= v < 2**31 and branches._from_target(v, a, lo, hi) == x
     assert branches._to_target(0x2000 - 0x1005, 0x1005, lo, hi) == 0x2000  # a call into the image
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(min_size=64, max_size=4096).map(lambda b: b.replace(b"\x01", b"\xe8")),
+       machine=st.sampled_from(elf.MACHINES), start=st.integers(0, 60), addr=st.integers(0, 1 << 24),
+       lo=st.integers(0, 1 << 24), span=st.integers(1, 1 << 24))
+def test_any_bytes_under_any_valid_layout_come_back_exactly(data, machine, start, addr, lo, span):
+    """Fuzzed: the transform is a permutation whatever the code bytes hold (opcodes made frequent)."""
+    size = (len(data) - start) // 4 * 4
+    layout = elf.Layout(machine, lo, lo + span, (elf.CodeRange(start, size, addr // 4 * 4),))
+    if not size or not layout.valid_for(len(data)):
+        return
+    assert branches.inverse(branches.forward(data, layout), layout) == data
 
 
 def aarch64_code(calls: list[tuple[int, int]]) -> bytes:
