@@ -98,7 +98,7 @@ def with_signature_block(block: bytes) -> Edit:
 
 FLIPS: dict[str, tuple[Edit, int, str]] = {
     "magic": (flip(lambda r: 2), FORMAT, "not a deltaimg bundle"),
-    "format version": (flip(lambda r: 11), FORMAT, "bundle format"),
+    "format version": (flip(lambda r: 10), FORMAT, "bundle format"),  # 2 -> 258 (2 -> 3 reads alike: 3 only adds a segment kind)
     "manifest length, low byte": (flip(lambda r: 15), FORMAT, "damaged"),
     "manifest length, high byte": (flip(lambda r: 12), FORMAT, "bad manifest length"),
     "manifest, first byte": (flip(lambda r: 16), SIGNATURE, "does not match its contents"),

@@ -9,15 +9,17 @@ import os
 import random
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deltaimg.bundle.format import U32
 from deltaimg.codec import branches, elf
 from deltaimg.delta import executable, recipe
 from tests import imagefactory as f
+from tests.elfbuild import compile_library
 from tests.conftest import archive_image, assert_same_image, run_cli
 from tests.test_inside import segment_kinds
 
@@ -48,6 +50,19 @@ def test_every_int32_operand_round_trips_whatever_it_holds():
             v = branches._to_target(x, a, lo, hi)
             assert -2**31 <= v < 2**31 and branches._from_target(v, a, lo, hi) == x
     assert branches._to_target(0x2000 - 0x1005, 0x1005, lo, hi) == 0x2000  # a call into the image
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(min_size=64, max_size=4096).map(lambda b: b.replace(b"\x01", b"\xe8")),
+       machine=st.sampled_from(elf.MACHINES), start=st.integers(0, 60), addr=st.integers(0, 1 << 24),
+       lo=st.integers(0, 1 << 24), span=st.integers(1, 1 << 24))
+def test_any_bytes_under_any_valid_layout_come_back_exactly(data, machine, start, addr, lo, span):
+    """Fuzzed: the transform is a permutation whatever the code bytes hold (opcodes made frequent)."""
+    size = (len(data) - start) // 4 * 4
+    layout = elf.Layout(machine, lo, lo + span, (elf.CodeRange(start, size, addr // 4 * 4),))
+    if not size or not layout.valid_for(len(data)):
+        return
+    assert branches.inverse(branches.forward(data, layout), layout) == data
 
 
 def aarch64_code(calls: list[tuple[int, int]]) -> bytes:
@@ -94,24 +109,6 @@ def test_odd_files_are_not_taken_for_elf_images():
     header = bytearray(data)
     struct.pack_into("<Q", header, 0x28, len(data) - 10)  # section headers past the end
     assert elf.parse(bytes(header)) is None
-
-
-def compile_library(tmp: Path, name: str, edit: bool) -> bytes:
-    """A shared library of many small functions calling each other, compiled by gcc; the edited
-    version grows two functions early in the file, so every later function moves."""
-    source = ["#include <string.h>", "int sink;"]
-    for n in range(600):
-        extra = "sink += n * 7; sink ^= n >> 3; sink -= 11;" if edit and n in (20, 310) else ""
-        calls = " ".join(f"if (n & {1 << (k % 8)}) sink += f{(n * 7 + k * 13) % 600}(n - 1);" for k in range(4))
-        source.append(f"int f{n}(int n);")
-        source.append(f"int f{n}(int n) {{ if (n <= 0) return {n}; {extra} {calls} return sink + {n}; }}")
-    c = tmp / f"{name}.c"
-    c.write_text("\n".join(source[:2] + [line for line in source[2:] if line.endswith(");")] +
-                           [line for line in source[2:] if not line.endswith(");")]))
-    out = tmp / f"{name}.so"
-    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-fno-inline", "-o", str(out), str(c)], check=True,
-                   capture_output=True)
-    return out.read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -680,3 +680,34 @@ def test_a_compressed_file_delta_that_declares_huge_content_is_refused_before_de
     payload = delta_payload([Chunk(len(literal), len(frame))], [frame], [record])
     outcome = apply_measured(forger, forger.delta_bundle(payload, size=8192))
     assert_refused(outcome, FORMAT, "declares 1099511627776 bytes of content for a file of 4096 bytes", forger)
+
+
+def _executable_blob(machine: int, target_ranges: list[tuple[int, int, int]], map_length: int) -> bytes:
+    blob = bytearray()
+    varint.put(blob, machine)
+    for ranges in ([(0, 4096, 0x1000)], target_ranges):  # the base's layout, the target's
+        for n in (0, 0x100000, len(ranges)):
+            varint.put(blob, n)
+        for piece in ranges:
+            for n in piece:
+                varint.put(blob, n)
+    varint.put(blob, map_length)
+    return bytes(blob) + bytes(max(0, 4096 - len(blob)))
+
+
+@pytest.mark.parametrize("blob, reason", [
+    (_executable_blob(62, [(0, 4096, 0x1000)], 1 << 40), "has an oversized address map"),
+    (_executable_blob(62, [(n * 4, 4, 0x1000 + n * 4) for n in range(1000)], 0), "lists too many code ranges"),
+    (_executable_blob(62, [(0, 1 << 30, 0x1000)], 0), "declares code outside its file"),
+    (_executable_blob(3, [(0, 4096, 0x1000)], 0), "names an unknown machine"),
+], ids=["map", "ranges", "outside", "machine"])
+def test_an_executable_delta_that_declares_too_much_is_refused_before_transforming(forger, blob, reason):
+    """An executable segment (delta/executable.py) whose address map, code ranges or machine no
+    make writes is refused from what it declares, before the base is transformed."""
+    literal = bytes(512) + blob
+    frame = zstd_ref.compress(literal)
+    record = Record(lf.PRE_LITERAL, lf.DATA_DELTA, partner=(0, 1), pre_len=512,
+                    segments=[Segment(lf.SEGMENT_ELF, 4096, 0, 20_000, (len(blob), 0, 0))])
+    payload = delta_payload([Chunk(len(literal), len(frame))], [frame], [record])
+    outcome = apply_measured(forger, forger.delta_bundle(payload, size=8192))
+    assert_refused(outcome, FORMAT, reason, forger)
