@@ -1,7 +1,7 @@
 """bsdiff's control stream as deltaimg writes it: no triple that makes nothing, past a leading one.
 
-bsdiff4 writes triples that only seek on large inputs (hundreds in one 6 MiB segment of triton's
-416 MB libtriton.so), and apply refuses a control stream with more than one of them, so that the
+bsdiff4 writes triples that only seek on large inputs (5 in the first 95 triples of one 6 MiB
+segment of triton's 416 MB libtriton.so), and apply refuses a control stream with more than one of them, so that the
 work of a patch stays bounded by the bytes it makes: a bundle made of such a library did not apply
 (exit 12). make folds each one into the triple before it.
 """

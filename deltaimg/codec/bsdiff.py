@@ -27,7 +27,7 @@ def diff(base: bytes, target: bytes) -> tuple[bytes, bytes, bytes]:
 def fold_idle(control: bytes) -> bytes:
     """bsdiff's control triples with each triple that makes nothing (only seeks) folded into the
     triple before it, its seek added to that one's. bsdiff4 writes such triples on large inputs
-    (hundreds in a 6 MiB segment of a 400 MB library), and :func:`check_control` refuses more
+    (5 in the first 95 triples of a 6 MiB segment of a 400 MB library), and :func:`check_control` refuses more
     than one; only a leading one, which has no triple before it, is left."""
     triples: list[tuple[int, int, int]] = []
     for add, extra, seek in _TRIPLE.iter_unpack(control):
