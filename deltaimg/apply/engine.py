@@ -168,7 +168,7 @@ def _load_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, log: Callable
             load_target_config(bundle, rebuild, base.config_bytes)
             faults.killpoint("rebuild")
             base.fetch(whole)
-            with BaseContent(base, workdir, partial=True) as content:
+            with BaseContent(base, workdir, partial=True, in_place=True) as content:
                 content.fetch_entries(base_reads(bundle, rebuild))
                 sources = layer_sources(bundle, rebuild, content, advance)
                 if blobs is None and engine.loads_thin_archives():  # Docker: into its load as it is written
