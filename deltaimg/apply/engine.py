@@ -200,7 +200,7 @@ def _write_target(engine: Engine, bundle: Bundle, rebuild: Rebuild, load: bool, 
     load_target_config(bundle, rebuild, base.config_bytes)
     faults.killpoint("rebuild")
     base.fetch(whole)
-    content = stack.enter_context(BaseContent(base, base_dir, partial=True))
+    content = stack.enter_context(BaseContent(base, base_dir, partial=True, in_place=True))
     content.fetch_entries(base_reads(bundle, rebuild))
     sources = layer_sources(bundle, rebuild, content, advance, shared)
     if not load:

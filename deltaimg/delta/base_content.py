@@ -73,7 +73,10 @@ class BaseRead(NamedTuple):
 class BaseContent:
     """Random access to the entries of every layer of the base image."""
 
-    def __init__(self, image: Image, workdir: str, partial: bool = False) -> None:
+    def __init__(self, image: Image, workdir: str, partial: bool = False, in_place: bool = False) -> None:
+        """``in_place``: read the layers the image offers in place (:attr:`Layer.in_place`, Docker's
+        store) at the bytes wanted only, unhashed: whoever is given those bytes checks what it makes of
+        them (engine apply: each rebuilt layer against its diff_id, before the engine keeps it)."""
         self.image = image
         self._workdir = workdir
         self._files: dict[int, tuple[str, int, int]] = {}
@@ -82,7 +85,10 @@ class BaseContent:
         self._written: list[str] = []  # files made in the work directory
         distinct = [position for position, diff_id in enumerate(image.diff_ids) if image.diff_ids.index(diff_id) == position]
         # Layers never copied whole; _covered holds, once fetched, the (start, end) ranges kept of each.
-        self.streamed = [layer for layer in distinct if partial and image.layers[layer].local is None]
+        self._in_place = {layer for layer in distinct if in_place and image.layers[layer].local is None
+                          and image.layers[layer].in_place is not None}
+        self.streamed = [layer for layer in distinct
+                         if partial and image.layers[layer].local is None and layer not in self._in_place]
         self._sizes: dict[int, int] = {}
         self._covered: dict[int, list[tuple[int, int]]] = {}
 
@@ -110,7 +116,11 @@ class BaseContent:
             if layer in self.streamed:
                 raise RuntimeError(f"base layer {layer} is read in part, and fetch_entries has not run")
             source = self.image.layers[layer]
-            if source.local is not None:
+            if layer in self._in_place:
+                key = f"in place: base layer {layer}"
+                self._handles[key] = handle = self._open(layer)
+                self._files[layer] = (key, 0, handle.seek(0, os.SEEK_END))
+            elif source.local is not None:
                 self._files[layer] = source.local
             else:
                 path = os.path.join(self._workdir, f"base-layer-{layer}.tar")
@@ -177,6 +187,11 @@ class BaseContent:
             self._covered[layer] = _merged(ranges)
 
     def open_layer(self, layer: int) -> BinaryIO:
+        return self._open(layer)
+
+    def _open(self, layer: int) -> BinaryIO:
+        if layer in self._in_place:
+            return self.image.layers[layer].in_place()  # type: ignore[misc]
         return open_range(*self._local(layer))
 
     def _handle(self, path: str) -> BinaryIO:
@@ -202,7 +217,7 @@ class BaseContent:
             if layer in streamed:
                 found = streamed.pop(layer)
             elif self.image.diff_ids.index(diff_id) == layer:  # read in place: hashed as it is scanned, in one pass
-                with open_range(*self._local(layer)) as stream:
+                with self._open(layer) as stream:
                     reader = HashingReader(stream)
                     found = list(self._scan_stream(layer, reader, _payload_digest))  # type: ignore[arg-type]
                     reader.drain()
@@ -222,16 +237,16 @@ class BaseContent:
     def _check_in_place(self, layer: int) -> None:
         """A decompressed layer was checked on the way; one read in place is checked here, once."""
         source = self.image.layers[layer]
-        if source.local is None:
+        if source.local is None and layer not in self._in_place:
             return
         digest = hashlib.sha256()
-        with open_range(*source.local) as stream:
+        with self._open(layer) as stream:
             while chunk := stream.read(COPY_CHUNK):
                 digest.update(chunk)
         self._check(layer, digest)
 
     def _scan(self, layer: int, visit: Visit | None = None) -> Iterator[tuple[BaseEntry, bytes | None]]:
-        with open_range(*self._local(layer)) as stream:
+        with self._open(layer) as stream:
             yield from self._scan_stream(layer, stream, visit)
 
     def _scan_stream(self, layer: int, stream: BinaryIO, visit: Visit | None = None) -> Iterator[tuple[BaseEntry, bytes | None]]:

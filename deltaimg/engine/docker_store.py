@@ -21,6 +21,7 @@ caller falls back to ``docker save``.
 from __future__ import annotations
 
 import base64
+import bisect
 import gzip
 import hashlib
 import io
@@ -85,6 +86,134 @@ class DockerStore:
         return io.BufferedReader(ChunkReader(_reassemble(split, diff_dir)), buffer_size=CHUNK)  # type: ignore[arg-type]
 
 
+    def layer_paths(self, chain_id: str, diff_id: str) -> tuple[str, str] | None:
+        """The layer's tar-split record and its directory, when the store's record of ``chain_id``
+        is there and names ``diff_id``; else None."""
+        hexdigest = chain_id.removeprefix("sha256:")
+        if not HEX.fullmatch(hexdigest):
+            return None
+        record_dir = os.path.join(self._images, "layerdb", "sha256", hexdigest)
+        recorded = _read_capped(os.path.join(record_dir, "diff"), 256)
+        cache_id = _read_capped(os.path.join(record_dir, "cache-id"), 256)
+        split = os.path.join(record_dir, "tar-split.json.gz")
+        if (recorded is None or recorded.strip().decode(errors="replace") != diff_id or cache_id is None
+                or not re.fullmatch(rb"[0-9a-z]{1,128}", cache_id.strip()) or not os.path.isfile(split)):
+            return None
+        diff_dir = os.path.join(self._layers, cache_id.strip().decode(), "diff")
+        return (split, diff_dir) if os.path.isdir(diff_dir) else None
+
+
+def layer_view(split: str, diff_dir: str) -> StoreLayerView | None:
+    """The layer (see :meth:`DockerStore.layer_paths`) as a seekable file read in place: its headers
+    from the tar-split record, its files' bytes from the layer's directory, each only when read.
+    None when the record holds more header bytes than :data:`MAX_HEADERS`. Nothing here hashes
+    the layer (that reads all of it): the caller checks what it makes of the bytes."""
+    return _view(split, diff_dir)
+
+
+MAX_HEADERS = 64 << 20  # header and padding bytes of one layer kept in memory for a view
+
+
+class StoreLayerView(io.RawIOBase):
+    """A layer tar laid out as extents: header bytes held, file contents read from the layer's
+    directory on demand (a file shorter than its record is an :class:`EngineError`). :meth:`copy`
+    is another reader of the same extents."""
+
+    def __init__(self, starts: list[int], extents: list[bytes | tuple[str, int]], size: int) -> None:
+        self._starts = starts
+        self._extents = extents
+        self._size = size
+        self._position = 0
+        self._open: tuple[str, BinaryIO] | None = None
+
+    def copy(self) -> StoreLayerView:
+        return StoreLayerView(self._starts, self._extents, self._size)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._position = max(0, pos if whence == 0 else self._position + pos if whence == 1 else self._size + pos)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        if self._position >= self._size or not len(buffer):
+            return 0
+        at = bisect.bisect_right(self._starts, self._position) - 1
+        extent, start = self._extents[at], self._starts[at]
+        within = self._position - start
+        length = (self._starts[at + 1] if at + 1 < len(self._starts) else self._size) - start
+        count = min(len(buffer), length - within)
+        if isinstance(extent, bytes):
+            buffer[:count] = extent[within : within + count]
+        else:
+            buffer[:count] = self._read_file(extent[0], within, count)
+        self._position += count
+        return count
+
+    def _read_file(self, path: str, offset: int, count: int) -> bytes:
+        if self._open is None or self._open[0] != path:
+            self.close_file()
+            self._open = (path, _open_regular(path))
+        data = os.pread(self._open[1].fileno(), count, offset)
+        if len(data) != count:
+            raise _damaged(f"{path} is shorter than its layer records")
+        return data
+
+    def close_file(self) -> None:
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+    def close(self) -> None:
+        self.close_file()
+        super().close()
+
+
+def _view(split: str, diff_dir: str) -> StoreLayerView | None:
+    root = os.path.realpath(diff_dir)
+    starts: list[int] = []
+    extents: list[bytes | tuple[str, int]] = []
+    at = held = 0
+    for kind, value in _records(split):
+        if kind == SEGMENT:
+            if value:
+                starts.append(at)
+                extents.append(value)  # type: ignore[arg-type]
+                at += len(value)  # type: ignore[arg-type]
+                held += len(value)  # type: ignore[arg-type]
+                if held > MAX_HEADERS:
+                    return None
+        else:
+            name, size = value  # type: ignore[misc]
+            if size:
+                path = os.path.realpath(os.path.join(root, name.lstrip("/")))
+                if not path.startswith(root + os.sep):
+                    raise _damaged(f"tar-split names {name!r}, outside the layer's directory")
+                starts.append(at)
+                extents.append((path, size))
+                at += size
+    return StoreLayerView(starts, extents, at)
+
+
+def _open_regular(path: str) -> BinaryIO:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise _damaged(f"cannot read {path}: {exc.strerror}") from None
+    handle = os.fdopen(fd, "rb", buffering=0)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        handle.close()
+        raise _damaged(f"{path} is not a regular file")
+    return handle  # type: ignore[return-value]
+
+
 def chain_ids(diff_ids: list[str]) -> list[str]:
     """The chain ID of every layer: the first is its diff_id, each next the sha256 of
     ``"<chain id below> <diff_id>"`` (the OCI image spec's ChainID)."""
@@ -106,31 +235,43 @@ def _reassemble(split: str, diff_dir: str) -> Iterator[bytes]:
 
 def _pieces(split: str, diff_dir: str) -> Iterator[bytes]:
     root = os.path.realpath(diff_dir)
-    with gzip.open(split, "rb") as records:
-        while True:
-            line = records.readline(MAX_RECORD + 1)
-            if not line:
-                return
-            if len(line) > MAX_RECORD:
-                raise _damaged(f"a tar-split record in {split} is longer than {MAX_RECORD} bytes")
-            try:
-                record = json.loads(line)
-                kind = record["type"]
-            except (ValueError, TypeError, KeyError) as exc:
-                raise _damaged(f"a tar-split record in {split} is not one: {exc}") from None
-            if kind == SEGMENT:
+    for kind, value in _records(split):
+        if kind == SEGMENT:
+            yield value  # type: ignore[misc]
+        elif value[1]:  # type: ignore[index]
+            yield from _contents(root, *value)  # type: ignore[misc]
+
+
+def _records(split: str) -> Iterator[tuple[int, bytes | tuple[str, int]]]:
+    """(SEGMENT, its bytes) and (ENTRY, (name, size)) in the layer's order; a malformed record is an
+    :class:`EngineError`, as is a damaged gzip."""
+    try:
+        with gzip.open(split, "rb") as records:
+            while True:
+                line = records.readline(MAX_RECORD + 1)
+                if not line:
+                    return
+                if len(line) > MAX_RECORD:
+                    raise _damaged(f"a tar-split record in {split} is longer than {MAX_RECORD} bytes")
                 try:
-                    yield base64.b64decode(record.get("payload") or "", validate=True)
-                except (ValueError, TypeError) as exc:
-                    raise _damaged(f"a tar-split segment in {split} is not base64: {exc}") from None
-            elif kind == ENTRY:
-                size = record.get("size", 0)  # omitted when 0
-                if not isinstance(size, int) or size < 0:
-                    raise _damaged(f"a tar-split entry in {split} has no size")
-                if size:
-                    yield from _contents(root, _entry_name(record, split), size)
-            else:
-                raise _damaged(f"a tar-split record in {split} has type {kind!r}")
+                    record = json.loads(line)
+                    kind = record["type"]
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise _damaged(f"a tar-split record in {split} is not one: {exc}") from None
+                if kind == SEGMENT:
+                    try:
+                        yield SEGMENT, base64.b64decode(record.get("payload") or "", validate=True)
+                    except (ValueError, TypeError) as exc:
+                        raise _damaged(f"a tar-split segment in {split} is not base64: {exc}") from None
+                elif kind == ENTRY:
+                    size = record.get("size", 0)  # omitted when 0
+                    if not isinstance(size, int) or size < 0:
+                        raise _damaged(f"a tar-split entry in {split} has no size")
+                    yield ENTRY, (_entry_name(record, split), size)
+                else:
+                    raise _damaged(f"a tar-split record in {split} has type {kind!r}")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _damaged(f"cannot reassemble a layer from {split}: {exc}") from None
 
 
 def _entry_name(record: dict, split: str) -> str:

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import tarfile
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import docker
 import docker.errors
 import requests
 
-from deltaimg.engine.docker_store import DockerStore, chain_ids
+from deltaimg.engine.docker_store import DockerStore, StoreLayerView, chain_ids, layer_view
 from deltaimg.errors import EngineError, ImageReadError, IntegrityError
 from deltaimg.streams import ChunkReader, HashingReader
 
@@ -184,6 +185,22 @@ class DockerEngine:
         if any(stream is None for stream in streams.values()):
             return None
         return _checked(image_id, streams)  # type: ignore[arg-type]
+
+    def layers_in_place(self, image_id: str) -> dict[str, Callable[[], BinaryIO]]:
+        """Openers of the image's layers as seekable files read in the store in place, each byte only
+        when read (:meth:`DockerStore.layer_view`): none where the store cannot be read or its config
+        of the image does not hash to the image ID. The bytes are not hashed here: whoever reads a
+        part of a layer checks what it makes of it."""
+        store = self._layer_store()
+        if store is None or store.config(image_id) is None:
+            return {}
+        diff_ids = ((self.find_image(image_id) or {}).get("RootFS") or {}).get("Layers") or []
+        openers: dict[str, Callable[[], BinaryIO]] = {}
+        for diff_id, chain_id in zip(diff_ids, chain_ids(diff_ids)):
+            paths = store.layer_paths(chain_id, diff_id)  # the record is there and names this layer
+            if paths is not None:
+                openers[diff_id] = _opener(diff_id, *paths)
+        return openers
 
     @contextlib.contextmanager
     def _export(self, image_id: str) -> Iterator[tarfile.TarFile]:
@@ -380,6 +397,21 @@ def _checked(image_id: str, streams: dict[str, BinaryIO]) -> Iterator[tuple[str,
         if "sha256:" + reader.digest.hexdigest() != diff_id:
             raise IntegrityError(f"Docker's layer store gave layer {diff_id[:19]} of {image_id[:19]} bytes that "
                                  "do not hash to it; the store may be damaged (re-pull or reload the image)")
+
+
+def _opener(diff_id: str, split: str, diff_dir: str) -> Callable[[], BinaryIO]:
+    """Opens the layer in place; its tar-split record is read once, at the first open."""
+    parsed: list[StoreLayerView] = []
+
+    def open_view() -> BinaryIO:
+        if not parsed:
+            view = layer_view(split, diff_dir)
+            if view is None:
+                raise EngineError(f"Docker's layer store records more header bytes for layer {diff_id[:19]} than "
+                                  "deltaimg keeps; run with DELTAIMG_READ_STORE=0")
+            parsed.append(view)
+        return io.BufferedReader(parsed[0].copy(), buffer_size=CHUNK)  # type: ignore[arg-type]
+    return open_view
 
 
 def _read_config_member(archive: tarfile.TarFile, member: tarfile.TarInfo, image_id: str) -> bytes:

@@ -85,7 +85,8 @@ def open_daemon_image(engine: Engine | None, ref: str, tmp_dir: str | None = Non
     fetcher = _LayerFetcher(engine, attrs["Id"], tmp_dir)
     config_bytes = engine.read_config(attrs["Id"], fetcher.names)
     diff_ids = config_diff_ids(config_bytes, source)
-    fetcher.layers = [Layer(diff_id=d, open=_opener(fetcher, d)) for d in diff_ids]
+    in_place = getattr(engine, "layers_in_place", lambda image_id: {})(attrs["Id"])  # Docker's adapter only
+    fetcher.layers = [Layer(diff_id=d, open=_opener(fetcher, d), in_place=in_place.get(d)) for d in diff_ids]
     return DaemonImage(
         config_bytes=config_bytes,
         layers=list(fetcher.layers),

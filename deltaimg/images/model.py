@@ -25,6 +25,8 @@ class Layer:
     diff_id: str
     open: Callable[[], BinaryIO]
     local: tuple[str, int, int] | None = None  # (path, offset, size) of the uncompressed tar
+    # a seekable stream of the tar read in place, each byte only when read, not hashed (Docker's store)
+    in_place: Callable[[], BinaryIO] | None = None
 
 
 @dataclass
