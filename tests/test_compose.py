@@ -182,7 +182,10 @@ def test_a_plain_dependent_a_changed_compose_file_or_a_pinned_tag_stops_the_appl
     assert docker_client.api.inspect_image(images["app"])["Id"] == images["v1"]
 
 
-def test_a_failing_health_check_rolls_the_whole_set_back_with_its_data(project, images, docker_client):
+def test_a_failing_health_check_rolls_the_whole_set_back_with_its_data(project, images, docker_client,
+                                                                      engine_resources):
+    plain = docker_client.api.create_container(images["v1tag"], name=engine_resources.name("plain"))["Id"]
+    docker_client.api.start(plain)  # of the same image, older: swapped first, a plain container
     p = project(web_health={"test": ["CMD-SHELL", "grep -q 1 /version"], "interval": "1s", "timeout": "2s",
                             "retries": 1})
     before = p.state()
@@ -191,7 +194,10 @@ def test_a_failing_health_check_rolls_the_whole_set_back_with_its_data(project, 
 
     assert failed.returncode == 21, failed.stderr
     assert "swap failed (it is unhealthy)" in failed.stderr
-    assert f"rolled back too: {p.container('db')['Name'].lstrip('/')}" in failed.stderr
+    assert (f"rolled back too: {engine_resources.name('plain')}, {p.container('db')['Name'].lstrip('/')} (every "
+            "container of the update is on its old container again)") in failed.stderr
+    info = docker_client.api.inspect_container(engine_resources.name("plain"))
+    assert (info["Id"], info["Image"], info["State"]["Status"]) == (plain, images["v1"], "running")
     back = p.state()
     assert {s: (image, status) for s, (_, image, status) in back.items()} == {
         "db": (images["v1"], "running"), "web": (images["v1"], "running"), "side": (images["other"], "running")}
