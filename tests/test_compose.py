@@ -94,8 +94,9 @@ class Project:
         return run_cli("apply", self.images["bundle"], "--trust", self.images["trust"], "--grace", "1", *extra, env=env)
 
     def down(self) -> None:
-        subprocess.run(["docker-compose", "-p", self.name, "down", "-v"], cwd=self.folder, capture_output=True,
-                       timeout=300)
+        if self.client.api.containers(all=True, filters={"label": f"com.docker.compose.project={self.name}"}):
+            subprocess.run(["docker-compose", "-p", self.name, "down", "-v"], cwd=self.folder, capture_output=True,
+                           timeout=300)
 
 
 @pytest.fixture
