@@ -60,11 +60,15 @@ class Project:
             "web": {"image": app, "depends_on": ["db"], **({"healthcheck": web_health} if web_health else {})},
             "side": {"image": images["othertag"], "network_mode": "service:web", "depends_on": ["web"]},
         }
-        with open(os.path.join(self.folder, "docker-compose.yml"), "w") as out:
-            json.dump({"version": "3.8", "services": services, "volumes": {"data": {}}}, out)  # JSON is YAML
+        self.services = services
+        self.write()
         client.api.tag(images["v1"], *images["app"].split(":"))  # the host runs v1 under the tag
         self.compose("up", "-d")
         run(client, self.container("db")["Id"], "echo kept > /data/blob")
+
+    def write(self) -> None:
+        with open(os.path.join(self.folder, "docker-compose.yml"), "w") as out:
+            json.dump({"version": "3.8", "services": self.services, "volumes": {"data": {}}}, out)  # JSON is YAML
 
     def compose(self, *args: str) -> str:
         done = subprocess.run(["docker-compose", "-p", self.name, *args], cwd=self.folder, capture_output=True,
@@ -90,8 +94,9 @@ class Project:
         return run_cli("apply", self.images["bundle"], "--trust", self.images["trust"], "--grace", "1", *extra, env=env)
 
     def down(self) -> None:
-        subprocess.run(["docker-compose", "-p", self.name, "down", "-v"], cwd=self.folder, capture_output=True,
-                       timeout=300)
+        if self.client.api.containers(all=True, filters={"label": f"com.docker.compose.project={self.name}"}):
+            subprocess.run(["docker-compose", "-p", self.name, "down", "-v"], cwd=self.folder, capture_output=True,
+                           timeout=300)
 
 
 @pytest.fixture
@@ -140,15 +145,16 @@ def test_apply_lets_compose_recreate_each_service_and_compose_then_agrees(projec
     assert docker_client.api.volumes(filters={"name": p.name})["Volumes"] in (None, [])
 
 
-def test_a_pinned_tag_or_a_plain_container_depending_on_a_compose_one_stops_the_apply_before_anything_changes(
+def test_a_plain_dependent_a_changed_compose_file_or_a_pinned_tag_stops_the_apply_before_anything_changes(
         project, images, docker_client, engine_resources):
-    p = project(image=images["v1tag"])
+    p = project()
     web = p.container("web")
     plain = docker_client.api.create_container(
         images["othertag"], name=engine_resources.name("plain"),
         host_config=docker_client.api.create_host_config(network_mode=f"container:{web['Id']}"))["Id"]
     docker_client.api.start(plain)
     before = p.state()
+    compose_file = f"{p.folder}/docker-compose.yml"
 
     refused = p.apply()
 
@@ -156,17 +162,31 @@ def test_a_pinned_tag_or_a_plain_container_depending_on_a_compose_one_stops_the_
     assert (f"container {engine_resources.name('plain')} depends on {web['Name'].lstrip('/')} (--network), a container "
             f"of compose project {p.name}, which compose recreates; nothing was changed") in refused.stderr
     docker_client.api.remove_container(plain, force=True)
+    p.services["web"]["environment"] = {"EDITED": "1"}
+    p.write()
 
     refused = p.apply()
 
     assert refused.returncode == 30, refused.stderr
-    assert (f"{p.folder}/docker-compose.yml: service db names image {images['v1tag']}, which this bundle does not move, "
-            f"so compose would keep the old version; nothing was changed: set image: {images['app']} there") in refused.stderr
+    assert (f"{compose_file}: service web was changed since its container {web['Name'].lstrip('/')} was created "
+            f"(compose's config hash differs); nothing was changed: run docker-compose up -d in {p.folder} first"
+            ) in refused.stderr
+    p.services["db"]["image"] = images["v1tag"]
+    p.write()
+
+    refused = p.apply()
+
+    assert refused.returncode == 30, refused.stderr
+    assert (f"{compose_file}: service db names image {images['v1tag']}, which this bundle does not move, so compose "
+            f"would keep the old version; nothing was changed: set image: {images['app']} there") in refused.stderr
     assert p.state() == before
     assert docker_client.api.inspect_image(images["app"])["Id"] == images["v1"]
 
 
-def test_a_failing_health_check_rolls_the_whole_set_back_with_its_data(project, images, docker_client):
+def test_a_failing_health_check_rolls_the_whole_set_back_with_its_data(project, images, docker_client,
+                                                                      engine_resources):
+    plain = docker_client.api.create_container(images["v1tag"], name=engine_resources.name("plain"))["Id"]
+    docker_client.api.start(plain)  # of the same image, older: swapped first, a plain container
     p = project(web_health={"test": ["CMD-SHELL", "grep -q 1 /version"], "interval": "1s", "timeout": "2s",
                             "retries": 1})
     before = p.state()
@@ -175,7 +195,10 @@ def test_a_failing_health_check_rolls_the_whole_set_back_with_its_data(project, 
 
     assert failed.returncode == 21, failed.stderr
     assert "swap failed (it is unhealthy)" in failed.stderr
-    assert f"rolled back too: {p.container('db')['Name'].lstrip('/')}" in failed.stderr
+    assert (f"rolled back too: {engine_resources.name('plain')}, {p.container('db')['Name'].lstrip('/')} (every "
+            "container of the update is on its old container again)") in failed.stderr
+    info = docker_client.api.inspect_container(engine_resources.name("plain"))
+    assert (info["Id"], info["Image"], info["State"]["Status"]) == (plain, images["v1"], "running")
     back = p.state()
     assert {s: (image, status) for s, (_, image, status) in back.items()} == {
         "db": (images["v1"], "running"), "web": (images["v1"], "running"), "side": (images["other"], "running")}

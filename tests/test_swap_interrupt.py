@@ -43,8 +43,8 @@ def test_ctrl_c_during_a_swap_rolls_back_and_exits_130(docker_client, engine_res
     old = start(client, res, images["v1"], "app")
 
     def new_container_up() -> bool:  # the apply waits out the new container's grace
-        info = client.api.inspect_container(res.name("app"))
-        return info["Image"] == images["v2"] and info["State"]["Running"]
+        running = client.api.containers(filters={"name": f"^/{res.name('app')}$"})  # none while the name moves
+        return bool(running) and running[0]["ImageID"] == images["v2"]
 
     code, out, err = terminate_when(images["bundle"], images["trust"], "60", new_container_up, signal.SIGINT)
 

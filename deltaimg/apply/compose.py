@@ -91,6 +91,9 @@ def check(engine: Engine, ordered: list[dict], dependents: set[str], target_tags
                         f"container {names[info['Id']]} depends on {names[owner]} ({option}), a container of compose "
                         f"project {projects[owner].name}, which compose recreates; nothing was changed: define "  # type: ignore[union-attr]
                         f"{names[info['Id']]} in that project's compose file, or remove it first"))
+    if engine.name != "Docker":  # the compose program talks to DOCKER_HOST, which may be another engine
+        raise ComposeError(printable(f"the update recreates containers of a compose project on {engine.name}; "
+                                     "deltaimg lets compose recreate them on Docker only: recreate them by hand"))
     program = compose_cli.find_program()
     if program is None:
         shown = ", ".join(sorted({p.name for p in projects.values() if p}))

@@ -10,7 +10,8 @@ Each bundle an apply works on is an *attempt* with its own ``id``. Its records, 
 
 - ``begin``: the bundle (path, sha256 of all its bytes, signer key id), from/to images, written
   after the bundle verified and before anything on the host changes;
-- ``swap``: the containers about to be recreated (name, old container ID, whether it ran);
+- ``swap``: the containers about to be recreated (name, old container ID, whether it ran; for a
+  compose service, ``compose``: its project, folder, files, service, tag and old image);
 - ``container`` with ``step`` ``begin`` (before the container is touched), ``created`` (with the
   new container's ID in ``container``: the one container a recovery may remove), ``ready`` (the new
   container passed its check) and ``done`` (the old one is removed);

@@ -65,6 +65,9 @@ def recover(engine: Engine, journal: Journal, outcome: Outcome) -> None:
                 recreated.update(unit.containers)
             elif container.get("name") in back:
                 _restore(engine, container, attempt)
+            elif unit and not forward and compose.retag_back(engine, unit):  # not reached: its tag goes back too
+                raise RecoveryError(printable(f"{container.get('name')}: cannot put its tag back after the update "
+                                              f"interrupted at {attempt.begin.get('time')}; by hand: {unit.by_hand()}"))
         record = journal.append({"type": "recovered", "id": attempt.id, "outcome": "recovered",
                                  "bundle": attempt.begin.get("bundle"), "from": attempt.begin.get("from"),
                                  "to": attempt.begin.get("to"), "containers": actions})

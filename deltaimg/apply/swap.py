@@ -229,6 +229,9 @@ def _roll_back_set(engine: Engine, plans: list[SwapResult], ready: list[SwapResu
         log(printable(f"{result.name}: rolling back (a later container of the update failed)"))
         failures[result.name] = compose.retag_back(engine, result.compose) if result.compose else undo_ready(engine, result)
     back = {p.name: p for p in ready + ([failed.plan] if failed else [])}
+    for planned in plans:  # the tags of compose services not reached yet, moved when the target was tagged
+        if planned.compose and planned.name not in back:
+            failures.setdefault(planned.name, []).extend(compose.retag_back(engine, planned.compose))
     recreated: set[str] = set()
     for planned in plans:
         old = back.get(planned.name)

@@ -113,17 +113,31 @@ class Compose:
         command += arguments
         shown = printable(" ".join(command))
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                  errors="replace", cwd=project.working_dir if os.path.isdir(project.working_dir) else None)
-        except subprocess.TimeoutExpired:
-            raise ComposeError(f"{shown} did not finish within {timeout:g} s; see docker-compose ps in "
-                               f"{printable(project.working_dir)}") from None
+            # A session of its own: Ctrl-C stops deltaimg, which lets compose finish what it began, then rolls back.
+            child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     text=True, errors="replace", start_new_session=True,
+                                     cwd=project.working_dir if os.path.isdir(project.working_dir) else None)
         except OSError as exc:
             raise ComposeError(f"cannot run {shown}: {exc.strerror}") from None
-        if done.returncode != 0:
-            lines = [line.strip() for line in done.stderr[-MAX_OUTPUT:].splitlines() if line.strip()]
-            raise ComposeError(f"{shown} failed (exit {done.returncode}): {printable(lines[-1] if lines else 'no output')}")
-        return done.stdout[:MAX_OUTPUT]
+        with child:
+            try:
+                try:
+                    out, err = child.communicate(timeout=timeout)
+                except KeyboardInterrupt:
+                    child.communicate(timeout=timeout)
+                    raise
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.communicate()
+                raise ComposeError(f"{shown} did not finish within {timeout:g} s; see docker-compose ps in "
+                                   f"{printable(project.working_dir)}") from None
+            except KeyboardInterrupt:
+                child.kill()  # interrupted again while compose finished: stop waiting
+                raise
+        if child.returncode != 0:
+            lines = [line.strip() for line in err[-MAX_OUTPUT:].splitlines() if line.strip()]
+            raise ComposeError(f"{shown} failed (exit {child.returncode}): {printable(lines[-1] if lines else 'no output')}")
+        return out[:MAX_OUTPUT]
 
 
 def service_images(config: str) -> dict[str, str]:
