@@ -154,6 +154,14 @@ class JournalError(DeltaimgError):
     exit_code = 29
 
 
+class ComposeError(DeltaimgError):
+    """A Compose project's containers cannot be recreated by compose as the update needs (a pinned
+    tag, a changed compose file, no compose program, a plain container depending on one), or a
+    compose command failed."""
+
+    exit_code = 30
+
+
 class RegistryError(DeltaimgError):
     """A registry cannot be reached, refused the credentials or a push, or lacks the base image."""
 

@@ -15,8 +15,8 @@ import json
 import os
 import sysconfig
 import tarfile
-import tempfile
 
+from deltaimg import interrupts
 from deltaimg.tar import writer as archivewriter
 
 STDLIB_PACKAGES = ("json", "email", "http", "xml", "urllib", "logging", "concurrent")
@@ -114,7 +114,7 @@ def run_demo(directory: str | None, say) -> dict:
     from deltaimg.images import open_image
     from deltaimg.make.build import make_bundle
 
-    with tempfile.TemporaryDirectory(prefix="deltaimg-example-") as scratch:
+    with interrupts.work_folder("deltaimg-example-") as scratch:
         work = directory or scratch
         os.makedirs(work, exist_ok=True)
         base, target = build_pair(work)

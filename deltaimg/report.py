@@ -9,7 +9,7 @@ import json
 import sys
 
 
-from deltaimg.bundle.manifest import CONFIG_PAYLOAD, STATS_FIELDS, ImageRecord, Manifest, Method, image_name
+from deltaimg.bundle.manifest import STATS_FIELDS, ImagePair, ImageRecord, Manifest, Method, image_name
 from deltaimg.errors import printable
 from deltaimg.units import human_size
 
@@ -60,22 +60,26 @@ def how_applied(layer: dict) -> str:
         return "referenced"
     if method == Method.REPEAT:
         return "repeated"
+    if method == Method.SHARED:
+        return "shared"
     stats = layer.get("stats") or {}
     reused = sum(stats.get(key, 0) for key in ("identical", "bsdiff", "zstd_delta", "headers_from_old"))
     return "shipped" if stats and not reused else "rebuilt"
 
 
-def manifest_layers(manifest: Manifest) -> list[dict]:
-    """The manifest's layers as make's summary lists them, with what the manifest says elsewhere
+def manifest_layers(manifest: Manifest, pair: ImagePair) -> list[dict]:
+    """A pair's layers as make's summary lists them, with what the manifest says elsewhere
     filled in: a delta's payload size, its stats as a dict, and a repeated layer's size. The
     manifest names no diff_ids (they are in the image configs); make's own summary has them."""
     layers: list[dict] = []
-    for layer in manifest.layers:
+    for layer in pair.layers:
         full: dict = {"method": layer.method.value, "size": layer.size}
         if layer.method is Method.BASE:
             full["base_layer"] = layer.base_layer
         elif layer.method is Method.REPEAT:
             full["of"] = layer.of
+        elif layer.method is Method.SHARED:
+            full["image"], full["of"] = layer.image, layer.of
         else:
             full["payload"] = layer.payload
             full["payload_size"] = manifest.payload(layer.payload).size  # type: ignore[arg-type, union-attr]
@@ -86,8 +90,9 @@ def manifest_layers(manifest: Manifest) -> list[dict]:
 
 
 def full_image_size(manifest: Manifest) -> int:
-    """The bytes of the image's distinct layers, about what ``docker save`` writes."""
-    return sum({layer.key(position): layer.size for position, layer in enumerate(manifest.layers)}.values())
+    """The bytes of the images' distinct layers, about what ``docker save`` writes of each."""
+    return sum(sum({layer.key(position): layer.size for position, layer in enumerate(pair.layers)}.values())
+               for pair in manifest.images)
 
 
 def layer_lines(layers: list[dict]) -> list[str]:
@@ -98,6 +103,7 @@ def layer_lines(layers: list[dict]) -> list[str]:
         what = {
             "referenced": f"referenced: base layer {layer.get('base_layer')}",
             "repeated": f"repeated: same as layer {layer.get('of')}",
+            "shared": f"shared: same as layer {layer.get('of')} of image {layer.get('image')}, shipped once",
             "rebuilt": f"rebuilt from a {human_size(layer.get('payload_size', 0))} delta",
             "shipped": f"shipped: {human_size(layer.get('payload_size', 0))} of new content",
         }[how]
@@ -113,9 +119,10 @@ def layer_lines(layers: list[dict]) -> list[str]:
 
 
 def payload_bytes(manifest: Manifest, layers: list[dict], bundle_size: int) -> dict[str, int]:
-    """Bytes of the bundle by kind: layer deltas, shipped layers, the config, the manifest and signature."""
-    config = manifest.payload(CONFIG_PAYLOAD)
-    sizes = {"delta": 0, "shipped": 0, "config": config.size if config else 0, "header": bundle_size - manifest.payload_area}
+    """Bytes of the bundle by kind: layer deltas, shipped layers, the configs, the manifest and signature."""
+    configs = [manifest.payload(pair.config) for pair in manifest.images]
+    sizes = {"delta": 0, "shipped": 0, "config": sum(config.size for config in configs if config),
+             "header": bundle_size - manifest.payload_area}
     for layer in layers:
         if layer["method"] == Method.DELTA:
             sizes["delta" if how_applied(layer) == "rebuilt" else "shipped"] += layer["payload_size"]
@@ -133,21 +140,49 @@ def payload_line(sizes: dict[str, int]) -> str:
 def inspection(bundle: str, size: int, key_id: str | None, verified: bool, checked: str,
                manifest: Manifest, version: int) -> tuple[dict, list[str]]:
     """``deltaimg inspect``: (the JSON object, the text lines). The section on package and config
-    changes is there when the bundle's manifest has one (bundles made before it have none)."""
-    layers = manifest_layers(manifest)
+    changes is there when the bundle's manifest has one (bundles made before it have none). A bundle
+    of several images lists each under ``images``, as its manifest does."""
+    pairs = [manifest_layers(manifest, pair) for pair in manifest.images]
     data = {"bundle": bundle, "size": size, "signer_key_id": key_id, "verified": verified, **manifest.document,
-            "version": version, "layers": layers, "layer_plan": [how_applied(layer) for layer in layers],
-            "payload_bytes": payload_bytes(manifest, layers, size)}
+            "version": version, "payload_bytes": payload_bytes(manifest, [lyr for layers in pairs for lyr in layers], size)}
     lines = [f"{bundle}: {human_size(size)}, format {version}, made by {manifest.tool} at {manifest.created}",
-             f"  signed by key {key_id}: {checked}",
-             f"  base:   {image_line(manifest.base)}",
-             f"  target: {image_line(manifest.target, len(layers))}",
-             *layer_lines(layers),
-             "  " + payload_line(data["payload_bytes"]),
-             "  " + ratio_line(size, full_image_size(manifest))]
-    if manifest.changes is not None:
+             f"  signed by key {key_id}: {checked}"]
+    if len(pairs) == 1:
+        data.update(layers=pairs[0], layer_plan=[how_applied(layer) for layer in pairs[0]])
+    else:
+        data["images"] = [{**image, "layers": layers, "layer_plan": [how_applied(layer) for layer in layers]}
+                          for image, layers in zip(manifest.document["images"], pairs)]
+        lines.append(f"  {len(pairs)} images, applied together as one update:")
+    for index, (pair, layers) in enumerate(zip(manifest.images, pairs)):
+        indent = "  " if len(pairs) == 1 else "    "
+        if len(pairs) > 1:
+            lines.append(f"  image {index}:")
+        lines += [f"{indent}base:   {image_line(pair.base)}", f"{indent}target: {image_line(pair.target, len(layers))}",
+                  *(indent[2:] + line for line in layer_lines(layers))]
+        if pair.changes is not None and len(pairs) > 1:
+            lines += [indent + line for line in change_lines(pair.changes)]
+    lines += ["  " + payload_line(data["payload_bytes"]), "  " + ratio_line(size, full_image_size(manifest))]
+    if len(pairs) == 1 and manifest.changes is not None:
         lines += ["  " + line for line in change_lines(manifest.changes)]
     return data, lines
+
+
+def made_lines(written: str, made: dict) -> list[str]:
+    """``deltaimg make``'s lines for its summary (one pair at its top, or several in ``images``)."""
+    images = made.get("images") or [made]
+    lines = [f"{written}: {name_of(made['base'])} -> {name_of(made['target'])}" if len(images) == 1
+             else f"{written}: {len(images)} images, applied together as one update"]
+    for index, image in enumerate(images):
+        indent = "" if len(images) == 1 else "  "
+        if len(images) > 1:
+            lines.append(f"  image {index}: {name_of(image['base'])} -> {name_of(image['target'])}")
+        lines += [indent + line for line in layer_lines(image["layers"])]
+        if len(images) > 1:
+            lines += ["    " + line for line in change_lines(image["changes"])]
+    lines.append(ratio_line(made["bundle_size"], made["full_image_size"]))
+    if len(images) == 1:
+        lines += change_lines(made["changes"])
+    return lines
 
 
 # --------------------------------------------------------------------------- packages and config
@@ -341,9 +376,17 @@ def _attempt(attempt) -> dict:
         outcome = closed.get("outcome") or closed.get("type", "?")
     return {"id": attempt.id, "time": begin.get("time"), "ended": closed.get("time"), "outcome": outcome,
             "bundle": bundle.get("path"), "bundle_sha256": bundle.get("sha256"), "key_id": bundle.get("key_id"),
-            "from": _journal_name(begin.get("from")), "to": _journal_name(begin.get("to")),
+            "from": _journal_names(begin, "from"), "to": _journal_names(begin, "to"),
             "from_image": (begin.get("from") or {}).get("image_id"), "to_image": (begin.get("to") or {}).get("image_id"),
             "containers": closed.get("containers") or [], "message": closed.get("message") or "; ".join(attempt.notes)}
+
+
+def _journal_names(begin: dict, which: str) -> str:
+    """The ``from`` or ``to`` image of an attempt; of each image, joined, for a bundle of several."""
+    images = begin.get("images")
+    if isinstance(images, list) and images:
+        return ", ".join(_journal_name(image.get(which) if isinstance(image, dict) else None) for image in images)
+    return _journal_name(begin.get(which))
 
 
 def _journal_name(image: object) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deltaimg.apply import chain
-from deltaimg.bundle.manifest import ImageRecord, Manifest
+from deltaimg.bundle.manifest import ImagePair, ImageRecord, Manifest
 from deltaimg.bundle.reader import Bundle
 from deltaimg.errors import UsageError
 
@@ -22,8 +22,8 @@ def record(version: str, repo: str = "app") -> ImageRecord:
 
 
 def bundle(path: str, base: str, target: str, repo: str = "app") -> Bundle:
-    manifest = Manifest(tool=None, created=None, base=record(base, repo), target=record(target, repo), layers=(),
-                        payloads=(), split=None, changes=None, document={})
+    manifest = Manifest(tool=None, created=None, images=(ImagePair(record(base, repo), record(target, repo), (), None),),
+                        payloads=(), split=None, document={})
     return Bundle(path=path, manifest=manifest, signer=None, payload_start=0, size=0)
 
 

@@ -27,7 +27,8 @@ def test_help_lists_every_command_with_its_first_line_and_no_arguments_prints_it
     assert lines[0] == "usage: deltaimg [--version] [--help] <command> [<args>]"
     listed = [line.split()[0] for line in lines[lines.index("commands:") + 1:] if line.startswith("  ")]
     assert listed == COMMANDS
-    assert "  make      Compare two images and write one signed bundle with what changed." in lines
+    assert ("  make      Compare base and target images (one pair, or several) and write one signed bundle with what "
+            "changed.") in lines
     bare = run_cli()
     assert (bare.returncode, bare.stdout) == (2, ran.stdout)
 
@@ -42,9 +43,9 @@ def test_each_commands_help_names_its_values_as_git_and_skopeo_do(command):
 
 
 def test_make_and_diff_take_base_then_target():
-    for command in ("make", "diff"):
-        usage = run_cli(command, "--help").stdout.split("\n\n")[0]
-        assert usage.split()[-2:] == ["BASE", "TARGET"]
+    usage = {command: run_cli(command, "--help").stdout.split("\n\n")[0].split() for command in ("make", "diff")}
+    assert usage["diff"][-2:] == ["BASE", "TARGET"]
+    assert usage["make"][-5:] == ["BASE", "TARGET", "[BASE", "TARGET", "...]"]  # pairs: several images in one bundle
 
 
 @pytest.mark.parametrize("argv, message", [

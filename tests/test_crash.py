@@ -272,8 +272,10 @@ def test_a_run_killed_after_recovering_is_recovered_in_turn(host, bundle, keypai
     assert_converged(host)
 
 
-def terminate_when(bundle: str, trust: str, grace: str, ready: Callable[[], object]) -> tuple[int, str, str]:
-    """Run apply, SIGTERM it (as systemd stops a service) once ``ready()`` is true; its exit code and output."""
+def terminate_when(bundle: str, trust: str, grace: str, ready: Callable[[], object],
+                   signum: int = signal.SIGTERM) -> tuple[int, str, str]:
+    """Run apply, SIGTERM it (as systemd stops a service; or ``signum``) once ``ready()`` is true; its
+    exit code and output."""
     command = [sys.executable, "-m", "deltaimg", "apply", bundle, "--trust", trust, "--grace", grace]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -281,7 +283,7 @@ def terminate_when(bundle: str, trust: str, grace: str, ready: Callable[[], obje
         while not ready():
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deltaimg.errors import EngineError
-from deltaimg.tar.gocheck import go_rejects
+from deltaimg.tar.gocheck import GoTarCheck, go_rejects
 from tests import imagefactory as f
 from tests.conftest import run_cli
 from tests.engine_helpers import docker_client  # noqa: F401
@@ -62,6 +62,15 @@ def test_what_go_rejects_is_found_and_placed(name):
 @pytest.mark.parametrize("name", ACCEPTED)
 def test_what_go_reads_or_never_reads_passes(name):
     assert go_rejects(io.BytesIO(ACCEPTED[name])) is None
+
+
+@pytest.mark.parametrize("piece", [1, 7, 512, 1 << 20])
+@pytest.mark.parametrize("name", [*REJECTED, *ACCEPTED])
+def test_a_layer_checked_as_it_is_written_gets_the_same_answer_whatever_the_pieces(name, piece):
+    layer, reason = REJECTED[name] if name in REJECTED else (ACCEPTED[name], None)
+    check = GoTarCheck()
+    found = [check.feed(layer[at : at + piece]) for at in range(0, len(layer), piece)]
+    assert (check.finish(), found[-1]) == (reason, reason)
 
 
 def test_the_example_images_every_layer_passes(tmp_path):

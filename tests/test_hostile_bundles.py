@@ -21,7 +21,7 @@ from typing import Callable
 import pytest
 
 from deltaimg.engine.dockerd import DockerEngine
-from deltaimg.codec import varint, zstd_ref
+from deltaimg.codec import bsdiff, varint, zstd_ref
 
 from deltaimg.tar import writer as archivewriter
 
@@ -363,6 +363,15 @@ def test_a_binary_delta_whose_control_triples_make_nothing_is_refused_at_once(fo
     assert_refused(apply_measured(forger, forger.delta_bundle(payload, size=8192)), INTEGRITY,
                    "a binary delta's control stream makes nothing or more than its file: the bundle is damaged", forger,
                    peak=128 * MiB)
+
+
+def test_seek_only_triples_as_bsdiff_writes_them_are_taken_more_of_them_are_not():
+    """bsdiff4 writes a (0, 0, seek) triple between two matches now and then (35 of 1083 in the
+    benchmark's libssl3 delta); a control stream with more of them than triples making bytes is forged."""
+    triple = bsdiff._TRIPLE.pack
+    bsdiff.check_control(triple(10, 0, 4) + triple(0, 0, 5) + triple(6, 0, 0), 16)
+    with pytest.raises(IntegrityError, match="makes nothing or more than its file"):
+        bsdiff.check_control(triple(10, 0, 4) + triple(0, 0, 5) + triple(0, 0, 5) + triple(0, 0, 5) + triple(6, 0, 0), 16)
 
 
 # --------------------------------------------------------------------------- absurd manifests

@@ -18,7 +18,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(deltaimg.__file__))
 # and the front). docs/architecture.md says the same in words.
 FLOORS: list[tuple[str, ...]] = [
     ("deltaimg", "deltaimg.errors", "deltaimg.progress", "deltaimg.units", "deltaimg.streams",
-     "deltaimg.safejson", "deltaimg.zstdlib", "deltaimg.faults"),
+     "deltaimg.safejson", "deltaimg.zstdlib", "deltaimg.faults", "deltaimg.interrupts"),
     ("deltaimg.tar", "deltaimg.codec", "deltaimg.engine"),
     ("deltaimg.images",),
     ("deltaimg.delta", "deltaimg.diff", "deltaimg.bundle"),

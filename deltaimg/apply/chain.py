@@ -84,16 +84,22 @@ def parse_time(value: object) -> datetime.datetime | None:
 
 
 def is_downgrade(bundle: Bundle) -> bool:
-    """The bundle's target was created before its base (unknown times count as no downgrade)."""
-    base = parse_time(bundle.manifest.base.created)
-    target = parse_time(bundle.manifest.target.created)
-    return base is not None and target is not None and target < base
+    """A target of the bundle was created before its base (unknown times count as no downgrade)."""
+    return bool(_downgrades(bundle))
+
+
+def _downgrades(bundle: Bundle) -> list[tuple[ImageRecord, ImageRecord]]:
+    found = []
+    for pair in bundle.manifest.images:
+        base, target = parse_time(pair.base.created), parse_time(pair.target.created)
+        if base is not None and target is not None and target < base:
+            found.append((pair.base, pair.target))
+    return found
 
 
 def refuse_downgrade(bundle: Bundle) -> None:
     """Raise :class:`DowngradeError` for a bundle that goes back in time (``--allow-downgrade`` skips this)."""
-    if is_downgrade(bundle):
-        base, target = bundle.manifest.base, bundle.manifest.target
+    for base, target in _downgrades(bundle)[:1]:
         raise DowngradeError(f"{bundle.path} goes back from {base.name} (created {base.created}) to the older "
                              f"{target.name} (created {target.created}); pass --allow-downgrade to apply it anyway")
 
@@ -159,12 +165,12 @@ def hold_back(bundles: list[Bundle], last: dict[str, dict]) -> tuple[list[Bundle
         if closed and closed.get("outcome") == "rolled-back":
             message = (f"{bundle.path} was rolled back at {closed.get('time')} ({closed.get('message')}); not "
                        "trying it again: pass --retry once the cause is fixed")
-        elif bundle.manifest.base.image_id in blocked:
+        elif any(pair.base.image_id in blocked for pair in bundle.manifest.images):
             message = f"{bundle.path} waits for the update before it in its chain, which was rolled back"
         else:
             kept.append(bundle)
             continue
-        blocked.add(bundle.manifest.target.image_id)
+        blocked.update(pair.target.image_id for pair in bundle.manifest.images)
         held.append((bundle, message))
     return kept, held
 

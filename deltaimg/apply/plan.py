@@ -6,7 +6,9 @@ runs before it loads the image):
 
 - a container run with ``--rm`` is left out alone and reported (stopping it would delete it);
 - the containers that depend on one of the set (:mod:`deltaimg.apply.dependents`) join it, to be
-  recreated on their own image; the set is swapped dependencies first, else oldest first.
+  recreated on their own image; the set is swapped dependencies first, else oldest first;
+- the containers of a Compose project are recreated by compose, a service at a time, in
+  compose's order (:mod:`deltaimg.apply.compose`, which checks them).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 
+from deltaimg.apply import compose
 from deltaimg.apply.chain import parse_time
 from deltaimg.apply.recreate import create_body
 from deltaimg.engine.interface import Engine
@@ -42,6 +45,7 @@ class SwapResult:
     stop_timeout: int = DEFAULT_STOP_TIMEOUT
     paused: bool = False  # the old container was paused: the new one is paused once it passed its check
     depends_on: list[str] = dataclasses.field(default_factory=list)  # "X (--network)": in the set, for the dry run
+    compose: compose.Unit | None = None  # a compose service: compose recreates its containers (config unused)
 
     @property
     def state(self) -> str:
@@ -57,33 +61,40 @@ class Survey:
     ordered: list[dict]
     dependents: set[str] = dataclasses.field(default_factory=set)  # container IDs
     skipped: list[dict] = dataclasses.field(default_factory=list)  # [{"name", "reason"}]
+    compose: dict[str, compose.Unit] = dataclasses.field(default_factory=dict)  # container ID -> its service
 
     def names(self) -> dict[str, str]:
         """ID -> name of every container of the set."""
         return {info["Id"]: _name(info) for info in self.ordered}
 
 
-def survey(engine: Engine, image_id: str, names: list[str] | None) -> Survey:
-    """The containers to swap from ``image_id`` (all, or those in ``names``), checked as a set.
+def survey(engine: Engine, image_id: str | tuple[str, ...], names: list[str] | None,
+           target_tags: dict[str, list[str]] | None = None) -> Survey:
+    """The containers to swap from ``image_id`` (one or several base images: all their containers,
+    or those in ``names``: each once, however named), checked as a set; compose services checked
+    against ``target_tags`` (base image ID -> the tags its target takes) when given.
 
-    Raises :class:`UsageError` for a named container that is missing or on another image, and
-    :class:`DependentsError` for a dependent that cannot be recreated."""
+    Raises :class:`UsageError` for a named container that is missing or on another image,
+    :class:`DependentsError` for a dependent that cannot be recreated and :class:`ComposeError`
+    for compose containers compose cannot recreate as the update needs."""
+    bases = (image_id,) if isinstance(image_id, str) else image_id
     if names is None:
-        refs = [c["Id"] for c in engine.containers() if c.get("ImageID") == image_id
+        refs = [c["Id"] for c in engine.containers() if c.get("ImageID") in bases
                 and TASK_LABEL not in (c.get("Labels") or {})]  # Swarm's: its rolling update replaces them
     else:
         refs = list(dict.fromkeys(names))
-    found = []
+    found: dict[str, dict] = {}
     for ref in refs:
         info = engine.inspect_container(ref)
         if info is None:
             raise UsageError(f"no container named {printable(ref)} (see docker ps -a)")
-        if info["Image"] != image_id:
-            raise UsageError(f"container {printable(_name(info))} runs image {short(info['Image'])}, not {short(image_id)}; "
+        if info["Image"] not in bases:
+            raise UsageError(f"container {printable(_name(info))} runs image {short(info['Image'])}, not "
+                             f"{' or '.join(map(short, bases))}; "
                              "leave it out of the names")
-        found.append(info)
+        found.setdefault(info["Id"], info)  # named twice (its name and its ID): one container
     targets, skipped = [], []
-    for info in found:
+    for info in found.values():
         if TASK_LABEL in (info["Config"].get("Labels") or {}):
             skipped.append({"name": _name(info), "reason": "it is a Swarm task; its service's rolling update replaces it"})
         elif info["HostConfig"].get("AutoRemove"):
@@ -93,7 +104,29 @@ def survey(engine: Engine, image_id: str, names: list[str] | None) -> Survey:
             targets.append(info)
     dependents = find_dependents(engine, targets)
     ordered = in_order(targets + dependents, key=_age)
-    return Survey(ordered, {info["Id"] for info in dependents}, sorted(skipped, key=lambda s: s["name"]))
+    dependent_ids = {info["Id"] for info in dependents}
+    units = compose.check(engine, ordered, dependent_ids, target_tags, names is not None)
+    return Survey(_compose_order(ordered, units), dependent_ids, sorted(skipped, key=lambda s: s["name"]), units)
+
+
+def _compose_order(ordered: list[dict], units: dict[str, compose.Unit]) -> list[dict]:
+    """``ordered`` with the containers of each compose project, in the places they hold, put in
+    compose's service order (dependencies first, as ``depends_on`` says too)."""
+    for project in dict.fromkeys(unit.project for unit in units.values()):
+        places = [n for n, info in enumerate(ordered) if info["Id"] in units and units[info["Id"]].project == project]
+        members = sorted((ordered[n] for n in places), key=lambda info: units[info["Id"]].rank)
+        for n, info in zip(places, members):
+            ordered[n] = info
+    return ordered
+
+
+def plan_compose(info: dict, unit: compose.Unit, target_image_id: str, set_names: dict[str, str]) -> SwapResult:
+    """The swap of a compose service (``info``: its first container): compose recreates it."""
+    state = info["State"]
+    return SwapResult(name=_name(info), old_container_id=info["Id"], new_container_id=None,
+                      target_image_id=target_image_id, started=bool(state.get("Running")),
+                      paused=bool(state.get("Running") and state.get("Paused")), config={},
+                      depends_on=describe_links(info, set_names), compose=unit)
 
 
 def plan(engine: Engine, info: dict, base_image: dict, target_image: dict, target_tags: list[str],

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from deltaimg.bundle.manifest import CONFIG_PAYLOAD, ImageRecord, LayerRecord, Method, is_digest
+from deltaimg.bundle.manifest import CONFIG_PAYLOAD, ImagePair, ImageRecord, LayerRecord, Method, is_digest
 from deltaimg.bundle.reader import Bundle
 from deltaimg.codec import zstd_ref
 from deltaimg.delta.base_content import BaseContent, BaseRead
@@ -20,6 +20,7 @@ from deltaimg.delta.decoder import base_references, rebuild_layer
 from deltaimg.errors import BaseMismatchError, BundleFormatError, ImageReadError, IntegrityError
 from deltaimg.images.model import Image, config_diff_ids
 from deltaimg.progress import Advance, metered
+from deltaimg.tar.writer import Fill
 
 MAX_CONFIG = 16 * 1024 * 1024
 
@@ -35,6 +36,8 @@ class Rebuild:
     base_diff_ids: list[str] = field(default_factory=list)
     target_diff_ids: list[str] = field(default_factory=list)
     target_config: bytes = b""
+    config: str = CONFIG_PAYLOAD  # the payload holding the target config
+    index: int = 0  # the image pair's place in the bundle
 
     @property
     def base_id(self) -> str:
@@ -50,9 +53,17 @@ class Rebuild:
 
 
 def read_rebuild(bundle: Bundle) -> Rebuild:
-    """The rebuild the bundle's (already checked) manifest asks for."""
-    manifest = bundle.manifest
-    return Rebuild(manifest.base, manifest.target, manifest.layers)
+    """The rebuild a one-image bundle's (already checked) manifest asks for."""
+    return _rebuild_of(bundle.manifest.single, 0)
+
+
+def read_rebuilds(bundle: Bundle) -> list[Rebuild]:
+    """One rebuild per image pair of the bundle, in the bundle's order."""
+    return [_rebuild_of(pair, index) for index, pair in enumerate(bundle.manifest.images)]
+
+
+def _rebuild_of(pair: ImagePair, index: int) -> Rebuild:
+    return Rebuild(pair.base, pair.target, pair.layers, config=pair.config, index=index)
 
 
 def bind_base(bundle: Bundle, rebuild: Rebuild, base_diff_ids: list[str]) -> None:
@@ -81,7 +92,7 @@ def load_target_config(bundle: Bundle, rebuild: Rebuild, base_config: bytes) -> 
     except ImageReadError as exc:
         raise BaseMismatchError(str(exc)) from None
     bind_base(bundle, rebuild, base_diff_ids)
-    frame = bundle.read_payload(CONFIG_PAYLOAD, MAX_CONFIG)
+    frame = bundle.read_payload(rebuild.config, MAX_CONFIG)
     try:
         config = bytes(zstd_ref.decompress_at_most(frame, MAX_CONFIG, base_config))
     except IntegrityError as exc:
@@ -118,21 +129,39 @@ def rebuild_size(rebuild: Rebuild, keep: int = 0) -> int:
                 for position, layer in enumerate(rebuild.layers) if position >= keep}.values())
 
 
-def layer_sources(bundle: Bundle, rebuild: Rebuild, content: BaseContent, advance: Advance | None = None):
+def layer_sources(bundle: Bundle, rebuild: Rebuild, content: BaseContent, advance: Advance | None = None,
+                  shared: dict[tuple[int, int], Fill] | None = None):
     """(diff_id, size, fill) per target layer, for :func:`deltaimg.tar.writer.write_image`.
 
     ``fill`` is None for a layer that repeats an earlier one; each fill tells ``advance`` the
-    number of bytes of every block it writes.
+    number of bytes of every block it writes. ``shared`` holds the fills of the earlier image
+    pairs' rebuilt layers, by (pair, position), for the layers this one shares with them; this
+    pair's are added to it.
     """
     sources = []
-    for layer, diff_id in zip(rebuild.layers, rebuild.target_diff_ids):
+    for position, (layer, diff_id) in enumerate(zip(rebuild.layers, rebuild.target_diff_ids)):
         fill = None
         if layer.method is Method.BASE:
             fill = _copy_base(content, layer.base_layer, advance)  # type: ignore[arg-type]
         elif layer.method is Method.DELTA:
             fill = _rebuild(bundle, layer.payload, content, advance)  # type: ignore[arg-type]
+            if shared is not None:
+                shared[(rebuild.index, position)] = fill
+        elif layer.method is Method.SHARED:
+            fill = (shared or {}).get((layer.image, layer.of))  # type: ignore[arg-type]
+            if fill is None:
+                raise BundleFormatError(f"{bundle.path}: layer {position} of {rebuild.target.name} is that of image "
+                                        f"{layer.image}, which is not rebuilt with it")
         sources.append((diff_id, layer.size, fill))
     return sources
+
+
+def shared_from(rebuilds: list[Rebuild], wanted: list[Rebuild]) -> list[Rebuild]:
+    """The rebuilds to prepare so that ``wanted`` can be written: those, and the earlier pairs whose
+    rebuilt layers they share, in the bundle's order."""
+    indexes = {r.index for r in wanted} | {layer.image for r in wanted for layer in r.layers
+                                             if layer.method is Method.SHARED}
+    return [r for r in rebuilds if r.index in indexes]
 
 
 def base_reads(bundle: Bundle, rebuild: Rebuild) -> Iterator[BaseRead]:

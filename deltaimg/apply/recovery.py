@@ -17,6 +17,10 @@ whose swap had begun and not finished:
 No volume the old container mounts is removed (``v=False``): its anonymous volumes are the ones
 the new container had reattached. A new container that is removed takes with it only the
 anonymous volumes the engine made for it alone (a ``VOLUME`` only the target image declares).
+A compose service (deltaimg.apply.compose) is settled by compose: rolled forward, nothing is
+left to remove (compose removed its old containers); rolled back, its tag is put back on the image
+its old containers ran and compose recreates it (and any compose service of the update that shares
+its namespace), dependencies first.
 Images are left alone: a target that got loaded stays, and the next apply of the same bundle
 finds it there. Temporary files are the state directory's ``work/``, which every run empties. Recovery is idempotent: killed half way, it is redone.
 Then the attempt is closed with a ``recovered`` record, and the run goes on; a bundle still
@@ -28,12 +32,13 @@ from __future__ import annotations
 from typing import Callable
 
 from deltaimg import faults
+from deltaimg.apply import compose
 from deltaimg.apply.journal import Attempt, Journal
 from deltaimg.apply.plan import SIDE_SUFFIX
 from deltaimg.apply.rollback import pause_if_running, remove_new_container
 from deltaimg.bundle.manifest import image_name
 from deltaimg.engine.interface import Engine
-from deltaimg.errors import EngineError, RecoveryError
+from deltaimg.errors import EngineError, RecoveryError, printable
 
 Outcome = Callable[[str, dict, str], None]
 
@@ -51,8 +56,14 @@ def recover(engine: Engine, journal: Journal, outcome: Outcome) -> None:
             actions.append(_settle(engine, container, attempt, container.get("image") or target_id, forward))
             faults.killpoint("recover")
         actions.reverse()
-        for container, action in zip(touched, actions):
-            if action["action"] == "rolled-back":
+        back = {c.get("name") for c, action in zip(touched, actions) if action["action"] == "rolled-back"}
+        recreated: set[str] = set()
+        for container in attempt.containers:
+            unit = compose.Unit.from_json(container["compose"]) if isinstance(container.get("compose"), dict) else None
+            if unit and (container.get("name") in back or recreated.intersection(unit.needs)):
+                _recreate(engine, container, unit, attempt)
+                recreated.update(unit.containers)
+            elif container.get("name") in back:
                 _restore(engine, container, attempt)
         record = journal.append({"type": "recovered", "id": attempt.id, "outcome": "recovered",
                                  "bundle": attempt.begin.get("bundle"), "from": attempt.begin.get("from"),
@@ -80,6 +91,14 @@ def _all_ready(attempt: Attempt) -> bool:
 
 def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str, forward: bool) -> dict:
     name, old_id = str(container.get("name")), str(container.get("old_container"))
+    if isinstance(container.get("compose"), dict):  # compose removed its old containers: recreate or keep the new
+        unit = compose.Unit.from_json(container["compose"])
+        failed = [] if forward else compose.retag_back(engine, unit)
+        if failed:
+            raise RecoveryError(printable(f"{name}: cannot settle the update interrupted at {attempt.begin.get('time')} "
+                                          f"({'; '.join(failed)}); by hand: {unit.by_hand()}"))
+        return {"name": name, "action": "rolled-forward" if forward else "rolled-back",
+                "image": target_id if forward else unit.old_image_id}
     try:
         old = engine.inspect_container(old_id)
         holder = engine.inspect_container(name)
@@ -105,6 +124,14 @@ def _settle(engine: Engine, container: dict, attempt: Attempt, target_id: str, f
     except EngineError as exc:
         raise RecoveryError(f"{name}: cannot settle the update interrupted at {attempt.begin.get('time')} "
                             f"({exc.reason}); {by_hand(name)}") from None
+
+
+def _recreate(engine: Engine, container: dict, unit: compose.Unit, attempt: Attempt) -> None:
+    """Let compose recreate a compose service of the update on its old image, in its old state."""
+    failed = compose.recreate_old(engine, unit, bool(container.get("started")), bool(container.get("paused")))
+    if failed:
+        raise RecoveryError(printable(f"{container.get('name')}: cannot put back the update interrupted at "
+                                      f"{attempt.begin.get('time')} ({'; '.join(failed)}); by hand: {unit.by_hand()}"))
 
 
 def _restore(engine: Engine, container: dict, attempt: Attempt) -> None:

@@ -20,10 +20,10 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
+from deltaimg import interrupts
 from deltaimg.apply import diskspace
 from deltaimg.apply.chain import refuse_downgrade
 from deltaimg.apply.engine import check_base_layers
@@ -117,7 +117,7 @@ def apply_to_registry(bundle: Bundle, to: RegistryRef, source: RegistryRef | Non
     load_target_config(bundle, rebuild, base.config_bytes)
     check_base_layers(bundle, rebuild)
     kind = base.manifest_type if base.manifest_type in CONFIG_TYPES else DOCKER_MANIFEST
-    with tempfile.TemporaryDirectory(prefix="deltaimg-registry-") as work:
+    with interrupts.work_folder("deltaimg-registry-") as work:
         rebuilt = sum({layer.key(i): layer.size for i, layer in enumerate(rebuild.layers) if layer.method is Method.DELTA}.values())
         diskspace.check(work, None, [rebuilt], log)
         descriptors, files = _rebuild_layers(bundle, rebuild, base, work, GZIP_LAYER_TYPES[kind], advance)

@@ -31,7 +31,7 @@ import signal
 from dataclasses import dataclass
 from typing import Protocol
 
-from deltaimg import faults, progress
+from deltaimg import faults, interrupts, progress
 
 from deltaimg.apply import chain
 
@@ -43,7 +43,7 @@ from deltaimg.engine.interface import Engine
 from deltaimg.apply import receipts, recovery
 
 from deltaimg.bundle import signing
-from deltaimg.apply.rebuild import Rebuild, read_rebuild
+from deltaimg.apply.rebuild import Rebuild, read_rebuilds
 from deltaimg.bundle.reader import Bundle, bundle_files, open_bundle
 from deltaimg.bundle.verify import verify_payloads
 from deltaimg.apply.engine import apply_to_engine, load_size, require_base
@@ -115,7 +115,7 @@ class _Termination:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.received = True
-        raise KeyboardInterrupt
+        interrupts.interrupt(signum, frame)
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGTERM, self._previous)
@@ -156,10 +156,11 @@ class _Run:
                                    "recovers them first (unless a run is in progress now)")
         selection, bundles, rebuilds, held = self._prepare(files)
         for bundle in bundles:
-            rebuild = rebuilds[bundle.path]
+            rebuild = rebuilds[bundle.path][0]
             if self.engine.find_image(rebuild.base_id) or self.engine.find_image(rebuild.target_id):
-                apply_to_engine(bundle, self.engine, containers=self._names(rebuild.base_id), swap_containers=self.options.swap,
-                                grace=self.options.grace, dry_run=True, log=self.reporter.progress)
+                apply_to_engine(bundle, self.engine, containers=self._names(*_bases(rebuilds[bundle.path])),
+                                swap_containers=self.options.swap, grace=self.options.grace, dry_run=True,
+                                log=self.reporter.progress)
             else:
                 self.reporter.progress(f"would rebuild and load {bundle.manifest.target.name} once the bundle "
                                        f"before it has made {bundle.manifest.base.name}, then swap the "
@@ -167,7 +168,7 @@ class _Run:
             self._outcome("planned", bundle, "nothing changed (dry run)")
         self._finish(selection, held)
 
-    def _prepare(self, files: list[str]) -> tuple[chain.Selection, list[Bundle], dict[str, Rebuild], list[str]]:
+    def _prepare(self, files: list[str]) -> tuple[chain.Selection, list[Bundle], dict[str, list[Rebuild]], list[str]]:
         """The bundles to apply, in order, verified and checked for disk space; what each rebuilds; and
         why bundles were held back."""
         selection = self._select(files)
@@ -192,6 +193,10 @@ class _Run:
         if not bundles:
             self.reporter.progress(f"no bundle (*.dimg, *.dimg.001) in {' '.join(self.options.paths)}; nothing to do")
             return chain.Selection([])
+        several = [bundle for bundle in bundles if len(bundle.manifest.images) > 1]
+        if several and not self.strict:
+            raise UsageError(f"{several[0].path} updates {len(several[0].manifest.images)} images as one update, which "
+                             "is applied only when named alone: deltaimg apply BUNDLE (not a folder or a list)")
         host = _EngineHost(self.engine, self.options)
         selection = chain.Selection([self._strict_step(bundles[0], host)]) if self.strict else chain.select(bundles, host)
         for step in selection.steps:
@@ -202,12 +207,14 @@ class _Run:
         return selection
 
     def _strict_step(self, bundle: Bundle, host: _EngineHost) -> chain.Step:
-        base, target = bundle.manifest.base, bundle.manifest.target
-        if host.has_image(target.image_id) and not host.containers_on(base.image_id):
-            return chain.Step(bundle, "already-applied", f"{target.name} is already in the engine and no "
-                                                         f"container to swap runs {base.name}")
-        if not host.has_image(base.image_id):
-            require_base(self.engine, bundle, read_rebuild(bundle))
+        pairs = bundle.manifest.images
+        if all(host.has_image(p.target.image_id) and not host.containers_on(p.base.image_id) for p in pairs):
+            targets, bases = (", ".join(getattr(p, which).name for p in pairs) for which in ("target", "base"))
+            return chain.Step(bundle, "already-applied", f"{targets} {'is' if len(pairs) == 1 else 'are'} already in "
+                                                         f"the engine and no container to swap runs {bases}")
+        for rebuild in read_rebuilds(bundle):  # every base, before anything changes
+            if not host.has_image(rebuild.target_id):
+                require_base(self.engine, bundle, rebuild)
         if not self.options.allow_downgrade:
             chain.refuse_downgrade(bundle)
         return chain.Step(bundle, chain.APPLY)
@@ -217,15 +224,16 @@ class _Run:
             if self.engine.inspect_container(name) is None:
                 raise UsageError(f"no container named {name} (see docker ps -a)")
 
-    def _names(self, image_id: str) -> list[str] | None:
-        """The ``--container`` names that run ``image_id`` now; None (every container) without them."""
+    def _names(self, *image_ids: str) -> list[str] | None:
+        """The ``--container`` names that run one of ``image_ids`` now; None (every container) without them."""
         if self.options.containers is None:
             return None
-        return [name for name in _EngineHost(self.engine, self.options).containers_on(image_id)]
+        host = _EngineHost(self.engine, self.options)
+        return [name for image_id in image_ids for name in host.containers_on(image_id)]
 
     # -- checking
 
-    def _verify(self, bundles: list[Bundle]) -> dict[str, Rebuild]:
+    def _verify(self, bundles: list[Bundle]) -> dict[str, list[Rebuild]]:
         def advance(n: int) -> None:
             bar(n)
             faults.killpoint("verify")
@@ -235,37 +243,37 @@ class _Run:
                 verify_payloads(bundle, advance)
                 self.reporter.progress(f"{bundle.path}: signature and every payload verified (key "
                                        f"{bundle.signer.key_id if bundle.signer else '?'})")
-        return {bundle.path: read_rebuild(bundle) for bundle in bundles}
+        return {bundle.path: read_rebuilds(bundle) for bundle in bundles}
 
-    def _preflight(self, bundles: list[Bundle], rebuilds: dict[str, Rebuild]) -> None:
+    def _preflight(self, bundles: list[Bundle], rebuilds: dict[str, list[Rebuild]]) -> None:
         """Refuse, before anything changes, what the run could not finish or should not do."""
         self._survey(bundles, rebuilds)
         if not self.options.allow_downgrade:
             for bundle in bundles:
-                self._refuse_tag_downgrade(bundle, rebuilds[bundle.path])
+                for rebuild in rebuilds[bundle.path]:
+                    self._refuse_tag_downgrade(bundle, rebuild)
         sizes = []
         for bundle in bundles:
-            rebuild = rebuilds[bundle.path]
-            loaded = self.engine.find_image(rebuild.target_id) is not None
-            sizes.append(0 if loaded else load_size(self.engine, rebuild))
+            sizes.append(_load_size(self.engine, rebuilds[bundle.path]))
         if any(sizes):
             diskspace.check(self.state.work_path, self.engine.data_root(), sizes, self.reporter.progress)
 
-    def _survey(self, bundles: list[Bundle], rebuilds: dict[str, Rebuild]) -> None:
+    def _survey(self, bundles: list[Bundle], rebuilds: dict[str, list[Rebuild]]) -> None:
         """Check every set of containers to swap (dependents refuse the run) and say, before any image is
         loaded, which containers will be left out and why."""
         self.skipped = {}
         if not self.options.swap:
             return
         for bundle in bundles:
-            base_id = rebuilds[bundle.path].base_id
-            if self.engine.find_image(base_id) is None:
+            here = [r for r in rebuilds[bundle.path] if self.engine.find_image(r.base_id) is not None]
+            if not here:
                 continue  # made by a bundle before it in the chain: surveyed when its swap plans
-            found = survey(self.engine, base_id, self._names(base_id))
+            found = survey(self.engine, _bases(here), self._names(*_bases(here)), {r.base_id: r.target_tags for r in here})
             self.skipped[bundle.path] = found.skipped
             for skipped in found.skipped:
+                on = ", ".join(r.base.name for r in here)
                 self.reporter.progress(printable(f"{bundle.path}: container {skipped['name']} will be left on "
-                                                 f"{bundle.manifest.base.name}: {skipped['reason']}"))
+                                                 f"{on}: {skipped['reason']}"))
 
     def _hold_back(self, bundles: list[Bundle]) -> tuple[list[Bundle], list[str]]:
         """Leave out each bundle whose last attempt was rolled back and the rest of its chain."""
@@ -280,7 +288,7 @@ class _Run:
         return kept, [message for _, message in held]
 
     def _refuse_tag_downgrade(self, bundle: Bundle, rebuild: Rebuild) -> None:
-        target_created = chain.parse_time(bundle.manifest.target.created)
+        target_created = chain.parse_time(rebuild.target.created)
         for tag in rebuild.target_tags:
             current = self.engine.find_image(tag)
             if current is None or current["Id"] == rebuild.target_id or target_created is None:
@@ -289,28 +297,28 @@ class _Run:
             if created is not None and created > target_created:
                 raise DowngradeError(f"{bundle.path} would move {tag} from {current['Id'][:19]} (created "
                                      f"{current.get('Created')}) back to the older {rebuild.target_id[:19]} (created "
-                                     f"{bundle.manifest.target.created}); pass --allow-downgrade to apply it anyway")
+                                     f"{rebuild.target.created}); pass --allow-downgrade to apply it anyway")
 
     # -- applying
 
-    def _apply_one(self, bundle: Bundle, rebuild: Rebuild) -> None:
+    def _apply_one(self, bundle: Bundle, rebuilds: list[Rebuild]) -> None:
         left_out = {skipped["name"] for skipped in self.skipped.get(bundle.path, [])}
-        names = [n for n in _EngineHost(self.engine, self.options).containers_on(rebuild.base_id) if n not in left_out]
-        loaded = self.engine.find_image(rebuild.target_id) is not None
+        host = _EngineHost(self.engine, self.options)
+        names = [n for r in rebuilds for n in host.containers_on(r.base_id) if n not in left_out]
+        loaded = all(self.engine.find_image(r.target_id) is not None for r in rebuilds)
         if loaded and not names:
-            self._outcome("already-applied", bundle, f"already applied: {bundle.manifest.target.name} is "
-                                                     f"already in the engine and no container to swap runs "
-                                                     f"{bundle.manifest.base.name}")
+            self._outcome("already-applied", bundle, f"already applied: {_names_of(rebuilds, 'target')} "
+                                                     f"{'is' if len(rebuilds) == 1 else 'are'} already in the engine "
+                                                     f"and no container to swap runs {_names_of(rebuilds, 'base')}")
             return
-        size = 0 if loaded else load_size(self.engine, rebuild)
+        size = _load_size(self.engine, rebuilds)
         attempt = new_id()
-        summary = {"bundle": bundle_record(bundle), "from": bundle.manifest.base.as_json(),
-                   "to": bundle.manifest.target.as_json()}
+        summary = {"bundle": bundle_record(bundle), **_images_record(bundle)}
         self.journal.append({"type": "begin", "id": attempt, "pid": os.getpid(), "containers": names, **summary})
         recorder = _Recorder(self.journal, attempt)
         try:
             with progress.bar("apply", size, self.options.progress_bars and size > 0) as advance:
-                outcome = apply_to_engine(bundle, self.engine, containers=self._names(rebuild.base_id),
+                outcome = apply_to_engine(bundle, self.engine, containers=self._names(*_bases(rebuilds)),
                                           swap_containers=self.options.swap, grace=self.options.grace, dry_run=False,
                                           log=self.reporter.progress, work_dir=self.state.work_path,
                                           observer=recorder, advance=advance)
@@ -328,14 +336,12 @@ class _Run:
         self.journal.append({"type": "end", "id": attempt, "outcome": "applied", "loaded": outcome.loaded,
                              "containers": swapped, **summary})
         done = f"swapped {', '.join(s['name'] for s in swapped)}" if swapped else "no container to swap"
-        self._outcome("applied", bundle, f"applied: {bundle.manifest.base.name} -> "
-                                         f"{bundle.manifest.target.name}; {done}",
-                      image_id=rebuild.target_id, loaded=outcome.loaded, containers=swapped,
+        self._outcome("applied", bundle, f"applied: {bundle.manifest.name}; {done}",
+                      image_id=rebuilds[0].target_id, loaded=outcome.loaded, containers=swapped,
                       skipped_containers=self.skipped.get(bundle.path, []))
 
     def _outcome(self, event: str, bundle: Bundle, text: str, **extra: object) -> None:
-        record = {"bundle": bundle_record(bundle), "from": bundle.manifest.base.as_json(),
-                  "to": bundle.manifest.target.as_json(), **extra}
+        record = {"bundle": bundle_record(bundle), **_images_record(bundle), **extra}
         self.reporter.outcome(event, record, f"{bundle.path}: {text}")
 
 
@@ -352,7 +358,8 @@ class _Recorder:
 
     def planned(self, plans: list[SwapResult]) -> None:
         containers = [{"name": p.name, "old_container": p.old_container_id, "started": p.started, "paused": p.paused,
-                       "state": p.state, "image": p.target_image_id} for p in plans]
+                       "state": p.state, "image": p.target_image_id,
+                       **({"compose": p.compose.as_json()} if p.compose else {})} for p in plans]
         self.journal.append({"type": "swap", "id": self.attempt, "containers": containers})
 
     def step(self, plan: SwapResult, step: str) -> None:
@@ -374,7 +381,8 @@ class _EngineHost:
     def __init__(self, engine: Engine, options: Options) -> None:
         self._images = {image["Id"]: image for image in engine.all_images()}
         self._containers = engine.containers()
-        self._names = options.containers
+        found = [engine.inspect_container(name) for name in options.containers or []]  # a name or an ID
+        self._ids = None if options.containers is None else {info["Id"] for info in found if info}
         self._swap = options.swap
 
     def has_image(self, image_id: str) -> bool:
@@ -383,8 +391,8 @@ class _EngineHost:
     def containers_on(self, image_id: str) -> list[str]:
         if not self._swap:
             return []
-        names = [c["Names"][0].lstrip("/") for c in self._containers if c.get("ImageID") == image_id and c.get("Names")]
-        return [name for name in names if self._names is None or name in self._names]
+        on = [c for c in self._containers if c.get("ImageID") == image_id and c.get("Names")]
+        return [c["Names"][0].lstrip("/") for c in on if self._ids is None or c["Id"] in self._ids]
 
     def images_in_use(self) -> dict[str, tuple[str | None, list[str]]]:
         used = {}
@@ -394,6 +402,26 @@ class _EngineHost:
                 created = datetime.datetime.fromtimestamp(image.get("Created", 0), datetime.timezone.utc).isoformat()
                 used[image["Id"]] = (created, [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"])
         return used
+
+
+def _bases(rebuilds: list[Rebuild]) -> tuple[str, ...]:
+    return tuple(r.base_id for r in rebuilds)
+
+
+def _names_of(rebuilds: list[Rebuild], which: str) -> str:
+    return ", ".join(getattr(r, which).name for r in rebuilds)
+
+
+def _load_size(engine: Engine, rebuilds: list[Rebuild]) -> int:
+    """Bytes the rebuild of the targets the engine lacks writes."""
+    return sum(load_size(engine, r) for r in rebuilds if engine.find_image(r.target_id) is None)
+
+
+def _images_record(bundle: Bundle) -> dict:
+    """What the journal and the outcome records say a bundle updates: ``from`` and ``to`` for one
+    image; ``images``, a list of them, for several."""
+    pairs = [{"from": pair.base.as_json(), "to": pair.target.as_json()} for pair in bundle.manifest.images]
+    return pairs[0] if len(pairs) == 1 else {"images": pairs}
 
 
 def _swap_record(result: SwapResult) -> dict:

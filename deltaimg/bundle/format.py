@@ -30,8 +30,8 @@ from deltaimg.codec import zstd_ref
 from deltaimg.errors import BundleFormatError, IntegrityError
 
 MAGIC = b"DELTAIMG"
-FORMAT_VERSION = 2  # 2: a delta segment may code a compressed file on its content (delta/inside.py)
-READABLE_VERSIONS = (1, 2)  # a version 1 bundle is a version 2 bundle without such segments
+FORMAT_VERSION = 3  # 3: several image pairs (the manifest's "images"); executable segments (delta/executable.py)
+READABLE_VERSIONS = (1, 2, 3)  # 2 adds the inside segments (delta/inside.py) to 1
 U32 = struct.Struct(">I")
 MAX_MANIFEST = 64 * 1024 * 1024  # stored (compressed) and decompressed alike
 MAX_SIGNATURE = 64 * 1024
@@ -43,6 +43,20 @@ PART_SUFFIX = re.compile(r"\.(\d{3})$")
 MANIFEST_DICTIONARY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "manifest.dict")
 with open(MANIFEST_DICTIONARY_FILE, "rb") as _f:
     MANIFEST_DICTIONARY = _f.read()  # part of the format: changing it changes every bundle
+def written_version(manifest: dict, executables: bool) -> int:
+    """The version a bundle of ``manifest`` is written as: the oldest that reads it, so a one-image
+    bundle without executable segments stays readable by deltaimg releases that read format 2."""
+    return FORMAT_VERSION if executables or "images" in manifest else 2
+
+
+def check_version(version: int, manifest: dict, path: str) -> None:
+    """Refuse a header whose version is not one a writer gives this manifest (the header is not
+    signed): several images from format 3 on."""
+    if "images" in manifest and version < 3:
+        raise BundleFormatError(f"{path}: the header says bundle format {version}, which its manifest is not; "
+                                "the bundle is damaged")
+
+
 def part_path(stem: str, number: int) -> str:
     """The file of part ``number`` (from 1) of the split bundle ``stem``."""
     return f"{stem}.{number:03d}"

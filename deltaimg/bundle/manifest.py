@@ -11,9 +11,10 @@ import enum
 import re
 from dataclasses import dataclass, field
 
-from deltaimg.errors import BundleFormatError
+from deltaimg.errors import BundleFormatError, UsageError
 
 CONFIG_PAYLOAD = "config"  # the target image config, a zstd delta against the base image's config bytes
+MAX_IMAGES = 64  # image pairs in one bundle: an application's images, far fewer than this
 # a delta layer's "stats" in the manifest: these counts of what make did, in this order
 STATS_FIELDS = ("entries", "files", "identical", "bsdiff", "zstd_delta", "literal", "headers_from_old", "literal_bytes")
 MAX_PAYLOADS = 100_000
@@ -30,6 +31,7 @@ class Method(str, enum.Enum):
     BASE = "base"  # a layer of the base image, copied
     REPEAT = "repeat"  # the same as an earlier rebuilt layer of the target
     DELTA = "delta"  # rebuilt from a payload against the base image's content
+    SHARED = "shared"  # the same as a rebuilt layer of an earlier image of the bundle (format 3)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class LayerRecord:
     method: Method
     size: int
     base_layer: int | None = None  # Method.BASE: its index in the base image
-    of: int | None = None  # Method.REPEAT: the position of the layer it repeats
+    of: int | None = None  # Method.REPEAT, Method.SHARED: the position of the layer it repeats
+    image: int | None = None  # Method.SHARED: the index of the earlier image pair whose layer it is
     payload: str | None = None  # Method.DELTA: the payload holding its delta
     stats: tuple[int, ...] | None = None  # Method.DELTA: make's counts, in STATS_FIELDS order
 
@@ -73,6 +76,8 @@ class LayerRecord:
         base, a rebuilt one by its position (a repeat is of a rebuilt one, so no key of its own)."""
         if self.method is Method.BASE:
             return ("base", self.base_layer)  # type: ignore[return-value]
+        if self.method is Method.SHARED:  # written whole in this image's archive: a layer of its own
+            return ("delta", position)
         return ("delta", self.of if self.method is Method.REPEAT else position)  # type: ignore[return-value]
 
 
@@ -87,20 +92,57 @@ class Split:
 
 
 @dataclass(frozen=True)
-class Manifest:
-    tool: str | None
-    created: str | None
+class ImagePair:
+    """One base -> target update of a bundle: what a one-image bundle holds at the manifest's top."""
+
     base: ImageRecord
     target: ImageRecord
     layers: tuple[LayerRecord, ...]
+    changes: dict | None  # the package and config changes `deltaimg diff` reports, checked in shape
+    config: str = CONFIG_PAYLOAD  # the payload holding the target config
+
+
+@dataclass(frozen=True)
+class Manifest:
+    tool: str | None
+    created: str | None
+    images: tuple[ImagePair, ...]  # one pair, or (format 3) several, applied as one update
     payloads: tuple[PayloadRecord, ...]
     split: Split | None
-    changes: dict | None  # the package and config changes `deltaimg diff` reports, checked in shape
     document: dict = field(repr=False)  # the JSON as signed, for --json output
     _by_name: dict[str, PayloadRecord] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {record.name: record for record in self.payloads})
+
+    @property
+    def single(self) -> ImagePair:
+        """The one pair of a one-image bundle; what takes only those refuses the others here."""
+        if len(self.images) != 1:
+            raise UsageError(f"this bundle updates {len(self.images)} images ({', '.join(p.target.name for p in self.images)}); "
+                             "this takes a bundle of one image (see docs/bundle-format.md, several images)")
+        return self.images[0]
+
+    @property
+    def base(self) -> ImageRecord:
+        return self.single.base
+
+    @property
+    def target(self) -> ImageRecord:
+        return self.single.target
+
+    @property
+    def layers(self) -> tuple[LayerRecord, ...]:
+        return self.single.layers
+
+    @property
+    def changes(self) -> dict | None:
+        return self.single.changes
+
+    @property
+    def name(self) -> str:
+        """How messages name what the bundle updates: ``BASE -> TARGET``, one per pair."""
+        return "; ".join(f"{pair.base.name} -> {pair.target.name}" for pair in self.images)
 
     @property
     def payload_area(self) -> int:
@@ -127,26 +169,39 @@ def is_tag(tag: object) -> bool:
     return isinstance(tag, str) and 0 < len(tag) <= MAX_TAG and tag.isprintable() and not any(c.isspace() for c in tag)
 
 
+def config_payload(index: int) -> str:
+    """The name of image pair ``index``'s target config payload."""
+    return CONFIG_PAYLOAD if index == 0 else f"{CONFIG_PAYLOAD}-{index}"
+
+
 def parse_manifest(value: object, path: str) -> Manifest:
-    """The manifest's JSON value checked and typed; a :class:`BundleFormatError` naming what is wrong."""
+    """The manifest's JSON value checked and typed; a :class:`BundleFormatError` naming what is wrong.
+    A one-image manifest has its pair at the top; a several-image one (format 3) lists them in ``images``."""
     payloads = value.get("payloads") if isinstance(value, dict) else None
     if not isinstance(value, dict) or not isinstance(payloads, list) or len(payloads) > MAX_PAYLOADS:
         raise BundleFormatError(f"{path}: the manifest is not a deltaimg manifest")
-    base, target, layers = value.get("base"), value.get("target"), value.get("layers")
-    if not (isinstance(base, dict) and isinstance(target, dict) and isinstance(layers, list)
-            and len(layers) <= MAX_LAYERS and all(isinstance(layer, dict) for layer in layers)):
-        raise BundleFormatError(f"{path}: the manifest lacks its base, target or layers")
+    pairs = value.get("images", [value])
+    if not (isinstance(pairs, list) and 0 < len(pairs) <= MAX_IMAGES and all(isinstance(p, dict) for p in pairs)):
+        raise BundleFormatError(f"{path}: the manifest's image list is malformed")
     records = _payloads(payloads, path)
     by_name = {record.name: record for record in records}
+    configs = {config_payload(index) for index in range(len(pairs))}
+    images: list[ImagePair] = []
+    for index, pair in enumerate(pairs):
+        where = "" if len(pairs) == 1 else f" of image {index}"
+        base, target, layers = pair.get("base"), pair.get("target"), pair.get("layers")
+        if not (isinstance(base, dict) and isinstance(target, dict) and isinstance(layers, list)
+                and len(layers) <= MAX_LAYERS and all(isinstance(layer, dict) for layer in layers)):
+            raise BundleFormatError(f"{path}: the manifest lacks its base, target or layers{where}")
+        images.append(ImagePair(_image(base, path, "base"), _image(target, path, "target"),
+                                tuple(_layers(layers, by_name, configs, images, path)),
+                                _changes(pair.get("changes"), path), config_payload(index)))
     return Manifest(
         tool=_text(value.get("tool"), path, "tool"),
         created=_text(value.get("created"), path, "creation time"),
-        base=_image(base, path, "base"),
-        target=_image(target, path, "target"),
-        layers=tuple(_layers(layers, by_name, path)),
+        images=tuple(images),
         payloads=tuple(records),
         split=_split(value["split"], path) if "split" in value else None,
-        changes=_changes(value.get("changes"), path),
         document=value,
     )
 
@@ -186,7 +241,8 @@ def _image(record: dict, path: str, which: str) -> ImageRecord:
     return ImageRecord(record["image_id"], tuple(tags), _text(record.get("created"), path, f"{which} creation time"))
 
 
-def _layers(layers: list[dict], payloads: dict[str, PayloadRecord], path: str) -> list[LayerRecord]:
+def _layers(layers: list[dict], payloads: dict[str, PayloadRecord], configs: set[str], earlier: list[ImagePair],
+            path: str) -> list[LayerRecord]:
     parsed: list[LayerRecord] = []
     for position, layer in enumerate(layers):
         method = layer.get("method")
@@ -196,6 +252,11 @@ def _layers(layers: list[dict], payloads: dict[str, PayloadRecord], path: str) -
             of = layer.get("of")
             if type(of) is int and 0 <= of < position and parsed[of].method is Method.DELTA:
                 record = LayerRecord(Method.REPEAT, parsed[of].size, of=of)
+        elif method == Method.SHARED.value:  # of a layer an earlier image pair rebuilds
+            image, of = layer.get("image"), layer.get("of")
+            if type(image) is int and 0 <= image < len(earlier) and type(of) is int \
+                    and 0 <= of < len(earlier[image].layers) and earlier[image].layers[of].method is Method.DELTA:
+                record = LayerRecord(Method.SHARED, earlier[image].layers[of].size, of=of, image=image)
         elif type(size) is int and size >= 0:
             if method == Method.BASE.value:  # its index is checked against the base's layers on apply
                 index = layer.get("base_layer")
@@ -203,7 +264,7 @@ def _layers(layers: list[dict], payloads: dict[str, PayloadRecord], path: str) -
                     record = LayerRecord(Method.BASE, size, base_layer=index)
             elif method == Method.DELTA.value:
                 name, stats = layer.get("payload"), layer.get("stats")
-                if isinstance(name, str) and name != CONFIG_PAYLOAD and _stats_ok(stats):
+                if isinstance(name, str) and name not in configs and _stats_ok(stats):
                     if name not in payloads:
                         raise BundleFormatError(f"{path}: the manifest names no payload {name!r}")
                     record = LayerRecord(Method.DELTA, size, payload=name, stats=tuple(stats) if stats else None)

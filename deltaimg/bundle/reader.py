@@ -9,7 +9,7 @@ from typing import BinaryIO, Callable
 
 from deltaimg import streams
 from deltaimg.bundle import signing
-from deltaimg.bundle.format import (FORMAT_VERSION, READABLE_VERSIONS, MAGIC, MAX_MANIFEST, MAX_PARTS, MAX_SIGNATURE, PART_SUFFIX,
+from deltaimg.bundle.format import (FORMAT_VERSION, check_version, stored_version, READABLE_VERSIONS, MAGIC, MAX_MANIFEST, MAX_PARTS, MAX_SIGNATURE, PART_SUFFIX,
                                     U32, manifest_json, parse_signature_block, part_path, starts_a_bundle)
 from deltaimg.bundle.verify import verify_payloads
 from deltaimg.bundle.manifest import Manifest, PayloadRecord, Split, parse_manifest
@@ -111,8 +111,10 @@ def open_bundle(path: str, trusted: list[signing.TrustedKey], check_payloads: bo
 
 def read_manifest(stored: bytes, path: str) -> Manifest:
     """The stored manifest decoded and typed, trusted or not (see :mod:`deltaimg.bundle.manifest`)."""
-    return parse_manifest(load_json(manifest_json(stored, path), f"{path}: the manifest", "any deltaimg writes",
-                                    BundleFormatError), path)
+    manifest = parse_manifest(load_json(manifest_json(stored, path), f"{path}: the manifest", "any deltaimg writes",
+                                        BundleFormatError), path)
+    check_version(stored_version(path), manifest.document, path)
+    return manifest
 
 
 def _find_parts(path: str, split: Split, total: int) -> list[tuple[str, int]]:

@@ -9,8 +9,9 @@ import stat
 import tempfile
 from typing import BinaryIO, Callable
 
+from deltaimg import interrupts
 from deltaimg.bundle import signing
-from deltaimg.bundle.format import COPY_CHUNK, FORMAT_VERSION, MAGIC, MAX_PARTS, U32, encode_manifest, part_path, signature_block, starts_a_bundle
+from deltaimg.bundle.format import COPY_CHUNK, MAGIC, MAX_PARTS, U32, encode_manifest, part_path, signature_block, starts_a_bundle, written_version
 from deltaimg.errors import OutputError, UsageError
 
 SPLIT_HEADER_SLACK = 256  # room for the part hashes' effect on the compressed manifest's length
@@ -56,10 +57,17 @@ class BundleWriter:
         self.paths: list[str] = []
         self.size = 0
         directory = os.path.dirname(os.path.abspath(output))
+        spool = None
         try:
-            self._spool = tempfile.NamedTemporaryFile(dir=directory, prefix=".deltaimg-", suffix=".spool")
+            with interrupts.held():
+                spool = tempfile.NamedTemporaryFile(dir=directory, prefix=".deltaimg-", suffix=".spool")
         except OSError as exc:
             raise OutputError(f"cannot write in {directory}: {exc.strerror}") from None
+        except KeyboardInterrupt:  # held back while the spool was made: no caller holds it to close
+            if spool is not None:
+                spool.close()
+            raise
+        self._spool = spool
         self.payloads: list[dict] = []
 
     def add_payload(self, name: str, fill: Callable[[BinaryIO], object]) -> dict:
@@ -70,10 +78,12 @@ class BundleWriter:
         self.payloads.append(record)
         return record
 
-    def finish(self, manifest: dict, private_key) -> dict:
+    def finish(self, manifest: dict, private_key, executables: bool = False) -> dict:
         """Sign and write the bundle (every file complete before any is renamed into place);
-        returns the manifest as signed."""
+        returns the manifest as signed. ``executables``: whether a payload holds executable
+        segments (:func:`format.written_version`)."""
         manifest = {**manifest, "payloads": self.payloads}
+        self._version = written_version(manifest, executables)
         try:
             manifest, header = self._signed_header(manifest, private_key)
             self.size = len(header) + _payload_area(manifest)
@@ -99,7 +109,7 @@ class BundleWriter:
         block padded with zeros to make the header exactly that long.
         """
         area = _payload_area(manifest)
-        header = _frame(manifest, private_key)
+        header = _frame(manifest, private_key, self._version)
         if self.split_size is None or len(header) + area <= self.split_size:
             return manifest, header  # it fits: an ordinary bundle
         size, length = self.split_size, len(header) + SPLIT_HEADER_SLACK
@@ -114,9 +124,9 @@ class BundleWriter:
             hashes = [self._spool_sha256(start - length, min(start + size, total) - length)
                       for start in range(size, total, size)]
             final = {**manifest, "split": {"part_size": size, "count": count, "sha256": hashes}}
-            header = _frame(final, private_key)
+            header = _frame(final, private_key, self._version)
             if len(header) <= length:
-                return final, _frame(final, private_key, pad=length - len(header))
+                return final, _frame(final, private_key, self._version, pad=length - len(header))
             length = len(header) + SPLIT_HEADER_SLACK
 
     def _spool_sha256(self, start: int, end: int) -> str:
@@ -136,8 +146,9 @@ class BundleWriter:
         temps: list[str] = []
         try:
             for start, end in cuts:
-                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".deltaimg-", suffix=".tmp")
-                temps.append(tmp)
+                with interrupts.held():  # an interrupt is raised with the file in ``temps``
+                    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".deltaimg-", suffix=".tmp")
+                    temps.append(tmp)
                 os.chmod(tmp, signing.public_file_mode())  # a bundle is public; mkstemp makes it private
                 with os.fdopen(fd, "wb") as out:
                     out.write(header[start:end])
@@ -158,18 +169,17 @@ class BundleWriter:
             raise OutputError(f"cannot write {self.output}: {exc.strerror}") from None
         finally:
             for tmp in temps:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                interrupts.remove(tmp)
 
     def abort(self) -> None:
         self._spool.close()
 
 
-def _frame(manifest: dict, private_key, pad: int = 0) -> bytes:
+def _frame(manifest: dict, private_key, version: int, pad: int = 0) -> bytes:
     """The bundle's header: magic, version, the manifest and its signature (then ``pad`` zeros)."""
     manifest_bytes = encode_manifest(manifest)
     signature_bytes = signature_block(signing.sign(private_key, manifest_bytes)) + bytes(pad)
-    return (MAGIC + U32.pack(FORMAT_VERSION) + U32.pack(len(manifest_bytes)) + manifest_bytes
+    return (MAGIC + U32.pack(version) + U32.pack(len(manifest_bytes)) + manifest_bytes
             + U32.pack(len(signature_bytes)) + signature_bytes)
 
 

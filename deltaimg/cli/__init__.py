@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Callable, List, NoReturn, Optional
 
-from deltaimg import __version__, report
+from deltaimg import __version__, interrupts, report
 from deltaimg.cli import grammar
 
 from deltaimg.bundle import format as bundle_format, keys
@@ -35,29 +35,29 @@ def keygen(name: str, force: bool, passphrase_file: Optional[str]) -> None:
     print(f"wrote {name} (private, keep it on the build host) and {name}.pub (copy to edge hosts); key id {key_id}")
 
 
-def make(base: str, target: str, output: str, key: str, passphrase_file: Optional[str], platform: Optional[str],
+def make(images: List[str], output: str, key: str, passphrase_file: Optional[str], platform: Optional[str],
          split_size: Optional[str], force: bool, as_json: bool, quiet: bool) -> None:
-    """Compare two images and write one signed bundle with what changed."""
+    """Compare base and target images (one pair, or several) and write one signed bundle with what changed."""
     from deltaimg import progress
     from deltaimg.units import parse_size
     from deltaimg.images import open_image
     from deltaimg.images.model import layer_bytes
-    from deltaimg.make.build import make_bundle
+    from deltaimg.make.build import make_images
 
+    if len(images) % 2:
+        raise UsageError(f"make takes images in pairs, BASE TARGET [BASE TARGET ...]; {len(images)} given, "
+                         f"so {printable(images[-1])} has no target")
     part_size = parse_size(split_size) if split_size is not None else None
 
     private = keys.signing_key(key, passphrase_file)
-    base_image = open_image(base, platform)
-    target_image = open_image(target, platform)
-    total = layer_bytes(lyr for lyr in target_image.layers if lyr.diff_id not in base_image.diff_ids)
+    opened = [open_image(image, platform) for image in images]
+    pairs = list(zip(opened[0::2], opened[1::2]))
+    sizes = [layer_bytes(lyr for lyr in target.layers if lyr.diff_id not in base.diff_ids) for base, target in pairs]
+    total = None if None in sizes else sum(sizes)  # type: ignore[arg-type]  # None: unknown until exported
     with progress.bar("make", total, not (quiet or as_json)) as advance:
-        manifest = make_bundle(base_image, target_image, output, private, advance, part_size, force)
+        manifest = make_images(pairs, output, private, advance, part_size, force)
     written = output if manifest["files"] == [output] else f"{manifest['files'][0]} to {manifest['files'][-1]}"
-    lines = [f"{written}: {report.name_of(manifest['base'])} -> {report.name_of(manifest['target'])}",
-             *report.layer_lines(manifest["layers"]),
-             report.ratio_line(manifest["bundle_size"], manifest["full_image_size"]),
-             *report.change_lines(manifest["changes"])]
-    _emit(as_json, manifest, lines)
+    _emit(as_json, manifest, report.made_lines(written, manifest))
 
 
 def _one_bundle(path: str) -> str:
@@ -84,9 +84,10 @@ def verify(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], as
     """Check a bundle's signature and every payload hash; change nothing."""
     opened = _open(bundle, trust, trust_dir, quiet or as_json)
     m = opened.manifest
+    pairs = [{"base": pair.base.as_json(), "target": pair.target.as_json()} for pair in m.images]
     data = {"bundle": bundle, "valid": True, "key_id": opened.signer.key_id if opened.signer else None,
-            "base": m.base.as_json(), "target": m.target.as_json()}
-    _emit(as_json, data, [f"{bundle}: OK, signed by key {data['key_id']}; {m.base.name} -> {m.target.name}"])
+            **(pairs[0] if len(pairs) == 1 else {"images": pairs})}
+    _emit(as_json, data, [f"{bundle}: OK, signed by key {data['key_id']}; {m.name}"])
 
 
 def inspect(bundle: str, trust: Optional[List[str]], trust_dir: Optional[str], as_json: bool) -> None:
@@ -124,7 +125,7 @@ def diff(base: str, target: str, platform: Optional[str], limit: int, as_json: b
     _emit(as_json, result, report.diff_lines(result, limit))
 
 
-def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str], base: Optional[str],
+def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str], base: Optional[List[str]],
           output: Optional[str], force: bool, platform: Optional[str], container: Optional[List[str]],
           no_swap: bool, grace: float, dry_run: bool, state_dir: Optional[str], engine: Optional[str], wait: float,
           allow_downgrade: bool, retry: bool, log_format: str, receipts: bool, as_json: bool, quiet: bool,
@@ -163,18 +164,21 @@ def apply(paths: List[str], trust: Optional[List[str]], trust_dir: Optional[str]
             raise UsageError(f"{', '.join(engine_only)} {'is' if len(engine_only) == 1 else 'are'} for an apply into the "
                              "engine; --base and --output rebuild an archive and touch no engine: leave them out")
         from deltaimg import progress
-        from deltaimg.apply.archive import apply_to_archive
-        from deltaimg.apply.rebuild import read_rebuild, rebuild_size
+        from deltaimg.apply.archive import apply_images_to_archive
+        from deltaimg.apply.rebuild import read_rebuilds, rebuild_size
         from deltaimg.images import open_image
 
         opened = _open(paths[0], trust, trust_dir, quiet or as_json)
-        base_image = open_image(base, platform)
-        with progress.bar("apply", rebuild_size(read_rebuild(opened)), not (quiet or as_json)) as advance:
-            rebuild = apply_to_archive(opened, base_image, output, force, advance, allow_downgrade)
-        data = {"bundle": paths[0], "output": output, "image_id": rebuild.target_id, "tags": rebuild.target_tags,
+        base_images = [open_image(image, platform) for image in base]
+        given = {image.config_digest for image in base_images}
+        total = sum(rebuild_size(r) for r in read_rebuilds(opened) if r.base_id in given)
+        with progress.bar("apply", total, not (quiet or as_json)) as advance:
+            rebuilds = apply_images_to_archive(opened, base_images, output, force, advance, allow_downgrade)
+        images = [{"image_id": r.target_id, "tags": r.target_tags} for r in rebuilds]
+        data = {"bundle": paths[0], "output": output, **(images[0] if len(images) == 1 else {"images": images}),
                 "outcome": "rebuilt"}
-        _emit(as_json, data, [f"{output}: {' '.join(rebuild.target_tags) or '(untagged)'} {rebuild.target_id[:19]} "
-                              "rebuilt, every layer matches its diff_id"])
+        named = ", ".join(f"{' '.join(r.target_tags) or '(untagged)'} {r.target_id[:19]}" for r in rebuilds)
+        _emit(as_json, data, [f"{output}: {named} rebuilt, every layer matches its diff_id"])
         return
     from deltaimg.apply import runlog
     from deltaimg.apply import unattended
@@ -272,7 +276,10 @@ _json_lines = False  # set by apply --log-format json: its failure is logged as 
 
 def main() -> None:
     """Run the command line; every failure deltaimg expects ends as one line and its exit code."""
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    previous = signal.signal(signal.SIGTERM, interrupts.interrupt)  # cron, systemd, kill: unwind like Ctrl-C
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:  # not when started with SIGINT ignored
+        signal.signal(signal.SIGINT, interrupts.interrupt)
     try:
         command, arguments = grammar.parse(sys.argv[1:], COMMANDS)
         result = command(**arguments)
@@ -293,12 +300,8 @@ def main() -> None:
         sys.exit(1)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     sys.exit(result if isinstance(result, int) else 0)
-
-
-def _terminated(signum: int, frame: object) -> None:
-    """SIGTERM (cron, systemd, kill) unwinds like Ctrl-C, so temporary files and the lock are let go."""
-    raise KeyboardInterrupt
 
 
 def _interrupted() -> NoReturn:

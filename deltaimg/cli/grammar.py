@@ -73,7 +73,9 @@ def _keygen(p: argparse.ArgumentParser) -> None:
 
 
 def _make(p: argparse.ArgumentParser) -> None:
-    _images(p)
+    p.add_argument("images", metavar="BASE TARGET", nargs="+",
+                   help=f"base image, the version the host has ({IMAGE_FORMS}), then the target image, the version "
+                        "to ship; several pairs in one bundle update an application's images together")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="bundle file to write")
     p.add_argument("--key", metavar="KEY", required=True, help="private signing key (from deltaimg keygen)")
     _passphrase(p)
@@ -117,8 +119,11 @@ def _apply(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", metavar="BUNDLE", nargs="+",
                    help="bundle files, first parts of split bundles, or folders of them")
     _trust(p)
-    p.add_argument("--base", metavar="IMAGE", help="rebuild from this image (archive or layout) instead of the engine")
-    p.add_argument("-o", "--output", metavar="FILE", help="with --base: write the target image as a docker save archive")
+    p.add_argument("--base", metavar="IMAGE", action="append",
+                   help="rebuild from this image (archive or layout) instead of the engine (repeatable: a bundle of "
+                        "several images rebuilds the target of each base given)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="with --base: write the target image(s) as one docker save archive")
     p.add_argument("--force", action="store_true", help="overwrite --output")
     p.add_argument("--to", metavar="docker://HOST[:PORT]/REPO[:TAG]",
                    help="rebuild the target from the base in this registry and push it there (docs/site.md)")

@@ -56,6 +56,7 @@ class Piece:
     streams: tuple[bytes, bytes, bytes] | None
     as_reference: bool = True  # whether those base bytes help zstd code it (an aligned delta's do not)
     inside: bytes | None = None  # the whole file coded on its content (delta/inside.py)
+    executable: bytes | None = None  # the whole file coded under the branch transform (delta/executable.py)
 
 
 def base_region(partner_size: int, start: int, end: int, size: int) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from deltaimg.delta.recipe import (
     PRE_EDITED_CHECKSUM,
     PRE_LITERAL,
     PRE_PARTNER,
+    SEGMENT_ELF,
     SEGMENT_INSIDE,
     SEGMENT_LITERAL,
     Chunk,
@@ -28,7 +29,7 @@ from deltaimg.delta.recipe import (
     read_header,
 )
 from deltaimg.delta.base_content import BaseContent, BaseEntry, BaseRead
-from deltaimg.delta import inside
+from deltaimg.delta import executable, inside
 from deltaimg.delta.choice import WHOLE_OLD_MAX
 from deltaimg.tar.split import BLOCK
 
@@ -157,8 +158,8 @@ def _write_data(record, partner: BaseEntry | None, literal: LiteralReader, base:
         if segment.kind == SEGMENT_LITERAL:
             literal.copy(segment.target_len, write)
             continue
-        if segment.kind == SEGMENT_INSIDE:
-            _write_inside(segment, partner, literal, base, write)
+        if segment.kind in (SEGMENT_INSIDE, SEGMENT_ELF):
+            _write_whole(segment, partner, literal, base, write)
             continue
         if max(segment.target_len, segment.base_len, *segment.bsdiff_lens) > MAX_BSDIFF_BYTES:
             raise BundleFormatError("a binary delta is larger than any deltaimg writes: the bundle is damaged")
@@ -170,15 +171,18 @@ def _write_data(record, partner: BaseEntry | None, literal: LiteralReader, base:
     return record.size
 
 
-def _write_inside(segment, partner: BaseEntry, literal: LiteralReader, base: BaseContent, write: Write) -> None:
-    """A file coded on its content (delta/inside.py): make writes it only for a whole base file of at
-    most ``WHOLE_OLD_MAX`` bytes and a blob at most half the file's size."""
+def _write_whole(segment, partner: BaseEntry, literal: LiteralReader, base: BaseContent, write: Write) -> None:
+    """A file coded on its content (delta/inside.py) or under the branch transform
+    (delta/executable.py): make writes either only for a whole base file of at most
+    ``WHOLE_OLD_MAX`` bytes, the first with a blob at most half the file's size."""
     blob_len = segment.bsdiff_lens[0]
+    cap = segment.target_len if segment.kind == SEGMENT_INSIDE else executable.blob_cap(segment.target_len)
     if segment.base_start or segment.base_len != partner.size or partner.size > WHOLE_OLD_MAX or \
-            blob_len > segment.target_len or segment.target_len > MAX_BSDIFF_BYTES:
-        raise BundleFormatError("a compressed file's delta is larger than any deltaimg writes: the bundle is damaged")
+            blob_len > cap or segment.target_len > MAX_BSDIFF_BYTES:
+        raise BundleFormatError("a whole-file delta is larger than any deltaimg writes: the bundle is damaged")
     blob = literal.read(blob_len)
-    write(inside.decode(base.read_data(partner, 0, partner.size), segment.target_len, blob))
+    decode = inside.decode if segment.kind == SEGMENT_INSIDE else executable.decode
+    write(decode(base.read_data(partner, 0, partner.size), segment.target_len, blob))
 
 
 def bsdiff_fits(target_len: int, control_len: int, diff_len: int, extra_len: int) -> bool:

@@ -27,7 +27,7 @@ from typing import BinaryIO, Iterator
 from deltaimg.codec import zstd_ref
 from deltaimg.errors import ImageReadError
 from deltaimg.delta.recipe import (DATA_DELTA, DATA_LITERAL, DATA_PARTNER, DATA_REF, PART_DATA, PART_PRE, PRE_EDITED,
-                                   PRE_EDITED_CHECKSUM, PRE_LITERAL, PRE_PARTNER, SEGMENT_BSDIFF, SEGMENT_INSIDE,
+                                   PRE_EDITED_CHECKSUM, PRE_LITERAL, PRE_PARTNER, SEGMENT_BSDIFF, SEGMENT_ELF, SEGMENT_INSIDE,
                                    SEGMENT_LITERAL, MAX_RECIPE_BYTES, Chunk, Record, RecordWriter, Segment, Span,
                                    encode_recipe, pack_header, with_checksum)
 from deltaimg.delta.base_content import BaseEntry, BaseIndex, BaseRead
@@ -59,6 +59,7 @@ class LayerStats:
     literal: int = 0
     headers_from_old: int = 0
     literal_bytes: int = 0
+    executables: int = 0  # files coded under the branch transform (not stored: they make the bundle format 3)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -342,6 +343,13 @@ class LayerEncoder:
             if piece.inside is not None:  # the whole file, coded on its content
                 record.segments.append(Segment(SEGMENT_INSIDE, piece.length, 0, piece.base_len, (len(piece.inside), 0, 0)))
                 self._add_literal(piece.inside, [], literal)
+                continue
+            if piece.executable is not None:  # the whole file, coded under the branch transform
+                record.segments.append(Segment(SEGMENT_ELF, piece.length, 0, piece.base_len,
+                                               (len(piece.executable), 0, 0)))
+                self._add_literal(piece.executable, [Span(partner.layer, partner.index, PART_DATA, 0, piece.base_len)],
+                                  literal)
+                self.stats.executables += 1
                 continue
             span = Span(partner.layer, partner.index, PART_DATA, piece.base_start, piece.base_len)
             if (streams := piece.streams) is None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 
 from deltaimg.codec import packed, varint, xz, zstd_ref
-from deltaimg.delta.choice import Piece, code
+from deltaimg.delta import executable
+from deltaimg.delta.choice import Piece
 from deltaimg.errors import BundleFormatError, IntegrityError
 
 MAX_PIECES = 1 << 12
@@ -51,10 +52,11 @@ def encode(base: bytes, target: bytes) -> bytes | None:
 
 
 def code_file(base: bytes, target: bytes) -> list[Piece]:
-    """``target`` coded against the whole ``base``: inside when that pays, else by :func:`choice.code`."""
+    """``target`` coded against the whole ``base``: inside when that pays, else by
+    :func:`executable.code_file` (under the branch transform, or by :func:`choice.code`)."""
     blob = encode(base, target)
     if blob is None:
-        return code(base, 0, target)
+        return executable.code_file(base, target)
     return [Piece(0, len(target), 0, len(base), None, as_reference=False, inside=blob)]
 
 

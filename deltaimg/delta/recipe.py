@@ -33,7 +33,7 @@ MAX_EDITS = 1 << 16  # byte runs replaced in one header; more and the encoder wr
 # entry record flags
 PRE_LITERAL, PRE_PARTNER, PRE_EDITED, PRE_EDITED_CHECKSUM = 0, 1, 2, 3
 DATA_LITERAL, DATA_PARTNER, DATA_DELTA, DATA_REF = 0, 1, 2, 3
-SEGMENT_LITERAL, SEGMENT_BSDIFF, SEGMENT_INSIDE = 0, 1, 2  # SEGMENT_INSIDE: see delta/inside.py
+SEGMENT_LITERAL, SEGMENT_BSDIFF, SEGMENT_INSIDE, SEGMENT_ELF = 0, 1, 2, 3  # see delta/inside.py, delta/executable.py
 HAS_PARTNER = 1 << 4
 PAD_LITERAL = 1 << 5
 TRAILER = 1 << 6
@@ -73,7 +73,7 @@ class Segment:
     target_len: int
     base_start: int
     base_len: int
-    bsdiff_lens: tuple[int, int, int] = (0, 0, 0)  # control, diff, extra; SEGMENT_INSIDE: (blob, 0, 0)
+    bsdiff_lens: tuple[int, int, int] = (0, 0, 0)  # control, diff, extra; SEGMENT_INSIDE, SEGMENT_ELF: (blob, 0, 0)
 
 
 @dataclass
@@ -178,7 +178,7 @@ class RecordWriter:
                 if segment.kind == SEGMENT_BSDIFF:
                     for n in segment.bsdiff_lens:
                         varint.put(out, n)
-                elif segment.kind == SEGMENT_INSIDE:
+                elif segment.kind in (SEGMENT_INSIDE, SEGMENT_ELF):
                     varint.put(out, segment.bsdiff_lens[0])
 
 
@@ -277,7 +277,7 @@ class RecordReader:
                 segment = Segment(r.get(), r.get(), r.get(), r.get())
                 if segment.kind == SEGMENT_BSDIFF:
                     segment.bsdiff_lens = (r.get(), r.get(), r.get())
-                elif segment.kind == SEGMENT_INSIDE:
+                elif segment.kind in (SEGMENT_INSIDE, SEGMENT_ELF):
                     segment.bsdiff_lens = (r.get(), 0, 0)
                 elif segment.kind != SEGMENT_LITERAL:
                     raise BundleFormatError("layer recipe has an invalid delta segment: the bundle is damaged")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from deltaimg.engine import containerd, dockerd, podman
+from deltaimg.engine import containerd, docker_cstore, podman
 from deltaimg.engine.ctr import DEFAULT_ADDRESS, DEFAULT_NAMESPACE
 from deltaimg.engine.interface import Engine
 from deltaimg.errors import UsageError, printable
@@ -20,7 +20,7 @@ def connect(spec: str | None) -> Engine:
     value = spec or os.environ.get("DELTAIMG_ENGINE") or "docker"
     kind, _, where = value.partition("=")
     if kind == "docker" and not where:
-        return dockerd.connect()
+        return docker_cstore.connect()  # on the graphdriver or the containerd image store
     if kind == "podman":
         return podman.connect(where or podman.DEFAULT_SOCKET)
     if kind == "containerd":

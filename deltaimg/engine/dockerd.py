@@ -257,6 +257,8 @@ class DockerEngine:
                                 "standard tars")
                     raise EngineError(f"docker load of {what} failed: {reason}{hint}")
                 for line in str(message.get("stream", "")).splitlines():
+                    if line.startswith("Error unpacking image"):  # the containerd store imported, then failed
+                        raise EngineError(f"docker load of {what} failed: {one_line(line)}")
                     for prefix in ("Loaded image: ", "Loaded image ID: "):
                         if line.startswith(prefix):
                             loaded.append(line[len(prefix):].strip())

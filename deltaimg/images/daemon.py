@@ -31,7 +31,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-from deltaimg.engine import dockerd
+from deltaimg.engine import docker_cstore
 from deltaimg.engine.interface import Engine
 from deltaimg.errors import ImageReadError, OutputError
 from deltaimg.images.model import Image, Layer, config_diff_ids
@@ -77,7 +77,7 @@ def open_daemon_image(engine: Engine | None, ref: str, tmp_dir: str | None = Non
 
     ``tmp_dir`` is where the layer directory is made (default: the system temporary directory).
     """
-    engine = engine or dockerd.connect()
+    engine = engine or docker_cstore.connect()
     source = f"docker-daemon:{ref}"
     attrs = engine.find_image(ref)
     if attrs is None:

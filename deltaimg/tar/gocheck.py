@@ -12,7 +12,7 @@ they pass. This module applies those rules, reading the headers only (payloads a
 from __future__ import annotations
 
 import re
-from typing import BinaryIO
+from typing import BinaryIO, Generator
 
 from deltaimg.tar.split import BLOCK, EXTENSION_TYPES, HEADER_ONLY_TYPES, MAX_EXTENSION_BYTES, ZERO_BLOCK
 
@@ -28,14 +28,74 @@ SKIP_CHUNK = 1 << 20
 
 def go_rejects(stream: BinaryIO) -> str | None:
     """What Go's tar reader rejects first in ``stream`` (e.g. "has a negative size at byte 1024"), or None."""
+    rules = _rules()
+    try:
+        want = next(rules)
+        while True:
+            if want < 0:
+                _skip(stream, -want)
+                want = rules.send(b"")
+            else:
+                want = rules.send(stream.read(want))
+    except StopIteration as done:
+        return done.value
+
+
+class GoTarCheck:
+    """:func:`go_rejects` on a layer as it is written: :meth:`feed` it every piece in order (it
+    returns the problem as soon as one is found), then :meth:`finish`. Payloads are skipped, not kept."""
+
+    def __init__(self) -> None:
+        self._rules = _rules()
+        self._want = next(self._rules)
+        self._held = bytearray()
+        self.problem: str | None = None
+        self._done = False
+
+    def feed(self, data: bytes) -> str | None:
+        view = memoryview(data)
+        while view and not self._done:
+            if self._want < 0:
+                taken = min(-self._want, len(view))
+                self._want += taken
+                view = view[taken:]
+                if not self._want:
+                    self._step(b"")
+            else:
+                taken = min(self._want - len(self._held), len(view))
+                self._held += view[:taken]
+                view = view[taken:]
+                if len(self._held) == self._want:
+                    held, self._held = bytes(self._held), bytearray()
+                    self._step(held)
+        return self.problem
+
+    def finish(self) -> str | None:
+        """The problem, once the whole layer went by (a short last read ends the check, as in Go)."""
+        while not self._done:
+            held, self._held = bytes(self._held), bytearray()
+            self._step(held if self._want >= 0 else b"")
+        return self.problem
+
+    def _step(self, data: bytes) -> None:
+        try:
+            self._want = self._rules.send(data)
+        except StopIteration as done:
+            self.problem, self._done = done.value, True
+
+
+def _rules() -> Generator[int, bytes, str | None]:
+    """Go's rules as a reader-independent generator: it yields how many bytes it wants next (a
+    negative count: bytes to skip, answered with b"" once skipped) and is sent them (fewer at the
+    stream's end); it returns what Go rejects first, or None."""
     at = 0
     pax_size: int | None = None
     while True:
-        block = stream.read(BLOCK)
+        block = yield BLOCK
         if len(block) < BLOCK:
             return None
         if block == ZERO_BLOCK:
-            following = stream.read(BLOCK)
+            following = yield BLOCK
             if len(following) < BLOCK or following == ZERO_BLOCK:
                 return None
             return f"has a non-zero block after a zero block at byte {at + BLOCK}"
@@ -47,7 +107,7 @@ def go_rejects(stream: BinaryIO) -> str | None:
         if typeflag in EXTENSION_TYPES:
             if size > MAX_EXTENSION_BYTES:
                 return f"has an extension header of {size} bytes, more than Go reads, at byte {at}"
-            body = stream.read(size + (-size) % BLOCK)
+            body = yield size + (-size) % BLOCK
             if typeflag in (b"x", b"g"):
                 records = _pax_records(body[:size])
                 if records is None:
@@ -62,7 +122,10 @@ def go_rejects(stream: BinaryIO) -> str | None:
             size, pax_size = pax_size, None
         if typeflag in HEADER_ONLY_TYPES:
             size = 0
-        at += BLOCK + _skip(stream, size + (-size) % BLOCK)
+        skip = size + (-size) % BLOCK
+        if skip:
+            yield -skip
+        at += BLOCK + skip
 
 
 def _header_problem(block: bytes) -> str | None:

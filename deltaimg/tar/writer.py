@@ -75,18 +75,26 @@ def write_image(
 ) -> None:
     """Write one image; layers given with ``fill=None`` are listed but not included (a thin archive
     for an engine that already has them)."""
+    write_images(out, [(config_bytes, tags, layers)])
+
+
+def write_images(out: BinaryIO, images: list[tuple[bytes, list[str], list[tuple[str, int, Fill | None]]]]) -> None:
+    """Write several images into one archive, as ``docker save A B`` does: a layer they share is
+    written once."""
     writer = ArchiveWriter(out)
-    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
-    writer.add_bytes(config_name, config_bytes)
-    names = []
+    manifest = []
     written: set[str] = set()
-    for diff_id, size, fill in layers:
-        name = f"{diff_id.split(':', 1)[1]}/layer.tar"
-        names.append(name)
-        if fill is not None and diff_id not in written:
-            writer.add_dir(name.split("/")[0] + "/")
-            writer.add_stream(name, size, fill, diff_id)
-            written.add(diff_id)
-    manifest = [{"Config": config_name, "RepoTags": tags or None, "Layers": names}]
+    for config_bytes, tags, layers in images:
+        config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+        writer.add_bytes(config_name, config_bytes)
+        names = []
+        for diff_id, size, fill in layers:
+            name = f"{diff_id.split(':', 1)[1]}/layer.tar"
+            names.append(name)
+            if fill is not None and diff_id not in written:
+                writer.add_dir(name.split("/")[0] + "/")
+                writer.add_stream(name, size, fill, diff_id)
+                written.add(diff_id)
+        manifest.append({"Config": config_name, "RepoTags": tags or None, "Layers": names})
     writer.add_bytes("manifest.json", json.dumps(manifest).encode())
     writer.close()

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from benchlib.proc import Cost, StepFailed, measure, pipe, run
 
-REPOSITORY = "deltaimg-bench"  # every image the benchmark tags lives here
+# every image the benchmark tags lives here; DELTAIMG_BENCH_REPOSITORY keeps two runs on one engine apart
+REPOSITORY = os.environ.get("DELTAIMG_BENCH_REPOSITORY", "deltaimg-bench")
 # The engine's own builder, one layer per COPY/RUN, as `docker build` made them for years.
 BUILD_ENV = {**os.environ, "DOCKER_BUILDKIT": "0"}
 

@@ -113,19 +113,21 @@ def python_debs(cache: Path, root: Path) -> Path:
     return directory
 
 
-def wheels(cache: Path, name: str, requirements: list[str]) -> Path:
+def wheels(cache: Path, name: str, requirements: list[str], platform: list[str] = WHEEL_PLATFORM) -> Path:
     """``pip download`` of pinned wheels for bookworm's Python, once."""
     directory = cache / "wheels" / name
     if len(list(directory.glob("*.whl"))) == len(requirements):
         return directory
     log(f"pip download {' '.join(requirements)}")
-    run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *WHEEL_PLATFORM,
+    run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *platform,
          "-d", _fresh(directory), *requirements])
     return directory
 
 
-def pip_install(wheel_dir: Path, target: Path, compile_pyc: bool) -> None:
-    """Install wheels into ``target`` the way an image build would (no index, no network)."""
+def pip_install(wheel_dir: Path | list[Path], target: Path, compile_pyc: bool) -> None:
+    """Install the wheels of one or more folders into ``target`` the way an image build would
+    (no index, no network), in one pip run."""
+    folders = wheel_dir if isinstance(wheel_dir, list) else [wheel_dir]
     run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
          *([] if compile_pyc else ["--no-compile"]), "--target", target,
-         *sorted(wheel_dir.glob("*.whl"))])
+         *sorted(wheel for folder in folders for wheel in folder.glob("*.whl"))])

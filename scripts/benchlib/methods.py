@@ -140,3 +140,25 @@ def deltaimg_apply_engine(bundle: Path, key: Path, read_store: bool = True) -> C
     """``read_store`` False: the base is read through ``docker save``, as on a host where deltaimg is not root."""
     return measure([*DELTAIMG, "apply", bundle, "--trust", f"{key}.pub", "--no-swap", "--json", "--quiet"],
                    env={**DELTAIMG_ENV, "DELTAIMG_READ_STORE": "1" if read_store else "0"})[0]
+
+
+# -- the peers of the machine-learning scenario (benchlib/ml.py): settings that cover a 1 GB layer --
+XDELTA3_WINDOW_MAX = 1 << 31  # xdelta3 refuses a larger -B
+
+
+def full_image_long(new: Saved, workdir: Path) -> Shipped:
+    """``zstd -19 --long=31`` of the whole new image: its window covers all of it."""
+    out = workdir / "full.tar.zst"
+    cost, _ = measure(["zstd", "-q", "-f", "-19", "--long=31", THREADS, new.path, "-o", out])
+    size = out.stat().st_size
+    out.unlink()
+    return Shipped("full image", r"`docker save NEW \| zstd -19 --long=31`", size, cost)
+
+
+def xdelta3_window(pairs: list[Pair], workdir: Path) -> Shipped:
+    """``xdelta3 -9`` with its source window (``-B``) raised to the whole old layer."""
+    def encode(pair: Pair, out: Path) -> Cost:
+        window = min(max(pair.old.stat().st_size, 1 << 26), XDELTA3_WINDOW_MAX)
+        return measure(["xdelta3", "-9", "-B", str(window), "-e", "-f", "-s", pair.old, pair.new, out])[0]
+    return _per_layer("xdelta3 -B", "`xdelta3 -9 -B <old layer size> -e -s OLD NEW` per changed layer", pairs,
+                      encode, workdir)
