@@ -77,8 +77,9 @@ def test_a_service_on_the_base_is_rolled_onto_the_target_and_a_failing_target_is
         assert spec["TaskTemplate"]["ContainerSpec"]["Image"] == app.tag("2")
         assert (spec["Mode"], spec["UpdateConfig"]["FailureAction"]) == ({"Replicated": {"Replicas": 2}}, "rollback")
         converge(client, service, app.ids["2"])
-        added = [c for c in client.api.containers(all=True) if c["Id"] not in plain]
-        assert all("com.docker.swarm.service.id" in (c.get("Labels") or {}) for c in added)  # Swarm's own, no swap's
+        # the app's containers made since (other tests share the engine): Swarm's own, no swap's
+        added = [c for c in client.api.containers(all=True) if c["Id"] not in plain and c["ImageID"] in app.ids.values()]
+        assert added and all("com.docker.swarm.service.id" in (c.get("Labels") or {}) for c in added)
         assert not client.api.containers(all=True, filters={"name": "-deltaimg-old"})
     finally:
         client.api.remove_service(service)
