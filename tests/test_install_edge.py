@@ -40,7 +40,7 @@ def test_it_installs_the_timer_the_stick_units_and_the_folders_under_a_root(tmp_
         assert "/usr/local/bin/deltaimg" not in (system / name).read_text()
     service = unit(system / "deltaimg-apply.service")
     assert service["Service"]["ExecStart"] == \
-        "/opt/deltaimg/bin/deltaimg apply /var/lib/deltaimg/inbox --wait 600 --log-format json"
+        "/opt/deltaimg/bin/deltaimg apply /var/lib/deltaimg/inbox --wait 600 --log-format json --receipts"
     assert service["Service"]["Type"] == "oneshot" and service["Service"]["KillMode"] == "mixed"
     assert unit(system / "deltaimg-apply.timer")["Install"]["WantedBy"] == "timers.target"
     stick = unit(system / "deltaimg-stick@.service")

@@ -189,7 +189,7 @@ def test_with_units_on_a_host_without_systemd_the_hourly_apply_is_a_cron_entry_f
         "mkdir -m 0755 /etc/deltaimg/trusted.d",
         f"install /root/{KIT}/docs/examples/deltaimg.cron -> /etc/cron.d/deltaimg",
         "next: copy the release key's public half into /etc/deltaimg/trusted.d/ (e.g. release-key.pub)",
-        "17 * * * * root /usr/local/bin/deltaimg apply /var/lib/deltaimg/inbox --wait 600 --log-format json "
+        "17 * * * * root /usr/local/bin/deltaimg apply /var/lib/deltaimg/inbox --wait 600 --log-format json --receipts "
         ">>/var/log/deltaimg.jsonl"]
 
 
