@@ -236,7 +236,10 @@ def test_apply_into_the_engine_keeps_only_the_base_bytes_its_deltas_read(read_st
                               log=lambda line: None, work_dir=str(tmp_path / "work"))
     assert outcome.image_id == v2 and DockerEngine(docker_client, read_store).find_image(v2)["Id"] == v2
     assert exports == ([] if read_store else [v1, v1])
-    assert len(kept) == 1 and 0 < kept[0] <= 64 << 10, f"kept {kept} bytes of an 8 MiB base layer"
+    if read_store:  # the store's layer is read in place: nothing is copied
+        assert kept == [0], f"kept {kept} bytes of an 8 MiB base layer"
+    else:
+        assert len(kept) == 1 and 0 < kept[0] <= 64 << 10, f"kept {kept} bytes of an 8 MiB base layer"
     assert list((tmp_path / "work").iterdir()) == []
 
 
