@@ -28,7 +28,7 @@ import tarfile
 import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import Callable
 
 from deltaimg import faults, interrupts
 
@@ -177,7 +177,7 @@ def _load_targets(engine: Engine, bundle: Bundle, prepared: list[Rebuild], missi
                                           log, advance, len(prepared) > 1)
         for rebuild, archive in archives:
             with open(archive, "rb") as stream:
-                names = engine.load_archive(_Upload(stream, os.path.getsize(archive)))
+                names = engine.load_archive(streamed.Upload(stream, os.path.getsize(archive)))
             _check_loaded(engine, rebuild, names)
 
 
@@ -251,20 +251,3 @@ def check_loadable(archive: str, bundle: Bundle, rebuild: Rebuild, held: set[int
                 problem = go_rejects(layer)
             if problem is not None:
                 raise streamed.rejected_layer(rebuild.target.name, position, diff_id, problem)
-
-
-class _Upload:
-    """The archive as ``docker load`` reads it; the crash tests' ``load`` kill point fires once at
-    least half of it has gone to the engine (each read comes after the one before was sent)."""
-
-    def __init__(self, stream: BinaryIO, size: int) -> None:
-        self._stream = stream
-        self._half = size // 2
-        self._sent = 0
-
-    def read(self, n: int = -1) -> bytes:
-        if self._sent and self._sent >= self._half:
-            faults.killpoint("load")
-        data = self._stream.read(n)
-        self._sent += len(data)
-        return data

@@ -93,7 +93,7 @@ def load_streamed(engine: Engine, write: Callable[[BinaryIO], None], size: int) 
     thread = threading.Thread(target=produce, name="deltaimg-rebuild", daemon=True)
     thread.start()
     try:
-        return engine.load_archive(_Upload(pipe, size))  # type: ignore[arg-type]
+        return engine.load_archive(Upload(pipe, size))  # type: ignore[arg-type]
     except _Failed as failed:
         raise failed.error from None
     finally:
@@ -192,18 +192,19 @@ class _Pipe:
         self._cancelled.set()
 
 
-class _Upload:
-    """The pipe as the engine's load reads it; the crash tests' ``load`` kill point fires once at
-    least half of ``size`` has gone to the engine (each read comes after the one before was sent)."""
+class Upload:
+    """An archive (a file, or the rebuild's pipe) as the engine's load reads it; the crash tests'
+    ``load`` kill point fires once at least half of ``size`` has gone to the engine (each read
+    comes after the one before was sent)."""
 
-    def __init__(self, pipe: _Pipe, size: int) -> None:
-        self._pipe = pipe
+    def __init__(self, stream: BinaryIO | _Pipe, size: int) -> None:
+        self._stream = stream
         self._half = size // 2
         self._sent = 0
 
     def read(self, n: int = -1) -> bytes:
         if self._sent and self._sent >= self._half:
             faults.killpoint("load")
-        data = self._pipe.read(n)
+        data = self._stream.read(n)
         self._sent += len(data)
         return data
