@@ -136,11 +136,13 @@ def test_more_layers_listed_than_the_config_has(images, keypair, tmp_path):
     make_refused(images, str(edited_archive(images, tmp_path, add_layer)), keypair, tmp_path, "lists 2 layers but the config has 1")
 
 
-def test_a_truncated_layer_tar(images, keypair, tmp_path):
+def test_a_truncated_layer_tar_is_a_damaged_image(images, keypair, tmp_path):
     def truncate(tree: Path, entry: dict) -> None:
         layer = tree / entry["Layers"][0]
         layer.write_bytes(layer.read_bytes()[:700])
-    make_refused(images, str(edited_archive(images, tmp_path, truncate)), keypair, tmp_path, "")
+    new = edited_archive(images, tmp_path, truncate)
+    make_refused(images, str(new), keypair, tmp_path,
+                 f"deltaimg: error: {new}: layer 0 does not hash to its diff_id sha256:")
 
 
 def test_a_layer_that_is_a_truncated_tar_with_a_matching_diff_id_is_named_by_its_index_and_diff_id(images, keypair, tmp_path):
@@ -152,6 +154,19 @@ def test_a_layer_that_is_a_truncated_tar_with_a_matching_diff_id_is_named_by_its
     new = f.write_docker_archive(tmp_path / "new.tar", [f.ImageSpec([base_layer, cut_layer], ["hostile/app:2"])])[0].path
     make_refused(images, str(new), keypair, tmp_path,
                  f"layer 1 ({cut_layer.diff_id}) of the target image is a truncated tar; rebuild or re-export the image")
+
+
+def test_a_base_layer_that_is_a_truncated_tar_with_a_matching_diff_id_is_named_as_the_base_s(images, keypair, tmp_path):
+    whole = f.write_layer(tmp_path / "whole.layer", f.complete_tree([f.file("srv/app", b"app " * 900)]))
+    cut = tmp_path / "cut.layer"
+    cut.write_bytes(whole.path.read_bytes()[:3000])  # inside srv/app's payload
+    cut_layer = f.LayerFile(cut, f.sha256_file(cut), cut.stat().st_size)
+    old = f.write_docker_archive(tmp_path / "old.tar", [f.ImageSpec([cut_layer], ["hostile/app:1"])])[0].path
+    new_layer = f.write_layer(tmp_path / "new.layer", f.complete_tree([f.file("srv/app", b"app " * 901)]))
+    new = f.write_docker_archive(tmp_path / "new.tar", [f.ImageSpec([new_layer], ["hostile/app:2"])])[0].path
+    make_refused(images, str(new), keypair, tmp_path,
+                 f"{old}: layer 0 ({cut_layer.diff_id}) of the base image is a truncated tar; rebuild or re-export "
+                 "the image", old=str(old))
 
 
 # --------------------------------------------------------------------------- names that lead out of the image

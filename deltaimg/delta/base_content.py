@@ -259,7 +259,8 @@ class BaseContent:
                 base = BaseEntry(layer, entry.index, entry.name, entry.offset, len(entry.pre), entry.size, entry.typeflag)
                 yield base, visit(splitter, entry, base) if visit else None
         except EOFError:
-            raise ImageReadError(f"{self.image.source}: layer {layer} is a truncated tar") from None
+            raise ImageReadError(f"{self.image.source}: layer {layer} ({self.image.layers[layer].diff_id}) of the base image "
+                                 "is a truncated tar; rebuild or re-export the image") from None
 
     def entry(self, layer: int, index: int) -> BaseEntry:
         entries = self.entries(layer)
