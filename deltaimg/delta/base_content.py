@@ -259,8 +259,7 @@ class BaseContent:
                 base = BaseEntry(layer, entry.index, entry.name, entry.offset, len(entry.pre), entry.size, entry.typeflag)
                 yield base, visit(splitter, entry, base) if visit else None
         except EOFError:
-            raise ImageReadError(f"{self.image.source}: layer {layer} ({self.image.layers[layer].diff_id}) of the base image "
-                                 "is a truncated tar; rebuild or re-export the image") from None
+            raise truncated(f"{self.image.source}: layer {layer} ({self.image.layers[layer].diff_id}) of the base image") from None
 
     def entry(self, layer: int, index: int) -> BaseEntry:
         entries = self.entries(layer)
@@ -441,3 +440,8 @@ def normalize(name: str) -> str:
 def version_pattern(path: str) -> str:
     """``numpy-1.26.3.dist-info/RECORD`` and ``numpy-1.26.4.dist-info/RECORD`` share a pattern."""
     return _VERSION_RE.sub("#", path)
+
+
+def truncated(layer: str) -> ImageReadError:
+    """The error for ``layer`` (described with its image) ending inside an entry."""
+    return ImageReadError(f"{layer} is a truncated tar; rebuild or re-export the image")

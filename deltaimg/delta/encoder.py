@@ -30,7 +30,7 @@ from deltaimg.delta.recipe import (DATA_DELTA, DATA_LITERAL, DATA_PARTNER, DATA_
                                    PRE_EDITED_CHECKSUM, PRE_LITERAL, PRE_PARTNER, SEGMENT_BSDIFF, SEGMENT_ELF, SEGMENT_INSIDE,
                                    SEGMENT_LITERAL, MAX_RECIPE_BYTES, Chunk, Record, RecordWriter, Segment, Span,
                                    encode_recipe, pack_header, with_checksum)
-from deltaimg.delta.base_content import BaseEntry, BaseIndex, BaseRead
+from deltaimg.delta.base_content import BaseEntry, BaseIndex, BaseRead, truncated
 from deltaimg.delta.payloads import Held, hold
 from deltaimg.delta.choice import WHOLE_OLD_MAX, base_region, code, edit_runs
 from deltaimg.delta.inside import code_file
@@ -223,7 +223,7 @@ class LayerEncoder:
                     self._held += sum(p.held for p in parts)
                     self._drain(pending, literal, records, everything=False)
             except EOFError:
-                raise truncated(self._name) from None
+                raise truncated(f"{self._name} of the target image") from None
             chunks = literal.close()
             recipe = encode_recipe(chunks, bytes(records.out))
             if len(recipe) > MAX_RECIPE_BYTES:  # apply would refuse it: say so now, not on the edge host
@@ -415,11 +415,7 @@ def base_reads(index: BaseIndex, layer_stream: BinaryIO, home: int | None, name:
                 if _same_content(index, entry, digest.digest()) is None:
                     yield BaseRead(usable.layer, usable.index, PART_DATA, 0, None)
     except EOFError:
-        raise truncated(name) from None
-
-
-def truncated(name: str) -> ImageReadError:
-    return ImageReadError(f"{name} of the target image is a truncated tar; rebuild or re-export the image")
+        raise truncated(f"{name} of the target image") from None
 
 
 def _usable(partner: BaseEntry | None) -> BaseEntry | None:
